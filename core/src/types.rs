@@ -1,0 +1,219 @@
+//! The words of the domain, as plain data.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// One complete Alice+Bob KME pair. A link has exactly two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Setup {
+    Hot,
+    Warm,
+}
+
+impl Setup {
+    pub const ALL: [Setup; 2] = [Setup::Hot, Setup::Warm];
+
+    pub fn other(self) -> Setup {
+        match self {
+            Setup::Hot => Setup::Warm,
+            Setup::Warm => Setup::Hot,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Setup::Hot => "hot",
+            Setup::Warm => "warm",
+        }
+    }
+}
+
+impl fmt::Display for Setup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown setup {0:?}: a link has exactly two setups, \"hot\" and \"warm\"")]
+pub struct UnknownSetup(pub String);
+
+impl std::str::FromStr for Setup {
+    type Err = UnknownSetup;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "hot" => Ok(Setup::Hot),
+            "warm" => Ok(Setup::Warm),
+            _ => Err(UnknownSetup(s.to_string())),
+        }
+    }
+}
+
+/// Which end of the QKD link a member's LB fronts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Alice,
+    Bob,
+}
+
+impl Role {
+    pub const ALL: [Role; 2] = [Role::Alice, Role::Bob];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Alice => "alice",
+            Role::Bob => "bob",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}: expected \"alice\" or \"bob\"")]
+pub struct UnknownRole(pub String);
+
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "alice" => Ok(Role::Alice),
+            "bob" => Ok(Role::Bob),
+            _ => Err(UnknownRole(s.to_string())),
+        }
+    }
+}
+
+/// Within an epoch, drain comes before serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Drain,
+    Serve,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Drain => "drain",
+            Phase::Serve => "serve",
+        })
+    }
+}
+
+/// Generation number of the route; every switch takes a new one.
+pub type Epoch = u64;
+
+/// Fencing token: the create_revision of the leader key in etcd. A later
+/// leadership always has a larger token.
+pub type Token = i64;
+
+/// A member's id, unique within a link (the pod name in Kubernetes).
+pub type MemberId = String;
+
+/// A point in the route's total order: (epoch, phase).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Step {
+    pub epoch: Epoch,
+    pub phase: Phase,
+}
+
+impl Step {
+    pub fn new(epoch: Epoch, phase: Phase) -> Self {
+        Step { epoch, phase }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.epoch, self.phase)
+    }
+}
+
+/// The link's route as the leader wrote it to etcd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub epoch: Epoch,
+    pub phase: Phase,
+    pub setup: Setup,
+    pub token: Token,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub requested_by: String,
+    /// Wall-clock time of the write, RFC 3339; informational only.
+    #[serde(default)]
+    pub at: String,
+}
+
+impl Route {
+    pub fn step(&self) -> Step {
+        Step::new(self.epoch, self.phase)
+    }
+}
+
+/// What a member has applied: a step and the setup it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Applied {
+    pub epoch: Epoch,
+    pub phase: Phase,
+    pub setup: Setup,
+}
+
+impl Applied {
+    pub fn step(&self) -> Step {
+        Step::new(self.epoch, self.phase)
+    }
+}
+
+/// What an LB is told to do. Blocked routes nowhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "state", content = "setup")]
+pub enum LbTarget {
+    Blocked,
+    Serve(Setup),
+}
+
+impl LbTarget {
+    pub fn serving(self) -> Option<Setup> {
+        match self {
+            LbTarget::Blocked => None,
+            LbTarget::Serve(s) => Some(s),
+        }
+    }
+}
+
+impl fmt::Display for LbTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LbTarget::Blocked => f.write_str("blocked"),
+            LbTarget::Serve(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// Health of one KME as its member's probe sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Up,
+    Down,
+    #[default]
+    Unknown,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Health::Up => "up",
+            Health::Down => "down",
+            Health::Unknown => "unknown",
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! The end-to-end oracle: continuous key pairs through both LBs.

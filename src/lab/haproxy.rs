@@ -1,0 +1,1 @@
+//! Starting HAProxy for labs and tests.

@@ -1,0 +1,1 @@
+//! Starting mock KMEs for labs and tests.

@@ -1,0 +1,6 @@
+//! Everything needed to run a link on one machine: processes on free
+//! loopback ports, cleaned up on drop.
+
+pub mod haproxy;
+pub mod kme;
+pub mod process;

@@ -1,0 +1,1 @@
+//! HAProxy over its Runtime API.

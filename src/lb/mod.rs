@@ -1,0 +1,53 @@
+//! Load-balancer adapters. The sidecar tells its LB what to route to and
+//! reads back what it really routes to; it never assumes a command worked.
+
+pub mod haproxy;
+
+use lockstep_core::LbTarget;
+use std::future::Future;
+
+/// What the LB reports it routes to, read back from the LB itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// What the LB routes new sessions to.
+    pub target: LbTarget,
+    /// True when the LB was (re)started since the adapter last looked, so
+    /// the sidecar must re-apply its state.
+    pub restarted: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    #[error("LB management interface {endpoint} unreachable: {source}")]
+    Unreachable {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("LB management interface {endpoint} timed out after {after:?}")]
+    Timeout {
+        endpoint: String,
+        after: std::time::Duration,
+    },
+    #[error("LB rejected {command:?}: {answer}")]
+    Rejected { command: String, answer: String },
+    #[error("could not read LB state: {0}")]
+    Parse(String),
+    #[error("LB did not reach {wanted} (it routes to {seen})")]
+    NotConfirmed { wanted: LbTarget, seen: String },
+}
+
+/// An LB that the sidecar drives. Implementations must be break-before-make:
+/// `apply(Serve(Y))` disables and closes sessions to the other setup before
+/// it enables `Y`, and `apply(Blocked)` closes every session.
+pub trait LoadBalancer: Send + Sync + 'static {
+    /// Applies `target`, then reads the LB back and returns only when the LB
+    /// confirms it (or fails).
+    fn apply(&self, target: LbTarget) -> impl Future<Output = Result<Observed, LbError>> + Send;
+
+    /// Reads what the LB routes to now, without changing it.
+    fn observe(&self) -> impl Future<Output = Result<Observed, LbError>> + Send;
+
+    /// One line saying which of S1's guarantees this adapter keeps.
+    fn guarantees(&self) -> &'static str;
+}

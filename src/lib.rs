@@ -1,0 +1,16 @@
+//! lockstep: moves every load balancer of a QKD link between the hot and the
+//! warm setup together, so Alice and Bob never route to different setups.
+//!
+//! # Layout
+//! * `lockstep_core` (crate `core/`): the pure protocol state machines.
+//! * [`lb`]: LB adapters (HAProxy over its Runtime API).
+//! * [`lab`]: starting etcd, HAProxy, KMEs and sidecars on free loopback
+//!   ports, for the local lab, tests and benchmarks.
+
+pub mod checker;
+pub mod kme;
+pub mod lab;
+pub mod lb;
+pub mod proto;
+
+pub use lockstep_core as protocol;
