@@ -2,7 +2,25 @@
 //!
 //! # Layout
 //! * [`types`]: the domain's words (setup, role, epoch, token, route).
+//! * [`time`]: monotonic time handed in by drivers.
+//! * [`member`]: the member state machine, the only thing that decides what
+//!   one LB routes to.
+//! * [`leader`]: the leader state machine that runs a switch (drain all,
+//!   wait for acks or lease expiry, serve).
+//! * [`health`]: aggregating members' probe results into setup health.
+//! * [`policy`]: deciding whether a manual request may run.
 
+pub mod health;
+pub mod leader;
+pub mod member;
+pub mod policy;
+pub mod time;
 pub mod types;
 
+pub use time::{Duration, Time};
 pub use types::*;
+
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;

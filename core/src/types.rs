@@ -137,7 +137,7 @@ impl fmt::Display for Step {
 }
 
 /// The link's route as the leader wrote it to etcd.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Route {
     pub epoch: Epoch,
     pub phase: Phase,
