@@ -8,9 +8,15 @@
 //!   ports, for the local lab, tests and benchmarks.
 
 pub mod checker;
+pub mod config;
+pub mod http;
 pub mod kme;
 pub mod lab;
 pub mod lb;
+pub mod probe;
 pub mod proto;
+pub mod rpc;
+pub mod sidecar;
+pub mod store;
 
 pub use lockstep_core as protocol;

@@ -432,10 +432,9 @@ impl Leader {
             match &mut sw.phase {
                 SwitchPhase::Draining {
                     waiting, fenced, ..
-                } => {
-                    if waiting.remove(&id) {
-                        fenced.push(id);
-                    }
+                } if waiting.contains(&id) => {
+                    waiting.remove(&id);
+                    fenced.push(id);
                 }
                 SwitchPhase::Serving { waiting, .. } => {
                     waiting.remove(&id);
@@ -449,15 +448,15 @@ impl Leader {
         if let Some(sw) = &mut self.switch {
             let epoch = sw.plan.epoch;
             match &mut sw.phase {
-                SwitchPhase::Draining { waiting, .. } => {
-                    if applied.step() >= Step::new(epoch, Phase::Drain) {
-                        waiting.remove(member);
-                    }
+                SwitchPhase::Draining { waiting, .. }
+                    if applied.step() >= Step::new(epoch, Phase::Drain) =>
+                {
+                    waiting.remove(member);
                 }
-                SwitchPhase::Serving { waiting, .. } => {
-                    if applied.step() >= Step::new(epoch, Phase::Serve) {
-                        waiting.remove(member);
-                    }
+                SwitchPhase::Serving { waiting, .. }
+                    if applied.step() >= Step::new(epoch, Phase::Serve) =>
+                {
+                    waiting.remove(member);
                 }
                 _ => {}
             }

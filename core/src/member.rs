@@ -322,6 +322,12 @@ impl Member {
                     if self.lease_fresh_until.is_none_or(|u| until > u) {
                         self.lease_fresh_until = Some(until);
                     }
+                    // The lease outlived the gap, so the member key did too:
+                    // the leader kept waiting for this member, and it may
+                    // serve again what it had applied.
+                    if self.fenced && self.synced && self.now < until {
+                        self.fenced = false;
+                    }
                 }
             }
             MemberEvent::LeaseLost => self.on_lease_lost(),

@@ -613,3 +613,19 @@ fn leader_waits_for_a_missing_ack_until_the_member_key_is_gone() {
         other => panic!("expected the serve write, got {other:?}"),
     }
 }
+
+#[test]
+fn a_late_keepalive_ack_lifts_self_fencing() {
+    let mut m = synced_member(Some(route(1, Phase::Serve, Setup::Hot, 5)));
+    let cfg = m.config().clone();
+    let until = Time(1) + cfg.lease_ttl - cfg.margin;
+    m.handle(until, MemberEvent::Tick);
+    assert!(m.view().fenced);
+    confirm_all(&mut m, until);
+    m.handle(
+        until + Duration::from_millis(10),
+        MemberEvent::KeepAliveAcked { sent_at: until },
+    );
+    assert!(!m.view().fenced);
+    assert_eq!(m.view().desired, LbTarget::Serve(Setup::Hot));
+}

@@ -1,0 +1,79 @@
+//! HTTP: the LB's check endpoint (the dead-man's switch), `/healthz`,
+//! `/readyz` and `/metrics`.
+
+use crate::sidecar::Shared;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use std::convert::Infallible;
+use std::sync::Arc;
+use tracing::{debug, warn};
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Answers one request. Pure apart from reading the shared view.
+pub fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
+    if let Some(server) = path.strip_prefix("/check/") {
+        let (ok, why) = shared.check(server);
+        let status = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return text(status, why + "\n");
+    }
+    match path {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => {
+            let view = shared.view.borrow();
+            if view.synced && !view.fenced {
+                text(StatusCode::OK, "ready\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: not registered with etcd or lease not fresh\n".into(),
+                )
+            }
+        }
+        "/metrics" => text(StatusCode::OK, shared.metrics.encode()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /check/<server>, /healthz, /readyz, /metrics\n".into(),
+        ),
+    }
+}
+
+pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let resp = answer(&shared, req.uri().path());
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await
+            {
+                debug!(error = %e, "HTTP connection ended");
+            }
+        });
+    }
+}

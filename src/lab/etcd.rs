@@ -1,0 +1,145 @@
+//! A real etcd (Debian's etcd-server) for labs and tests: one node or a
+//! cluster, on free loopback ports, data on tmpfs when there is one (fsync
+//! on a shared disk would dominate every latency we measure).
+
+use super::process::{find_program, free_port, wait_for_tcp, ChildGuard};
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// One etcd member process.
+pub struct EtcdNode {
+    pub name: String,
+    pub client: SocketAddr,
+    pub peer: SocketAddr,
+    pub data_dir: PathBuf,
+    pub guard: ChildGuard,
+    log: PathBuf,
+    initial_cluster: String,
+}
+
+/// A running etcd cluster. Dropping it kills every node and removes the
+/// data directories.
+pub struct EtcdCluster {
+    pub nodes: Vec<EtcdNode>,
+    /// Removed on drop.
+    _data: tempfile::TempDir,
+}
+
+fn data_root() -> Option<&'static Path> {
+    let shm = Path::new("/dev/shm");
+    shm.is_dir().then_some(shm)
+}
+
+impl EtcdCluster {
+    /// Starts `n` nodes and waits until every client port accepts.
+    pub fn start(n: usize, log_dir: &Path) -> Result<EtcdCluster> {
+        let data = match data_root() {
+            Some(root) => tempfile::Builder::new()
+                .prefix("lockstep-etcd-")
+                .tempdir_in(root),
+            None => tempfile::Builder::new().prefix("lockstep-etcd-").tempdir(),
+        }
+        .context("creating etcd data directory")?;
+        let mut specs = Vec::new();
+        for i in 0..n {
+            specs.push((format!("etcd{i}"), free_port()?, free_port()?));
+        }
+        let initial_cluster = specs
+            .iter()
+            .map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (name, client, peer) in specs {
+            let node = EtcdNode {
+                data_dir: data.path().join(&name),
+                log: log_dir.join(format!("{name}.log")),
+                client: SocketAddr::from(([127, 0, 0, 1], client)),
+                peer: SocketAddr::from(([127, 0, 0, 1], peer)),
+                guard: spawn(
+                    &name,
+                    client,
+                    peer,
+                    &data.path().join(&name),
+                    &initial_cluster,
+                    &log_dir.join(format!("{name}.log")),
+                )?,
+                name,
+                initial_cluster: initial_cluster.clone(),
+            };
+            nodes.push(node);
+        }
+        for node in &nodes {
+            wait_for_tcp(node.client, Duration::from_secs(20)).with_context(|| {
+                format!(
+                    "etcd {} did not start; see {}",
+                    node.name,
+                    node.log.display()
+                )
+            })?;
+        }
+        Ok(EtcdCluster { nodes, _data: data })
+    }
+
+    /// Client URLs of every node, for `etcd.endpoints`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("http://{}", n.client))
+            .collect()
+    }
+
+    /// Restarts a killed node with its old data.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        node.guard.kill();
+        node.guard = spawn(
+            &node.name,
+            node.client.port(),
+            node.peer.port(),
+            &node.data_dir,
+            &node.initial_cluster,
+            &node.log,
+        )?;
+        wait_for_tcp(node.client, Duration::from_secs(20))
+    }
+}
+
+fn spawn(
+    name: &str,
+    client: u16,
+    peer: u16,
+    data_dir: &Path,
+    initial_cluster: &str,
+    log: &Path,
+) -> Result<ChildGuard> {
+    let mut cmd = Command::new(find_program("etcd")?);
+    cmd.args([
+        "--name",
+        name,
+        "--data-dir",
+        &data_dir.to_string_lossy(),
+        "--listen-client-urls",
+        &format!("http://127.0.0.1:{client}"),
+        "--advertise-client-urls",
+        &format!("http://127.0.0.1:{client}"),
+        "--listen-peer-urls",
+        &format!("http://127.0.0.1:{peer}"),
+        "--initial-advertise-peer-urls",
+        &format!("http://127.0.0.1:{peer}"),
+        "--initial-cluster",
+        initial_cluster,
+        "--initial-cluster-state",
+        "new",
+        "--initial-cluster-token",
+        "lockstep-lab",
+        "--logger",
+        "zap",
+        "--log-level",
+        "warn",
+    ]);
+    ChildGuard::spawn(name, cmd, log)
+}

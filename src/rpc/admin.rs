@@ -1,0 +1,446 @@
+//! The `Admin` service. Any member answers; a switch request is checked
+//! here against the link's state, stored in etcd (so it survives a leader
+//! change) and carried out by the leader, which checks it again.
+
+use super::{applied_to_proto, phase_to_proto, role_to_proto, setup_from_proto, setup_to_proto};
+use crate::proto::{self, admin_server::Admin, peer_client::PeerClient};
+use crate::sidecar::Shared;
+use crate::store::{Snapshot, Store};
+use futures::Stream;
+use lockstep_core::health::aggregate;
+use lockstep_core::leader::{HistoryRecord, RequestOutcome};
+use lockstep_core::policy::{check_request, Pause, Request, RequestKind, Verdict};
+use lockstep_core::{Phase, Setup};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::{Response, Status};
+use tracing::{info, info_span, Instrument};
+
+pub struct AdminService {
+    pub shared: Arc<Shared>,
+}
+
+fn store_status(e: crate::store::StoreError) -> Status {
+    Status::unavailable(format!("etcd: {e}"))
+}
+
+/// True when the route serves and every live member applied exactly it.
+pub fn settled(s: &Snapshot) -> bool {
+    let Some((route, _)) = &s.route else {
+        return false;
+    };
+    route.phase == Phase::Serve
+        && !s.members.is_empty()
+        && s.members.iter().all(|m| {
+            m.record.applied.is_some_and(|a| {
+                a.epoch == route.epoch && a.phase == Phase::Serve && a.setup == route.setup
+            })
+        })
+}
+
+fn health_of(s: &Snapshot, setup: Setup) -> lockstep_core::health::SetupHealth {
+    aggregate(
+        s.members.iter().map(|m| (m.record.role, &m.record.health)),
+        setup,
+    )
+}
+
+/// Builds the status from a snapshot, asking each member for its live state
+/// (briefly; the etcd record stands in for a member that does not answer).
+pub async fn build_status(shared: &Shared, s: &Snapshot) -> proto::StatusReply {
+    let mut members = Vec::new();
+    let asks = s.members.iter().map(|m| {
+        let addr = m.record.grpc.clone();
+        async move {
+            let endpoint = tonic::transport::Channel::from_shared(format!("http://{addr}")).ok()?;
+            let fut = async {
+                let channel = endpoint
+                    .connect_timeout(Duration::from_millis(300))
+                    .connect()
+                    .await
+                    .ok()?;
+                PeerClient::new(channel)
+                    .get_state(proto::GetStateRequest {})
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+            };
+            tokio::time::timeout(Duration::from_millis(500), fut)
+                .await
+                .ok()
+                .flatten()
+        }
+    });
+    let live = futures::future::join_all(asks).await;
+    for (m, live) in s.members.iter().zip(live) {
+        members.push(live.unwrap_or_else(|| proto::MemberState {
+            id: m.id.clone(),
+            role: role_to_proto(m.record.role) as i32,
+            grpc_address: m.record.grpc.clone(),
+            applied: m.record.applied.as_ref().map(applied_to_proto),
+            lb_routes: m.record.lb.map_or("unknown".to_string(), |t| t.to_string()),
+            health: Some(proto::Health {
+                hot: m.record.health.hot.to_string(),
+                warm: m.record.health.warm.to_string(),
+                detail: "member did not answer; from its etcd record".into(),
+            }),
+            lease_age_ms: 0,
+            lease_fresh: false,
+        }));
+    }
+    proto::StatusReply {
+        link: shared.config.link.clone(),
+        leader: s
+            .leader
+            .as_ref()
+            .map_or(String::new(), |(id, _)| id.clone()),
+        token: s.leader.as_ref().map_or(0, |(_, t)| *t),
+        route: s.route.as_ref().map(|(r, _)| proto::Route {
+            epoch: r.epoch,
+            phase: phase_to_proto(r.phase) as i32,
+            setup: setup_to_proto(r.setup) as i32,
+            token: r.token,
+            reason: r.reason.clone(),
+            requested_by: r.requested_by.clone(),
+            at: r.at.clone(),
+        }),
+        members,
+        paused: s.paused.is_some(),
+        paused_reason: s.paused.as_ref().map_or(String::new(), |p| {
+            format!("{} (by {}, {})", p.reason, p.requested_by, p.at)
+        }),
+        pending: s.request.as_ref().map(|(r, _)| proto::PendingRequest {
+            id: r.id.clone(),
+            to: setup_to_proto(r.to) as i32,
+            force: r.force,
+            reason: r.reason.clone(),
+            requested_by: r.requested_by.clone(),
+            at: r.at.clone(),
+        }),
+        health: Setup::ALL
+            .iter()
+            .map(|setup| {
+                let h = health_of(s, *setup);
+                proto::SetupHealth {
+                    setup: setup_to_proto(*setup) as i32,
+                    alice: h.alice.to_string(),
+                    bob: h.bob.to_string(),
+                    healthy: h.healthy(),
+                }
+            })
+            .collect(),
+        settled: settled(s),
+    }
+}
+
+impl AdminService {
+    async fn switch(
+        &self,
+        req: proto::SwitchRequest,
+        kind: RequestKind,
+    ) -> Result<Response<proto::SwitchReply>, Status> {
+        let started = Instant::now();
+        let to = setup_from_proto(req.to).ok_or_else(|| {
+            Status::invalid_argument("unknown target setup: use \"hot\" or \"warm\"")
+        })?;
+        if req.reason.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "a reason is required: it is recorded in the history",
+            ));
+        }
+        let store = &self.shared.store;
+        let snap = store.snapshot().await.map_err(store_status)?;
+        let request = Request {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind,
+            to,
+            force: req.force,
+            reason: req.reason.clone(),
+            requested_by: if req.requested_by.is_empty() {
+                "unknown".into()
+            } else {
+                req.requested_by.clone()
+            },
+            at: crate::sidecar::leader::now_rfc3339(),
+        };
+        let route = snap.route.as_ref().map(|(r, _)| r);
+        let epoch_now = route.map_or(0, |r| r.epoch);
+        match check_request(&request, route, snap.paused.as_ref(), &health_of(&snap, to)) {
+            Err(refused) => return Err(Status::failed_precondition(refused.to_string())),
+            Ok(Verdict::AlreadyActive) => {
+                return Ok(Response::new(proto::SwitchReply {
+                    request_id: String::new(),
+                    epoch: epoch_now,
+                    already_active: true,
+                    completed: settled(&snap),
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                }))
+            }
+            Ok(Verdict::Go) => {}
+        }
+        let rev = match store.put_request(&request).await.map_err(store_status)? {
+            Ok(rev) => rev,
+            Err(pending) => return Err(Status::failed_precondition(format!(
+                "another request is pending ({} to {} by {}: {}); wait for it (`lockstep status`)",
+                pending.kind, pending.to, pending.requested_by, pending.reason
+            ))),
+        };
+        info!(id = %request.id, %kind, %to, by = %request.requested_by, reason = %request.reason, "request stored");
+        let timeout = if req.timeout_ms > 0 {
+            Duration::from_millis(req.timeout_ms)
+        } else {
+            self.shared.config.admin.switch_timeout
+        };
+        let outcome = wait_outcome(store, &request.id, rev, timeout).await;
+        let outcome = match outcome {
+            Some(o) => o,
+            None => {
+                // Leave nothing half-done: withdraw the request if no leader
+                // took it.
+                let withdrawn = store.withdraw_request(rev).await.unwrap_or(false);
+                return Err(Status::unavailable(if withdrawn {
+                    format!("no leader took the request within {timeout:?}, so it was withdrawn; is a leader elected? (`lockstep status`)")
+                } else {
+                    format!("the request was taken but its outcome was not seen within {timeout:?}; check `lockstep status`")
+                }));
+            }
+        };
+        match outcome.status.as_str() {
+            "rejected" => return Err(Status::failed_precondition(outcome.message)),
+            "already" => {
+                return Ok(Response::new(proto::SwitchReply {
+                    request_id: request.id,
+                    epoch: outcome.epoch,
+                    already_active: true,
+                    completed: true,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                }))
+            }
+            _ => {}
+        }
+        let mut completed = false;
+        if req.wait {
+            let deadline = started + timeout;
+            completed = wait_settled(store, outcome.epoch, to, deadline).await;
+            if !completed {
+                return Err(Status::deadline_exceeded(format!(
+                    "switch to {to} at epoch {} not complete within {timeout:?}; it goes on (`lockstep status`)",
+                    outcome.epoch
+                )));
+            }
+        }
+        Ok(Response::new(proto::SwitchReply {
+            request_id: request.id,
+            epoch: outcome.epoch,
+            already_active: false,
+            completed,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        }))
+    }
+}
+
+/// Waits for the leader's outcome of request `id` stored at `rev`.
+async fn wait_outcome(
+    store: &Store,
+    id: &str,
+    rev: i64,
+    timeout: Duration,
+) -> Option<RequestOutcome> {
+    let fut = async {
+        let mut stream = store.watch(Some("outcome"), rev).await.ok()?;
+        loop {
+            let resp = stream.message().await.ok()??;
+            for ev in resp.events() {
+                if let Ok(crate::store::Change::Outcome(o)) = store.decode(ev) {
+                    if o.id == id {
+                        return Some(o);
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(timeout, fut).await.ok().flatten()
+}
+
+/// Waits until every live member serves `to` at `epoch` (or later).
+async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -> bool {
+    let check = |s: &Snapshot| {
+        s.route
+            .as_ref()
+            .is_some_and(|(r, _)| r.epoch > epoch || (r.epoch == epoch && r.setup == to))
+            && settled(s)
+    };
+    let fut = async {
+        let snap = store.snapshot().await.ok()?;
+        if check(&snap) {
+            return Some(());
+        }
+        let mut stream = store.watch(None, snap.rev + 1).await.ok()?;
+        loop {
+            stream.message().await.ok()??;
+            let snap = store.snapshot().await.ok()?;
+            if check(&snap) {
+                return Some(());
+            }
+        }
+    };
+    tokio::time::timeout_at(deadline.into(), fut)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+fn history_to_proto(h: &HistoryRecord) -> proto::HistoryRecord {
+    proto::HistoryRecord {
+        epoch: h.epoch,
+        from: h.from.map_or(0, |s| setup_to_proto(s) as i32),
+        to: setup_to_proto(h.to) as i32,
+        kind: h.kind.to_string(),
+        reason: h.reason.clone(),
+        requested_by: h.requested_by.clone(),
+        leader: h.leader.clone(),
+        token: h.token,
+        started_at: h.started_at.clone(),
+        drain_ms: h.drain_ms,
+        total_ms: h.total_ms,
+        fenced_members: h.fenced_members.clone(),
+        outcome: h.outcome.clone(),
+    }
+}
+
+type StatusStream = Pin<Box<dyn Stream<Item = Result<proto::StatusReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(
+        &self,
+        _r: tonic::Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusReply>, Status> {
+        let snap = self.shared.store.snapshot().await.map_err(store_status)?;
+        Ok(Response::new(build_status(&self.shared, &snap).await))
+    }
+
+    async fn switchover(
+        &self,
+        r: tonic::Request<proto::SwitchRequest>,
+    ) -> Result<Response<proto::SwitchReply>, Status> {
+        let r = r.into_inner();
+        let span = info_span!("admin_switchover", link = %self.shared.config.link, to = r.to, by = %r.requested_by);
+        self.switch(r, RequestKind::Switchover)
+            .instrument(span)
+            .await
+    }
+
+    async fn failover(
+        &self,
+        r: tonic::Request<proto::SwitchRequest>,
+    ) -> Result<Response<proto::SwitchReply>, Status> {
+        let r = r.into_inner();
+        let span = info_span!("admin_failover", link = %self.shared.config.link, to = r.to, force = r.force, by = %r.requested_by);
+        self.switch(r, RequestKind::Failover).instrument(span).await
+    }
+
+    async fn pause(
+        &self,
+        r: tonic::Request<proto::PauseRequest>,
+    ) -> Result<Response<proto::PauseReply>, Status> {
+        let r = r.into_inner();
+        if r.reason.trim().is_empty() {
+            return Err(Status::invalid_argument("a reason is required to pause"));
+        }
+        let pause = Pause {
+            reason: r.reason,
+            requested_by: r.requested_by,
+            at: crate::sidecar::leader::now_rfc3339(),
+        };
+        self.shared
+            .store
+            .set_paused(Some(&pause))
+            .await
+            .map_err(store_status)?;
+        info!(link = %self.shared.config.link, reason = %pause.reason, by = %pause.requested_by, "paused");
+        Ok(Response::new(proto::PauseReply { paused: true }))
+    }
+
+    async fn resume(
+        &self,
+        r: tonic::Request<proto::PauseRequest>,
+    ) -> Result<Response<proto::PauseReply>, Status> {
+        let r = r.into_inner();
+        self.shared
+            .store
+            .set_paused(None)
+            .await
+            .map_err(store_status)?;
+        info!(link = %self.shared.config.link, reason = %r.reason, by = %r.requested_by, "resumed");
+        Ok(Response::new(proto::PauseReply { paused: false }))
+    }
+
+    async fn history(
+        &self,
+        r: tonic::Request<proto::HistoryRequest>,
+    ) -> Result<Response<proto::HistoryReply>, Status> {
+        let limit = match r.into_inner().limit {
+            0 => 20,
+            n => n.min(10_000) as usize,
+        };
+        let records = self
+            .shared
+            .store
+            .history(limit)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(proto::HistoryReply {
+            records: records.iter().map(history_to_proto).collect(),
+        }))
+    }
+
+    type WatchStatusStream = StatusStream;
+
+    async fn watch_status(
+        &self,
+        _r: tonic::Request<proto::StatusRequest>,
+    ) -> Result<Response<Self::WatchStatusStream>, Status> {
+        let shared = self.shared.clone();
+        let snap = shared.store.snapshot().await.map_err(store_status)?;
+        let mut stream = shared
+            .store
+            .watch(None, snap.rev + 1)
+            .await
+            .map_err(store_status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let first = build_status(&shared, &snap).await;
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => {
+                        // Coalesce bursts (a switch writes several keys).
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        let Ok(snap) = shared.store.snapshot().await else {
+                            continue;
+                        };
+                        if tx
+                            .send(Ok(build_status(&shared, &snap).await))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    _ => {
+                        let _ = tx.send(Err(Status::unavailable("etcd watch ended"))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

@@ -1,0 +1,63 @@
+//! gRPC: the `Peer` service between sidecars, the `Admin` service for the
+//! on-call CLI, and conversions between the protocol's types and protos.
+
+pub mod admin;
+pub mod peer;
+
+use crate::proto;
+use lockstep_core::{Applied, Phase, Role, Setup};
+
+pub fn setup_to_proto(s: Setup) -> proto::Setup {
+    match s {
+        Setup::Hot => proto::Setup::Hot,
+        Setup::Warm => proto::Setup::Warm,
+    }
+}
+
+/// `None` for unspecified or unknown values: callers turn that into a clear
+/// InvalidArgument.
+pub fn setup_from_proto(v: i32) -> Option<Setup> {
+    match proto::Setup::try_from(v).ok()? {
+        proto::Setup::Hot => Some(Setup::Hot),
+        proto::Setup::Warm => Some(Setup::Warm),
+        proto::Setup::Unspecified => None,
+    }
+}
+
+pub fn phase_to_proto(p: Phase) -> proto::Phase {
+    match p {
+        Phase::Drain => proto::Phase::Drain,
+        Phase::Serve => proto::Phase::Serve,
+    }
+}
+
+pub fn phase_from_proto(v: i32) -> Option<Phase> {
+    match proto::Phase::try_from(v).ok()? {
+        proto::Phase::Drain => Some(Phase::Drain),
+        proto::Phase::Serve => Some(Phase::Serve),
+        proto::Phase::Unspecified => None,
+    }
+}
+
+pub fn role_to_proto(r: Role) -> proto::Role {
+    match r {
+        Role::Alice => proto::Role::Alice,
+        Role::Bob => proto::Role::Bob,
+    }
+}
+
+pub fn applied_to_proto(a: &Applied) -> proto::Applied {
+    proto::Applied {
+        epoch: a.epoch,
+        phase: phase_to_proto(a.phase) as i32,
+        setup: setup_to_proto(a.setup) as i32,
+    }
+}
+
+pub fn applied_from_proto(a: &proto::Applied) -> Option<Applied> {
+    Some(Applied {
+        epoch: a.epoch,
+        phase: phase_from_proto(a.phase)?,
+        setup: setup_from_proto(a.setup)?,
+    })
+}

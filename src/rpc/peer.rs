@@ -1,0 +1,106 @@
+//! The `Peer` service: Drain and Serve pushes from the leader go into the
+//! member's one serialized state machine, and are answered only when it
+//! releases the reply (after the LB confirmed).
+
+use super::{applied_to_proto, setup_from_proto};
+use crate::proto::{self, peer_server::Peer};
+use crate::sidecar::member::Input;
+use crate::sidecar::Shared;
+use lockstep_core::member::{MemberEvent, Refusal};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+use tracing::{info_span, Instrument};
+
+pub struct PeerService {
+    pub shared: Arc<Shared>,
+    pub input: tokio::sync::mpsc::Sender<Input>,
+}
+
+impl PeerService {
+    async fn push(&self, event: MemberEvent) -> Result<Response<proto::ApplyReply>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.input
+            .send(Input::Peer(event, tx))
+            .await
+            .map_err(|_| Status::unavailable("member is shutting down"))?;
+        match rx.await {
+            Ok(Ok(applied)) => Ok(Response::new(proto::ApplyReply {
+                member: self.shared.config.member_id.clone(),
+                applied: Some(applied_to_proto(&applied)),
+            })),
+            Ok(Err(refusal)) => Err(refusal_status(&refusal)),
+            Err(_) => Err(Status::unavailable("member dropped the request")),
+        }
+    }
+
+    fn check_link(&self, link: &str) -> Result<(), Status> {
+        if link != self.shared.config.link {
+            return Err(Status::invalid_argument(format!(
+                "this member belongs to link {:?}, not {link:?}",
+                self.shared.config.link
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn refusal_status(r: &Refusal) -> Status {
+    match r {
+        Refusal::StaleToken { .. } | Refusal::StaleStep { .. } | Refusal::Superseded { .. } => {
+            Status::aborted(r.to_string())
+        }
+        Refusal::Inconsistent { .. } | Refusal::NotServable { .. } => {
+            Status::failed_precondition(r.to_string())
+        }
+        Refusal::Stopping => Status::unavailable(r.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn drain(
+        &self,
+        request: Request<proto::DrainRequest>,
+    ) -> Result<Response<proto::ApplyReply>, Status> {
+        let r = request.into_inner();
+        self.check_link(&r.link)?;
+        let setup = setup_from_proto(r.setup)
+            .ok_or_else(|| Status::invalid_argument("setup must be hot or warm"))?;
+        let span = info_span!("drain", link = %r.link, epoch = r.epoch, token = r.token, member = %self.shared.config.member_id);
+        self.push(MemberEvent::PeerDrain {
+            req: 0,
+            epoch: r.epoch,
+            token: r.token,
+            setup,
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn serve(
+        &self,
+        request: Request<proto::ServeRequest>,
+    ) -> Result<Response<proto::ApplyReply>, Status> {
+        let r = request.into_inner();
+        self.check_link(&r.link)?;
+        let setup = setup_from_proto(r.setup)
+            .ok_or_else(|| Status::invalid_argument("setup must be hot or warm"))?;
+        let span = info_span!("serve", link = %r.link, epoch = r.epoch, token = r.token, %setup, member = %self.shared.config.member_id);
+        self.push(MemberEvent::PeerServe {
+            req: 0,
+            epoch: r.epoch,
+            token: r.token,
+            setup,
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn get_state(
+        &self,
+        _request: Request<proto::GetStateRequest>,
+    ) -> Result<Response<proto::MemberState>, Status> {
+        Ok(Response::new(self.shared.member_state()))
+    }
+}

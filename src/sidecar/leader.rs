@@ -1,0 +1,351 @@
+//! Election and the leader driver: campaigns on the member's lease, and while
+//! leading feeds the leader state machine from one etcd watch of the link and
+//! from peer replies, and carries out its writes and pushes.
+
+use super::Shared;
+use crate::proto::peer_client::PeerClient;
+use crate::proto::{DrainRequest, ServeRequest};
+use crate::store::Change;
+use lockstep_core::leader::{Leader, LeaderAction, LeaderConfig, LeaderEvent, WriteFailure};
+use lockstep_core::{Applied, Token};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// Campaigns whenever this member has a lease and no one leads; leads until
+/// it steps down, loses its lease or the sidecar stops.
+pub async fn campaign_loop(shared: Arc<Shared>) {
+    let mut lease_rx = shared.lease.subscribe();
+    loop {
+        if *shared.stopping.borrow() {
+            return;
+        }
+        let Some(lease) = *lease_rx.borrow_and_update() else {
+            if lease_rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        match shared.store.campaign(&shared.config.member_id, lease).await {
+            Ok(Some(token)) => {
+                let span = info_span!("leader", link = %shared.config.link, member = %shared.config.member_id, token);
+                info!(parent: &span, "elected leader");
+                shared.leader_token.send_replace(Some(token));
+                shared.metrics.set_leader(true);
+                let reason = lead(shared.clone(), token, lease)
+                    .instrument(span.clone())
+                    .await;
+                shared.leader_token.send_replace(None);
+                shared.metrics.set_leader(false);
+                info!(parent: &span, %reason, "stepped down");
+                if let Err(e) = shared.store.resign(token).await {
+                    debug!(error = %e, "resign failed; the lease bounds it");
+                }
+            }
+            Ok(None) => wait_for_vacancy(&shared, &mut lease_rx, lease).await,
+            Err(e) => {
+                warn!(error = %e, "campaign failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Returns when the leader key is deleted, our lease changes, or after a
+/// while (to re-check in case a watch event was missed).
+async fn wait_for_vacancy(
+    shared: &Shared,
+    lease_rx: &mut tokio::sync::watch::Receiver<Option<i64>>,
+    lease: i64,
+) {
+    let snapshot_rev = match shared.store.snapshot().await {
+        Ok(s) if s.leader.is_none() => return,
+        Ok(s) => s.rev,
+        Err(_) => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return;
+        }
+    };
+    let Ok(mut stream) = shared.store.watch(Some("leader"), snapshot_rev + 1).await else {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        return;
+    };
+    let deadline = tokio::time::sleep(Duration::from_secs(5));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            msg = stream.message() => match msg {
+                Ok(Some(resp)) => {
+                    if resp.events().iter().any(|e| e.event_type() == etcd_client::EventType::Delete) {
+                        return;
+                    }
+                }
+                _ => return,
+            },
+            r = lease_rx.changed() => {
+                if r.is_err() || *lease_rx.borrow() != Some(lease) {
+                    return;
+                }
+            }
+            _ = &mut deadline => return,
+        }
+    }
+}
+
+enum Done {
+    Written(Result<(i64, Vec<lockstep_core::leader::Listed>), WriteFailure>),
+    Replied(String, Applied),
+}
+
+/// Leads until the state machine steps down or the lease changes.
+async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
+    let clock = shared.clock;
+    let snapshot = match shared.store.snapshot().await {
+        Ok(s) => s,
+        Err(e) => return format!("cannot read the link: {e}"),
+    };
+    let mut core = Leader::new(
+        LeaderConfig {
+            id: shared.config.member_id.clone(),
+            token,
+            initial_setup: shared.config.initial_setup,
+            resend_every: Duration::from_millis(500),
+        },
+        clock.now(),
+    );
+    core.handle(
+        clock.now(),
+        LeaderEvent::Start {
+            route: snapshot.route.clone(),
+            members: snapshot.members.clone(),
+            request: snapshot.request.clone(),
+            paused: snapshot.paused.clone(),
+        },
+    );
+    let mut stream = match shared.store.watch(None, snapshot.rev + 1).await {
+        Ok(s) => s,
+        Err(e) => return format!("cannot watch the link: {e}"),
+    };
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(64);
+    let mut peers: HashMap<String, PeerClient<Channel>> = HashMap::new();
+    let mut lease_rx = shared.lease.subscribe();
+    // Wall-clock start of each switch, for its history record.
+    let mut started_at: HashMap<u64, String> = HashMap::new();
+
+    loop {
+        while let Some(action) = core.poll_action() {
+            match action {
+                LeaderAction::WriteRoute {
+                    mut route,
+                    expect_route_rev,
+                    consume,
+                    mut history,
+                    list_members,
+                } => {
+                    route.at = now_rfc3339();
+                    let start = started_at
+                        .entry(route.epoch)
+                        .or_insert_with(|| route.at.clone())
+                        .clone();
+                    if let Some(h) = history.as_mut() {
+                        h.started_at = start;
+                    }
+                    let span = info_span!("write_route", epoch = route.epoch, phase = %route.phase, setup = %route.setup, token);
+                    let store = shared.store.clone();
+                    let tx = done_tx.clone();
+                    tokio::spawn(
+                        async move {
+                            if route.phase == lockstep_core::Phase::Drain {
+                                fail::fail_point!("leader-before-drain-write", |_| ());
+                            } else {
+                                fail::fail_point!("leader-before-serve-write", |_| ());
+                            }
+                            let res = store
+                                .write_route(
+                                    token,
+                                    &route,
+                                    expect_route_rev,
+                                    consume.as_ref().map(|(rev, o)| (*rev, o)),
+                                    history.as_ref(),
+                                    list_members,
+                                )
+                                .await;
+                            match &res {
+                                Ok((rev, _)) => info!(rev, "route written"),
+                                Err(e) => warn!(failure = ?e, "route write failed"),
+                            }
+                            if route.phase == lockstep_core::Phase::Drain {
+                                fail::fail_point!("leader-after-drain-write", |_| ());
+                            } else {
+                                fail::fail_point!("leader-after-serve-write", |_| ());
+                            }
+                            let _ = tx.send(Done::Written(res)).await;
+                        }
+                        .instrument(span),
+                    );
+                }
+                LeaderAction::ResolveRequest { rev, outcome } => {
+                    let store = shared.store.clone();
+                    tokio::spawn(async move {
+                        match store.resolve_request(token, rev, &outcome).await {
+                            Ok(true) => info!(id = %outcome.id, status = %outcome.status, message = %outcome.message, "request resolved"),
+                            Ok(false) => debug!("request changed before it was resolved"),
+                            Err(e) => warn!(error = %e, "cannot resolve request"),
+                        }
+                    }.in_current_span());
+                }
+                LeaderAction::WriteHistory(mut record) => {
+                    let store = shared.store.clone();
+                    shared.metrics.switch_completed(&record);
+                    info!(epoch = record.epoch, to = %record.to, drain_ms = record.drain_ms, total_ms = record.total_ms, fenced = ?record.fenced_members, "switch complete");
+                    record.started_at = started_at.remove(&record.epoch).unwrap_or_default();
+                    started_at.retain(|e, _| *e > record.epoch);
+                    tokio::spawn(
+                        async move {
+                            if let Err(e) = store.put_history(token, &record).await {
+                                warn!(error = %e, "cannot write history");
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                }
+                LeaderAction::SendDrain {
+                    member,
+                    addr,
+                    epoch,
+                    token,
+                    setup,
+                } => {
+                    let client = peer(&mut peers, &addr);
+                    let tx = done_tx.clone();
+                    let link = shared.config.link.clone();
+                    tokio::spawn(async move {
+                        let Some(mut client) = client else { return };
+                        let req = DrainRequest { link, epoch, token, setup: crate::rpc::setup_to_proto(setup) as i32 };
+                        match client.drain(req).await {
+                            Ok(reply) => {
+                                if let Some(applied) = reply.into_inner().applied.and_then(|a| crate::rpc::applied_from_proto(&a)) {
+                                    let _ = tx.send(Done::Replied(member, applied)).await;
+                                }
+                            }
+                            Err(status) => debug!(%member, error = %status.message(), "drain push failed; etcd path remains"),
+                        }
+                    }.instrument(info_span!("push_drain", epoch, token)));
+                }
+                LeaderAction::SendServe {
+                    member,
+                    addr,
+                    epoch,
+                    token,
+                    setup,
+                } => {
+                    let client = peer(&mut peers, &addr);
+                    let tx = done_tx.clone();
+                    let link = shared.config.link.clone();
+                    tokio::spawn(async move {
+                        let Some(mut client) = client else { return };
+                        let req = ServeRequest { link, epoch, token, setup: crate::rpc::setup_to_proto(setup) as i32 };
+                        match client.serve(req).await {
+                            Ok(reply) => {
+                                if let Some(applied) = reply.into_inner().applied.and_then(|a| crate::rpc::applied_from_proto(&a)) {
+                                    let _ = tx.send(Done::Replied(member, applied)).await;
+                                }
+                            }
+                            Err(status) => debug!(%member, error = %status.message(), "serve push failed; etcd path remains"),
+                        }
+                    }.instrument(info_span!("push_serve", epoch, token)));
+                }
+                LeaderAction::StepDown { reason } => return reason,
+            }
+        }
+
+        let timeout = core.poll_timeout();
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep_until(clock.instant(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = stream.message() => match msg {
+                Ok(Some(resp)) => {
+                    if resp.canceled() {
+                        return format!("watch canceled: {}", resp.cancel_reason());
+                    }
+                    for ev in resp.events() {
+                        let change = match shared.store.decode(ev) {
+                            Ok(c) => c,
+                            Err(e) => { warn!(error = %e, "ignoring unreadable key"); continue; }
+                        };
+                        let event = match change {
+                            Change::Route(route, rev) => LeaderEvent::RouteSeen { route, rev },
+                            Change::Member(listed) => LeaderEvent::MemberPut(listed),
+                            Change::MemberGone(id, rev) => {
+                                info!(member = %id, "member key gone (lease expired or revoked)");
+                                LeaderEvent::MemberDeleted { id, rev }
+                            }
+                            Change::Request(request, rev) => LeaderEvent::RequestPut { request, rev },
+                            Change::RequestGone(rev) => LeaderEvent::RequestDeleted { rev },
+                            Change::Paused(p) => LeaderEvent::PauseChanged(p),
+                            Change::Leader(l) => {
+                                if l.as_ref().is_none_or(|(_, t)| *t != token) {
+                                    return "leader key changed".into();
+                                }
+                                continue;
+                            }
+                            Change::Outcome(_) | Change::Other => continue,
+                        };
+                        core.handle(clock.now(), event);
+                    }
+                }
+                Ok(None) => return "watch closed".into(),
+                Err(e) => return format!("watch broke: {e}"),
+            },
+            Some(done) = done_rx.recv() => {
+                let event = match done {
+                    Done::Written(Ok((rev, members))) => LeaderEvent::RouteWritten { rev, members },
+                    Done::Written(Err(f)) => LeaderEvent::WriteFailed(f),
+                    Done::Replied(member, applied) => LeaderEvent::PeerReplied { member, applied },
+                };
+                core.handle(clock.now(), event);
+            }
+            r = lease_rx.changed() => {
+                if r.is_err() || *lease_rx.borrow() != Some(lease) {
+                    return "lease lost".into();
+                }
+            }
+            _ = sleep => core.handle(clock.now(), LeaderEvent::Tick),
+        }
+    }
+}
+
+fn peer(
+    peers: &mut HashMap<String, PeerClient<Channel>>,
+    addr: &str,
+) -> Option<PeerClient<Channel>> {
+    if let Some(c) = peers.get(addr) {
+        return Some(c.clone());
+    }
+    let endpoint = match Channel::from_shared(format!("http://{addr}")) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(%addr, error = %e, "bad peer address");
+            return None;
+        }
+    };
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    let client = PeerClient::new(channel);
+    peers.insert(addr.to_string(), client.clone());
+    Some(client)
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

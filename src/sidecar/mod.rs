@@ -1,0 +1,258 @@
+//! The sidecar: thin drivers that connect the pure protocol to etcd, gRPC,
+//! the LB, probes and HTTP.
+//!
+//! Tasks: the member loop (`member`), registration and keep-alive, the LB
+//! read-back, the member-record writer, the election and leader loop
+//! (`leader`), the probes, and the gRPC and HTTP servers. They share one
+//! [`Shared`]; shutdown blocks the LB first, then revokes the lease.
+
+pub mod leader;
+pub mod member;
+pub mod metrics;
+
+use crate::config::Config;
+use crate::lb::LoadBalancer;
+use crate::proto;
+use crate::store::Store;
+use anyhow::Context;
+use lockstep_core::health::RoleHealth;
+use lockstep_core::leader::MemberRecord;
+use lockstep_core::member::{MemberEvent, MemberView};
+use lockstep_core::{LbTarget, Time, Token};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Monotonic time for the core: milliseconds since the sidecar started.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    origin: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock {
+            origin: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> Time {
+        Time::from_millis(self.origin.elapsed().as_millis() as u64)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// State shared by the sidecar's tasks.
+pub struct Shared {
+    pub config: Config,
+    pub store: Store,
+    pub clock: Clock,
+    /// The member state machine's latest view (check endpoint, status).
+    pub view: watch::Sender<MemberView>,
+    /// The member's current lease, `None` while (re)registering.
+    pub lease: watch::Sender<Option<i64>>,
+    /// What this member publishes in its etcd key.
+    pub record: watch::Sender<MemberRecord>,
+    /// Our token while we lead.
+    pub leader_token: watch::Sender<Option<Token>>,
+    /// Set once shutdown began, so no new leadership is taken.
+    pub stopping: watch::Sender<bool>,
+    pub metrics: metrics::Metrics,
+}
+
+impl Shared {
+    /// This member's live state, for `Peer.GetState` and status.
+    pub fn member_state(&self) -> proto::MemberState {
+        let view = self.view.borrow().clone();
+        let record = self.record.borrow().clone();
+        let now = self.clock.now();
+        let fresh_budget = self
+            .config
+            .etcd
+            .lease_ttl
+            .saturating_sub(self.config.etcd.margin);
+        let lease_age_ms = view.lease_fresh_until.map_or(0, |until| {
+            // until = ack send time + fresh budget
+            let acked = until - fresh_budget;
+            now.since(acked).as_millis() as u64
+        });
+        let lb_routes = match view.lb {
+            lockstep_core::member::LbKnown::Confirmed(t) => t.to_string(),
+            lockstep_core::member::LbKnown::AssumedBlocked => "blocked (by LB checks)".into(),
+            lockstep_core::member::LbKnown::Unknown => "unknown".into(),
+        };
+        proto::MemberState {
+            id: self.config.member_id.clone(),
+            role: crate::rpc::role_to_proto(self.config.role) as i32,
+            grpc_address: self.config.grpc_advertise(),
+            applied: view.applied.as_ref().map(crate::rpc::applied_to_proto),
+            lb_routes,
+            health: Some(proto::Health {
+                hot: record.health.hot.to_string(),
+                warm: record.health.warm.to_string(),
+                detail: String::new(),
+            }),
+            lease_age_ms,
+            lease_fresh: !view.fenced && view.lease_fresh_until.is_some_and(|u| now < u),
+        }
+    }
+
+    /// The LB check answer for one HAProxy server name.
+    pub fn check(&self, server: &str) -> (bool, String) {
+        let setup = if server == self.config.lb.server_hot {
+            lockstep_core::Setup::Hot
+        } else if server == self.config.lb.server_warm {
+            lockstep_core::Setup::Warm
+        } else {
+            return (false, format!("unknown server {server:?}"));
+        };
+        let view = self.view.borrow();
+        let now = self.clock.now();
+        let ok = view.routable(setup, now, self.config.lb_down_detection());
+        let why = if ok {
+            format!("routable: serving {setup}")
+        } else if view.fenced {
+            "not routable: lease not fresh (self-fenced)".into()
+        } else if !view.synced {
+            "not routable: not registered with etcd".into()
+        } else if view.desired != LbTarget::Serve(setup) {
+            format!("not routable: this member routes to {}", view.desired)
+        } else {
+            "not routable: lease about to expire".into()
+        };
+        (ok, why)
+    }
+}
+
+/// Runs the sidecar until `shutdown` resolves, then blocks the LB and
+/// revokes the lease before returning.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // TEMPORARY until the HAProxy adapter lands this session.
+    let _ = (config, shutdown);
+    anyhow::bail!("HAProxy adapter not wired yet")
+}
+
+/// [`run`] with any LB adapter.
+pub async fn run_with<L: LoadBalancer>(
+    config: Config,
+    lb: Arc<L>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let store = Store::connect(
+        &config.etcd.endpoints,
+        &config.etcd.prefix,
+        &config.link,
+        config.etcd.dial_timeout,
+        config.etcd.request_timeout,
+    )
+    .await
+    .context("cannot start without etcd")?;
+    let clock = Clock::new();
+    let member_cfg_view = lockstep_core::member::Member::new(
+        lockstep_core::member::MemberConfig {
+            id: config.member_id.clone(),
+            role: config.role,
+            lease_ttl: config.etcd.lease_ttl,
+            margin: config.etcd.margin,
+            lb_down_bound: config.lb_down_detection(),
+            lb_retry: Duration::from_millis(200),
+        },
+        clock.now(),
+    )
+    .view();
+    let record = MemberRecord {
+        role: config.role,
+        grpc: config.grpc_advertise(),
+        applied: None,
+        lb: None,
+        health: RoleHealth::default(),
+    };
+    let grpc_listen = config.grpc.listen;
+    let http_listen = config.http.listen;
+    let shared = Arc::new(Shared {
+        metrics: metrics::Metrics::new(&config),
+        config,
+        store,
+        clock,
+        view: watch::Sender::new(member_cfg_view),
+        lease: watch::Sender::new(None),
+        record: watch::Sender::new(record),
+        leader_token: watch::Sender::new(None),
+        stopping: watch::Sender::new(false),
+    });
+    info!(
+        link = %shared.config.link,
+        member = %shared.config.member_id,
+        role = %shared.config.role,
+        lb = lb.guarantees(),
+        "starting sidecar"
+    );
+
+    // Bind first so a port clash fails start-up with a clear message.
+    let grpc_listener = tokio::net::TcpListener::bind(grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {grpc_listen}"))?;
+    let http_listener = tokio::net::TcpListener::bind(http_listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {http_listen}"))?;
+
+    let handles = member::spawn(shared.clone(), lb);
+    let input = handles.input.clone();
+    tokio::spawn(crate::http::serve(shared.clone(), http_listener));
+    tokio::spawn(crate::probe::run(shared.clone()));
+    let campaign = tokio::spawn(leader::campaign_loop(shared.clone()));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<proto::admin_server::AdminServer<crate::rpc::admin::AdminService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection")?;
+    let peer = crate::rpc::peer::PeerService {
+        shared: shared.clone(),
+        input: input.clone(),
+    };
+    let admin = crate::rpc::admin::AdminService {
+        shared: shared.clone(),
+    };
+    let (grpc_stop_tx, grpc_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(proto::peer_server::PeerServer::new(peer))
+            .add_service(proto::admin_server::AdminServer::new(admin))
+            .add_service(health_service)
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                async {
+                    let _ = grpc_stop_rx.await;
+                },
+            ),
+    );
+
+    shutdown.await;
+    info!("stopping: blocking the LB, then revoking the lease");
+    shared.stopping.send_replace(true);
+    campaign.abort();
+    if let Some(token) = *shared.leader_token.borrow() {
+        let _ = shared.store.resign(token).await;
+    }
+    let _ = input.send(member::Input::Event(MemberEvent::Stop)).await;
+    let bound = shared.config.lb_down_detection() + Duration::from_secs(2);
+    if tokio::time::timeout(bound, handles.stopped).await.is_err() {
+        warn!("LB not confirmed blocked within {bound:?}; its health checks block it once we are gone");
+    }
+    let _ = grpc_stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(1), grpc).await;
+    Ok(())
+}

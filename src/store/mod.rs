@@ -1,0 +1,550 @@
+//! etcd: the link's shared state and the fencing that protects it.
+//!
+//! Keys under `<prefix>/<link>/`:
+//! * `leader`: the leader's member id on its lease; create_revision = token.
+//! * `route`: the [`Route`] (JSON), written only by a token-guarded txn.
+//! * `members/<id>`: each member's [`MemberRecord`] on its own lease.
+//! * `request`: the one pending manual request; `outcome`: what became of
+//!   the last one.
+//! * `paused`: present while the link is paused.
+//! * `history/<epoch, zero-padded>`: one record per transition.
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions, WatchStream,
+};
+use lockstep_core::leader::{
+    HistoryRecord, Listed, MemberRecord, RequestOutcome, Rev, WriteFailure,
+};
+use lockstep_core::policy::{Pause, Request};
+use lockstep_core::{MemberId, Route, Token};
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "etcd at {endpoints} unreachable: {source}; check `etcd.endpoints` and that etcd is up"
+    )]
+    Unreachable {
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd request failed: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("etcd did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("bad value under {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// One link's keys in etcd.
+#[derive(Clone)]
+pub struct Store {
+    /// Cheap to clone: all clones share one gRPC channel.
+    client: Client,
+    /// `<prefix>/<link>/`, with the trailing slash.
+    base: String,
+    /// Bound on every unary request, so a hung etcd turns into an error.
+    timeout: Duration,
+}
+
+/// The whole link read at one revision.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub rev: Rev,
+    pub leader: Option<(MemberId, Token)>,
+    pub route: Option<(Route, Rev)>,
+    pub members: Vec<Listed>,
+    pub request: Option<(Request, Rev)>,
+    pub outcome: Option<RequestOutcome>,
+    pub paused: Option<Pause>,
+}
+
+/// A change under the link's prefix, as the watch reports it.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Route(Route, Rev),
+    Member(Listed),
+    MemberGone(MemberId, Rev),
+    Request(Request, Rev),
+    RequestGone(Rev),
+    Outcome(RequestOutcome),
+    Paused(Option<Pause>),
+    Leader(Option<(MemberId, Token)>),
+    Other,
+}
+
+impl Store {
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        link: &str,
+        dial_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(dial_timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let connect = Client::connect(endpoints, Some(options));
+        let client = tokio::time::timeout(dial_timeout + timeout, connect)
+            .await
+            .map_err(|_| StoreError::Timeout(dial_timeout + timeout))?
+            .map_err(|source| StoreError::Unreachable {
+                endpoints: endpoints.join(","),
+                source,
+            })?;
+        let store = Store {
+            client,
+            base: format!("{}/{}/", prefix.trim_end_matches('/'), link),
+            timeout,
+        };
+        // Fail now, with a clear message, rather than on the first write.
+        store
+            .get_raw(&store.key("route"))
+            .await
+            .map_err(|e| match e {
+                StoreError::Etcd(source) => StoreError::Unreachable {
+                    endpoints: endpoints.join(","),
+                    source,
+                },
+                other => other,
+            })?;
+        Ok(store)
+    }
+
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{}", self.base, name)
+    }
+
+    pub fn member_key(&self, id: &str) -> String {
+        format!("{}members/{}", self.base, id)
+    }
+
+    fn history_key(&self, epoch: u64) -> String {
+        format!("{}history/{:020}", self.base, epoch)
+    }
+
+    async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, f)
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?
+            .map_err(StoreError::Etcd)
+    }
+
+    async fn get_raw(&self, key: &str) -> Result<Option<etcd_client::KeyValue>, StoreError> {
+        let mut c = self.client.clone();
+        let resp = self.bounded(c.get(key, None)).await?;
+        Ok(resp.kvs().first().cloned())
+    }
+
+    // ---- leases ----
+
+    pub async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
+        let mut c = self.client.clone();
+        let resp = self
+            .bounded(c.lease_grant(ttl.as_secs().max(1) as i64, None))
+            .await?;
+        Ok(resp.id())
+    }
+
+    pub async fn keep_alive(
+        &self,
+        lease: i64,
+    ) -> Result<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream), StoreError> {
+        let mut c = self.client.clone();
+        self.bounded(c.lease_keep_alive(lease)).await
+    }
+
+    pub async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
+        let mut c = self.client.clone();
+        self.bounded(c.lease_revoke(lease)).await.map(|_| ())
+    }
+
+    // ---- members ----
+
+    /// Writes this member's record on its lease.
+    pub async fn put_member(
+        &self,
+        id: &str,
+        record: &MemberRecord,
+        lease: i64,
+    ) -> Result<Rev, StoreError> {
+        let mut c = self.client.clone();
+        let value = to_json(record);
+        let resp = self
+            .bounded(c.put(
+                self.member_key(id),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            ))
+            .await?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// The route and the revision it was read at (watch from `rev + 1`).
+    pub async fn read_route(&self) -> Result<(Option<Route>, Rev), StoreError> {
+        let mut c = self.client.clone();
+        let key = self.key("route");
+        let resp = self.bounded(c.get(key.clone(), None)).await?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let route = match resp.kvs().first() {
+            Some(kv) => Some(from_json::<Route>(&key, kv.value())?),
+            None => None,
+        };
+        Ok((route, rev))
+    }
+
+    /// Watches one key or the whole link from `from_rev`.
+    pub async fn watch(
+        &self,
+        name: Option<&str>,
+        from_rev: Rev,
+    ) -> Result<WatchStream, StoreError> {
+        let mut c = self.client.clone();
+        let mut options = WatchOptions::new().with_start_revision(from_rev);
+        let key = match name {
+            Some(n) => self.key(n),
+            None => {
+                options = options.with_prefix();
+                self.base.clone()
+            }
+        };
+        self.bounded(c.watch(key, Some(options))).await
+    }
+
+    /// Decodes one watch event under the link's prefix.
+    pub fn decode(&self, event: &etcd_client::Event) -> Result<Change, StoreError> {
+        let Some(kv) = event.kv() else {
+            return Ok(Change::Other);
+        };
+        let key = String::from_utf8_lossy(kv.key()).to_string();
+        let Some(name) = key.strip_prefix(&self.base) else {
+            return Ok(Change::Other);
+        };
+        let rev = kv.mod_revision();
+        let put = event.event_type() == EventType::Put;
+        Ok(match name {
+            "route" if put => Change::Route(from_json(&key, kv.value())?, rev),
+            "request" if put => Change::Request(from_json(&key, kv.value())?, rev),
+            "request" => Change::RequestGone(rev),
+            "outcome" if put => Change::Outcome(from_json(&key, kv.value())?),
+            "paused" if put => Change::Paused(Some(from_json(&key, kv.value())?)),
+            "paused" => Change::Paused(None),
+            "leader" if put => Change::Leader(Some((
+                String::from_utf8_lossy(kv.value()).to_string(),
+                kv.create_revision(),
+            ))),
+            "leader" => Change::Leader(None),
+            n => match n.strip_prefix("members/") {
+                Some(id) if put => Change::Member(Listed {
+                    id: id.to_string(),
+                    record: from_json(&key, kv.value())?,
+                    rev,
+                }),
+                Some(id) => Change::MemberGone(id.to_string(), rev),
+                None => Change::Other,
+            },
+        })
+    }
+
+    // ---- election ----
+
+    /// Tries to become leader: creates the leader key on `lease` if there is
+    /// none. Returns the token if this member holds the key (also when it
+    /// already did, e.g. after a failed resign).
+    pub async fn campaign(&self, id: &str, lease: i64) -> Result<Option<Token>, StoreError> {
+        let key = self.key("leader");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(key.clone(), id, Some(PutOptions::new().with_lease(lease))),
+                TxnOp::get(key.clone(), None),
+            ])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let mut c = self.client.clone();
+        let resp = self.bounded(c.txn(txn)).await?;
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = op {
+                if let Some(kv) = g.kvs().first() {
+                    if kv.value() == id.as_bytes() && kv.lease() == lease {
+                        return Ok(Some(kv.create_revision()));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Gives up leadership held under `token` (no-op if already lost).
+    pub async fn resign(&self, token: Token) -> Result<(), StoreError> {
+        let key = self.key("leader");
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                token,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        let mut c = self.client.clone();
+        self.bounded(c.txn(txn)).await.map(|_| ())
+    }
+
+    // ---- reading the whole link ----
+
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let mut c = self.client.clone();
+        let resp = self
+            .bounded(c.get(self.base.clone(), Some(GetOptions::new().with_prefix())))
+            .await?;
+        let mut snap = Snapshot {
+            rev: resp.header().map_or(0, |h| h.revision()),
+            ..Snapshot::default()
+        };
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).to_string();
+            let Some(name) = key.strip_prefix(&self.base) else {
+                continue;
+            };
+            match name {
+                "route" => snap.route = Some((from_json(&key, kv.value())?, kv.mod_revision())),
+                "request" => snap.request = Some((from_json(&key, kv.value())?, kv.mod_revision())),
+                "outcome" => snap.outcome = Some(from_json(&key, kv.value())?),
+                "paused" => snap.paused = Some(from_json(&key, kv.value())?),
+                "leader" => {
+                    snap.leader = Some((
+                        String::from_utf8_lossy(kv.value()).to_string(),
+                        kv.create_revision(),
+                    ))
+                }
+                n => {
+                    if let Some(id) = n.strip_prefix("members/") {
+                        snap.members.push(Listed {
+                            id: id.to_string(),
+                            record: from_json(&key, kv.value())?,
+                            rev: kv.mod_revision(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(snap)
+    }
+
+    // ---- leader writes: every one guarded by the token ----
+
+    /// The switch's route write. See `LeaderAction::WriteRoute`.
+    pub async fn write_route(
+        &self,
+        token: Token,
+        route: &Route,
+        expect_route_rev: Rev,
+        consume: Option<(Rev, &RequestOutcome)>,
+        history: Option<&HistoryRecord>,
+        list_members: bool,
+    ) -> Result<(Rev, Vec<Listed>), WriteFailure> {
+        let leader_key = self.key("leader");
+        let route_key = self.key("route");
+        let mut compares = vec![
+            Compare::create_revision(leader_key.clone(), CompareOp::Equal, token),
+            Compare::mod_revision(route_key.clone(), CompareOp::Equal, expect_route_rev),
+        ];
+        let mut ops = vec![TxnOp::put(route_key, to_json(route), None)];
+        if let Some((rev, outcome)) = consume {
+            compares.push(Compare::mod_revision(
+                self.key("request"),
+                CompareOp::Equal,
+                rev,
+            ));
+            ops.push(TxnOp::delete(self.key("request"), None));
+            ops.push(TxnOp::put(self.key("outcome"), to_json(outcome), None));
+        }
+        if let Some(h) = history {
+            ops.push(TxnOp::put(self.history_key(h.epoch), to_json(h), None));
+        }
+        if list_members {
+            ops.push(TxnOp::get(
+                self.key("members/"),
+                Some(GetOptions::new().with_prefix()),
+            ));
+        }
+        let txn = Txn::new()
+            .when(compares)
+            .and_then(ops)
+            .or_else([TxnOp::get(leader_key, None)]);
+        let mut c = self.client.clone();
+        let resp = self
+            .bounded(c.txn(txn))
+            .await
+            .map_err(|e| WriteFailure::Unknown(e.to_string()))?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let ops = resp.op_responses();
+        if !resp.succeeded() {
+            let still_ours = ops.iter().any(|op| match op {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .is_some_and(|kv| kv.create_revision() == token),
+                _ => false,
+            });
+            return Err(if still_ours {
+                WriteFailure::Conflict
+            } else {
+                WriteFailure::LostLeadership
+            });
+        }
+        let mut members = Vec::new();
+        for op in ops {
+            if let TxnOpResponse::Get(g) = op {
+                for kv in g.kvs() {
+                    let key = String::from_utf8_lossy(kv.key()).to_string();
+                    let Some(id) = key.strip_prefix(&self.key("members/")) else {
+                        continue;
+                    };
+                    match from_json::<MemberRecord>(&key, kv.value()) {
+                        Ok(record) => members.push(Listed {
+                            id: id.to_string(),
+                            record,
+                            rev: kv.mod_revision(),
+                        }),
+                        // A member we cannot read cannot ack either; its
+                        // lease bounds the wait like any dead member's.
+                        Err(e) => tracing::warn!(error = %e, "unreadable member record"),
+                    }
+                }
+            }
+        }
+        Ok((rev, members))
+    }
+
+    /// Deletes the pending request (if still the one decided on) and
+    /// records its outcome.
+    pub async fn resolve_request(
+        &self,
+        token: Token,
+        rev: Rev,
+        outcome: &RequestOutcome,
+    ) -> Result<bool, StoreError> {
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(self.key("leader"), CompareOp::Equal, token),
+                Compare::mod_revision(self.key("request"), CompareOp::Equal, rev),
+            ])
+            .and_then([
+                TxnOp::delete(self.key("request"), None),
+                TxnOp::put(self.key("outcome"), to_json(outcome), None),
+            ]);
+        let mut c = self.client.clone();
+        Ok(self.bounded(c.txn(txn)).await?.succeeded())
+    }
+
+    pub async fn put_history(
+        &self,
+        token: Token,
+        record: &HistoryRecord,
+    ) -> Result<bool, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key("leader"),
+                CompareOp::Equal,
+                token,
+            )])
+            .and_then([TxnOp::put(
+                self.history_key(record.epoch),
+                to_json(record),
+                None,
+            )]);
+        let mut c = self.client.clone();
+        Ok(self.bounded(c.txn(txn)).await?.succeeded())
+    }
+
+    // ---- admin ----
+
+    /// Stores a manual request unless one is already pending; returns the
+    /// pending one on conflict.
+    pub async fn put_request(&self, request: &Request) -> Result<Result<Rev, Request>, StoreError> {
+        let key = self.key("request");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), to_json(request), None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let mut c = self.client.clone();
+        let resp = self.bounded(c.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok(Ok(resp.header().map_or(0, |h| h.revision())));
+        }
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = op {
+                if let Some(kv) = g.kvs().first() {
+                    return Ok(Err(from_json(&key, kv.value())?));
+                }
+            }
+        }
+        // Deleted between the compare and the get: report it as pending
+        // anyway; the caller retries.
+        Err(StoreError::Corrupt {
+            key,
+            reason: "request vanished during the conflict check; retry".into(),
+        })
+    }
+
+    /// Removes a request nobody took (still at `rev`).
+    pub async fn withdraw_request(&self, rev: Rev) -> Result<bool, StoreError> {
+        let key = self.key("request");
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+            .and_then([TxnOp::delete(key, None)]);
+        let mut c = self.client.clone();
+        Ok(self.bounded(c.txn(txn)).await?.succeeded())
+    }
+
+    pub async fn set_paused(&self, pause: Option<&Pause>) -> Result<(), StoreError> {
+        let mut c = self.client.clone();
+        match pause {
+            Some(p) => self
+                .bounded(c.put(self.key("paused"), to_json(p), None))
+                .await
+                .map(|_| ()),
+            None => self
+                .bounded(c.delete(self.key("paused"), None))
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// The newest `limit` history records, newest first.
+    pub async fn history(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
+        let mut c = self.client.clone();
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(
+                etcd_client::SortTarget::Key,
+                etcd_client::SortOrder::Descend,
+            )
+            .with_limit(limit as i64);
+        let resp = self
+            .bounded(c.get(self.key("history/"), Some(options)))
+            .await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| from_json(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect()
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    // Our own plain data types always serialize.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn from_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
