@@ -5,3 +5,4 @@ pub mod etcd;
 pub mod haproxy;
 pub mod kme;
 pub mod process;
+pub mod sidecar;

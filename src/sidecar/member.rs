@@ -9,6 +9,7 @@ use lockstep_core::leader::MemberRecord;
 use lockstep_core::member::{Member, MemberAction, MemberConfig, MemberEvent, Refusal, RequestId};
 use lockstep_core::{Applied, LbTarget, Route};
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -17,6 +18,10 @@ use tracing::{debug, info, info_span, warn, Instrument};
 /// Inputs to the member task from the other tasks.
 pub enum Input {
     Event(MemberEvent),
+    /// An LB read-back, with the apply generation current when the read
+    /// started: a read that began before an apply finished says nothing
+    /// about the LB after it, so it is dropped.
+    Observed(MemberEvent, u64),
     /// A gRPC Drain or Serve: the event (with a placeholder request id) and
     /// where to send the answer.
     Peer(MemberEvent, oneshot::Sender<Result<Applied, Refusal>>),
@@ -87,6 +92,7 @@ async fn run<L: LoadBalancer>(
     let mut next_req: RequestId = 1;
     let mut stopped = Some(stopped);
     let mut route_watch: Option<tokio::task::JoinHandle<()>> = None;
+    let apply_gen = shared.lb_apply_gen.clone();
     spawn_registration(shared.clone(), input_tx.clone());
 
     loop {
@@ -94,6 +100,7 @@ async fn run<L: LoadBalancer>(
         while let Some(action) = core.poll_action() {
             match action {
                 MemberAction::ApplyLb { target } => {
+                    apply_gen.fetch_add(1, Ordering::SeqCst);
                     let lb = lb.clone();
                     let tx = lb_tx.clone();
                     let epoch = core.view().applied.map_or(0, |a| a.epoch);
@@ -167,6 +174,11 @@ async fn run<L: LoadBalancer>(
                 let Some(msg) = msg else { return };
                 match msg {
                     Input::Event(ev) => core.handle(clock.now(), ev),
+                    Input::Observed(ev, gen) => {
+                        if gen == apply_gen.load(Ordering::SeqCst) {
+                            core.handle(clock.now(), ev);
+                        }
+                    }
                     Input::Peer(mut ev, reply) => {
                         let req = next_req;
                         next_req += 1;
@@ -190,7 +202,10 @@ async fn run<L: LoadBalancer>(
                     }
                 }
             }
-            Some(ev) = lb_rx.recv() => core.handle(clock.now(), ev),
+            Some(ev) = lb_rx.recv() => {
+                apply_gen.fetch_add(1, Ordering::SeqCst);
+                core.handle(clock.now(), ev);
+            }
             _ = sleep => core.handle(clock.now(), MemberEvent::Tick),
         }
         // Drop replies whose callers gave up, so the map stays small.
@@ -360,6 +375,7 @@ async fn observe_lb<L: LoadBalancer>(shared: Arc<Shared>, lb: Arc<L>, input: mps
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        let gen = shared.lb_apply_gen.load(Ordering::SeqCst);
         match lb.observe().await {
             Ok(observed) => {
                 shared.metrics.lb_observed(observed.target);
@@ -370,7 +386,7 @@ async fn observe_lb<L: LoadBalancer>(shared: Arc<Shared>, lb: Arc<L>, input: mps
                     target: observed.target,
                     restarted: observed.restarted,
                 };
-                if input.send(Input::Event(ev)).await.is_err() {
+                if input.send(Input::Observed(ev, gen)).await.is_err() {
                     return;
                 }
             }

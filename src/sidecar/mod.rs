@@ -65,6 +65,9 @@ pub struct Shared {
     /// Set once shutdown began, so no new leadership is taken.
     pub stopping: watch::Sender<bool>,
     pub metrics: metrics::Metrics,
+    /// Bumped when an LB apply starts and when it ends; see
+    /// `member::Input::Observed`.
+    pub lb_apply_gen: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
@@ -186,6 +189,7 @@ pub async fn run_with<L: LoadBalancer>(
         record: watch::Sender::new(record),
         leader_token: watch::Sender::new(None),
         stopping: watch::Sender::new(false),
+        lb_apply_gen: Arc::default(),
     });
     info!(
         link = %shared.config.link,
