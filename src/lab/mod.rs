@@ -4,5 +4,8 @@
 pub mod etcd;
 pub mod haproxy;
 pub mod kme;
+pub mod link;
 pub mod process;
 pub mod sidecar;
+
+pub use link::{Lab, LabOptions};

@@ -72,7 +72,12 @@ fn ms(d: Duration) -> String {
 
 impl SidecarSpec {
     /// A spec on fresh loopback ports.
-    pub fn new(link: &str, member_id: &str, role: &str, etcd_endpoints: Vec<String>) -> Result<Self> {
+    pub fn new(
+        link: &str,
+        member_id: &str,
+        role: &str,
+        etcd_endpoints: Vec<String>,
+    ) -> Result<Self> {
         Ok(SidecarSpec {
             link: link.into(),
             member_id: member_id.into(),

@@ -181,10 +181,12 @@ impl AdminService {
         }
         let rev = match store.put_request(&request).await.map_err(store_status)? {
             Ok(rev) => rev,
-            Err(pending) => return Err(Status::failed_precondition(format!(
+            Err(pending) => {
+                return Err(Status::failed_precondition(format!(
                 "another request is pending ({} to {} by {}: {}); wait for it (`lockstep status`)",
                 pending.kind, pending.to, pending.requested_by, pending.reason
-            ))),
+            )))
+            }
         };
         info!(id = %request.id, %kind, %to, by = %request.requested_by, reason = %request.reason, "request stored");
         let timeout = if req.timeout_ms > 0 {

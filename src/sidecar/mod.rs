@@ -137,9 +137,8 @@ impl Shared {
 /// Runs the sidecar until `shutdown` resolves, then blocks the LB and
 /// revokes the lease before returning.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    // TEMPORARY until the HAProxy adapter lands this session.
-    let _ = (config, shutdown);
-    anyhow::bail!("HAProxy adapter not wired yet")
+    let lb = crate::lb::haproxy::Haproxy::from_config(&config);
+    run_with(config, Arc::new(lb), shutdown).await
 }
 
 /// [`run`] with any LB adapter.
