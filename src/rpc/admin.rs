@@ -179,14 +179,18 @@ impl AdminService {
             }
             Ok(Verdict::Go) => {}
         }
+        // Watch from "now" before storing the request: a watch that starts
+        // at a past revision is caught up by etcd only every 100 ms.
+        let mut outcomes = store
+            .watch(Some("outcome"), 0)
+            .await
+            .map_err(store_status)?;
         let rev = match store.put_request(&request).await.map_err(store_status)? {
             Ok(rev) => rev,
-            Err(pending) => {
-                return Err(Status::failed_precondition(format!(
+            Err(pending) => return Err(Status::failed_precondition(format!(
                 "another request is pending ({} to {} by {}: {}); wait for it (`lockstep status`)",
                 pending.kind, pending.to, pending.requested_by, pending.reason
-            )))
-            }
+            ))),
         };
         info!(id = %request.id, %kind, %to, by = %request.requested_by, reason = %request.reason, "request stored");
         let timeout = if req.timeout_ms > 0 {
@@ -194,7 +198,7 @@ impl AdminService {
         } else {
             self.shared.config.admin.switch_timeout
         };
-        let outcome = wait_outcome(store, &request.id, rev, timeout).await;
+        let outcome = wait_outcome(store, &mut outcomes, &request.id, timeout).await;
         let outcome = match outcome {
             Some(o) => o,
             None => {
@@ -242,15 +246,14 @@ impl AdminService {
     }
 }
 
-/// Waits for the leader's outcome of request `id` stored at `rev`.
+/// Waits for the leader's outcome of request `id` on `stream`.
 async fn wait_outcome(
     store: &Store,
+    stream: &mut etcd_client::WatchStream,
     id: &str,
-    rev: i64,
     timeout: Duration,
 ) -> Option<RequestOutcome> {
     let fut = async {
-        let mut stream = store.watch(Some("outcome"), rev).await.ok()?;
         loop {
             let resp = stream.message().await.ok()??;
             for ev in resp.events() {
