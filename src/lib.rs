@@ -8,6 +8,7 @@
 //!   ports, for the local lab, tests and benchmarks.
 
 pub mod checker;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod kme;

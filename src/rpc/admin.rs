@@ -268,12 +268,12 @@ async fn wait_outcome(
     tokio::time::timeout(timeout, fut).await.ok().flatten()
 }
 
-/// Waits until every live member serves `to` at `epoch` (or later).
+/// Waits until every live member serves `to` at `epoch` (or later): the
+/// leader's "complete" history record (written once every member's gRPC
+/// reply confirmed its LB) or, failing that, the members' own records.
 async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -> bool {
     let check = |s: &Snapshot| {
-        s.route
-            .as_ref()
-            .is_some_and(|(r, _)| r.epoch > epoch || (r.epoch == epoch && r.setup == to))
+        s.route.as_ref().is_some_and(|(r, _)| r.epoch > epoch || (r.epoch == epoch && r.setup == to))
             && settled(s)
     };
     let fut = async {
@@ -283,18 +283,25 @@ async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -
         }
         let mut stream = store.watch(None, snap.rev + 1).await.ok()?;
         loop {
-            stream.message().await.ok()??;
-            let snap = store.snapshot().await.ok()?;
-            if check(&snap) {
+            let resp = stream.message().await.ok()??;
+            let mut look = false;
+            for ev in resp.events() {
+                match store.decode(ev) {
+                    Ok(crate::store::Change::History(h)) => {
+                        if h.epoch >= epoch && h.outcome == "complete" {
+                            return Some(());
+                        }
+                    }
+                    Ok(crate::store::Change::Member(_) | crate::store::Change::Route(..)) => look = true,
+                    _ => {}
+                }
+            }
+            if look && check(&store.snapshot().await.ok()?) {
                 return Some(());
             }
         }
     };
-    tokio::time::timeout_at(deadline.into(), fut)
-        .await
-        .ok()
-        .flatten()
-        .is_some()
+    tokio::time::timeout_at(deadline.into(), fut).await.ok().flatten().is_some()
 }
 
 fn history_to_proto(h: &HistoryRecord) -> proto::HistoryRecord {

@@ -296,7 +296,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                                 }
                                 continue;
                             }
-                            Change::Outcome(_) | Change::Other => continue,
+                            Change::Outcome(_) | Change::History(_) | Change::Other => continue,
                         };
                         core.handle(clock.now(), event);
                     }

@@ -73,6 +73,7 @@ pub enum Change {
     Outcome(RequestOutcome),
     Paused(Option<Pause>),
     Leader(Option<(MemberId, Token)>),
+    History(HistoryRecord),
     Other,
 }
 
@@ -241,6 +242,7 @@ impl Store {
                 kv.create_revision(),
             ))),
             "leader" => Change::Leader(None),
+            n if put && n.starts_with("history/") => Change::History(from_json(&key, kv.value())?),
             n => match n.strip_prefix("members/") {
                 Some(id) if put => Change::Member(Listed {
                     id: id.to_string(),
@@ -299,8 +301,15 @@ impl Store {
 
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let mut c = self.client.clone();
+        // Everything but `history/`, which grows with every switch: keys
+        // from "history0" ('0' sorts right after '/') to the prefix's end.
+        let from = format!("{}history0", self.base);
+        let mut end = self.base.clone().into_bytes();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
         let resp = self
-            .bounded(c.get(self.base.clone(), Some(GetOptions::new().with_prefix())))
+            .bounded(c.get(from, Some(GetOptions::new().with_range(end))))
             .await?;
         let mut snap = Snapshot {
             rev: resp.header().map_or(0, |h| h.revision()),
