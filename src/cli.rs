@@ -30,7 +30,12 @@ fn role_name(v: i32) -> &'static str {
 
 fn applied(a: &Option<proto::Applied>) -> String {
     match a {
-        Some(a) => format!("{}/{}/{}", a.epoch, phase_name(a.phase), setup_name(a.setup)),
+        Some(a) => format!(
+            "{}/{}/{}",
+            a.epoch,
+            phase_name(a.phase),
+            setup_name(a.setup)
+        ),
         None => "-".into(),
     }
 }
@@ -81,12 +86,18 @@ pub fn format_status(s: &proto::StatusReply) -> String {
             r.epoch,
             phase_name(r.phase),
             setup_name(r.setup),
-            if s.settled { ", settled" } else { ", SWITCHING" },
+            if s.settled {
+                ", settled"
+            } else {
+                ", SWITCHING"
+            },
             r.reason,
             r.requested_by,
             r.at
         )),
-        None => out.push_str("route     none yet (the leader routes a new link to its initial setup)\n"),
+        None => {
+            out.push_str("route     none yet (the leader routes a new link to its initial setup)\n")
+        }
     }
     if s.paused {
         out.push_str(&format!("paused    YES: {}\n", s.paused_reason));
@@ -134,7 +145,15 @@ pub fn format_status(s: &proto::StatusReply) -> String {
         })
         .collect();
     out.push_str(&table(
-        &["member", "role", "applied", "lb routes", "lease age", "fresh", "address"],
+        &[
+            "member",
+            "role",
+            "applied",
+            "lb routes",
+            "lease age",
+            "fresh",
+            "address",
+        ],
         &members,
     ));
     out
@@ -170,8 +189,17 @@ pub fn format_history(h: &proto::HistoryReply) -> String {
         .collect();
     table(
         &[
-            "epoch", "switch", "kind", "reason", "by", "leader/token", "started", "drain ms",
-            "total ms", "fenced", "outcome",
+            "epoch",
+            "switch",
+            "kind",
+            "reason",
+            "by",
+            "leader/token",
+            "started",
+            "drain ms",
+            "total ms",
+            "fenced",
+            "outcome",
         ],
         &rows,
     )
@@ -180,7 +208,12 @@ pub fn format_history(h: &proto::HistoryReply) -> String {
 /// One progress line for `--wait`: the route and every member's state.
 pub fn progress_line(s: &proto::StatusReply) -> String {
     let route = match &s.route {
-        Some(r) => format!("epoch {} {} {}", r.epoch, phase_name(r.phase), setup_name(r.setup)),
+        Some(r) => format!(
+            "epoch {} {} {}",
+            r.epoch,
+            phase_name(r.phase),
+            setup_name(r.setup)
+        ),
         None => "no route".into(),
     };
     let members = s
@@ -398,8 +431,14 @@ mod tests {
         assert!(text.contains("epoch 7 serve warm, settled"), "{text}");
         assert!(text.contains("paused    YES: maintenance"), "{text}");
         assert!(text.contains("NOT HEALTHY"), "{text}");
-        let member = text.lines().find(|l| l.starts_with("bob-0")).expect("member row");
-        assert!(member.contains("7/serve/warm") && member.contains("120 ms"), "{member}");
+        let member = text
+            .lines()
+            .find(|l| l.starts_with("bob-0"))
+            .expect("member row");
+        assert!(
+            member.contains("7/serve/warm") && member.contains("120 ms"),
+            "{member}"
+        );
     }
 
     #[test]

@@ -187,10 +187,12 @@ impl AdminService {
             .map_err(store_status)?;
         let rev = match store.put_request(&request).await.map_err(store_status)? {
             Ok(rev) => rev,
-            Err(pending) => return Err(Status::failed_precondition(format!(
+            Err(pending) => {
+                return Err(Status::failed_precondition(format!(
                 "another request is pending ({} to {} by {}: {}); wait for it (`lockstep status`)",
                 pending.kind, pending.to, pending.requested_by, pending.reason
-            ))),
+            )))
+            }
         };
         info!(id = %request.id, %kind, %to, by = %request.requested_by, reason = %request.reason, "request stored");
         let timeout = if req.timeout_ms > 0 {
@@ -273,7 +275,9 @@ async fn wait_outcome(
 /// reply confirmed its LB) or, failing that, the members' own records.
 async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -> bool {
     let check = |s: &Snapshot| {
-        s.route.as_ref().is_some_and(|(r, _)| r.epoch > epoch || (r.epoch == epoch && r.setup == to))
+        s.route
+            .as_ref()
+            .is_some_and(|(r, _)| r.epoch > epoch || (r.epoch == epoch && r.setup == to))
             && settled(s)
     };
     let fut = async {
@@ -292,7 +296,9 @@ async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -
                             return Some(());
                         }
                     }
-                    Ok(crate::store::Change::Member(_) | crate::store::Change::Route(..)) => look = true,
+                    Ok(crate::store::Change::Member(_) | crate::store::Change::Route(..)) => {
+                        look = true
+                    }
                     _ => {}
                 }
             }
@@ -301,7 +307,11 @@ async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -
             }
         }
     };
-    tokio::time::timeout_at(deadline.into(), fut).await.ok().flatten().is_some()
+    tokio::time::timeout_at(deadline.into(), fut)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
 }
 
 fn history_to_proto(h: &HistoryRecord) -> proto::HistoryRecord {
