@@ -401,3 +401,68 @@ fn a_sidecar_refuses_to_start_without_etcd() {
         "the error names etcd: {stdout}{stderr}"
     );
 }
+
+#[test]
+fn the_cli_drives_a_live_link() {
+    rt().block_on(async {
+        let lab = Lab::start("cli", LabOptions::default()).await.expect("lab");
+        let endpoint = lab.sidecars[1].endpoint();
+        let cli = |args: &[&str]| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
+                .arg("--endpoint")
+                .arg(&endpoint)
+                .args(args)
+                .output()
+                .expect("run lockstep");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.code().unwrap_or(-1), text)
+        };
+        let (code, out) = cli(&["status"]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("serve hot, settled"), "{out}");
+        assert!(out.contains("alice-0") && out.contains("bob-0"), "{out}");
+
+        let (code, out) = cli(&[
+            "switchover",
+            "--to",
+            "warm",
+            "--reason",
+            "cli",
+            "--by",
+            "tester",
+            "--wait",
+        ]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("every LB serves warm"), "{out}");
+        for lb in &lab.lbs {
+            assert_eq!(
+                lb.adapter().observe().await.expect("observe").target,
+                LbTarget::Serve(Setup::Warm)
+            );
+        }
+
+        let (code, out) = cli(&["pause", "--reason", "maintenance"]);
+        assert_eq!(code, 0, "{out}");
+        let (code, out) = cli(&["switchover", "--to", "hot", "--reason", "while paused"]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("paused"), "{out}");
+        let (code, out) = cli(&["--json", "status"]);
+        assert_eq!(code, 0, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
+        assert_eq!(v["paused"], true);
+        assert_eq!(v["route"]["setup"], "warm");
+        let (code, _) = cli(&["resume", "--reason", "done"]);
+        assert_eq!(code, 0);
+
+        let (code, out) = cli(&["history", "--limit", "5"]);
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("hot->warm") && out.contains("tester") && out.contains("complete"),
+            "{out}"
+        );
+    });
+}
