@@ -466,3 +466,84 @@ fn the_cli_drives_a_live_link() {
         );
     });
 }
+
+#[test]
+fn haproxy_restarts_and_drift_are_repaired() {
+    rt().block_on(async {
+        let mut lab = Lab::start("drift", LabOptions::default()).await.expect("lab");
+        let lb = lab.lbs[0].adapter();
+        let wait_for = |target: LbTarget| {
+            let lb = lb.clone();
+            async move {
+                let start = Instant::now();
+                loop {
+                    if let Ok(o) = lb.observe().await {
+                        if o.target == target {
+                            return start.elapsed();
+                        }
+                    }
+                    assert!(start.elapsed() < Duration::from_secs(10), "LB never reached {target}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        // A restarted HAProxy comes up blocked (servers disabled) ...
+        lab.lbs[0].restart().expect("restart haproxy");
+        let seen = lb.observe().await.expect("observe").target;
+        // ... and the sidecar re-applies hot.
+        let took = wait_for(LbTarget::Serve(Setup::Hot)).await;
+        println!("restarted HAProxy (first seen {seen}) serves hot again after {took:?}");
+
+        // Drift: someone puts hot in maintenance by hand; the sidecar
+        // notices on its next read-back and enables it again.
+        lb.command("set server kme/hot state maint").await.expect("manual change");
+        assert_eq!(lb.observe().await.expect("observe").target, LbTarget::Blocked);
+        let took = wait_for(LbTarget::Serve(Setup::Hot)).await;
+        println!("manual block repaired after {took:?}");
+        // Worse drift: warm enabled by hand as well. Never left standing.
+        lb.command("set server kme/warm health up; set server kme/warm state ready")
+            .await
+            .expect("manual change");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let took = wait_for(LbTarget::Serve(Setup::Hot)).await;
+        println!("manual enable of warm undone (checked {took:?} after 700ms)");
+        let o = lb.observe().await.expect("observe");
+        assert_eq!(o.target, LbTarget::Serve(Setup::Hot));
+    });
+}
+
+#[test]
+fn the_shipped_and_rendered_haproxy_configs_are_valid() {
+    let haproxy = lockstep::lab::process::find_program("haproxy").expect("haproxy");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy/haproxy.cfg");
+    let out = std::process::Command::new(&haproxy)
+        .args(["-c", "-f", shipped])
+        .output()
+        .expect("haproxy -c");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = lockstep::lb::haproxy::HaproxyTemplate {
+        frontend_bind: "127.0.0.1:1".parse().expect("addr"),
+        backend: "kme".into(),
+        hot: "127.0.0.1:2".parse().expect("addr"),
+        warm: "127.0.0.1:3".parse().expect("addr"),
+        server_hot: "hot".into(),
+        server_warm: "warm".into(),
+        check_addr: "127.0.0.1:4".parse().expect("addr"),
+        check_inter: Duration::from_millis(500),
+        check_fall: 2,
+        check_rise: 1,
+        check_timeout: Duration::from_millis(300),
+        stats_socket: dir.path().join("s.sock"),
+    };
+    assert_eq!(t.down_detection_bound(), Duration::from_millis(1300));
+    let cfg = dir.path().join("h.cfg");
+    std::fs::write(&cfg, t.render()).expect("write");
+    let out = std::process::Command::new(&haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .expect("haproxy -c");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

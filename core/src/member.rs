@@ -116,6 +116,9 @@ pub enum MemberEvent {
     LbFailed { target: LbTarget },
     /// A periodic read-back of the LB.
     LbObserved { target: LbTarget, restarted: bool },
+    /// The LB answered with a state that is none of ours (e.g. both setups
+    /// enabled by hand): re-apply the desired state.
+    LbInconsistent,
     /// Stop gracefully: block the LB, then give up the lease.
     Stop,
     /// A timer armed with `poll_timeout` fired.
@@ -366,6 +369,12 @@ impl Member {
                         self.retry_at = None;
                     }
                     self.lb = known;
+                }
+            }
+            MemberEvent::LbInconsistent => {
+                if self.in_flight.is_none() {
+                    self.lb = LbKnown::Unknown;
+                    self.retry_at = None;
                 }
             }
             MemberEvent::Stop => {

@@ -629,3 +629,15 @@ fn a_late_keepalive_ack_lifts_self_fencing() {
     assert!(!m.view().fenced);
     assert_eq!(m.view().desired, LbTarget::Serve(Setup::Hot));
 }
+
+#[test]
+fn an_inconsistent_lb_is_set_again() {
+    let mut m = synced_member(Some(route(1, Phase::Serve, Setup::Warm, 5)));
+    m.handle(Time(50), MemberEvent::LbInconsistent);
+    assert_eq!(
+        actions(&mut m),
+        vec![MemberAction::ApplyLb {
+            target: LbTarget::Serve(Setup::Warm)
+        }]
+    );
+}

@@ -390,6 +390,16 @@ async fn observe_lb<L: LoadBalancer>(shared: Arc<Shared>, lb: Arc<L>, input: mps
                     return;
                 }
             }
+            Err(e @ crate::lb::LbError::NotConfirmed { .. }) => {
+                warn!(error = %e, "LB routes in a way lockstep never set: re-applying");
+                if input
+                    .send(Input::Observed(MemberEvent::LbInconsistent, gen))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
             Err(e) => debug!(error = %e, "LB read-back failed"),
         }
     }
