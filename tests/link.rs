@@ -470,7 +470,9 @@ fn the_cli_drives_a_live_link() {
 #[test]
 fn haproxy_restarts_and_drift_are_repaired() {
     rt().block_on(async {
-        let mut lab = Lab::start("drift", LabOptions::default()).await.expect("lab");
+        let mut lab = Lab::start("drift", LabOptions::default())
+            .await
+            .expect("lab");
         let lb = lab.lbs[0].adapter();
         let wait_for = |target: LbTarget| {
             let lb = lb.clone();
@@ -482,7 +484,10 @@ fn haproxy_restarts_and_drift_are_repaired() {
                             return start.elapsed();
                         }
                     }
-                    assert!(start.elapsed() < Duration::from_secs(10), "LB never reached {target}");
+                    assert!(
+                        start.elapsed() < Duration::from_secs(10),
+                        "LB never reached {target}"
+                    );
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
@@ -496,8 +501,13 @@ fn haproxy_restarts_and_drift_are_repaired() {
 
         // Drift: someone puts hot in maintenance by hand; the sidecar
         // notices on its next read-back and enables it again.
-        lb.command("set server kme/hot state maint").await.expect("manual change");
-        assert_eq!(lb.observe().await.expect("observe").target, LbTarget::Blocked);
+        lb.command("set server kme/hot state maint")
+            .await
+            .expect("manual change");
+        assert_eq!(
+            lb.observe().await.expect("observe").target,
+            LbTarget::Blocked
+        );
         let took = wait_for(LbTarget::Serve(Setup::Hot)).await;
         println!("manual block repaired after {took:?}");
         // Worse drift: warm enabled by hand as well. Never left standing.
@@ -520,7 +530,11 @@ fn the_shipped_and_rendered_haproxy_configs_are_valid() {
         .args(["-c", "-f", shipped])
         .output()
         .expect("haproxy -c");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let t = lockstep::lb::haproxy::HaproxyTemplate {
         frontend_bind: "127.0.0.1:1".parse().expect("addr"),
@@ -545,5 +559,9 @@ fn the_shipped_and_rendered_haproxy_configs_are_valid() {
         .arg(&cfg)
         .output()
         .expect("haproxy -c");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -281,11 +281,14 @@ async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -
             && settled(s)
     };
     let fut = async {
+        // Watch first, from "now", then read: a watch from a past revision
+        // is caught up by etcd only every 100 ms; events between the two are
+        // seen twice, which is harmless.
+        let mut stream = store.watch(None, 0).await.ok()?;
         let snap = store.snapshot().await.ok()?;
         if check(&snap) {
             return Some(());
         }
-        let mut stream = store.watch(None, snap.rev + 1).await.ok()?;
         loop {
             let resp = stream.message().await.ok()??;
             let mut look = false;
@@ -426,12 +429,8 @@ impl Admin for AdminService {
         _r: tonic::Request<proto::StatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
         let shared = self.shared.clone();
+        let mut stream = shared.store.watch(None, 0).await.map_err(store_status)?;
         let snap = shared.store.snapshot().await.map_err(store_status)?;
-        let mut stream = shared
-            .store
-            .watch(None, snap.rev + 1)
-            .await
-            .map_err(store_status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let first = build_status(&shared, &snap).await;

@@ -61,18 +61,19 @@ async fn wait_for_vacancy(
     lease_rx: &mut tokio::sync::watch::Receiver<Option<i64>>,
     lease: i64,
 ) {
-    let snapshot_rev = match shared.store.snapshot().await {
+    // Watch from "now" first, then look: a delete after the look is seen.
+    let Ok(mut stream) = shared.store.watch(Some("leader"), 0).await else {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        return;
+    };
+    match shared.store.snapshot().await {
         Ok(s) if s.leader.is_none() => return,
-        Ok(s) => s.rev,
+        Ok(_) => {}
         Err(_) => {
             tokio::time::sleep(Duration::from_millis(500)).await;
             return;
         }
-    };
-    let Ok(mut stream) = shared.store.watch(Some("leader"), snapshot_rev + 1).await else {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        return;
-    };
+    }
     let deadline = tokio::time::sleep(Duration::from_secs(5));
     tokio::pin!(deadline);
     loop {
@@ -103,6 +104,13 @@ enum Done {
 /// Leads until the state machine steps down or the lease changes.
 async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
     let clock = shared.clock;
+    // Watch from "now" before reading the snapshot (a watch from a past
+    // revision lags up to 100 ms). Events that the snapshot already holds
+    // come again with revisions the state machine has seen, and are ignored.
+    let mut stream = match shared.store.watch(None, 0).await {
+        Ok(s) => s,
+        Err(e) => return format!("cannot watch the link: {e}"),
+    };
     let snapshot = match shared.store.snapshot().await {
         Ok(s) => s,
         Err(e) => return format!("cannot read the link: {e}"),
@@ -125,10 +133,6 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
             paused: snapshot.paused.clone(),
         },
     );
-    let mut stream = match shared.store.watch(None, snapshot.rev + 1).await {
-        Ok(s) => s,
-        Err(e) => return format!("cannot watch the link: {e}"),
-    };
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(64);
     let mut peers: HashMap<String, PeerClient<Channel>> = HashMap::new();
     let mut lease_rx = shared.lease.subscribe();
