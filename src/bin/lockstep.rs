@@ -7,7 +7,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use lockstep::cli;
 use lockstep::proto::{self, admin_client::AdminClient};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -338,7 +338,7 @@ async fn call(cli: &Cli) -> Result<(), Failure> {
     }
 }
 
-fn check_config(path: &PathBuf, json: bool) -> ExitCode {
+fn check_config(path: &Path, json: bool) -> ExitCode {
     let config = match lockstep::config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -385,7 +385,7 @@ fn check_config(path: &PathBuf, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run_sidecar(path: &PathBuf, format: LogFormat) -> ExitCode {
+fn run_sidecar(path: &Path, format: LogFormat) -> ExitCode {
     let config = match lockstep::config::load(path) {
         Ok(c) => c,
         Err(e) => {

@@ -294,10 +294,10 @@ async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -
             let mut look = false;
             for ev in resp.events() {
                 match store.decode(ev) {
-                    Ok(crate::store::Change::History(h)) => {
-                        if h.epoch >= epoch && h.outcome == "complete" {
-                            return Some(());
-                        }
+                    Ok(crate::store::Change::History(h))
+                        if h.epoch >= epoch && h.outcome == "complete" =>
+                    {
+                        return Some(());
                     }
                     Ok(crate::store::Change::Member(_) | crate::store::Change::Route(..)) => {
                         look = true
