@@ -102,6 +102,9 @@ pub fn format_status(s: &proto::StatusReply) -> String {
     if s.paused {
         out.push_str(&format!("paused    YES: {}\n", s.paused_reason));
     }
+    if !s.policy.is_empty() {
+        out.push_str(&format!("policy    {}\n", s.policy));
+    }
     if let Some(p) = &s.pending {
         out.push_str(&format!(
             "pending   switch to {} by {}: {}\n",
@@ -290,6 +293,7 @@ pub struct StatusJson {
     pub settled: bool,
     pub paused: bool,
     pub paused_reason: String,
+    pub policy: String,
     pub pending_to: Option<&'static str>,
     pub health: Vec<HealthJson>,
     pub members: Vec<MemberJson>,
@@ -312,6 +316,7 @@ pub fn status_json(s: &proto::StatusReply) -> StatusJson {
         settled: s.settled,
         paused: s.paused,
         paused_reason: s.paused_reason.clone(),
+        policy: s.policy.clone(),
         pending_to: s.pending.as_ref().map(|p| setup_name(p.to)),
         health: s
             .health
@@ -421,6 +426,7 @@ mod tests {
                 healthy: false,
             }],
             settled: true,
+            policy: "serving warm, healthy".into(),
         }
     }
 

@@ -28,6 +28,8 @@ pub struct Config {
     pub probe: ProbeConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub failover: FailoverConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -92,6 +94,67 @@ pub struct ProbeConfig {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+}
+
+/// Automatic failover (DESIGN §5).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    pub enabled: bool,
+    /// How long the active setup must stay unhealthy before moving.
+    #[serde(with = "humantime_serde")]
+    pub detection: Duration,
+    /// No automatic move within this time of any switch.
+    #[serde(with = "humantime_serde")]
+    pub dwell: Duration,
+    /// At most this many automatic switches per window, then pause.
+    pub max_auto: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// "manual", or "after <duration>" (e.g. "after 5m").
+    pub failback: String,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            enabled: true,
+            detection: Duration::from_secs(2),
+            dwell: Duration::from_secs(30),
+            max_auto: 3,
+            window: Duration::from_secs(600),
+            failback: "manual".into(),
+        }
+    }
+}
+
+impl FailoverConfig {
+    pub fn failback(&self) -> Result<lockstep_core::failover::Failback, String> {
+        let f = self.failback.trim();
+        if f == "manual" {
+            return Ok(lockstep_core::failover::Failback::Manual);
+        }
+        if let Some(d) = f.strip_prefix("after ") {
+            return humantime::parse_duration(d.trim())
+                .map(lockstep_core::failover::Failback::After)
+                .map_err(|e| format!("failover.failback {f:?}: {e}"));
+        }
+        Err(format!(
+            "failover.failback {f:?} must be \"manual\" or \"after <duration>\" (e.g. \"after 5m\")"
+        ))
+    }
+
+    pub fn policy(&self, primary: Setup) -> Result<lockstep_core::failover::PolicyConfig, String> {
+        Ok(lockstep_core::failover::PolicyConfig {
+            enabled: self.enabled,
+            detection: self.detection,
+            dwell: self.dwell,
+            max_auto: self.max_auto,
+            window: self.window,
+            primary,
+            failback: self.failback()?,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -286,6 +349,12 @@ impl Config {
                 margin: e.margin,
                 sum,
             });
+        }
+        self.failover.failback().map_err(invalid)?;
+        if self.failover.max_auto == 0 {
+            return Err(invalid(
+                "failover.max_auto must be at least 1 (set failover.enabled = false to turn automatic failover off)".into(),
+            ));
         }
         if self.lb.kind != "haproxy" {
             return Err(invalid(format!(

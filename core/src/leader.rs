@@ -15,6 +15,7 @@
 //! fresh election, which is always safe, whereas guessing whether a
 //! timed-out write landed is not.
 
+use crate::failover::{Decision, Policy};
 use crate::health::{aggregate, RoleHealth, SetupHealth};
 use crate::policy::{check_request, Pause, Request, RequestKind, Verdict};
 use crate::time::{Duration, Time};
@@ -49,6 +50,10 @@ pub enum SwitchKind {
     Redecide,
     Switchover,
     Failover,
+    /// Decided by the failover policy: the active setup was unhealthy.
+    AutoFailover,
+    /// Decided by the failover policy: back to the primary setup.
+    AutoFailback,
 }
 
 impl std::fmt::Display for SwitchKind {
@@ -58,6 +63,8 @@ impl std::fmt::Display for SwitchKind {
             SwitchKind::Redecide => "redecide",
             SwitchKind::Switchover => "switchover",
             SwitchKind::Failover => "failover",
+            SwitchKind::AutoFailover => "auto-failover",
+            SwitchKind::AutoFailback => "auto-failback",
         })
     }
 }
@@ -203,6 +210,12 @@ pub enum LeaderAction {
         token: Token,
         setup: Setup,
     },
+    /// Pause the link (the failover policy hit its cap); guarded by the
+    /// token like every leader write.
+    PauseLink { reason: String },
+    /// What the failover policy would do next and why; the driver publishes
+    /// it for `lockstep status` when it changes.
+    PolicyNote(String),
     /// Stop leading; the driver resigns and campaigns again.
     StepDown { reason: String },
 }
@@ -263,6 +276,9 @@ pub struct Leader {
     switch: Option<Switch>,
     write_in_flight: bool,
     stepped_down: bool,
+    /// Automatic failover, when configured.
+    policy: Option<Policy>,
+    policy_note: String,
     actions: VecDeque<LeaderAction>,
 }
 
@@ -281,8 +297,21 @@ impl Leader {
             switch: None,
             write_in_flight: false,
             stepped_down: false,
+            policy: None,
+            policy_note: String::new(),
             actions: VecDeque::new(),
         }
+    }
+
+    /// Enables automatic failover with `policy`.
+    pub fn with_policy(mut self, policy: Policy) -> Leader {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// The failover policy's latest word.
+    pub fn policy_note(&self) -> &str {
+        &self.policy_note
     }
 
     pub fn token(&self) -> Token {
@@ -319,13 +348,22 @@ impl Leader {
 
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Time> {
-        match &self.switch {
+        let resend = match &self.switch {
             Some(Switch {
                 phase:
                     SwitchPhase::Draining { last_push, .. } | SwitchPhase::Serving { last_push, .. },
                 ..
             }) => Some(*last_push + self.config.resend_every),
             _ => None,
+        };
+        let policy = self
+            .policy
+            .as_ref()
+            .and_then(|p| p.next_deadline())
+            .filter(|t| *t > self.now);
+        match (resend, policy) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -682,6 +720,7 @@ impl Leader {
             return;
         }
         let Some((request, rev)) = self.request.clone() else {
+            self.consult_policy(&route);
             return;
         };
         if self.resolving == Some(rev) {
@@ -729,6 +768,52 @@ impl Leader {
         }
     }
 
+    /// Asks the failover policy; starts the switch or pauses as it says.
+    fn consult_policy(&mut self, route: &Route) {
+        let Some(mut policy) = self.policy.take() else {
+            return;
+        };
+        let active = (route.phase == Phase::Serve).then_some(route.setup);
+        let hot = self.setup_health(Setup::Hot);
+        let warm = self.setup_health(Setup::Warm);
+        let decision = policy.evaluate(self.now, active, &hot, &warm, self.paused.is_some());
+        self.policy = Some(policy);
+        let note = match &decision {
+            Decision::Hold { why } => why.clone(),
+            Decision::Switch { to, evidence, .. } => format!("switching to {to}: {evidence}"),
+            Decision::PauseSelf { reason } => reason.clone(),
+        };
+        if note != self.policy_note {
+            self.policy_note = note.clone();
+            self.actions.push_back(LeaderAction::PolicyNote(note));
+        }
+        match decision {
+            Decision::Hold { .. } => {}
+            Decision::Switch {
+                to,
+                failback,
+                evidence,
+            } => {
+                let kind = if failback {
+                    SwitchKind::AutoFailback
+                } else {
+                    SwitchKind::AutoFailover
+                };
+                self.start_switch(to, kind, evidence, "lockstep:auto".into(), None);
+            }
+            Decision::PauseSelf { reason } => {
+                // Paused locally at once so the decision is not repeated
+                // before the watch reports the write.
+                self.paused = Some(Pause {
+                    reason: reason.clone(),
+                    requested_by: "lockstep:auto".into(),
+                    at: String::new(),
+                });
+                self.actions.push_back(LeaderAction::PauseLink { reason });
+            }
+        }
+    }
+
     fn start_switch(
         &mut self,
         setup: Setup,
@@ -766,6 +851,10 @@ impl Leader {
                 },
             )
         });
+        if let Some(p) = &mut self.policy {
+            let automatic = matches!(kind, SwitchKind::AutoFailover | SwitchKind::AutoFailback);
+            p.switched(self.now, automatic);
+        }
         let route = route_of(&plan, Phase::Drain, self.config.token);
         self.switch = Some(Switch {
             plan,

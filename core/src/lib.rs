@@ -7,9 +7,12 @@
 //!   one LB routes to.
 //! * [`leader`]: the leader state machine that runs a switch (drain all,
 //!   wait for acks or lease expiry, serve).
+//! * [`failover`]: the automatic failover policy (detection, dwell, cap,
+//!   failback).
 //! * [`health`]: aggregating members' probe results into setup health.
 //! * [`policy`]: deciding whether a manual request may run.
 
+pub mod failover;
 pub mod health;
 pub mod leader;
 pub mod member;

@@ -318,6 +318,7 @@ impl Sim {
                     ));
                 }
             }
+            LeaderAction::PauseLink { .. } | LeaderAction::PolicyNote(_) => {}
             LeaderAction::StepDown { .. } => {
                 self.leader = None;
             }

@@ -22,6 +22,15 @@ pub struct Timing {
     pub check_timeout: Duration,
     pub drift_interval: Duration,
     pub probe_interval: Duration,
+    /// Probe failures in a row before a KME counts as down.
+    pub probe_fall: u32,
+    /// Failover policy (see `[failover]` in the config).
+    pub failover_detection: Duration,
+    pub failover_dwell: Duration,
+    pub failover_max_auto: u32,
+    pub failover_window: Duration,
+    pub failback: String,
+    pub failover_enabled: bool,
 }
 
 impl Default for Timing {
@@ -35,7 +44,14 @@ impl Default for Timing {
             check_rise: 1,
             check_timeout: Duration::from_millis(200),
             drift_interval: Duration::from_millis(250),
-            probe_interval: Duration::from_millis(250),
+            probe_interval: Duration::from_millis(200),
+            probe_fall: 2,
+            failover_detection: Duration::ZERO,
+            failover_dwell: Duration::from_secs(2),
+            failover_max_auto: 3,
+            failover_window: Duration::from_secs(60),
+            failback: "manual".into(),
+            failover_enabled: true,
         }
     }
 }
@@ -105,10 +121,11 @@ impl SidecarSpec {
             .collect::<Vec<_>>()
             .join(", ");
         let mut probe = format!(
-            "[probe]\nsae_id = {:?}\ninterval = \"{}\"\ntimeout = \"{}\"\nrise = 1\nfall = 1\n",
+            "[probe]\nsae_id = {:?}\ninterval = \"{}\"\ntimeout = \"{}\"\nrise = 1\nfall = {}\n",
             self.sae_id,
             ms(t.probe_interval),
-            ms(t.probe_interval)
+            ms(t.probe_interval),
+            t.probe_fall
         );
         if let Some(h) = &self.probe_hot {
             probe.push_str(&format!("hot = {h:?}\n"));
@@ -148,6 +165,14 @@ check_rise = {rise}
 check_timeout = "{ctimeout}"
 drift_interval = "{drift}"
 
+[failover]
+enabled = {fo_enabled}
+detection = "{fo_detection}"
+dwell = "{fo_dwell}"
+max_auto = {fo_max}
+window = "{fo_window}"
+failback = {fo_failback:?}
+
 {probe}"#,
             link = self.link,
             id = self.member_id,
@@ -165,6 +190,12 @@ drift_interval = "{drift}"
             rise = t.check_rise,
             ctimeout = ms(t.check_timeout),
             drift = ms(t.drift_interval),
+            fo_enabled = t.failover_enabled,
+            fo_detection = ms(t.failover_detection),
+            fo_dwell = ms(t.failover_dwell),
+            fo_max = t.failover_max_auto,
+            fo_window = ms(t.failover_window),
+            fo_failback = t.failback,
         )
     }
 }

@@ -131,6 +131,7 @@ pub async fn build_status(shared: &Shared, s: &Snapshot) -> proto::StatusReply {
             })
             .collect(),
         settled: settled(s),
+        policy: s.policy.clone().unwrap_or_default(),
     }
 }
 

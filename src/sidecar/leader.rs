@@ -124,6 +124,11 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
         },
         clock.now(),
     );
+    // Validated at start-up, so this only fails on a bug.
+    match shared.config.failover.policy(shared.config.initial_setup) {
+        Ok(p) => core = core.with_policy(lockstep_core::failover::Policy::new(p)),
+        Err(e) => warn!(error = %e, "automatic failover off: bad policy"),
+    }
     core.handle(
         clock.now(),
         LeaderEvent::Start {
@@ -261,6 +266,41 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                             Err(status) => debug!(%member, error = %status.message(), "serve push failed; etcd path remains"),
                         }
                     }.instrument(info_span!("push_serve", epoch, token)));
+                }
+                LeaderAction::PauseLink { reason } => {
+                    warn!(%reason, "pausing the link");
+                    let pause = lockstep_core::policy::Pause {
+                        reason,
+                        requested_by: "lockstep:auto".into(),
+                        at: now_rfc3339(),
+                    };
+                    let store = shared.store.clone();
+                    tokio::spawn(
+                        async move {
+                            if let Err(e) = store.pause_as_leader(token, &pause).await {
+                                warn!(error = %e, "cannot write the pause");
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                }
+                LeaderAction::PolicyNote(note) => {
+                    if note.starts_with("BOTH SETUPS UNHEALTHY") {
+                        warn!(%note, "no healthy setup to fail over to");
+                        shared.metrics.set_no_healthy_setup(true);
+                    } else {
+                        info!(%note, "failover policy");
+                        shared.metrics.set_no_healthy_setup(false);
+                    }
+                    let store = shared.store.clone();
+                    tokio::spawn(
+                        async move {
+                            if let Err(e) = store.put_policy_note(token, lease, &note).await {
+                                debug!(error = %e, "cannot publish the policy note");
+                            }
+                        }
+                        .in_current_span(),
+                    );
                 }
                 LeaderAction::StepDown { reason } => return reason,
             }

@@ -26,8 +26,9 @@ pub struct Metrics {
     switches: Counter,
     switch_seconds: Histogram,
     drain_seconds: Histogram,
-    /// 1 when both setups are unhealthy (nothing to fail over to).
+    /// 1 when the setup is healthy as this member probes it.
     setup_healthy: Family<SetupLabel, Gauge>,
+    no_healthy_setup: Gauge,
 }
 
 impl Metrics {
@@ -44,6 +45,12 @@ impl Metrics {
         let switch_seconds = Histogram::new(buckets);
         let drain_seconds = Histogram::new(buckets);
         let setup_healthy = Family::<SetupLabel, Gauge>::default();
+        let no_healthy_setup = Gauge::default();
+        registry.register(
+            "no_healthy_setup",
+            "1 while the leader sees both setups unhealthy (nothing to fail over to)",
+            no_healthy_setup.clone(),
+        );
         registry.register(
             "applied_epoch",
             "Epoch this member last applied",
@@ -94,7 +101,12 @@ impl Metrics {
             switch_seconds,
             drain_seconds,
             setup_healthy,
+            no_healthy_setup,
         }
+    }
+
+    pub fn set_no_healthy_setup(&self, on: bool) {
+        self.no_healthy_setup.set(on as i64);
     }
 
     pub fn applied(&self, a: Applied) {

@@ -60,6 +60,8 @@ pub struct Snapshot {
     pub request: Option<(Request, Rev)>,
     pub outcome: Option<RequestOutcome>,
     pub paused: Option<Pause>,
+    /// The leader's failover policy: what it would do next, and why.
+    pub policy: Option<String>,
 }
 
 /// A change under the link's prefix, as the watch reports it.
@@ -325,6 +327,7 @@ impl Store {
                 "request" => snap.request = Some((from_json(&key, kv.value())?, kv.mod_revision())),
                 "outcome" => snap.outcome = Some(from_json(&key, kv.value())?),
                 "paused" => snap.paused = Some(from_json(&key, kv.value())?),
+                "policy" => snap.policy = Some(String::from_utf8_lossy(kv.value()).to_string()),
                 "leader" => {
                     snap.leader = Some((
                         String::from_utf8_lossy(kv.value()).to_string(),
@@ -500,6 +503,42 @@ impl Store {
             key,
             reason: "request vanished during the conflict check; retry".into(),
         })
+    }
+
+    /// Leader write: pause the link (the failover policy's cap).
+    pub async fn pause_as_leader(&self, token: Token, pause: &Pause) -> Result<bool, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key("leader"),
+                CompareOp::Equal,
+                token,
+            )])
+            .and_then([TxnOp::put(self.key("paused"), to_json(pause), None)]);
+        let mut c = self.client.clone();
+        Ok(self.bounded(c.txn(txn)).await?.succeeded())
+    }
+
+    /// Leader write: the policy's note, on the leader's lease so it goes
+    /// with the leader.
+    pub async fn put_policy_note(
+        &self,
+        token: Token,
+        lease: i64,
+        note: &str,
+    ) -> Result<bool, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key("leader"),
+                CompareOp::Equal,
+                token,
+            )])
+            .and_then([TxnOp::put(
+                self.key("policy"),
+                note,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let mut c = self.client.clone();
+        Ok(self.bounded(c.txn(txn)).await?.succeeded())
     }
 
     /// Removes a request nobody took (still at `rev`).
