@@ -100,10 +100,16 @@ impl Policy {
         self.auto_switches.len()
     }
 
-    /// When the decision may change by time alone (for the leader's timer).
-    pub fn next_deadline(&self) -> Option<Time> {
+    /// The next instant after `now` at which the decision may change by time
+    /// alone (for the leader's timer). Past deadlines are skipped: they must
+    /// not hide a later one.
+    pub fn next_deadline(&self, now: Time) -> Option<Time> {
         let mut t: Option<Time> = None;
-        let mut consider = |x: Time| t = Some(t.map_or(x, |t: Time| t.min(x)));
+        let mut consider = |x: Time| {
+            if x > now {
+                t = Some(t.map_or(x, |t: Time| t.min(x)));
+            }
+        };
         if let Some((_, since)) = self.active_unhealthy_since {
             consider(since + self.config.detection);
         }
@@ -306,7 +312,7 @@ mod tests {
             p.evaluate(t(0), Some(Setup::Hot), &hot_down, &warm_up, false),
             Decision::Hold { .. }
         ));
-        assert_eq!(p.next_deadline(), Some(t(1000)));
+        assert_eq!(p.next_deadline(t(0)), Some(t(1000)));
         assert!(matches!(
             p.evaluate(t(999), Some(Setup::Hot), &hot_down, &warm_up, false),
             Decision::Hold { .. }
@@ -323,6 +329,19 @@ mod tests {
             }
             d => panic!("{d:?}"),
         }
+    }
+
+    #[test]
+    fn a_passed_deadline_does_not_hide_the_end_of_the_dwell() {
+        let mut p = policy(Failback::Manual);
+        p.config.detection = Duration::ZERO;
+        p.switched(t(0), false);
+        let (hot_down, warm_up) = (h(Setup::Hot, false), h(Setup::Warm, true));
+        match p.evaluate(t(100), Some(Setup::Hot), &hot_down, &warm_up, false) {
+            Decision::Hold { why } => assert!(why.contains("dwell"), "{why}"),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(p.next_deadline(t(100)), Some(t(5000)));
     }
 
     #[test]

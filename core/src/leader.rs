@@ -356,11 +356,7 @@ impl Leader {
             }) => Some(*last_push + self.config.resend_every),
             _ => None,
         };
-        let policy = self
-            .policy
-            .as_ref()
-            .and_then(|p| p.next_deadline())
-            .filter(|t| *t > self.now);
+        let policy = self.policy.as_ref().and_then(|p| p.next_deadline(self.now));
         match (resend, policy) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -851,7 +847,8 @@ impl Leader {
                 },
             )
         });
-        if let Some(p) = &mut self.policy {
+        // A link's first route is no flap: it starts no dwell.
+        if let (Some(p), false) = (&mut self.policy, kind == SwitchKind::Bootstrap) {
             let automatic = matches!(kind, SwitchKind::AutoFailover | SwitchKind::AutoFailback);
             p.switched(self.now, automatic);
         }

@@ -8,12 +8,59 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1, as the OS hands it out. The port is released
-/// before returning, so a caller binds it at once; ports from one process are
-/// not handed out twice because the OS cycles through its ephemeral range.
+/// A free TCP port on 127.0.0.1 for a child process to bind.
+///
+/// Ports come from below the kernel's ephemeral range: outgoing connections
+/// (HAProxy's health checks, etcd clients) take their source ports from that
+/// range, and could otherwise grab a port between the moment it is handed
+/// out and the moment the child binds it. A port is never handed out twice
+/// by one process.
 pub fn free_port() -> Result<u16> {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let (low, _) = ephemeral_range();
+    let floor: u16 = 10_000;
+    let mut given = GIVEN
+        .lock()
+        .map_err(|_| anyhow::anyhow!("port allocator poisoned"))?;
+    let given = given.get_or_insert_with(HashSet::new);
+    if low > floor + 100 {
+        // Start at a point that differs between processes run one after
+        // another, so a port a previous test left in TIME_WAIT is unlikely.
+        let span = (low - floor) as u32;
+        let seed = std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+        for i in 0..span {
+            let port = floor + ((seed.wrapping_add(i.wrapping_mul(7919))) % span) as u16;
+            if given.contains(&port) {
+                continue;
+            }
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
+                return Ok(port);
+            }
+        }
+    }
+    // No room below the ephemeral range: fall back to the OS's choice.
     let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 to find a free port")?;
-    Ok(l.local_addr()?.port())
+    let port = l.local_addr()?.port();
+    given.insert(port);
+    Ok(port)
+}
+
+/// The kernel's ephemeral port range (Linux), or its default.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
 }
 
 /// Waits until something accepts TCP connections at `addr`.
