@@ -36,6 +36,13 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         switches: usize,
     },
+    /// Automatic failover, side by side with plain HAProxy backup servers:
+    /// "only hot-Alice dies" and "hot-Alice and hot-Bob die".
+    FailoverBench {
+        /// Runs per system and scenario.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -53,6 +60,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Run { once } => run(once).await,
             Command::Bench { switches } => bench(switches).await,
+            Command::FailoverBench { runs } => failover_bench(runs).await,
         }
     })
 }
@@ -271,6 +279,182 @@ async fn bench(switches: usize) -> Result<()> {
     println!("key pairs: {report}");
     if report.mismatched > 0 {
         bail!("mismatched key pairs during the benchmark");
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum System {
+    Lockstep,
+    Baseline,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Scenario {
+    HotAliceDies,
+    HotAliceAndBobDie,
+}
+
+struct RunResult {
+    /// From the kill to the first matched pair served by warm.
+    first_good: Option<Duration>,
+    mismatched: u64,
+    longest_outage: Duration,
+}
+
+/// The check timing both systems share: HAProxy `inter`/`fall`/`rise`/
+/// `timeout check`, and lockstep's probe interval/fall/timeout set equal.
+fn shared_timing() -> lockstep::lab::sidecar::Timing {
+    let mut t = lockstep::lab::sidecar::Timing::default();
+    t.probe_interval = t.check_inter;
+    t.probe_fall = t.check_fall;
+    t.failover_detection = Duration::ZERO;
+    t
+}
+
+async fn failover_run(system: System, scenario: Scenario, i: usize) -> Result<RunResult> {
+    use lockstep::lab::link::{ALICE_SAE, BOB_SAE};
+    let timing = shared_timing();
+    let name = format!("fobench-{system:?}-{scenario:?}-{i}").to_lowercase();
+    let (mut lab, mut base) = (None, None);
+    let (alice, bob) = match system {
+        System::Lockstep => {
+            let options = LabOptions {
+                timing: timing.clone(),
+                ..LabOptions::default()
+            };
+            let l = Lab::start(&name, options).await?;
+            let addrs = (l.alice_lb(), l.bob_lb());
+            lab = Some(l);
+            addrs
+        }
+        System::Baseline => {
+            let dir = lockstep::lab::link::lab_dir(&name)?;
+            let b =
+                lockstep::lab::baseline::BaselineLink::start(&dir, ALICE_SAE, BOB_SAE, &timing)?;
+            let addrs = (b.frontends[0], b.frontends[1]);
+            base = Some(b);
+            addrs
+        }
+    };
+    let mut config = lockstep::checker::CheckerConfig::new(alice, bob, ALICE_SAE, BOB_SAE);
+    // A pair takes about a millisecond; a short timeout gives the failover
+    // time a fine resolution (HAProxy waits up to 1 s before retrying a
+    // refused server connection, which a 1 s timeout would quantize).
+    config.request_timeout = Duration::from_millis(100);
+    let checker = Checker::start(config);
+    checker
+        .wait_for_matched(20, Duration::from_secs(10))
+        .await
+        .context("no traffic before the failure")?;
+    let kmes = match (&mut lab, &mut base) {
+        (Some(l), _) => &mut l.kmes,
+        (_, Some(b)) => &mut b.kmes,
+        _ => bail!("no link"),
+    };
+    let t0 = Instant::now();
+    kmes.get_mut(Setup::Hot, "alice")?.kill();
+    if scenario == Scenario::HotAliceAndBobDie {
+        kmes.get_mut(Setup::Hot, "bob")?.kill();
+    }
+    let first_good = checker
+        .wait_for_matched_by(Setup::Warm, t0, Duration::from_secs(5))
+        .await
+        .ok()
+        .map(|t| t - t0);
+    // Watch a little longer for mismatches after the move.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = checker.stop().await;
+    Ok(RunResult {
+        first_good,
+        mismatched: report.mismatched,
+        longest_outage: report.longest_outage,
+    })
+}
+
+async fn failover_bench(runs: usize) -> Result<()> {
+    let t = shared_timing();
+    println!(
+        "failover benchmark: {runs} runs per system and scenario; HAProxy checks inter {:?} fall {} rise {} timeout {:?}; lockstep probes every {:?}, fall {}, detection {:?}",
+        t.check_inter, t.check_fall, t.check_rise, t.check_timeout, t.probe_interval, t.probe_fall, t.failover_detection
+    );
+    let mut rows = Vec::new();
+    for scenario in [Scenario::HotAliceDies, Scenario::HotAliceAndBobDie] {
+        for system in [System::Baseline, System::Lockstep] {
+            let mut results = Vec::new();
+            for i in 0..runs {
+                let r = failover_run(system, scenario, i)
+                    .await
+                    .with_context(|| format!("{system:?} {scenario:?} run {i}"))?;
+                eprint!(".");
+                results.push(r);
+            }
+            eprintln!();
+            rows.push((scenario, system, results));
+        }
+    }
+    println!("\n| scenario | system | runs | recovered | failure -> first good pair: median / p99 | longest outage: median / p99 | mismatched pairs (runs with any) |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut medians = std::collections::HashMap::new();
+    for (scenario, system, results) in &rows {
+        let good: Vec<f64> = results
+            .iter()
+            .filter_map(|r| r.first_good)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        let mut sorted = good.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let mut outage: Vec<f64> = results
+            .iter()
+            .map(|r| r.longest_outage.as_secs_f64() * 1000.0)
+            .collect();
+        outage.sort_by(|a, b| a.total_cmp(b));
+        let mismatched: u64 = results.iter().map(|r| r.mismatched).sum();
+        let runs_with = results.iter().filter(|r| r.mismatched > 0).count();
+        let fmt = |v: &[f64], p: f64| {
+            if v.is_empty() {
+                "never".to_string()
+            } else {
+                format!("{:.0} ms", percentile(v, p))
+            }
+        };
+        medians.insert((*scenario, *system), percentile(&sorted, 50.0));
+        println!(
+            "| {} | {} | {} | {} | {} / {} | {} / {} | {} ({} runs) |",
+            match scenario {
+                Scenario::HotAliceDies => "only hot-Alice dies",
+                Scenario::HotAliceAndBobDie => "hot-Alice and hot-Bob die",
+            },
+            match system {
+                System::Lockstep => "lockstep",
+                System::Baseline => "HAProxy backup (baseline)",
+            },
+            results.len(),
+            good.len(),
+            fmt(&sorted, 50.0),
+            fmt(&sorted, 99.0),
+            fmt(&outage, 50.0),
+            fmt(&outage, 99.0),
+            mismatched,
+            runs_with
+        );
+    }
+    if let (Some(l), Some(b)) = (
+        medians.get(&(Scenario::HotAliceAndBobDie, System::Lockstep)),
+        medians.get(&(Scenario::HotAliceAndBobDie, System::Baseline)),
+    ) {
+        println!(
+            "\nlockstep / baseline failover time (both hot KMEs die, medians): {:.2}x",
+            l / b
+        );
+    }
+    let lockstep_mismatched: u64 = rows
+        .iter()
+        .filter(|(_, s, _)| *s == System::Lockstep)
+        .flat_map(|(_, _, r)| r.iter().map(|r| r.mismatched))
+        .sum();
+    if lockstep_mismatched > 0 {
+        bail!("lockstep mismatched {lockstep_mismatched} pairs");
     }
     Ok(())
 }

@@ -53,7 +53,7 @@ pub struct Lab {
 }
 
 /// `target/lab/<name>`, emptied first: logs stay after a failed test.
-fn lab_dir(name: &str) -> Result<PathBuf> {
+pub fn lab_dir(name: &str) -> Result<PathBuf> {
     let base = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .or_else(|| {
