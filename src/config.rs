@@ -1,19 +1,38 @@
-//! Sidecar configuration: one TOML file plus `LOCKSTEP_*` environment
-//! overrides, validated before anything starts.
+//! Sidecar configuration: one TOML file plus `LOCKSTEP_<SECTION>__<KEY>`
+//! environment overrides (e.g. `LOCKSTEP_ETCD__LEASE_TTL=5s`,
+//! `LOCKSTEP_MEMBER_ID=alice-0`), validated before anything starts.
 //!
+//! Validation includes DESIGN §3's timing rule, which self-fencing relies on:
+//! `lease_ttl > keepalive_interval + D + margin`, with D the LB's
+//! down-detection bound ([`Config::lb_down_detection`]).
 
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
 use lockstep_core::{Role, Setup};
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Environment variables under the `LOCKSTEP_` prefix that belong to the CLI,
+/// not to the config file; without this they would be "unknown keys".
+const CLI_ENV_KEYS: &[&str] = &["endpoint", "config"];
+
+/// This build's etcd client has no TLS feature: an `https://` endpoint would
+/// only fail once the sidecar runs, so the config refuses it up front.
+const ETCD_TLS: bool = false;
+
+/// One sidecar's configuration. See [`example`] for every key with comments.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The QKD link; a component of every etcd key, so `[a-z0-9-_]` only.
     pub link: String,
+    /// Unique within the link; names this member's etcd key.
     pub member_id: String,
+    /// Which end of the link this member's LB fronts.
     pub role: Role,
+    /// What a brand-new link (no route in etcd yet) serves first.
     #[serde(default = "default_initial_setup")]
     pub initial_setup: Setup,
     #[serde(default)]
@@ -32,15 +51,23 @@ pub struct Config {
     pub failover: FailoverConfig,
 }
 
+/// Election, route and member records.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EtcdConfig {
+    /// Client URLs, `http://host:port`.
     pub endpoints: Vec<String>,
+    /// Keys live under `<prefix>/<link>/`.
     pub prefix: String,
+    /// Lease TTL (whole seconds, etcd's unit). Also the longest a dead member
+    /// can hold a switch up.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// How often the lease is kept alive.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
+    /// Self-fencing margin: a member blocks its LB once `lease_ttl - margin`
+    /// has passed since its last acknowledged keep-alive was sent.
     #[serde(with = "humantime_serde")]
     pub margin: Duration,
     #[serde(with = "humantime_serde")]
@@ -49,50 +76,70 @@ pub struct EtcdConfig {
     pub request_timeout: Duration,
 }
 
+/// Peer and Admin gRPC services.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
     pub listen: SocketAddr,
+    /// `host:port` peers and the CLI dial; empty means `listen`.
     pub advertise: String,
 }
 
+/// The LB's check endpoint, `/healthz`, `/readyz` and `/metrics`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
 }
 
+/// The LB this sidecar drives. `check_*` must match the LB's own settings:
+/// they give D, the bound self-fencing relies on.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LbConfig {
+    /// Only "haproxy" for now.
     pub kind: String,
+    /// HAProxy's admin socket (Runtime API).
     pub socket: PathBuf,
+    /// The backend holding both setups' servers.
     pub backend: String,
     pub server_hot: String,
     pub server_warm: String,
+    /// HAProxy `inter`: how often it checks the sidecar.
     #[serde(with = "humantime_serde")]
     pub check_inter: Duration,
+    /// HAProxy `fall`: failed checks before a server is marked down.
     pub check_fall: u32,
+    /// HAProxy `rise`: good checks before a server is marked up.
     pub check_rise: u32,
+    /// HAProxy `timeout check`.
     #[serde(with = "humantime_serde")]
     pub check_timeout: Duration,
+    /// Bound on one Runtime API command.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// How often the sidecar reads the LB back to catch drift (e.g. a restart).
     #[serde(with = "humantime_serde")]
     pub drift_interval: Duration,
 }
 
+/// ETSI GS QKD 014 status probes of this member's role's KMEs.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeConfig {
+    /// Base URL of the hot setup's KME; none means its health is "unknown".
     pub hot: Option<String>,
+    /// Base URL of the warm setup's KME; none means its health is "unknown".
     pub warm: Option<String>,
+    /// The SAE in the status path `/api/v1/keys/{sae_id}/status`.
     pub sae_id: String,
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Good probes in a row before a KME counts as up.
     pub rise: u32,
+    /// Failed probes in a row before a KME counts as down.
     pub fall: u32,
 }
 
@@ -137,10 +184,10 @@ impl FailoverConfig {
         if let Some(d) = f.strip_prefix("after ") {
             return humantime::parse_duration(d.trim())
                 .map(lockstep_core::failover::Failback::After)
-                .map_err(|e| format!("failover.failback {f:?}: {e}"));
+                .map_err(|e| format!("{f:?}: {e}; use e.g. \"after 5m\""));
         }
         Err(format!(
-            "failover.failback {f:?} must be \"manual\" or \"after <duration>\" (e.g. \"after 5m\")"
+            "{f:?} must be \"manual\" or \"after <duration>\" (e.g. \"after 5m\")"
         ))
     }
 
@@ -157,25 +204,13 @@ impl FailoverConfig {
     }
 }
 
+/// The Admin service.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
+    /// Bound on a switch called with `wait` when the caller gives none.
     #[serde(with = "humantime_serde")]
     pub switch_timeout: Duration,
-}
-
-impl Config {
-    pub fn lb_down_detection(&self) -> Duration {
-        self.lb.check_inter * self.lb.check_fall + self.lb.check_timeout
-    }
-
-    pub fn grpc_advertise(&self) -> String {
-        if self.grpc.advertise.is_empty() {
-            self.grpc.listen.to_string()
-        } else {
-            self.grpc.advertise.clone()
-        }
-    }
 }
 
 fn default_initial_setup() -> Setup {
@@ -253,67 +288,73 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Unreadable {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid config {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-    #[error("timing rule broken: lease_ttl ({ttl:?}) must exceed keepalive_interval ({keepalive:?}) + LB down-detection ({d:?} = check_inter x check_fall + check_timeout) + margin ({margin:?}) = {sum:?}; raise etcd.lease_ttl or shorten the others")]
-    Timing {
-        ttl: Duration,
-        keepalive: Duration,
-        d: Duration,
-        margin: Duration,
-        sum: Duration,
-    },
-}
-
-/// Loads `path`, applies `LOCKSTEP_<SECTION>__<KEY>` overrides, validates.
-pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-    use figment::providers::{Env, Format, Toml};
-    std::fs::metadata(path).map_err(|source| ConfigError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let config: Config = figment::Figment::new()
-        .merge(Toml::file(path))
-        .merge(Env::prefixed("LOCKSTEP_").split("__"))
-        .extract()
-        .map_err(|e| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    config.validate().map_err(|e| match e {
-        ConfigError::Invalid { message, .. } => ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        },
-        other => other,
-    })?;
-    Ok(config)
-}
-
 impl Config {
+    /// D: within this bound after the sidecar stops answering its checks,
+    /// the LB marks the sidecar's server down (and kills its sessions):
+    /// `check_inter × check_fall + check_timeout`.
+    pub fn lb_down_detection(&self) -> Duration {
+        self.lb.check_inter * self.lb.check_fall + self.lb.check_timeout
+    }
+
+    /// How long after sending its last acknowledged keep-alive a member still
+    /// counts its lease as fresh: `lease_ttl − margin`. Past it, it fences.
+    pub fn lease_fresh_budget(&self) -> Duration {
+        self.etcd.lease_ttl.saturating_sub(self.etcd.margin)
+    }
+
+    /// The right side of the timing rule: `lease_ttl` must exceed
+    /// `keepalive_interval + D + margin`.
+    pub fn lease_ttl_lower_bound(&self) -> Duration {
+        self.etcd.keepalive_interval + self.lb_down_detection() + self.etcd.margin
+    }
+
+    /// The gRPC `host:port` peers dial: `grpc.advertise`, else `grpc.listen`.
+    pub fn grpc_advertise(&self) -> String {
+        if self.grpc.advertise.is_empty() {
+            self.grpc.listen.to_string()
+        } else {
+            self.grpc.advertise.clone()
+        }
+    }
+
+    /// Checks what serde cannot: formats, ranges and the timing rule.
+    /// Errors name the key; their origin reads "config" (see [`load`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
-            path: PathBuf::new(),
-            message,
+        let bad = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                origin: "config".into(),
+                key: key.into(),
+                message,
+            })
         };
+        let positive = |key: &str, d: Duration| {
+            if d.is_zero() {
+                bad(key, "must be more than 0, e.g. \"500ms\"".into())
+            } else {
+                Ok(())
+            }
+        };
+        let at_least_one = |key: &str, n: u32| {
+            if n == 0 {
+                bad(key, "must be at least 1".into())
+            } else {
+                Ok(())
+            }
+        };
+
         if self.link.is_empty()
             || !self
                 .link
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         {
-            return Err(invalid(format!(
-                "link {:?} must be non-empty [a-z0-9-_]",
-                self.link
-            )));
+            return bad(
+                "link",
+                format!(
+                    "{:?} must be non-empty and use only a-z, 0-9, '-' and '_' (it is part of every etcd key)",
+                    self.link
+                ),
+            );
         }
         if self.member_id.is_empty()
             || !self
@@ -321,47 +362,342 @@ impl Config {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         {
-            return Err(invalid(format!(
-                "member_id {:?} must be non-empty [A-Za-z0-9._-]",
-                self.member_id
-            )));
+            return bad(
+                "member_id",
+                format!(
+                    "{:?} must be non-empty and use only A-Z, a-z, 0-9, '.', '_' and '-'",
+                    self.member_id
+                ),
+            );
         }
-        if self.etcd.endpoints.is_empty() {
-            return Err(invalid("etcd.endpoints is empty".into()));
-        }
+
         let e = &self.etcd;
+        if e.endpoints.is_empty() {
+            return bad(
+                "etcd.endpoints",
+                "is empty; list at least one etcd client URL, e.g. [\"http://127.0.0.1:2379\"]"
+                    .into(),
+            );
+        }
+        for ep in &e.endpoints {
+            if ep.starts_with("https://") && !ETCD_TLS {
+                return bad(
+                    "etcd.endpoints",
+                    format!("{ep:?}: this build has no TLS support for etcd; use an http:// endpoint"),
+                );
+            }
+            if let Err(why) = check_url(ep) {
+                return bad("etcd.endpoints", format!("{ep:?} {why}"));
+            }
+        }
         if e.lease_ttl.subsec_nanos() != 0 || e.lease_ttl < Duration::from_secs(2) {
-            return Err(invalid(format!(
-                "etcd.lease_ttl {:?} must be whole seconds, at least 2s",
-                e.lease_ttl
-            )));
+            return bad(
+                "etcd.lease_ttl",
+                format!(
+                    "{} must be whole seconds ≥ 2s (etcd leases count in seconds)",
+                    humantime::format_duration(e.lease_ttl)
+                ),
+            );
         }
-        if e.margin.is_zero() {
-            return Err(invalid("etcd.margin must be > 0".into()));
+        positive("etcd.keepalive_interval", e.keepalive_interval)?;
+        if e.keepalive_interval >= e.lease_ttl / 2 {
+            return bad(
+                "etcd.keepalive_interval",
+                format!(
+                    "{} must be under half of etcd.lease_ttl ({}) so a lost keep-alive can be retried before the lease expires",
+                    humantime::format_duration(e.keepalive_interval),
+                    humantime::format_duration(e.lease_ttl)
+                ),
+            );
         }
+        positive("etcd.margin", e.margin)?;
+        positive("etcd.dial_timeout", e.dial_timeout)?;
+        positive("etcd.request_timeout", e.request_timeout)?;
+
+        if self.grpc.listen == self.http.listen {
+            return bad(
+                "http.listen",
+                format!(
+                    "{} is also grpc.listen; give them different ports",
+                    self.http.listen
+                ),
+            );
+        }
+        if self.grpc.advertise.is_empty() {
+            if self.grpc.listen.ip().is_unspecified() {
+                return bad(
+                    "grpc.advertise",
+                    format!(
+                        "is empty while grpc.listen is {}, which peers cannot dial; set it to this member's reachable host:port",
+                        self.grpc.listen
+                    ),
+                );
+            }
+        } else if self.grpc.advertise.contains("://")
+            || check_url(&format!("http://{}", self.grpc.advertise)).is_err()
+        {
+            return bad(
+                "grpc.advertise",
+                format!(
+                    "{:?} must be host:port without a scheme, e.g. \"10.0.0.5:7400\"",
+                    self.grpc.advertise
+                ),
+            );
+        }
+
+        let lb = &self.lb;
+        if lb.kind != "haproxy" {
+            return bad(
+                "lb.kind",
+                format!("{:?} is not supported; use \"haproxy\"", lb.kind),
+            );
+        }
+        for (key, name) in [
+            ("lb.backend", &lb.backend),
+            ("lb.server_hot", &lb.server_hot),
+            ("lb.server_warm", &lb.server_warm),
+        ] {
+            if name.is_empty() {
+                return bad(key, "is empty; name it as in the HAProxy config".into());
+            }
+        }
+        if lb.server_hot == lb.server_warm {
+            return bad(
+                "lb.server_warm",
+                format!(
+                    "{:?} is also lb.server_hot; each setup needs its own server",
+                    lb.server_warm
+                ),
+            );
+        }
+        positive("lb.check_inter", lb.check_inter)?;
+        at_least_one("lb.check_fall", lb.check_fall)?;
+        at_least_one("lb.check_rise", lb.check_rise)?;
+        positive("lb.check_timeout", lb.check_timeout)?;
+        positive("lb.command_timeout", lb.command_timeout)?;
+        positive("lb.drift_interval", lb.drift_interval)?;
+
+        let p = &self.probe;
+        for (key, url) in [("probe.hot", &p.hot), ("probe.warm", &p.warm)] {
+            let Some(url) = url else { continue };
+            if url.starts_with("https://") {
+                return bad(
+                    key,
+                    format!("{url:?}: the probe speaks plain HTTP only; use an http:// URL"),
+                );
+            }
+            if let Err(why) = check_url(url) {
+                return bad(key, format!("{url:?} {why}"));
+            }
+            if p.sae_id.is_empty() {
+                return bad(
+                    "probe.sae_id",
+                    format!("is empty but {key} is set; set the SAE id the status path names"),
+                );
+            }
+        }
+        positive("probe.interval", p.interval)?;
+        positive("probe.timeout", p.timeout)?;
+        at_least_one("probe.rise", p.rise)?;
+        at_least_one("probe.fall", p.fall)?;
+
+        positive("admin.switch_timeout", self.admin.switch_timeout)?;
+
+        if let Err(why) = self.failover.failback() {
+            return bad("failover.failback", why);
+        }
+        if self.failover.max_auto == 0 {
+            return bad(
+                "failover.max_auto",
+                "must be at least 1 (set failover.enabled = false to turn automatic failover off)"
+                    .into(),
+            );
+        }
+        positive("failover.window", self.failover.window)?;
+
         let d = self.lb_down_detection();
-        let sum = e.keepalive_interval + d + e.margin;
+        let sum = self.lease_ttl_lower_bound();
         if e.lease_ttl <= sum {
             return Err(ConfigError::Timing {
-                ttl: e.lease_ttl,
-                keepalive: e.keepalive_interval,
+                origin: "config".into(),
+                lease_ttl: e.lease_ttl,
+                keepalive_interval: e.keepalive_interval,
                 d,
                 margin: e.margin,
                 sum,
             });
         }
-        self.failover.failback().map_err(invalid)?;
-        if self.failover.max_auto == 0 {
-            return Err(invalid(
-                "failover.max_auto must be at least 1 (set failover.enabled = false to turn automatic failover off)".into(),
-            ));
-        }
-        if self.lb.kind != "haproxy" {
-            return Err(invalid(format!(
-                "lb.kind {:?} is not supported; use \"haproxy\"",
-                self.lb.kind
-            )));
-        }
         Ok(())
+    }
+}
+
+/// `Ok` for an `http://` or `https://` URL with a host; else why not.
+fn check_url(url: &str) -> Result<(), &'static str> {
+    let uri: hyper::Uri = url.parse().map_err(|_| "is not a URL")?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err("must start with http:// or https://"),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("has no host");
+    }
+    Ok(())
+}
+
+/// Why a config was refused. Each message names where the problem is and
+/// what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}; check the path (--config or LOCKSTEP_CONFIG) and its permissions", .path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {} is not TOML: {message}", .path.display())]
+    NotToml { path: PathBuf, message: String },
+    #[error("{origin}: unknown key `{key}` (valid here: {expected}); remove it or fix its spelling")]
+    UnknownKey {
+        origin: String,
+        key: String,
+        expected: String,
+    },
+    #[error("{origin}: required key `{key}` is missing; add it (see deploy/local/lockstep.example.toml)")]
+    MissingKey { origin: String, key: String },
+    #[error("{origin}: `{key}` {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+    #[error("{origin}: timing rule broken: etcd.lease_ttl ({}) must exceed etcd.keepalive_interval ({}) + D ({}, = lb.check_inter × lb.check_fall + lb.check_timeout) + etcd.margin ({}) = {}; raise etcd.lease_ttl or shorten the others", fmt_d(*.lease_ttl), fmt_d(*.keepalive_interval), fmt_d(*.d), fmt_d(*.margin), fmt_d(*.sum))]
+    Timing {
+        origin: String,
+        lease_ttl: Duration,
+        keepalive_interval: Duration,
+        /// The LB's down-detection bound.
+        d: Duration,
+        margin: Duration,
+        /// `keepalive_interval + d + margin`.
+        sum: Duration,
+    },
+}
+
+fn fmt_d(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
+impl ConfigError {
+    fn with_origin(mut self, new: String) -> Self {
+        match &mut self {
+            ConfigError::UnknownKey { origin, .. }
+            | ConfigError::MissingKey { origin, .. }
+            | ConfigError::Invalid { origin, .. }
+            | ConfigError::Timing { origin, .. } => *origin = new,
+            ConfigError::Unreadable { .. } | ConfigError::NotToml { .. } => {}
+        }
+        self
+    }
+}
+
+/// Loads `path`, applies `LOCKSTEP_<SECTION>__<KEY>` overrides, validates.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let env = Env::prefixed("LOCKSTEP_")
+        .ignore(CLI_ENV_KEYS)
+        .split("__");
+    parse(path, &text, Some(env))
+}
+
+/// The commented example config (`deploy/local/lockstep.example.toml`).
+pub fn example() -> &'static str {
+    include_str!("../deploy/local/lockstep.example.toml")
+}
+
+/// The env var that overrides `key` (e.g. `etcd.lease_ttl`).
+fn env_var(key: &str) -> String {
+    format!("LOCKSTEP_{}", key.replace('.', "__").to_uppercase())
+}
+
+fn parse(path: &Path, text: &str, env: Option<Env>) -> Result<Config, ConfigError> {
+    let file_origin = format!("config {}", path.display());
+    let toml = Toml::string(text);
+    // Syntax errors surface here, before any key is looked at.
+    figment::Provider::data(&toml).map_err(|e| ConfigError::NotToml {
+        path: path.to_path_buf(),
+        message: e.to_string().trim().to_string(),
+    })?;
+    let mut figment = Figment::from(toml);
+    if let Some(env) = env {
+        figment = figment.merge(env);
+    }
+    let config: Config = figment
+        .extract()
+        .map_err(|e| from_figment(e, &file_origin))?;
+    config.validate().map_err(|e| {
+        // Point at the variable when the bad value came from the environment.
+        let origin = match &e {
+            ConfigError::Invalid { key, .. } if std::env::var_os(env_var(key)).is_some() => {
+                format!("{file_origin} (overridden by {})", env_var(key))
+            }
+            _ => file_origin.clone(),
+        };
+        e.with_origin(origin)
+    })?;
+    Ok(config)
+}
+
+/// The first of figment's errors (fixing one at a time is clear enough), named by key and by where it came from.
+fn from_figment(errors: figment::Error, file_origin: &str) -> ConfigError {
+    use figment::error::Kind;
+    let Some(e) = errors.into_iter().next() else {
+        return ConfigError::Invalid {
+            origin: file_origin.into(),
+            key: String::new(),
+            message: "cannot be read".into(),
+        };
+    };
+    let from_env = e
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains("environment"));
+    let path: Vec<String> = e.path.iter().map(|p| p.to_lowercase()).collect();
+    let key = path.join(".");
+    let origin = if from_env {
+        format!("environment variable {}", env_var(&key))
+    } else {
+        file_origin.to_string()
+    };
+    match e.kind {
+        Kind::UnknownField(field, expected) => ConfigError::UnknownKey {
+            origin,
+            // Figment's path ends with the unknown field already.
+            key: if path.last() == Some(&field.to_lowercase()) {
+                key
+            } else {
+                join_key(&key, &field)
+            },
+            expected: expected.join(", "),
+        },
+        Kind::MissingField(field) => ConfigError::MissingKey {
+            origin,
+            key: join_key(&key, &field),
+        },
+        other => ConfigError::Invalid {
+            origin,
+            key,
+            message: other.to_string(),
+        },
+    }
+}
+
+fn join_key(parent: &str, field: &str) -> String {
+    if parent.is_empty() {
+        field.to_string()
+    } else {
+        format!("{parent}.{field}")
     }
 }
