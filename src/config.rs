@@ -383,7 +383,9 @@ impl Config {
             if ep.starts_with("https://") && !ETCD_TLS {
                 return bad(
                     "etcd.endpoints",
-                    format!("{ep:?}: this build has no TLS support for etcd; use an http:// endpoint"),
+                    format!(
+                        "{ep:?}: this build has no TLS support for etcd; use an http:// endpoint"
+                    ),
                 );
             }
             if let Err(why) = check_url(ep) {
@@ -556,7 +558,9 @@ pub enum ConfigError {
     },
     #[error("config {} is not TOML: {message}", .path.display())]
     NotToml { path: PathBuf, message: String },
-    #[error("{origin}: unknown key `{key}` (valid here: {expected}); remove it or fix its spelling")]
+    #[error(
+        "{origin}: unknown key `{key}` (valid here: {expected}); remove it or fix its spelling"
+    )]
     UnknownKey {
         origin: String,
         key: String,
@@ -564,7 +568,7 @@ pub enum ConfigError {
     },
     #[error("{origin}: required key `{key}` is missing; add it (see deploy/local/lockstep.example.toml)")]
     MissingKey { origin: String, key: String },
-    #[error("{origin}: `{key}` {message}")]
+    #[error("{origin}: `{key}`: {message}")]
     Invalid {
         origin: String,
         key: String,
@@ -606,9 +610,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let env = Env::prefixed("LOCKSTEP_")
-        .ignore(CLI_ENV_KEYS)
-        .split("__");
+    let env = Env::prefixed("LOCKSTEP_").ignore(CLI_ENV_KEYS).split("__");
     parse(path, &text, Some(env))
 }
 
@@ -686,11 +688,22 @@ fn from_figment(errors: figment::Error, file_origin: &str) -> ConfigError {
             origin,
             key: join_key(&key, &field),
         },
-        other => ConfigError::Invalid {
+        Kind::UnknownVariant(found, expected) => ConfigError::Invalid {
             origin,
             key,
-            message: other.to_string(),
+            message: format!("{found:?} is not one of: {}", expected.join(", ")),
         },
+        other => {
+            let mut message = other.to_string();
+            if message.contains("expected a duration") {
+                message.push_str("; write durations like \"500ms\" or \"5s\"");
+            }
+            ConfigError::Invalid {
+                origin,
+                key,
+                message,
+            }
+        }
     }
 }
 
@@ -699,5 +712,294 @@ fn join_key(parent: &str, field: &str) -> String {
         field.to_string()
     } else {
         format!("{parent}.{field}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "link = \"qkd-1\"\nmember_id = \"alice-0\"\nrole = \"alice\"\n";
+
+    /// The required keys plus `extra`, without environment overrides.
+    fn cfg(extra: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("t.toml"), &format!("{BASE}{extra}"), None)
+    }
+
+    /// The key an `Invalid` error names, and its message.
+    fn invalid(extra: &str) -> (String, String) {
+        match cfg(extra) {
+            Err(e) => match &e {
+                ConfigError::Invalid { key, .. } => (key.clone(), e.to_string()),
+                _ => panic!("expected Invalid for {extra:?}, got {e:?}"),
+            },
+            Ok(_) => panic!("expected Invalid for {extra:?}, got a valid config"),
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn defaults_satisfy_the_rule_and_derive_the_bounds() {
+        let c = cfg("").expect("defaults are valid");
+        assert_eq!(c.initial_setup, Setup::Hot);
+        assert_eq!(c.lb_down_detection(), ms(1300));
+        assert_eq!(c.lease_fresh_budget(), ms(4000));
+        assert_eq!(c.lease_ttl_lower_bound(), ms(3300));
+        assert_eq!(c.grpc_advertise(), "127.0.0.1:7400");
+        assert!(c.probe.hot.is_none());
+    }
+
+    #[test]
+    fn the_example_is_valid_and_sets_every_section() {
+        let c = parse(Path::new("example.toml"), example(), None).expect("example is valid");
+        assert_eq!(c.role, Role::Alice);
+        assert_eq!(c.probe.hot.as_deref(), Some("http://127.0.0.1:8443"));
+        assert_eq!(c.admin.switch_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn advertise_overrides_listen() {
+        let c = cfg("[grpc]\nlisten = \"0.0.0.0:7400\"\nadvertise = \"10.0.0.5:7400\"\n")
+            .expect("valid");
+        assert_eq!(c.grpc_advertise(), "10.0.0.5:7400");
+    }
+
+    #[test]
+    fn unreadable_file_names_the_path() {
+        let e = load(Path::new("/nonexistent/lockstep.toml")).expect_err("missing");
+        assert!(matches!(e, ConfigError::Unreadable { .. }), "{e:?}");
+        assert!(e.to_string().contains("/nonexistent/lockstep.toml"), "{e}");
+    }
+
+    #[test]
+    fn not_toml() {
+        let e = parse(Path::new("t.toml"), "not toml [[[", None).expect_err("bad");
+        assert!(matches!(e, ConfigError::NotToml { .. }), "{e:?}");
+        assert!(
+            e.to_string().starts_with("config t.toml is not TOML"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_section() {
+        for (extra, want) in [
+            ("bogus = 1\n", "bogus"),
+            ("[etcd]\nlease_tll = \"5s\"\n", "etcd.lease_tll"),
+            ("[nope]\nx = 1\n", "nope"),
+        ] {
+            match cfg(extra) {
+                Err(ConfigError::UnknownKey { key, origin, .. }) => {
+                    assert_eq!(key, want);
+                    assert_eq!(origin, "config t.toml");
+                }
+                other => panic!("{extra:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_required_keys() {
+        for (text, want) in [
+            ("member_id = \"a\"\nrole = \"bob\"\n", "link"),
+            ("link = \"x\"\nrole = \"bob\"\n", "member_id"),
+            ("link = \"x\"\nmember_id = \"a\"\n", "role"),
+        ] {
+            match parse(Path::new("t.toml"), text, None) {
+                Err(ConfigError::MissingKey { key, .. }) => assert_eq!(key, want),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let text = "link = \"x\"\nmember_id = \"a\"\nrole = \"carol\"\n";
+        let e = parse(Path::new("t.toml"), text, None).expect_err("bad role");
+        assert!(
+            e.to_string()
+                .contains("\"carol\" is not one of: alice, bob"),
+            "{e}"
+        );
+        for (extra, key) in [
+            ("initial_setup = \"lukewarm\"\n", "initial_setup"),
+            ("[etcd]\nlease_ttl = \"5x\"\n", "etcd.lease_ttl"),
+            ("[etcd]\nlease_ttl = 5\n", "etcd.lease_ttl"),
+            ("[grpc]\nlisten = \"localhost\"\n", "grpc.listen"),
+            ("[lb]\ncheck_fall = -1\n", "lb.check_fall"),
+        ] {
+            assert_eq!(invalid(extra).0, key, "{extra:?}");
+        }
+        assert!(invalid("[etcd]\nmargin = \"1x\"\n").1.contains("\"500ms\""));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for bad in ["\"Qkd\"", "\"qkd/1\"", "\"\""] {
+            let text = format!("link = {bad}\nmember_id = \"a\"\nrole = \"alice\"\n");
+            match parse(Path::new("t.toml"), &text, None) {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "link"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let text = "link = \"x\"\nmember_id = \"alice 0\"\nrole = \"alice\"\n";
+        match parse(Path::new("t.toml"), text, None) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "member_id"),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(
+            Path::new("t.toml"),
+            "link = \"qkd_1-a\"\nmember_id = \"Alice.0_x-1\"\nrole = \"bob\"\n",
+            None
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn etcd_endpoints() {
+        assert_eq!(invalid("[etcd]\nendpoints = []\n").0, "etcd.endpoints");
+        assert!(invalid("[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n")
+            .1
+            .contains("http://"));
+        assert!(invalid("[etcd]\nendpoints = [\"https://etcd:2379\"]\n")
+            .1
+            .contains("no TLS"));
+        assert!(invalid("[etcd]\nendpoints = [\"http://\"]\n")
+            .1
+            .contains("URL"));
+    }
+
+    #[test]
+    fn lease_ttl_is_whole_seconds_of_at_least_two() {
+        for ttl in ["1500ms", "1s", "5500ms"] {
+            let (key, text) = invalid(&format!("[etcd]\nlease_ttl = \"{ttl}\"\n"));
+            assert_eq!(key, "etcd.lease_ttl");
+            assert!(text.contains("whole seconds ≥ 2s"), "{text}");
+        }
+    }
+
+    #[test]
+    fn keepalive_and_margin() {
+        let (key, text) = invalid("[etcd]\nkeepalive_interval = \"2500ms\"\n");
+        assert_eq!(key, "etcd.keepalive_interval");
+        assert!(text.contains("half"), "{text}");
+        assert_eq!(
+            invalid("[etcd]\nkeepalive_interval = \"0s\"\n").0,
+            "etcd.keepalive_interval"
+        );
+        assert_eq!(invalid("[etcd]\nmargin = \"0s\"\n").0, "etcd.margin");
+        assert_eq!(
+            invalid("[etcd]\ndial_timeout = \"0s\"\n").0,
+            "etcd.dial_timeout"
+        );
+    }
+
+    #[test]
+    fn timing_rule_boundary() {
+        // keep-alive 2s + D 1.3s + margin 1.7s = 5s: equal is not enough.
+        let at = "[etcd]\nlease_ttl = \"5s\"\nkeepalive_interval = \"2s\"\nmargin = \"1700ms\"\n";
+        match cfg(at) {
+            Err(ConfigError::Timing {
+                lease_ttl, d, sum, ..
+            }) => {
+                assert_eq!(lease_ttl, Duration::from_secs(5));
+                assert_eq!(d, ms(1300));
+                assert_eq!(sum, Duration::from_secs(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        let below =
+            "[etcd]\nlease_ttl = \"5s\"\nkeepalive_interval = \"2s\"\nmargin = \"1699ms\"\n";
+        assert!(cfg(below).is_ok());
+    }
+
+    #[test]
+    fn timing_error_names_all_four_numbers_and_what_to_change() {
+        let e = cfg("[etcd]\nlease_ttl = \"3s\"\n").expect_err("3s < 3.3s");
+        let text = e.to_string();
+        for part in [
+            "config t.toml",
+            "etcd.lease_ttl (3s)",
+            "etcd.keepalive_interval (1s)",
+            "D (1s 300ms",
+            "etcd.margin (1s)",
+            "= 3s 300ms",
+            "raise etcd.lease_ttl",
+        ] {
+            assert!(text.contains(part), "{part:?} missing in {text}");
+        }
+        // D grows with the LB's check settings.
+        let e = cfg("[lb]\ncheck_inter = \"1s\"\ncheck_fall = 3\n").expect_err("D = 3.3s");
+        assert!(matches!(e, ConfigError::Timing { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn grpc_and_http_addresses() {
+        assert_eq!(
+            invalid("[grpc]\nlisten = \"0.0.0.0:7400\"\n").0,
+            "grpc.advertise"
+        );
+        assert_eq!(
+            invalid("[grpc]\nadvertise = \"http://10.0.0.5:7400\"\n").0,
+            "grpc.advertise"
+        );
+        assert_eq!(
+            invalid("[http]\nlisten = \"127.0.0.1:7400\"\n").0,
+            "http.listen"
+        );
+    }
+
+    #[test]
+    fn lb_settings() {
+        assert_eq!(invalid("[lb]\nkind = \"nginx\"\n").0, "lb.kind");
+        assert_eq!(invalid("[lb]\nserver_warm = \"hot\"\n").0, "lb.server_warm");
+        assert_eq!(invalid("[lb]\nbackend = \"\"\n").0, "lb.backend");
+        assert_eq!(invalid("[lb]\ncheck_fall = 0\n").0, "lb.check_fall");
+        assert_eq!(invalid("[lb]\ncheck_inter = \"0s\"\n").0, "lb.check_inter");
+        assert_eq!(
+            invalid("[lb]\ndrift_interval = \"0s\"\n").0,
+            "lb.drift_interval"
+        );
+    }
+
+    #[test]
+    fn probe_settings() {
+        assert_eq!(
+            invalid("[probe]\nhot = \"kme:8443\"\nsae_id = \"S\"\n").0,
+            "probe.hot"
+        );
+        assert!(
+            invalid("[probe]\nwarm = \"https://kme:8443\"\nsae_id = \"S\"\n")
+                .1
+                .contains("plain HTTP")
+        );
+        assert_eq!(
+            invalid("[probe]\nhot = \"http://kme:8443\"\n").0,
+            "probe.sae_id"
+        );
+        assert_eq!(invalid("[probe]\nfall = 0\n").0, "probe.fall");
+        assert_eq!(invalid("[probe]\ninterval = \"0s\"\n").0, "probe.interval");
+    }
+
+    #[test]
+    fn admin_and_failover() {
+        assert_eq!(
+            invalid("[admin]\nswitch_timeout = \"0s\"\n").0,
+            "admin.switch_timeout"
+        );
+        assert_eq!(
+            invalid("[failover]\nfailback = \"soon\"\n").0,
+            "failover.failback"
+        );
+        assert_eq!(
+            invalid("[failover]\nfailback = \"after 5x\"\n").0,
+            "failover.failback"
+        );
+        assert_eq!(invalid("[failover]\nmax_auto = 0\n").0, "failover.max_auto");
+        let c = cfg("[failover]\nfailback = \"after 5m\"\n").expect("valid");
+        assert!(c.failover.policy(Setup::Hot).is_ok());
     }
 }

@@ -3,47 +3,12 @@
 
 use lockstep::checker::Checker;
 use lockstep::lab::{Lab, LabOptions};
-use lockstep::lb::LoadBalancer;
 use lockstep::proto;
 use lockstep::protocol::{LbTarget, Setup};
 use std::time::{Duration, Instant};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-async fn all_lbs(lab: &Lab, target: LbTarget, timeout: Duration) -> Result<Duration, String> {
-    let start = Instant::now();
-    loop {
-        let mut all = true;
-        for lb in &lab.lbs {
-            if lb.adapter().observe().await.map(|o| o.target).ok() != Some(target) {
-                all = false;
-            }
-        }
-        if all {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            return Err(format!("LBs not all at {target} within {timeout:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn status(lab: &Lab) -> proto::StatusReply {
-    lab.admin(0)
-        .await
-        .expect("admin")
-        .status(proto::StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
-}
+mod common;
+use common::{all_lbs, rt, status};
 
 /// One KME of the hot setup dies; both ends move to warm.
 fn kme_death_moves_both_ends(role: &str) {

@@ -8,13 +8,8 @@ use lockstep::proto::{self, Setup as PSetup};
 use lockstep::protocol::{LbTarget, Setup};
 use std::time::{Duration, Instant};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
+mod common;
+use common::rt;
 
 fn to_proto(s: Setup) -> i32 {
     match s {

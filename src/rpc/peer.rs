@@ -7,6 +7,7 @@ use crate::proto::{self, peer_server::Peer};
 use crate::sidecar::member::Input;
 use crate::sidecar::Shared;
 use lockstep_core::member::{MemberEvent, Refusal};
+use lockstep_core::Phase;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
@@ -32,6 +33,36 @@ impl PeerService {
             Ok(Err(refusal)) => Err(refusal_status(&refusal)),
             Err(_) => Err(Status::unavailable("member dropped the request")),
         }
+    }
+
+    /// A Drain or Serve, validated, through the member's state machine.
+    async fn apply(
+        &self,
+        phase: Phase,
+        link: &str,
+        epoch: u64,
+        token: i64,
+        setup: i32,
+    ) -> Result<Response<proto::ApplyReply>, Status> {
+        self.check_link(link)?;
+        let setup = setup_from_proto(setup)
+            .ok_or_else(|| Status::invalid_argument("setup must be hot or warm"))?;
+        let span = info_span!("peer_apply", %link, %phase, epoch, token, %setup, member = %self.shared.config.member_id);
+        let event = match phase {
+            Phase::Drain => MemberEvent::PeerDrain {
+                req: 0,
+                epoch,
+                token,
+                setup,
+            },
+            Phase::Serve => MemberEvent::PeerServe {
+                req: 0,
+                epoch,
+                token,
+                setup,
+            },
+        };
+        self.push(event).instrument(span).await
     }
 
     fn check_link(&self, link: &str) -> Result<(), Status> {
@@ -64,18 +95,8 @@ impl Peer for PeerService {
         request: Request<proto::DrainRequest>,
     ) -> Result<Response<proto::ApplyReply>, Status> {
         let r = request.into_inner();
-        self.check_link(&r.link)?;
-        let setup = setup_from_proto(r.setup)
-            .ok_or_else(|| Status::invalid_argument("setup must be hot or warm"))?;
-        let span = info_span!("drain", link = %r.link, epoch = r.epoch, token = r.token, member = %self.shared.config.member_id);
-        self.push(MemberEvent::PeerDrain {
-            req: 0,
-            epoch: r.epoch,
-            token: r.token,
-            setup,
-        })
-        .instrument(span)
-        .await
+        self.apply(Phase::Drain, &r.link, r.epoch, r.token, r.setup)
+            .await
     }
 
     async fn serve(
@@ -83,18 +104,8 @@ impl Peer for PeerService {
         request: Request<proto::ServeRequest>,
     ) -> Result<Response<proto::ApplyReply>, Status> {
         let r = request.into_inner();
-        self.check_link(&r.link)?;
-        let setup = setup_from_proto(r.setup)
-            .ok_or_else(|| Status::invalid_argument("setup must be hot or warm"))?;
-        let span = info_span!("serve", link = %r.link, epoch = r.epoch, token = r.token, %setup, member = %self.shared.config.member_id);
-        self.push(MemberEvent::PeerServe {
-            req: 0,
-            epoch: r.epoch,
-            token: r.token,
-            setup,
-        })
-        .instrument(span)
-        .await
+        self.apply(Phase::Serve, &r.link, r.epoch, r.token, r.setup)
+            .await
     }
 
     async fn get_state(

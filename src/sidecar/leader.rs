@@ -229,20 +229,17 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                     setup,
                 } => {
                     let client = peer(&mut peers, &addr);
-                    let tx = done_tx.clone();
                     let link = shared.config.link.clone();
-                    tokio::spawn(async move {
-                        let Some(mut client) = client else { return };
-                        let req = DrainRequest { link, epoch, token, setup: crate::rpc::setup_to_proto(setup) as i32 };
-                        match client.drain(req).await {
-                            Ok(reply) => {
-                                if let Some(applied) = reply.into_inner().applied.and_then(|a| crate::rpc::applied_from_proto(&a)) {
-                                    let _ = tx.send(Done::Replied(member, applied)).await;
-                                }
-                            }
-                            Err(status) => debug!(%member, error = %status.message(), "drain push failed; etcd path remains"),
-                        }
-                    }.instrument(info_span!("push_drain", epoch, token)));
+                    push(
+                        client,
+                        done_tx.clone(),
+                        member,
+                        Push::Drain,
+                        link,
+                        epoch,
+                        token,
+                        setup,
+                    );
                 }
                 LeaderAction::SendServe {
                     member,
@@ -252,20 +249,17 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                     setup,
                 } => {
                     let client = peer(&mut peers, &addr);
-                    let tx = done_tx.clone();
                     let link = shared.config.link.clone();
-                    tokio::spawn(async move {
-                        let Some(mut client) = client else { return };
-                        let req = ServeRequest { link, epoch, token, setup: crate::rpc::setup_to_proto(setup) as i32 };
-                        match client.serve(req).await {
-                            Ok(reply) => {
-                                if let Some(applied) = reply.into_inner().applied.and_then(|a| crate::rpc::applied_from_proto(&a)) {
-                                    let _ = tx.send(Done::Replied(member, applied)).await;
-                                }
-                            }
-                            Err(status) => debug!(%member, error = %status.message(), "serve push failed; etcd path remains"),
-                        }
-                    }.instrument(info_span!("push_serve", epoch, token)));
+                    push(
+                        client,
+                        done_tx.clone(),
+                        member,
+                        Push::Serve,
+                        link,
+                        epoch,
+                        token,
+                        setup,
+                    );
                 }
                 LeaderAction::PauseLink { reason } => {
                     warn!(%reason, "pausing the link");
@@ -364,6 +358,72 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
             _ = sleep => core.handle(clock.now(), LeaderEvent::Tick),
         }
     }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Push {
+    Drain,
+    Serve,
+}
+
+/// Sends one Drain or Serve; a reply is the member's ack. A failure is only
+/// logged: the member also learns the route from etcd, and the leader
+/// pushes again on its resend timer.
+#[allow(clippy::too_many_arguments)]
+fn push(
+    client: Option<PeerClient<Channel>>,
+    done: mpsc::Sender<Done>,
+    member: String,
+    kind: Push,
+    link: String,
+    epoch: u64,
+    token: Token,
+    setup: lockstep_core::Setup,
+) {
+    let span = info_span!("push", ?kind, %member, epoch, token);
+    tokio::spawn(
+        async move {
+            let Some(mut client) = client else { return };
+            let setup = crate::rpc::setup_to_proto(setup) as i32;
+            let reply = match kind {
+                Push::Drain => {
+                    client
+                        .drain(DrainRequest {
+                            link,
+                            epoch,
+                            token,
+                            setup,
+                        })
+                        .await
+                }
+                Push::Serve => {
+                    client
+                        .serve(ServeRequest {
+                            link,
+                            epoch,
+                            token,
+                            setup,
+                        })
+                        .await
+                }
+            };
+            match reply {
+                Ok(reply) => {
+                    let applied = reply
+                        .into_inner()
+                        .applied
+                        .and_then(|a| crate::rpc::applied_from_proto(&a));
+                    if let Some(applied) = applied {
+                        let _ = done.send(Done::Replied(member, applied)).await;
+                    }
+                }
+                Err(status) => {
+                    debug!(error = %status.message(), "push failed; the etcd path remains")
+                }
+            }
+        }
+        .instrument(span),
+    );
 }
 
 fn peer(

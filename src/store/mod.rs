@@ -442,17 +442,38 @@ impl Store {
         rev: Rev,
         outcome: &RequestOutcome,
     ) -> Result<bool, StoreError> {
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(self.key("leader"), CompareOp::Equal, token),
-                Compare::mod_revision(self.key("request"), CompareOp::Equal, rev),
-            ])
-            .and_then([
+        self.guarded(
+            token,
+            vec![Compare::mod_revision(
+                self.key("request"),
+                CompareOp::Equal,
+                rev,
+            )],
+            vec![
                 TxnOp::delete(self.key("request"), None),
                 TxnOp::put(self.key("outcome"), to_json(outcome), None),
-            ]);
+            ],
+        )
+        .await
+    }
+
+    /// A leader write: `ops` apply only while the leader key still carries
+    /// `token` (and `compares` hold). Returns whether they applied.
+    async fn guarded(
+        &self,
+        token: Token,
+        mut compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> Result<bool, StoreError> {
+        compares.insert(
+            0,
+            Compare::create_revision(self.key("leader"), CompareOp::Equal, token),
+        );
         let mut c = self.client.clone();
-        Ok(self.bounded(c.txn(txn)).await?.succeeded())
+        Ok(self
+            .bounded(c.txn(Txn::new().when(compares).and_then(ops)))
+            .await?
+            .succeeded())
     }
 
     pub async fn put_history(
@@ -460,19 +481,8 @@ impl Store {
         token: Token,
         record: &HistoryRecord,
     ) -> Result<bool, StoreError> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.key("leader"),
-                CompareOp::Equal,
-                token,
-            )])
-            .and_then([TxnOp::put(
-                self.history_key(record.epoch),
-                to_json(record),
-                None,
-            )]);
-        let mut c = self.client.clone();
-        Ok(self.bounded(c.txn(txn)).await?.succeeded())
+        let op = TxnOp::put(self.history_key(record.epoch), to_json(record), None);
+        self.guarded(token, vec![], vec![op]).await
     }
 
     // ---- admin ----
@@ -507,15 +517,8 @@ impl Store {
 
     /// Leader write: pause the link (the failover policy's cap).
     pub async fn pause_as_leader(&self, token: Token, pause: &Pause) -> Result<bool, StoreError> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.key("leader"),
-                CompareOp::Equal,
-                token,
-            )])
-            .and_then([TxnOp::put(self.key("paused"), to_json(pause), None)]);
-        let mut c = self.client.clone();
-        Ok(self.bounded(c.txn(txn)).await?.succeeded())
+        let op = TxnOp::put(self.key("paused"), to_json(pause), None);
+        self.guarded(token, vec![], vec![op]).await
     }
 
     /// Leader write: the policy's note, on the leader's lease so it goes
@@ -526,19 +529,12 @@ impl Store {
         lease: i64,
         note: &str,
     ) -> Result<bool, StoreError> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.key("leader"),
-                CompareOp::Equal,
-                token,
-            )])
-            .and_then([TxnOp::put(
-                self.key("policy"),
-                note,
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-        let mut c = self.client.clone();
-        Ok(self.bounded(c.txn(txn)).await?.succeeded())
+        let op = TxnOp::put(
+            self.key("policy"),
+            note,
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        self.guarded(token, vec![], vec![op]).await
     }
 
     /// Removes a request nobody took (still at `rev`).
