@@ -396,8 +396,8 @@ impl Config {
             return bad(
                 "etcd.lease_ttl",
                 format!(
-                    "{} must be whole seconds ≥ 2s (etcd leases count in seconds)",
-                    humantime::format_duration(e.lease_ttl)
+                    "{:?} must be whole seconds ≥ 2s (etcd leases count in seconds)",
+                    e.lease_ttl
                 ),
             );
         }
@@ -406,9 +406,9 @@ impl Config {
             return bad(
                 "etcd.keepalive_interval",
                 format!(
-                    "{} must be under half of etcd.lease_ttl ({}) so a lost keep-alive can be retried before the lease expires",
-                    humantime::format_duration(e.keepalive_interval),
-                    humantime::format_duration(e.lease_ttl)
+                    "{:?} must be under half of etcd.lease_ttl ({:?}) so a lost keep-alive can be retried before the lease expires",
+                    e.keepalive_interval,
+                    e.lease_ttl
                 ),
             );
         }
@@ -574,7 +574,7 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-    #[error("{origin}: timing rule broken: etcd.lease_ttl ({}) must exceed etcd.keepalive_interval ({}) + D ({}, = lb.check_inter × lb.check_fall + lb.check_timeout) + etcd.margin ({}) = {}; raise etcd.lease_ttl or shorten the others", fmt_d(*.lease_ttl), fmt_d(*.keepalive_interval), fmt_d(*.d), fmt_d(*.margin), fmt_d(*.sum))]
+    #[error("{origin}: timing rule broken: etcd.lease_ttl ({:?}) must exceed etcd.keepalive_interval ({:?}) + D ({:?}, = lb.check_inter × lb.check_fall + lb.check_timeout) + etcd.margin ({:?}) = {:?}; raise etcd.lease_ttl or shorten the others", .lease_ttl, .keepalive_interval, .d, .margin, .sum)]
     Timing {
         origin: String,
         lease_ttl: Duration,
@@ -585,10 +585,6 @@ pub enum ConfigError {
         /// `keepalive_interval + d + margin`.
         sum: Duration,
     },
-}
-
-fn fmt_d(d: Duration) -> humantime::FormattedDuration {
-    humantime::format_duration(d)
 }
 
 impl ConfigError {
@@ -924,9 +920,9 @@ mod tests {
             "config t.toml",
             "etcd.lease_ttl (3s)",
             "etcd.keepalive_interval (1s)",
-            "D (1s 300ms",
+            "D (1.3s",
             "etcd.margin (1s)",
-            "= 3s 300ms",
+            "= 3.3s",
             "raise etcd.lease_ttl",
         ] {
             assert!(text.contains(part), "{part:?} missing in {text}");

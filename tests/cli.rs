@@ -46,45 +46,63 @@ fn the_example_config_is_valid_and_check_config_prints_the_bounds() {
 }
 
 #[test]
-fn bad_configs_are_refused_with_the_reason() {
+fn a_missing_config_file_is_named() {
     let missing = lockstep()
         .args(["run", "--config", "/nonexistent/lockstep.toml"])
         .output()
         .expect("run");
     assert_eq!(missing.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config"));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("cannot read config /nonexistent/lockstep.toml"),
+        "{err}"
+    );
+}
 
+#[test]
+fn bad_configs_are_refused_with_the_reason() {
+    const BASE: &str = "link = \"x\"\nmember_id = \"a\"\nrole = \"alice\"\n";
     let cases = [
-        ("not toml [[[", "invalid config"),
+        ("not toml [[[".to_string(), "is not TOML"),
+        (format!("{BASE}bogus = 1\n"), "unknown key `bogus`"),
         (
-            "link = \"x\"\nmember_id = \"a\"\nrole = \"alice\"\nbogus = 1\n",
-            "bogus",
+            format!("{BASE}[etcd]\nlease_tll = \"5s\"\n"),
+            "unknown key `etcd.lease_tll`",
         ),
         (
-            "link = \"x\"\nmember_id = \"a\"\nrole = \"carol\"\n",
-            "carol",
+            "link = \"x\"\nmember_id = \"a\"\nrole = \"carol\"\n".to_string(),
+            "\"carol\" is not one of: alice, bob",
         ),
         (
-            "link = \"x\"\nmember_id = \"a\"\nrole = \"alice\"\ninitial_setup = \"lukewarm\"\n",
+            format!("{BASE}initial_setup = \"lukewarm\"\n"),
             "lukewarm",
         ),
         (
-            "link = \"Bad Link\"\nmember_id = \"a\"\nrole = \"alice\"\n",
-            "link",
+            "link = \"Bad Link\"\nmember_id = \"a\"\nrole = \"alice\"\n".to_string(),
+            "`link`",
         ),
         (
-            "link = \"x\"\nmember_id = \"a\"\nrole = \"alice\"\n[etcd]\nlease_ttl = \"3s\"\n",
-            "timing rule broken",
+            format!("{BASE}[etcd]\nlease_ttl = \"2500ms\"\n"),
+            "etcd.lease_ttl`: 2.5s must be whole seconds",
         ),
-        ("member_id = \"a\"\nrole = \"alice\"\n", "link"),
+        (
+            format!("{BASE}[etcd]\nlease_ttl = \"3s\"\n"),
+            "timing rule broken: etcd.lease_ttl (3s) must exceed etcd.keepalive_interval (1s) + D (1.3s",
+        ),
+        (
+            "member_id = \"a\"\nrole = \"alice\"\n".to_string(),
+            "required key `link` is missing",
+        ),
     ];
     for (text, needle) in cases {
-        let (code, out) = run_config(text, "run");
-        assert_eq!(code, 2, "{text:?} -> {out}");
-        assert!(
-            out.contains(needle),
-            "{text:?}: expected {needle:?} in {out}"
-        );
+        for verb in ["run", "check-config"] {
+            let (code, out) = run_config(&text, verb);
+            assert_eq!(code, 2, "{verb} {text:?} -> {out}");
+            assert!(
+                out.contains(needle),
+                "{verb} {text:?}: expected {needle:?} in {out}"
+            );
+        }
     }
 }
 
@@ -109,7 +127,45 @@ fn environment_overrides_are_applied_and_validated() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("timing rule broken"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("timing rule broken"), "{err}");
+    assert!(
+        err.contains("overridden")
+            || err.contains("LOCKSTEP_ETCD__LEASE_TTL")
+            || err.contains("lease_ttl (2s)"),
+        "{err}"
+    );
+    // A bad value in the environment names the variable.
+    let out = lockstep()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("LOCKSTEP_ETCD__LEASE_TTL", "5x")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("environment variable LOCKSTEP_ETCD__LEASE_TTL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_cli_s_own_variables_are_not_config_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, example()).expect("write");
+    let out = lockstep()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("LOCKSTEP_ENDPOINT", "http://127.0.0.1:1")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -133,28 +189,56 @@ fn unknown_setup_is_a_usage_error_and_nothing_is_sent() {
 }
 
 #[test]
-fn a_switch_needs_a_reason() {
-    let out = lockstep()
-        .args([
-            "--endpoint",
-            "http://127.0.0.1:1",
-            "switchover",
-            "--to",
-            "warm",
-        ])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--reason"));
+fn usage_errors_exit_2_before_any_call() {
+    let cases: [&[&str]; 4] = [
+        &["switchover", "--to", "warm"],
+        &["failover", "--to", "hot", "--force"],
+        &["pause"],
+        &["--timeout", "soon", "status"],
+    ];
+    for args in cases {
+        let out = lockstep()
+            .args(["--endpoint", "http://127.0.0.1:1"])
+            .args(args)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("--reason") || err.contains("--timeout"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]
 fn an_unreachable_endpoint_says_what_to_do() {
     let port = lockstep::lab::process::free_port().expect("port");
+    for endpoint in [
+        format!("http://127.0.0.1:{port}"),
+        format!("127.0.0.1:{port}"),
+    ] {
+        for args in [
+            &["status"][..],
+            &["switchover", "--to", "warm", "--reason", "test"][..],
+        ] {
+            let out = lockstep()
+                .args(["--endpoint", &endpoint])
+                .args(args)
+                .output()
+                .expect("run");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(3), "{endpoint} {args:?}: {err}");
+            assert!(err.contains("is a sidecar running at"), "{err}");
+            assert!(err.contains("set --endpoint or LOCKSTEP_ENDPOINT"), "{err}");
+        }
+    }
+    // The variable works like the flag.
     let out = lockstep()
-        .args(["--endpoint", &format!("http://127.0.0.1:{port}"), "status"])
+        .arg("status")
+        .env("LOCKSTEP_ENDPOINT", format!("http://127.0.0.1:{port}"))
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("LOCKSTEP_ENDPOINT"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{port}")));
 }

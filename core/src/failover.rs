@@ -10,6 +10,13 @@
 //! configured; nothing automatic while paused.
 
 use crate::health::SetupHealth;
+
+/// The active setup is failing only on evidence: some end reports it down.
+/// "Unknown" (a probe that has not answered yet, a role with no member) is
+/// no reason to move a link.
+fn failing(h: &SetupHealth) -> bool {
+    h.alice == Health::Down || h.bob == Health::Down
+}
 use crate::time::{Duration, Time};
 use crate::types::*;
 use std::collections::VecDeque;
@@ -145,7 +152,7 @@ impl Policy {
         let (a, o) = (health(active), health(other));
 
         // Track how long things have been as they are, whatever we decide.
-        if a.healthy() {
+        if !failing(a) {
             self.active_unhealthy_since = None;
         } else if self.active_unhealthy_since.is_none_or(|(s, _)| s != active) {
             self.active_unhealthy_since = Some((active, now));
@@ -174,7 +181,7 @@ impl Policy {
             .map(|t| t + self.config.dwell)
             .filter(|until| now < *until);
 
-        if !a.healthy() {
+        if failing(a) {
             if !o.healthy() {
                 return Decision::Hold {
                     why: format!(
@@ -342,6 +349,24 @@ mod tests {
             d => panic!("{d:?}"),
         }
         assert_eq!(p.next_deadline(t(100)), Some(t(5000)));
+    }
+
+    #[test]
+    fn unknown_health_of_the_active_setup_moves_nothing() {
+        // Regression: at start-up one end's probe had not answered for hot
+        // yet while both ends saw warm up; the link moved to warm.
+        let mut p = policy(Failback::Manual);
+        p.config.detection = Duration::ZERO;
+        let hot = SetupHealth {
+            setup: Setup::Hot,
+            alice: Health::Up,
+            bob: Health::Unknown,
+        };
+        let warm = h(Setup::Warm, true);
+        match p.evaluate(t(0), Some(Setup::Hot), &hot, &warm, false) {
+            Decision::Hold { .. } => {}
+            d => panic!("moved on unknown health: {d:?}"),
+        }
     }
 
     #[test]

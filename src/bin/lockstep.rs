@@ -6,11 +6,19 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lockstep::cli;
+use lockstep::config::Config;
 use lockstep::proto::{self, admin_client::AdminClient};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
+
+/// Bound on a call when `--timeout` is not given.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Extra time the CLI gives a bounded switch, so the server's own
+/// "not complete within …" answer arrives before the CLI gives up.
+const REPLY_SLACK: Duration = Duration::from_secs(2);
 
 #[derive(Parser)]
 #[command(
@@ -18,7 +26,7 @@ use tonic::transport::Channel;
     about = "Moves every LB of a QKD link between the hot and the warm setup together"
 )]
 struct Cli {
-    /// Any member's gRPC address.
+    /// Any member's gRPC address (`http://host:port`; `host:port` works too).
     #[arg(
         long,
         global = true,
@@ -26,12 +34,13 @@ struct Cli {
         default_value = "http://127.0.0.1:7400"
     )]
     endpoint: String,
-    /// Print JSON instead of tables.
+    /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Bound on each call, e.g. "10s".
-    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
+    /// Bound on each call, e.g. "10s" [default: 10s; for a switch with
+    /// --wait: the sidecar's admin.switch_timeout].
+    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,6 +78,7 @@ enum Command {
     Run {
         #[arg(long, env = "LOCKSTEP_CONFIG")]
         config: PathBuf,
+        /// Log lines as text or JSON; filter with RUST_LOG (default: info).
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
@@ -88,19 +98,10 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Stop all switches until `resume`.
-    Pause {
-        #[arg(long)]
-        reason: String,
-        #[arg(long)]
-        by: Option<String>,
-    },
-    Resume {
-        #[arg(long)]
-        reason: String,
-        #[arg(long)]
-        by: Option<String>,
-    },
+    /// Stop all switches, automatic and manual, until `resume`.
+    Pause(PauseArgs),
+    /// Allow switches again.
+    Resume(PauseArgs),
     /// Past transitions, newest first.
     History {
         #[arg(long, default_value_t = 20)]
@@ -116,7 +117,7 @@ struct SwitchArgs {
     /// Why: recorded in the history.
     #[arg(long)]
     reason: String,
-    /// Who: recorded in the history (default: $USER@host).
+    /// Who: recorded in the history [default: $USER@host].
     #[arg(long)]
     by: Option<String>,
     /// Show progress and return once every LB serves the target.
@@ -124,91 +125,194 @@ struct SwitchArgs {
     wait: bool,
 }
 
+#[derive(clap::Args)]
+struct PauseArgs {
+    /// Why: shown in `status` and recorded.
+    #[arg(long)]
+    reason: String,
+    /// Who [default: $USER@host].
+    #[arg(long)]
+    by: Option<String>,
+}
+
+/// `--by`, else `$USER@host`, with "unknown" for what cannot be found.
+fn requested_by(by: Option<String>, user: Option<String>, host: Option<String>) -> String {
+    if let Some(by) = by {
+        return by;
+    }
+    let user = user
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    match host.map(|h| h.trim().to_string()).filter(|h| !h.is_empty()) {
+        Some(host) => format!("{user}@{host}"),
+        None => user,
+    }
+}
+
 fn whoami(by: Option<String>) -> String {
-    by.unwrap_or_else(|| {
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default();
-        if host.is_empty() {
-            user
-        } else {
-            format!("{user}@{host}")
-        }
-    })
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok());
+    requested_by(by, std::env::var("USER").ok(), host)
 }
 
 /// An error for the user, with its exit code.
+#[derive(Debug)]
 struct Failure {
     code: u8,
     message: String,
 }
 
-fn status_failure(s: tonic::Status, endpoint: &str) -> Failure {
-    match s.code() {
-        tonic::Code::Unavailable if s.message().contains("connect") => Failure {
-            code: 3,
-            message: format!(
-                "no sidecar answered at {endpoint}: {}; is a sidecar running there? set --endpoint or LOCKSTEP_ENDPOINT",
-                s.message()
-            ),
-        },
-        _ => Failure {
-            code: 1,
-            message: s.message().to_string(),
-        },
+fn unreachable(endpoint: &str, why: &str) -> Failure {
+    Failure {
+        code: 3,
+        message: format!(
+            "no sidecar answered at {endpoint}: {why}; is a sidecar running at {endpoint}? set --endpoint or LOCKSTEP_ENDPOINT"
+        ),
+    }
+}
+
+/// A failed call: the server's reason verbatim (exit 1), or, when the
+/// connection itself failed, the unreachable hint (exit 3).
+fn rpc_failure(s: &tonic::Status, endpoint: &str) -> Failure {
+    // Statuses made by the client's transport carry their cause; the
+    // server's own "unavailable" answers (e.g. etcd down) do not.
+    let transport = std::error::Error::source(s).is_some()
+        || s.message().contains("transport error")
+        || s.message().contains("connect");
+    if s.code() == tonic::Code::Unavailable && transport {
+        return unreachable(endpoint, s.message());
+    }
+    Failure {
+        code: 1,
+        message: s.message().to_string(),
+    }
+}
+
+/// `host:port` (how members advertise themselves) gets `http://`.
+fn endpoint_url(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
     }
 }
 
 async fn connect(endpoint: &str, timeout: Duration) -> Result<AdminClient<Channel>, Failure> {
-    let unreachable = |e: String| {
-        Failure {
-        code: 3,
-        message: format!(
-            "no sidecar answered at {endpoint}: {e}; is a sidecar running there? set --endpoint or LOCKSTEP_ENDPOINT"
-        ),
-    }
-    };
-    let channel = Channel::from_shared(endpoint.to_string())
+    let channel = Endpoint::from_shared(endpoint_url(endpoint))
         .map_err(|e| Failure {
             code: 2,
-            message: format!("bad endpoint {endpoint:?}: {e}"),
+            message: format!("bad --endpoint {endpoint:?}: {e}; use http://host:port"),
         })?
         .connect_timeout(timeout.min(Duration::from_secs(3)))
+        // A long --wait notices a sidecar that died mid-call.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| {
+            let why = std::error::Error::source(&e)
+                .map(|s| format!("{e}: {s}"))
+                .unwrap_or_else(|| e.to_string());
+            unreachable(endpoint, &why)
+        })?;
     Ok(AdminClient::new(channel))
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| Failure {
-        code: 1,
-        message: format!("cannot print JSON: {e}"),
-    })?;
-    println!("{text}");
-    Ok(())
+/// Runs one call under `bound` (none: the server bounds it itself).
+async fn bounded<T>(
+    endpoint: &str,
+    bound: Option<Duration>,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, Failure> {
+    let result = match bound {
+        Some(b) => tokio::time::timeout(b, call).await.map_err(|_| Failure {
+            code: 1,
+            message: format!(
+                "no answer from {endpoint} within {b:?}; check `lockstep status`, or raise --timeout"
+            ),
+        })?,
+        None => call.await,
+    };
+    result
+        .map(tonic::Response::into_inner)
+        .map_err(|s| rpc_failure(&s, endpoint))
 }
 
-async fn switch(cli: &Cli, args: &SwitchArgs, force: Option<bool>) -> Result<(), Failure> {
-    let mut admin = connect(&cli.endpoint, cli.timeout).await?;
-    let wait_bound = if args.wait {
-        cli.timeout.max(Duration::from_secs(30))
+/// Prints `text`; a closed pipe (`lockstep history | head`) is not an error.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, Failure> {
+    serde_json::to_string_pretty(v)
+        .map(|mut s| {
+            s.push('\n');
+            s
+        })
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot print JSON: {e}"),
+        })
+}
+
+/// What the CLI asks of the server and how long it waits itself.
+fn switch_bounds(wait: bool, timeout: Option<Duration>) -> (u64, Option<Duration>) {
+    match (wait, timeout) {
+        (_, Some(t)) => (t.as_millis() as u64, Some(t + REPLY_SLACK)),
+        // 0: the sidecar's admin.switch_timeout, which it enforces.
+        (true, None) => (0, None),
+        (false, None) => (
+            DEFAULT_TIMEOUT.as_millis() as u64,
+            Some(DEFAULT_TIMEOUT + REPLY_SLACK),
+        ),
+    }
+}
+
+fn format_switch(reply: &proto::SwitchReply, to: &str) -> String {
+    if reply.already_active {
+        format!("already on {to} (epoch {}); nothing to do\n", reply.epoch)
+    } else if reply.completed {
+        format!(
+            "epoch {} serve {to}: every LB serves {to} — done in {} ms\n",
+            reply.epoch, reply.elapsed_ms
+        )
     } else {
-        cli.timeout
-    };
+        format!(
+            "accepted: switch to {to} at epoch {} (request {}); follow it with `lockstep status`\n",
+            reply.epoch, reply.request_id
+        )
+    }
+}
+
+fn switch_json(reply: &proto::SwitchReply) -> serde_json::Value {
+    serde_json::json!({
+        "request_id": reply.request_id,
+        "epoch": reply.epoch,
+        "already_active": reply.already_active,
+        "completed": reply.completed,
+        "elapsed_ms": reply.elapsed_ms,
+    })
+}
+
+async fn switch(cli: &Cli, args: &SwitchArgs, force: Option<bool>) -> Result<String, Failure> {
+    let timeout = cli.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let mut admin = connect(&cli.endpoint, timeout).await?;
+    let (timeout_ms, bound) = switch_bounds(args.wait, cli.timeout);
     let request = proto::SwitchRequest {
         to: args.to.proto(),
         reason: args.reason.clone(),
         requested_by: whoami(args.by.clone()),
         force: force.unwrap_or(false),
         wait: args.wait,
-        timeout_ms: wait_bound.as_millis() as u64,
+        timeout_ms,
     };
-    // Progress from the status stream while the switch runs.
-    let progress = if args.wait && !cli.json {
+    // Progress from the status stream while the switch runs: one line per
+    // change of the route or of a member's applied state.
+    let progress = (args.wait && !cli.json).then(|| {
         let mut watcher = admin.clone();
-        Some(tokio::spawn(async move {
+        tokio::spawn(async move {
             let Ok(stream) = watcher.watch_status(proto::StatusRequest {}).await else {
                 return;
             };
@@ -217,243 +321,326 @@ async fn switch(cli: &Cli, args: &SwitchArgs, force: Option<bool>) -> Result<(),
             while let Ok(Some(s)) = stream.message().await {
                 let line = cli::progress_line(&s);
                 if line != last {
-                    println!("  {line}");
+                    emit(&format!("  {line}\n"));
                     last = line;
                 }
             }
-        }))
-    } else {
-        None
+        })
+    });
+    let result = match force {
+        None => bounded(&cli.endpoint, bound, admin.switchover(request)).await,
+        Some(_) => bounded(&cli.endpoint, bound, admin.failover(request)).await,
     };
-    let call = async {
-        match force {
-            None => admin.switchover(request).await,
-            Some(_) => admin.failover(request).await,
-        }
-    };
-    let result = tokio::time::timeout(wait_bound + Duration::from_secs(2), call).await;
     if let Some(p) = progress {
         // Let the last state change print before the summary.
         tokio::time::sleep(Duration::from_millis(50)).await;
         p.abort();
     }
-    let reply = match result {
-        Err(_) => {
-            return Err(Failure {
-                code: 1,
-                message: format!("no answer within {wait_bound:?}; check `lockstep status`"),
-            })
-        }
-        Ok(r) => r
-            .map_err(|s| status_failure(s, &cli.endpoint))?
-            .into_inner(),
-    };
+    let reply = result?;
     if cli.json {
-        return print_json(&serde_json::json!({
-            "request_id": reply.request_id,
-            "epoch": reply.epoch,
-            "already_active": reply.already_active,
-            "completed": reply.completed,
-            "elapsed_ms": reply.elapsed_ms,
-        }));
-    }
-    let to = args.to.name();
-    if reply.already_active {
-        println!("{to} already serves (epoch {}); nothing to do", reply.epoch);
-    } else if reply.completed {
-        println!(
-            "every LB serves {to} at epoch {} ({} ms)",
-            reply.epoch, reply.elapsed_ms
-        );
+        to_json(&switch_json(&reply))
     } else {
-        println!(
-            "switch to {to} started at epoch {} (request {}); follow it with `lockstep status`",
-            reply.epoch, reply.request_id
-        );
+        Ok(format_switch(&reply, args.to.name()))
     }
-    Ok(())
 }
 
-async fn call(cli: &Cli) -> Result<(), Failure> {
-    match &cli.command {
-        Command::Run { .. } | Command::CheckConfig { .. } => Ok(()),
+/// The on-call verbs; returns what to print.
+async fn call(cli: &Cli, command: &Command) -> Result<String, Failure> {
+    let timeout = cli.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let endpoint = cli.endpoint.as_str();
+    match command {
+        Command::Run { .. } | Command::CheckConfig { .. } => Ok(String::new()),
         Command::Status => {
-            let mut admin = connect(&cli.endpoint, cli.timeout).await?;
-            let s = admin
-                .status(proto::StatusRequest {})
-                .await
-                .map_err(|s| status_failure(s, &cli.endpoint))?
-                .into_inner();
+            let mut admin = connect(endpoint, timeout).await?;
+            let s = bounded(
+                endpoint,
+                Some(timeout),
+                admin.status(proto::StatusRequest {}),
+            )
+            .await?;
             if cli.json {
-                print_json(&cli::status_json(&s))
+                to_json(&cli::status_json(&s))
             } else {
-                print!("{}", cli::format_status(&s));
-                Ok(())
+                Ok(cli::format_status(&s))
             }
         }
         Command::Switchover(args) => switch(cli, args, None).await,
         Command::Failover { args, force } => switch(cli, args, Some(*force)).await,
-        Command::Pause { reason, by } | Command::Resume { reason, by } => {
-            let mut admin = connect(&cli.endpoint, cli.timeout).await?;
+        Command::Pause(args) | Command::Resume(args) => {
+            let mut admin = connect(endpoint, timeout).await?;
             let req = proto::PauseRequest {
-                reason: reason.clone(),
-                requested_by: whoami(by.clone()),
+                reason: args.reason.clone(),
+                requested_by: whoami(args.by.clone()),
             };
-            let pausing = matches!(cli.command, Command::Pause { .. });
-            let reply = if pausing {
-                admin.pause(req).await
+            let reply = if matches!(command, Command::Pause(_)) {
+                bounded(endpoint, Some(timeout), admin.pause(req)).await?
             } else {
-                admin.resume(req).await
-            }
-            .map_err(|s| status_failure(s, &cli.endpoint))?
-            .into_inner();
+                bounded(endpoint, Some(timeout), admin.resume(req)).await?
+            };
             if cli.json {
-                print_json(&serde_json::json!({ "paused": reply.paused }))
+                to_json(&serde_json::json!({ "paused": reply.paused }))
+            } else if reply.paused {
+                Ok("paused: no switch happens until `lockstep resume`\n".into())
             } else {
-                println!(
-                    "{}",
-                    if reply.paused {
-                        "paused: no switch happens until `lockstep resume`"
-                    } else {
-                        "resumed"
-                    }
-                );
-                Ok(())
+                Ok("resumed: switches are allowed again\n".into())
             }
         }
         Command::History { limit } => {
-            let mut admin = connect(&cli.endpoint, cli.timeout).await?;
-            let h = admin
-                .history(proto::HistoryRequest { limit: *limit })
-                .await
-                .map_err(|s| status_failure(s, &cli.endpoint))?
-                .into_inner();
+            let mut admin = connect(endpoint, timeout).await?;
+            let h = bounded(
+                endpoint,
+                Some(timeout),
+                admin.history(proto::HistoryRequest { limit: *limit }),
+            )
+            .await?;
             if cli.json {
-                print_json(&cli::history_json(&h))
+                to_json(&cli::history_json(&h))
+            } else if h.records.is_empty() {
+                Ok("no transitions yet\n".into())
             } else {
-                print!("{}", cli::format_history(&h));
-                Ok(())
+                Ok(cli::format_history(&h))
             }
         }
     }
 }
 
-fn check_config(path: &Path, json: bool) -> ExitCode {
-    let config = match lockstep::config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let d = config.lb_down_detection();
-    let e = &config.etcd;
-    let budget = e.lease_ttl.saturating_sub(e.margin);
-    if json {
-        let v = serde_json::json!({
-            "lb_down_detection_ms": d.as_millis() as u64,
-            "lease_ttl_ms": e.lease_ttl.as_millis() as u64,
-            "keepalive_interval_ms": e.keepalive_interval.as_millis() as u64,
-            "margin_ms": e.margin.as_millis() as u64,
-            "lease_fresh_budget_ms": budget.as_millis() as u64,
-            "rule_left_ms": e.lease_ttl.as_millis() as u64,
-            "rule_right_ms": (e.keepalive_interval + d + e.margin).as_millis() as u64,
-            "max_switch_hold_by_dead_member_ms": e.lease_ttl.as_millis() as u64,
-        });
-        println!("{v:#}");
-    } else {
-        println!("config {} is valid", path.display());
-        println!("  LB down-detection D = check_inter x check_fall + check_timeout = {d:?}");
-        println!("  lease fresh for TTL - margin = {budget:?} after each acknowledged keep-alive");
-        println!(
-            "  the check endpoint stops answering D before that: at {:?} after the last ack",
-            budget.saturating_sub(d)
-        );
-        println!(
-            "  rule: lease_ttl {:?} > keepalive {:?} + D {:?} + margin {:?} = {:?}",
-            e.lease_ttl,
-            e.keepalive_interval,
-            d,
-            e.margin,
-            e.keepalive_interval + d + e.margin
-        );
-        println!(
-            "  a dead or cut-off member holds a switch up for at most the lease TTL: {:?}",
-            e.lease_ttl
-        );
-    }
-    ExitCode::SUCCESS
+/// "1.3s", "500ms": shorter than humantime's "1s 300ms".
+fn fmt_d(d: Duration) -> String {
+    format!("{d:?}")
 }
 
-fn run_sidecar(path: &Path, format: LogFormat) -> ExitCode {
-    let config = match lockstep::config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// `check-config`'s text: the bounds a valid config implies.
+fn format_bounds(path: &Path, c: &Config) -> String {
+    let d = c.lb_down_detection();
+    let budget = c.lease_fresh_budget();
+    let e = &c.etcd;
+    format!(
+        "config {} is valid\n\
+         \x20 LB down-detection D = check_inter x check_fall + check_timeout = {}\n\
+         \x20 lease fresh for TTL - margin = {} after each acknowledged keep-alive is sent\n\
+         \x20 the check endpoint stops answering D before that: {} after it\n\
+         \x20 rule: lease_ttl {} > keepalive {} + D {} + margin {} = {}\n\
+         \x20 a dead or cut-off member holds a switch up for at most the lease TTL: {}\n",
+        path.display(),
+        fmt_d(d),
+        fmt_d(budget),
+        fmt_d(budget.saturating_sub(d)),
+        fmt_d(e.lease_ttl),
+        fmt_d(e.keepalive_interval),
+        fmt_d(d),
+        fmt_d(e.margin),
+        fmt_d(c.lease_ttl_lower_bound()),
+        fmt_d(e.lease_ttl),
+    )
+}
+
+fn bounds_json(c: &Config) -> serde_json::Value {
+    let e = &c.etcd;
+    serde_json::json!({
+        "lb_down_detection_ms": ms(c.lb_down_detection()),
+        "lease_ttl_ms": ms(e.lease_ttl),
+        "keepalive_interval_ms": ms(e.keepalive_interval),
+        "margin_ms": ms(e.margin),
+        "lease_fresh_budget_ms": ms(c.lease_fresh_budget()),
+        "check_answer_budget_ms": ms(c.lease_fresh_budget().saturating_sub(c.lb_down_detection())),
+        "rule_left_ms": ms(e.lease_ttl),
+        "rule_right_ms": ms(c.lease_ttl_lower_bound()),
+        "max_switch_hold_by_dead_member_ms": ms(e.lease_ttl),
+    })
+}
+
+fn load_config(path: &Path) -> Result<Config, Failure> {
+    lockstep::config::load(path).map_err(|e| Failure {
+        code: 2,
+        message: e.to_string(),
+    })
+}
+
+fn check_config(path: &Path, json: bool) -> Result<String, Failure> {
+    let config = load_config(path)?;
+    if json {
+        to_json(&bounds_json(&config))
+    } else {
+        Ok(format_bounds(path, &config))
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes, systemd) or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
         }
-    };
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("stop requested: blocking the LB and leaving the link");
+}
+
+fn run_sidecar(path: &Path, format: LogFormat) -> Result<(), Failure> {
+    let config = load_config(path)?;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    match format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    let init = match format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).try_init(),
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
-            .init(),
-    }
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+            .try_init(),
     };
-    let result = rt.block_on(lockstep::sidecar::run(config, async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    init.map_err(|e| Failure {
+        code: 1,
+        message: format!("cannot set up logging: {e}"),
+    })?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Failure {
+        code: 1,
+        message: format!("cannot start the async runtime: {e}"),
+    })?;
+    rt.block_on(lockstep::sidecar::run(config, shutdown_signal()))
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("{e:#}"),
+        })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match &cli.command {
-        Command::Run { config, log_format } => return run_sidecar(config, *log_format),
-        Command::CheckConfig { config } => return check_config(config, cli.json),
-        _ => {}
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = match &cli.command {
+        Command::Run { config, log_format } => run_sidecar(config, *log_format).map(|()| None),
+        Command::CheckConfig { config } => check_config(config, cli.json).map(Some),
+        command => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure {
+                code: 1,
+                message: format!("cannot start the async runtime: {e}"),
+            })
+            .and_then(|rt| rt.block_on(call(&cli, command)))
+            .map(Some),
     };
-    match rt.block_on(call(&cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match result {
+        Ok(text) => {
+            emit(text.as_deref().unwrap_or_default());
+            ExitCode::SUCCESS
+        }
         Err(f) => {
             eprintln!("error: {}", f.message);
             ExitCode::from(f.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requested_by_defaults_to_user_at_host() {
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(requested_by(s("ops"), s("u"), s("h")), "ops");
+        assert_eq!(requested_by(None, s("u"), s("h\n")), "u@h");
+        assert_eq!(requested_by(None, None, s("h")), "unknown@h");
+        assert_eq!(requested_by(None, s("u"), None), "u");
+        assert_eq!(requested_by(None, None, s("  ")), "unknown");
+    }
+
+    #[test]
+    fn server_refusals_are_printed_verbatim_with_exit_1() {
+        let s = tonic::Status::failed_precondition("link is paused (maintenance); resume first");
+        let f = rpc_failure(&s, "http://x:1");
+        assert_eq!(f.code, 1);
+        assert_eq!(f.message, "link is paused (maintenance); resume first");
+        // The server's own "unavailable" (etcd down) is a refusal, not "no sidecar".
+        let f = rpc_failure(&tonic::Status::unavailable("etcd: timed out"), "http://x:1");
+        assert_eq!(f.code, 1);
+    }
+
+    #[test]
+    fn a_broken_connection_gets_the_endpoint_hint_and_exit_3() {
+        let s = tonic::Status::unavailable("transport error");
+        let f = rpc_failure(&s, "http://x:1");
+        assert_eq!(f.code, 3);
+        assert!(f.message.contains("is a sidecar running at http://x:1?"));
+        assert!(f.message.contains("LOCKSTEP_ENDPOINT"));
+    }
+
+    #[test]
+    fn endpoints_without_a_scheme_get_http() {
+        assert_eq!(endpoint_url("10.0.0.5:7400"), "http://10.0.0.5:7400");
+        assert_eq!(endpoint_url("https://a:1"), "https://a:1");
+    }
+
+    #[test]
+    fn switch_bounds_leave_waiting_to_the_server_by_default() {
+        assert_eq!(switch_bounds(true, None), (0, None));
+        assert_eq!(
+            switch_bounds(false, None),
+            (10_000, Some(Duration::from_secs(12)))
+        );
+        assert_eq!(
+            switch_bounds(true, Some(Duration::from_secs(60))),
+            (60_000, Some(Duration::from_secs(62)))
+        );
+    }
+
+    #[test]
+    fn switch_summaries() {
+        let mut r = proto::SwitchReply {
+            request_id: "r-1".into(),
+            epoch: 7,
+            already_active: false,
+            completed: false,
+            elapsed_ms: 0,
+        };
+        assert!(
+            format_switch(&r, "warm").contains("accepted: switch to warm at epoch 7 (request r-1)")
+        );
+        r.completed = true;
+        r.elapsed_ms = 23;
+        assert_eq!(
+            format_switch(&r, "warm"),
+            "epoch 7 serve warm: every LB serves warm — done in 23 ms\n"
+        );
+        r.already_active = true;
+        assert!(format_switch(&r, "warm").starts_with("already on warm"));
+        assert_eq!(switch_json(&r)["epoch"], 7);
+    }
+
+    fn example() -> Config {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, lockstep::config::example()).expect("write");
+        lockstep::config::load(&path).expect("example is valid")
+    }
+
+    #[test]
+    fn bounds_show_the_rule_and_derived_values() {
+        let c = example();
+        let text = format_bounds(Path::new("c.toml"), &c);
+        assert!(text.contains("D = check_inter x check_fall + check_timeout = 1.3s"));
+        assert!(text.contains("lease fresh for TTL - margin = 4s"));
+        assert!(text.contains("rule: lease_ttl 5s > keepalive 1s + D 1.3s + margin 1s = 3.3s"));
+        assert!(text.contains("at most the lease TTL: 5s"));
+        let j = bounds_json(&c);
+        assert_eq!(j["lb_down_detection_ms"], 1300);
+        assert_eq!(j["lease_fresh_budget_ms"], 4000);
+        assert_eq!(j["rule_right_ms"], 3300);
+        assert_eq!(j["check_answer_budget_ms"], 2700);
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }
