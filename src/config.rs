@@ -35,18 +35,25 @@ pub struct Config {
     /// What a brand-new link (no route in etcd yet) serves first.
     #[serde(default = "default_initial_setup")]
     pub initial_setup: Setup,
+    /// Where the election, the route and member records live.
     #[serde(default)]
     pub etcd: EtcdConfig,
+    /// Peer (Drain/Serve) and Admin services.
     #[serde(default)]
     pub grpc: GrpcConfig,
+    /// What the LB checks, plus health and metrics.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The LB this sidecar drives.
     #[serde(default)]
     pub lb: LbConfig,
+    /// Health of this member's role's KMEs, which failover decisions use.
     #[serde(default)]
     pub probe: ProbeConfig,
+    /// Defaults of admin calls.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// When the leader switches on its own.
     #[serde(default)]
     pub failover: FailoverConfig,
 }
@@ -70,8 +77,10 @@ pub struct EtcdConfig {
     /// has passed since its last acknowledged keep-alive was sent.
     #[serde(with = "humantime_serde")]
     pub margin: Duration,
+    /// Bound on connecting to etcd at start-up.
     #[serde(with = "humantime_serde")]
     pub dial_timeout: Duration,
+    /// Bound on one etcd request.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
 }
@@ -80,6 +89,7 @@ pub struct EtcdConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
+    /// Where the gRPC server binds.
     pub listen: SocketAddr,
     /// `host:port` peers and the CLI dial; empty means `listen`.
     pub advertise: String,
@@ -89,6 +99,7 @@ pub struct GrpcConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
+    /// Where the HTTP server binds; the LB's `check` points here.
     pub listen: SocketAddr,
 }
 
@@ -133,8 +144,10 @@ pub struct ProbeConfig {
     pub warm: Option<String>,
     /// The SAE in the status path `/api/v1/keys/{sae_id}/status`.
     pub sae_id: String,
+    /// Time between probes of one KME.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// Bound on one probe; no answer counts as a failure.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Good probes in a row before a KME counts as up.
@@ -147,6 +160,7 @@ pub struct ProbeConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverConfig {
+    /// Off: only on-call commands switch.
     pub enabled: bool,
     /// How long the active setup must stay unhealthy before moving.
     #[serde(with = "humantime_serde")]
@@ -156,6 +170,7 @@ pub struct FailoverConfig {
     pub dwell: Duration,
     /// At most this many automatic switches per window, then pause.
     pub max_auto: u32,
+    /// The window `max_auto` counts in.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// "manual", or "after <duration>" (e.g. "after 5m").
@@ -176,6 +191,7 @@ impl Default for FailoverConfig {
 }
 
 impl FailoverConfig {
+    /// `failback` parsed; the error says what is accepted.
     pub fn failback(&self) -> Result<lockstep_core::failover::Failback, String> {
         let f = self.failback.trim();
         if f == "manual" {
@@ -191,6 +207,7 @@ impl FailoverConfig {
         ))
     }
 
+    /// The pure policy's parameters; `primary` is where failback returns to.
     pub fn policy(&self, primary: Setup) -> Result<lockstep_core::failover::PolicyConfig, String> {
         Ok(lockstep_core::failover::PolicyConfig {
             enabled: self.enabled,
@@ -636,17 +653,36 @@ fn parse(path: &Path, text: &str, env: Option<Env>) -> Result<Config, ConfigErro
         .extract()
         .map_err(|e| from_figment(e, &file_origin))?;
     config.validate().map_err(|e| {
-        // Point at the variable when the bad value came from the environment.
-        let origin = match &e {
-            ConfigError::Invalid { key, .. } if std::env::var_os(env_var(key)).is_some() => {
-                format!("{file_origin} (overridden by {})", env_var(key))
-            }
-            _ => file_origin.clone(),
+        // Point at the variables when a bad value came from the environment.
+        let keys: &[&str] = match &e {
+            ConfigError::Invalid { key, .. } => &[key.as_str()],
+            ConfigError::Timing { .. } => &TIMING_KEYS,
+            _ => &[],
+        };
+        let set: Vec<String> = keys
+            .iter()
+            .map(|k| env_var(k))
+            .filter(|v| std::env::var_os(v).is_some())
+            .collect();
+        let origin = if set.is_empty() {
+            file_origin.clone()
+        } else {
+            format!("{file_origin} (overridden by {})", set.join(", "))
         };
         e.with_origin(origin)
     })?;
     Ok(config)
 }
+
+/// The keys the timing rule reads.
+const TIMING_KEYS: [&str; 6] = [
+    "etcd.lease_ttl",
+    "etcd.keepalive_interval",
+    "etcd.margin",
+    "lb.check_inter",
+    "lb.check_fall",
+    "lb.check_timeout",
+];
 
 /// The first of figment's errors (fixing one at a time is clear enough), named by key and by where it came from.
 fn from_figment(errors: figment::Error, file_origin: &str) -> ConfigError {

@@ -150,10 +150,13 @@ fn requested_by(by: Option<String>, user: Option<String>, host: Option<String>) 
 }
 
 fn whoami(by: Option<String>) -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok();
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok());
-    requested_by(by, std::env::var("USER").ok(), host)
+    requested_by(by, user, host)
 }
 
 /// An error for the user, with its exit code.
@@ -275,7 +278,7 @@ fn format_switch(reply: &proto::SwitchReply, to: &str) -> String {
         format!("already on {to} (epoch {}); nothing to do\n", reply.epoch)
     } else if reply.completed {
         format!(
-            "epoch {} serve {to}: every LB serves {to} — done in {} ms\n",
+            "every LB serves {to} at epoch {} — done in {} ms\n",
             reply.epoch, reply.elapsed_ms
         )
     } else {
@@ -296,52 +299,122 @@ fn switch_json(reply: &proto::SwitchReply) -> serde_json::Value {
     })
 }
 
+/// True once `s` shows every live member serving `to` at an epoch after
+/// `after`: the end of the switch `--wait` follows.
+fn switch_done(s: &proto::StatusReply, to: i32, after: u64) -> bool {
+    s.settled
+        && s.route.as_ref().is_some_and(|r| {
+            r.epoch > after && r.setup == to && r.phase == proto::Phase::Serve as i32
+        })
+}
+
+/// Follows `Admin.WatchStatus` during a switch, printing one line per change
+/// of the route or of a member's applied state.
+struct Progress {
+    stream: tonic::Streaming<proto::StatusReply>,
+    /// The epoch before the switch.
+    start: u64,
+    /// The line shown last, so an unchanged state is not repeated.
+    last: String,
+}
+
+/// How long `--wait` waits for the watch to catch up with a completed
+/// switch before printing the summary without the final line.
+const PROGRESS_CATCH_UP: Duration = Duration::from_secs(1);
+
+impl Progress {
+    /// Opens the watch and prints the current state, before the switch is
+    /// sent, so no step of it is missed. `None`: no progress, the switch
+    /// still goes ahead.
+    async fn start(admin: &mut AdminClient<Channel>) -> Option<Progress> {
+        let open = async {
+            let mut stream = admin
+                .watch_status(proto::StatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            let first = stream.message().await.ok()??;
+            Some((stream, first))
+        };
+        let (stream, first) = tokio::time::timeout(Duration::from_secs(2), open)
+            .await
+            .ok()??;
+        let last = cli::progress_line(&first);
+        emit(&format!("  {last}\n"));
+        Some(Progress {
+            stream,
+            start: first.route.as_ref().map_or(0, |r| r.epoch),
+            last,
+        })
+    }
+
+    /// Prints changes until the switch to `to` is done and returns the final
+    /// line if not printed yet (printed with the summary, so it cannot be
+    /// cut off); `None` if the stream ends first.
+    async fn follow(mut self, to: i32) -> Option<Option<String>> {
+        while let Ok(Some(s)) = self.stream.message().await {
+            let line = cli::progress_line(&s);
+            if switch_done(&s, to, self.start) {
+                return Some((line != self.last).then_some(line));
+            }
+            if line != self.last {
+                emit(&format!("  {line}\n"));
+                self.last = line;
+            }
+        }
+        None
+    }
+}
+
 async fn switch(cli: &Cli, args: &SwitchArgs, force: Option<bool>) -> Result<String, Failure> {
     let timeout = cli.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let mut admin = connect(&cli.endpoint, timeout).await?;
     let (timeout_ms, bound) = switch_bounds(args.wait, cli.timeout);
+    let to = args.to.proto();
     let request = proto::SwitchRequest {
-        to: args.to.proto(),
+        to,
         reason: args.reason.clone(),
         requested_by: whoami(args.by.clone()),
         force: force.unwrap_or(false),
         wait: args.wait,
         timeout_ms,
     };
-    // Progress from the status stream while the switch runs: one line per
-    // change of the route or of a member's applied state.
-    let progress = (args.wait && !cli.json).then(|| {
-        let mut watcher = admin.clone();
-        tokio::spawn(async move {
-            let Ok(stream) = watcher.watch_status(proto::StatusRequest {}).await else {
-                return;
-            };
-            let mut stream = stream.into_inner();
-            let mut last = String::new();
-            while let Ok(Some(s)) = stream.message().await {
-                let line = cli::progress_line(&s);
-                if line != last {
-                    emit(&format!("  {line}\n"));
-                    last = line;
-                }
-            }
-        })
-    });
+    let progress = if args.wait && !cli.json {
+        Progress::start(&mut admin)
+            .await
+            .map(|p| tokio::spawn(p.follow(to)))
+    } else {
+        None
+    };
     let result = match force {
         None => bounded(&cli.endpoint, bound, admin.switchover(request)).await,
         Some(_) => bounded(&cli.endpoint, bound, admin.failover(request)).await,
     };
-    if let Some(p) = progress {
-        // Let the last state change print before the summary.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        p.abort();
-    }
+    let final_line = match progress {
+        Some(task) if matches!(&result, Ok(r) if r.completed && !r.already_active) => {
+            let abort = task.abort_handle();
+            let line = tokio::time::timeout(PROGRESS_CATCH_UP, task).await;
+            abort.abort();
+            line.ok().and_then(Result::ok).flatten()
+        }
+        Some(task) => {
+            task.abort();
+            None
+        }
+        None => None,
+    };
     let reply = result?;
     if cli.json {
-        to_json(&switch_json(&reply))
-    } else {
-        Ok(format_switch(&reply, args.to.name()))
+        return to_json(&switch_json(&reply));
     }
+    // The final state line (if the watch had not shown it yet), then the
+    // summary.
+    let mut out = match final_line {
+        Some(Some(line)) => format!("  {line}\n"),
+        _ => String::new(),
+    };
+    out.push_str(&format_switch(&reply, args.to.name()));
+    Ok(out)
 }
 
 /// The on-call verbs; returns what to print.
@@ -609,7 +682,7 @@ mod tests {
         r.elapsed_ms = 23;
         assert_eq!(
             format_switch(&r, "warm"),
-            "epoch 7 serve warm: every LB serves warm — done in 23 ms\n"
+            "every LB serves warm at epoch 7 — done in 23 ms\n"
         );
         r.already_active = true;
         assert!(format_switch(&r, "warm").starts_with("already on warm"));
@@ -636,6 +709,30 @@ mod tests {
         assert_eq!(j["lease_fresh_budget_ms"], 4000);
         assert_eq!(j["rule_right_ms"], 3300);
         assert_eq!(j["check_answer_budget_ms"], 2700);
+    }
+
+    #[test]
+    fn a_switch_is_done_when_settled_on_the_target_at_a_later_epoch() {
+        let warm = proto::Setup::Warm as i32;
+        let mut s = proto::StatusReply {
+            route: Some(proto::Route {
+                epoch: 7,
+                phase: proto::Phase::Drain as i32,
+                setup: warm,
+                ..Default::default()
+            }),
+            settled: false,
+            ..Default::default()
+        };
+        assert!(!switch_done(&s, warm, 6), "draining");
+        if let Some(r) = s.route.as_mut() {
+            r.phase = proto::Phase::Serve as i32;
+        }
+        assert!(!switch_done(&s, warm, 6), "serving, not settled");
+        s.settled = true;
+        assert!(switch_done(&s, warm, 6));
+        assert!(!switch_done(&s, warm, 7), "the state before the switch");
+        assert!(!switch_done(&s, proto::Setup::Hot as i32, 6), "other setup");
     }
 
     #[test]
