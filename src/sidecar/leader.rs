@@ -46,6 +46,15 @@ pub async fn campaign_loop(shared: Arc<Shared>) {
                 }
             }
             Ok(None) => wait_for_vacancy(&shared, &mut lease_rx, lease).await,
+            Err(e) if e.is_lease_gone() => {
+                // The member re-registers; campaign again with its new lease.
+                debug!("lease gone; waiting for a new one before campaigning");
+                while *lease_rx.borrow_and_update() == Some(lease) {
+                    if lease_rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
             Err(e) => {
                 warn!(error = %e, "campaign failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -325,6 +325,16 @@ async fn keep_alive(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
         };
         let (mut keeper, mut stream) = match shared.store.keep_alive(lease).await {
             Ok(k) => k,
+            Err(e) if e.is_lease_gone() => {
+                warn!(lease, "lease expired in etcd");
+                let _ = input.send(Input::Event(MemberEvent::LeaseLost)).await;
+                while *shared.lease.borrow() == Some(lease) {
+                    if lease_rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
             Err(e) => {
                 warn!(error = %e, lease, "cannot open keep-alive stream");
                 tokio::time::sleep(interval).await;

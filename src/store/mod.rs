@@ -39,6 +39,21 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
 }
 
+impl StoreError {
+    /// etcd says the lease no longer exists (it expired or was revoked).
+    pub fn is_lease_gone(&self) -> bool {
+        match self {
+            StoreError::Etcd(etcd_client::Error::LeaseKeepAliveError(msg)) => {
+                msg.contains("not found")
+            }
+            StoreError::Etcd(etcd_client::Error::GRpcStatus(status)) => {
+                status.code() == tonic::Code::NotFound && status.message().contains("lease")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// One link's keys in etcd.
 #[derive(Clone)]
 pub struct Store {
