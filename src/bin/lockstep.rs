@@ -561,6 +561,10 @@ async fn shutdown_signal() {
 }
 
 fn run_sidecar(path: &Path, format: LogFormat) -> Result<(), Failure> {
+    // Test builds only: failpoints from the FAILPOINTS environment variable
+    // (e.g. "leader-after-drain-write=sleep(3000)").
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let config = load_config(path)?;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());

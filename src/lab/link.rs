@@ -24,6 +24,8 @@ pub struct LabOptions {
     pub timing: Timing,
     /// Probe the KMEs (health shows "unknown" without).
     pub probes: bool,
+    /// Extra environment for every sidecar (e.g. FAILPOINTS).
+    pub sidecar_env: Vec<(String, String)>,
 }
 
 impl Default for LabOptions {
@@ -33,6 +35,7 @@ impl Default for LabOptions {
             etcd_nodes: 1,
             timing: Timing::default(),
             probes: true,
+            sidecar_env: Vec::new(),
         }
     }
 }
@@ -84,6 +87,7 @@ impl Lab {
             let id = format!("{role}-{}", i / 2);
             let mut spec = SidecarSpec::new(&link, &id, role, etcd.endpoints())?;
             spec.timing = options.timing.clone();
+            spec.env = options.sidecar_env.clone();
             let (hot, warm) = (kmes.addr(Setup::Hot, role)?, kmes.addr(Setup::Warm, role)?);
             let lb = HaproxyProcess::spawn_for(&id, hot, warm, spec.http, &options.timing, &dir)?;
             spec.haproxy_socket = lb.stats_socket.clone();

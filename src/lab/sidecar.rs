@@ -80,6 +80,8 @@ pub struct SidecarSpec {
     pub probe_warm: Option<String>,
     pub sae_id: String,
     pub timing: Timing,
+    /// Extra environment for the process (e.g. FAILPOINTS in tests).
+    pub env: Vec<(String, String)>,
 }
 
 fn ms(d: Duration) -> String {
@@ -108,6 +110,7 @@ impl SidecarSpec {
             probe_warm: None,
             sae_id: String::new(),
             timing: Timing::default(),
+            env: Vec::new(),
         })
     }
 
@@ -243,6 +246,7 @@ fn start(spec: &SidecarSpec, config: &Path, log: &Path) -> Result<ChildGuard> {
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info,lockstep=debug");
     }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     let guard = ChildGuard::spawn(&spec.member_id, cmd, log)?;
     wait_for_tcp(spec.grpc, Duration::from_secs(15)).with_context(|| {
         format!(

@@ -176,11 +176,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                     let tx = done_tx.clone();
                     tokio::spawn(
                         async move {
-                            if route.phase == lockstep_core::Phase::Drain {
-                                fail::fail_point!("leader-before-drain-write", |_| ());
-                            } else {
-                                fail::fail_point!("leader-before-serve-write", |_| ());
-                            }
+                            route_write_failpoint(false, route.phase);
                             let res = store
                                 .write_route(
                                     token,
@@ -195,11 +191,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                                 Ok((rev, _)) => info!(rev, "route written"),
                                 Err(e) => warn!(failure = ?e, "route write failed"),
                             }
-                            if route.phase == lockstep_core::Phase::Drain {
-                                fail::fail_point!("leader-after-drain-write", |_| ());
-                            } else {
-                                fail::fail_point!("leader-after-serve-write", |_| ());
-                            }
+                            route_write_failpoint(true, route.phase);
                             let _ = tx.send(Done::Written(res)).await;
                         }
                         .instrument(span),
@@ -367,6 +359,20 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
             _ = sleep => core.handle(clock.now(), LeaderEvent::Tick),
         }
     }
+}
+
+/// Failpoints around the leader's route writes, for crash tests
+/// (`leader-{before,after}-{drain,serve}-write`); compiled to nothing unless
+/// built with the `failpoints` feature.
+fn route_write_failpoint(after: bool, phase: lockstep_core::Phase) {
+    let name = match (after, phase) {
+        (false, lockstep_core::Phase::Drain) => "leader-before-drain-write",
+        (false, lockstep_core::Phase::Serve) => "leader-before-serve-write",
+        (true, lockstep_core::Phase::Drain) => "leader-after-drain-write",
+        (true, lockstep_core::Phase::Serve) => "leader-after-serve-write",
+    };
+    fail::fail_point!(name);
+    let _ = name;
 }
 
 #[derive(Clone, Copy, Debug)]
