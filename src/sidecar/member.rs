@@ -29,7 +29,6 @@ pub enum Input {
     Registered {
         lease: i64,
         route: Option<Route>,
-        route_rev: i64,
         lease_sent_at: lockstep_core::Time,
     },
 }
@@ -189,14 +188,14 @@ async fn run<L: LoadBalancer>(
                         replies.insert(req, reply);
                         core.handle(clock.now(), ev);
                     }
-                    Input::Registered { lease, route, route_rev, lease_sent_at } => {
+                    Input::Registered { lease, route, lease_sent_at } => {
                         shared.lease.send_replace(Some(lease));
                         core.handle(clock.now(), MemberEvent::Synced { route, lease_sent_at });
                         if let Some(h) = route_watch.take() {
                             h.abort();
                         }
                         route_watch = Some(tokio::spawn(
-                            watch_route(shared.clone(), input_tx.clone(), route_rev + 1)
+                            watch_route(shared.clone(), input_tx.clone())
                                 .instrument(tracing::Span::current()),
                         ));
                     }
@@ -226,8 +225,8 @@ fn spawn_registration(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
                     .store
                     .put_member(&shared.config.member_id, &record, lease)
                     .await?;
-                let (route, rev) = shared.store.read_route().await?;
-                Ok::<_, crate::store::StoreError>((lease, route, rev, sent_at))
+                let (route, _) = shared.store.read_route().await?;
+                Ok::<_, crate::store::StoreError>((lease, route, sent_at))
             };
             let result = attempt
                 .retry(
@@ -238,13 +237,12 @@ fn spawn_registration(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
                 )
                 .notify(|e, after| warn!(error = %e, retry_in = ?after, "registration with etcd failed"))
                 .await;
-            if let Ok((lease, route, route_rev, lease_sent_at)) = result {
+            if let Ok((lease, route, lease_sent_at)) = result {
                 info!(lease, route = ?route.as_ref().map(|r| (r.epoch, r.phase, r.setup)), "registered");
                 let _ = input
                     .send(Input::Registered {
                         lease,
                         route,
-                        route_rev,
                         lease_sent_at,
                     })
                     .await;
@@ -254,58 +252,59 @@ fn spawn_registration(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
     );
 }
 
-/// Forwards route changes from `from_rev` on; after any break, re-reads the
-/// route (the member ignores what it has seen) and watches again.
-async fn watch_route(shared: Arc<Shared>, input: mpsc::Sender<Input>, mut from_rev: i64) {
+/// Forwards route changes. Each round opens the watch from "now" and then
+/// reads the route (forwarding it; the member ignores steps it has seen), so
+/// nothing written in between is missed, and etcd never treats the watch as
+/// lagging (a watch from a past revision is caught up only every 100 ms).
+async fn watch_route(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
     loop {
-        match shared.store.watch(Some("route"), from_rev).await {
-            Ok(mut stream) => loop {
-                match stream.message().await {
-                    Ok(Some(resp)) => {
-                        if resp.canceled() {
-                            warn!(reason = resp.cancel_reason(), "route watch canceled");
-                            break;
+        match shared.store.watch(Some("route"), 0).await {
+            Ok(mut stream) => {
+                match shared.store.read_route().await {
+                    Ok((Some(route), _)) => {
+                        if input
+                            .send(Input::Event(MemberEvent::RouteSeen(route)))
+                            .await
+                            .is_err()
+                        {
+                            return;
                         }
-                        for ev in resp.events() {
-                            if let Ok(crate::store::Change::Route(route, rev)) =
-                                shared.store.decode(ev)
-                            {
-                                from_rev = rev + 1;
-                                if input
-                                    .send(Input::Event(MemberEvent::RouteSeen(route)))
-                                    .await
-                                    .is_err()
+                    }
+                    Ok((None, _)) => {}
+                    Err(e) => warn!(error = %e, "cannot read route"),
+                }
+                loop {
+                    match stream.message().await {
+                        Ok(Some(resp)) => {
+                            if resp.canceled() {
+                                warn!(reason = resp.cancel_reason(), "route watch canceled");
+                                break;
+                            }
+                            for ev in resp.events() {
+                                if let Ok(crate::store::Change::Route(route, _)) =
+                                    shared.store.decode(ev)
                                 {
-                                    return;
+                                    if input
+                                        .send(Input::Event(MemberEvent::RouteSeen(route)))
+                                        .await
+                                        .is_err()
+                                    {
+                                        return;
+                                    }
                                 }
                             }
                         }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        warn!(error = %e, "route watch broke");
-                        break;
-                    }
-                }
-            },
-            Err(e) => warn!(error = %e, "cannot watch route"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        match shared.store.read_route().await {
-            Ok((route, rev)) => {
-                from_rev = rev + 1;
-                if let Some(route) = route {
-                    if input
-                        .send(Input::Event(MemberEvent::RouteSeen(route)))
-                        .await
-                        .is_err()
-                    {
-                        return;
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!(error = %e, "route watch broke");
+                            break;
+                        }
                     }
                 }
             }
-            Err(e) => warn!(error = %e, "cannot read route"),
+            Err(e) => warn!(error = %e, "cannot watch route"),
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
