@@ -154,6 +154,15 @@ pub struct ProbeConfig {
     pub rise: u32,
     /// Failed probes in a row before a KME counts as down.
     pub fall: u32,
+    /// PEM CA bundle the KMEs' certificates must chain to; required when a
+    /// URL is `https://`.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS; needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// Count `stored_key_count == 0` as a failed probe (else only a warning).
+    pub empty_store_unhealthy: bool,
 }
 
 /// Automatic failover (DESIGN §5).
@@ -293,6 +302,10 @@ impl Default for ProbeConfig {
             timeout: Duration::from_millis(500),
             rise: 2,
             fall: 2,
+            ca: None,
+            client_cert: None,
+            client_key: None,
+            empty_store_unhealthy: false,
         }
     }
 }
@@ -499,10 +512,10 @@ impl Config {
         let p = &self.probe;
         for (key, url) in [("probe.hot", &p.hot), ("probe.warm", &p.warm)] {
             let Some(url) = url else { continue };
-            if url.starts_with("https://") {
+            if url.starts_with("https://") && p.ca.is_none() {
                 return bad(
-                    key,
-                    format!("{url:?}: the probe speaks plain HTTP only; use an http:// URL"),
+                    "probe.ca",
+                    format!("is unset but {key} is {url:?}; set it to the PEM CA bundle that signed the KME's certificate, or use an http:// URL"),
                 );
             }
             if let Err(why) = check_url(url) {
@@ -519,6 +532,10 @@ impl Config {
         positive("probe.timeout", p.timeout)?;
         at_least_one("probe.rise", p.rise)?;
         at_least_one("probe.fall", p.fall)?;
+        // Reads and parses the PEM files, so bad ones stop the start-up.
+        if let Err(e) = crate::probe::tls_config(p) {
+            return bad(&format!("probe.{}", e.key), e.message);
+        }
 
         positive("admin.switch_timeout", self.admin.switch_timeout)?;
 
@@ -1003,10 +1020,18 @@ mod tests {
             invalid("[probe]\nhot = \"kme:8443\"\nsae_id = \"S\"\n").0,
             "probe.hot"
         );
-        assert!(
-            invalid("[probe]\nwarm = \"https://kme:8443\"\nsae_id = \"S\"\n")
-                .1
-                .contains("plain HTTP")
+        assert_eq!(
+            invalid("[probe]\nwarm = \"https://kme:8443\"\nsae_id = \"S\"\n").0,
+            "probe.ca"
+        );
+        let (key, message) = invalid(
+            "[probe]\nhot = \"https://kme:8443\"\nsae_id = \"S\"\nca = \"/nonexistent/ca.pem\"\n",
+        );
+        assert_eq!(key, "probe.ca");
+        assert!(message.contains("/nonexistent/ca.pem"), "{message}");
+        assert_eq!(
+            invalid("[probe]\nclient_key = \"/k.pem\"\n").0,
+            "probe.client_cert"
         );
         assert_eq!(
             invalid("[probe]\nhot = \"http://kme:8443\"\n").0,

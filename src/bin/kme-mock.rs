@@ -1,12 +1,15 @@
 //! kme-mock: one mock ETSI GS QKD 014 KME (one setup, one role) over plain
-//! HTTP/1.1, with a separate always-up admin listener for fault injection.
+//! HTTP/1.1 or TLS (optionally mutual), with a separate always-up admin
+//! listener for fault injection.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use lockstep::kme::api::{default_kme_id, other_role};
+use lockstep::kme::server::KmeTls;
 use lockstep::kme::{
     Fault, FaultMode, KmeConfig, KmeServer, DEFAULT_MASTER_SAE_ID, DEFAULT_SLAVE_SAE_ID,
 };
@@ -21,14 +24,18 @@ use tracing::{error, info};
 /// both derive them from --secret, so give both the same secret and give the
 /// other setup a different one; its key_IDs are then "key not found" (400).
 ///
-/// The admin listener (--admin-listen, never faulted) serves
-/// `POST /mock/fault` with `{"mode":"ok|down|unavailable|slow","delay_ms":N}`,
+/// With --tls-cert and --tls-key the API speaks HTTPS; adding --tls-client-ca
+/// makes it require client certificates signed by that CA (mutual TLS).
+///
+/// The admin listener (--admin-listen, plain HTTP, never faulted) serves
+/// `POST /mock/fault` with
+/// `{"mode":"ok|down|unavailable|slow|empty","delay_ms":N}`,
 /// `GET /mock/fault` and `GET /mock/stats`. Every API answer carries
 /// `X-Kme-Setup` and `X-Kme-Role` headers.
 #[derive(Parser, Debug)]
 #[command(name = "kme-mock", version, about, long_about)]
 struct Cli {
-    /// Address of the ETSI API (plain HTTP/1.1).
+    /// Address of the ETSI API (HTTP/1.1; TLS with --tls-cert).
     #[arg(long, env = "KME_MOCK_LISTEN", default_value = "127.0.0.1:8014")]
     listen: SocketAddr,
 
@@ -84,13 +91,27 @@ struct Cli {
     #[arg(long, default_value_t = 100_000)]
     max_key_count: u32,
 
-    /// Fault mode to start in: ok, down, unavailable or slow.
+    /// Fault mode to start in: ok, down, unavailable, slow or empty (status
+    /// reports stored_key_count 0; keys are still served).
     #[arg(long, default_value = "ok")]
     fault: FaultMode,
 
     /// Delay of the slow fault mode, in milliseconds.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+
+    /// PEM certificate (chain) of the ETSI API; serves HTTPS. Needs --tls-key.
+    #[arg(long, env = "KME_MOCK_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KME_MOCK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle client certificates must chain to; makes client
+    /// certificates mandatory (mutual TLS). Needs --tls-cert.
+    #[arg(long, env = "KME_MOCK_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -142,6 +163,15 @@ fn run(cli: Cli) -> Result<()> {
         mode: cli.fault,
         delay_ms: cli.delay_ms,
     };
+    let tls = match (cli.tls_cert, cli.tls_key) {
+        (Some(cert), Some(key)) => Some(KmeTls {
+            cert,
+            key,
+            client_ca: cli.tls_client_ca,
+        }),
+        // clap's `requires` rules out the other combinations.
+        _ => None,
+    };
     // A mock with small requests: one thread is plenty and leaves the cores
     // to the rest of the lab.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -149,7 +179,8 @@ fn run(cli: Cli) -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
-        let server = KmeServer::start(config, cli.listen, cli.admin_listen, fault).await?;
+        let server =
+            KmeServer::start_with_tls(config, cli.listen, cli.admin_listen, fault, tls).await?;
         wait_for_signal().await?;
         info!("shutting down");
         server.shutdown().await;

@@ -505,13 +505,19 @@ impl Kme {
 
     /// Answers one request; never fails, errors become ETSI error bodies.
     pub fn handle(&self, req: ApiRequest<'_>) -> ApiResponse {
-        match self.try_handle(req) {
+        self.handle_with(req, false)
+    }
+
+    /// [`Self::handle`], with `status` reporting `stored_key_count: 0` when
+    /// `empty_store` (the `empty` fault mode); keys are still served.
+    pub fn handle_with(&self, req: ApiRequest<'_>, empty_store: bool) -> ApiResponse {
+        match self.try_handle(req, empty_store) {
             Ok(r) => r,
             Err(e) => e.into(),
         }
     }
 
-    fn try_handle(&self, req: ApiRequest<'_>) -> Result<ApiResponse, ApiError> {
+    fn try_handle(&self, req: ApiRequest<'_>, empty_store: bool) -> Result<ApiResponse, ApiError> {
         let (sae, op) = parse_route(req.path)?;
         let method_ok = match op {
             Operation::Status => req.method == "GET",
@@ -550,7 +556,13 @@ impl Kme {
                 .with_detail(json!({"SAE_ID": sae, "reason": "not the peer SAE of this KME"})));
         }
         match op {
-            Operation::Status => Ok(ok(json_value(&self.status())?)),
+            Operation::Status => {
+                let mut status = self.status();
+                if empty_store {
+                    status.stored_key_count = 0;
+                }
+                Ok(ok(json_value(&status)?))
+            }
             Operation::EncKeys => {
                 let request = if req.method == "GET" {
                     EncKeysRequest {
@@ -715,6 +727,9 @@ pub enum FaultMode {
     Unavailable,
     /// Every API answer is delayed by `delay_ms`.
     Slow,
+    /// `status` reports `stored_key_count: 0` (an exhausted key store);
+    /// everything else answers normally.
+    Empty,
 }
 
 impl std::fmt::Display for FaultMode {
@@ -724,6 +739,7 @@ impl std::fmt::Display for FaultMode {
             FaultMode::Down => "down",
             FaultMode::Unavailable => "unavailable",
             FaultMode::Slow => "slow",
+            FaultMode::Empty => "empty",
         })
     }
 }
@@ -732,7 +748,7 @@ impl std::str::FromStr for FaultMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         serde_json::from_value(Value::String(s.trim().to_ascii_lowercase())).map_err(|_| {
-            format!("unknown fault mode {s:?}: expected ok, down, unavailable or slow")
+            format!("unknown fault mode {s:?}: expected ok, down, unavailable, slow or empty")
         })
     }
 }
@@ -862,6 +878,18 @@ mod tests {
             (r.status, error_of(&r).message.as_str()),
             (400, KEY_NOT_FOUND)
         );
+    }
+
+    #[test]
+    fn empty_store_reports_zero_keys_but_still_serves() {
+        let k = kme(Setup::Hot, Role::Alice, "x");
+        let r = k.handle_with(req("GET", "/api/v1/keys/SAE_B/status", None, b""), true);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["stored_key_count"], 0);
+        let r = k.handle(req("GET", "/api/v1/keys/SAE_B/status", None, b""));
+        assert_eq!(r.body["stored_key_count"], 100_000);
+        let r = k.handle_with(req("GET", "/api/v1/keys/SAE_B/enc_keys", None, b""), true);
+        assert_eq!(r.status, 200, "{}", r.body);
     }
 
     #[test]
@@ -1083,6 +1111,7 @@ mod tests {
             Ok(FaultMode::Unavailable)
         );
         assert!("x".parse::<FaultMode>().is_err());
+        assert_eq!("empty".parse::<FaultMode>(), Ok(FaultMode::Empty));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The hyper side of the mock KME: the ETSI API listener (which fault
-//! injection can take down) and the always-up `/mock/` admin listener.
+//! injection can take down; plain HTTP, or TLS with optional client
+//! certificates) and the always-up, plain-HTTP `/mock/` admin listener.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +20,11 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::api::{self, ApiError, ApiRequest, ApiResponse, Fault, FaultMode, Kme, KmeConfig};
@@ -32,6 +36,71 @@ pub const SETUP_HEADER: &str = "x-kme-setup";
 pub const ROLE_HEADER: &str = "x-kme-role";
 
 const MAX_BODY: usize = 1 << 20;
+/// A client that stalls its handshake must not hold a connection task.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS for the ETSI API listener (PEM files).
+#[derive(Clone, Debug)]
+pub struct KmeTls {
+    /// Server certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// When set, clients must present a certificate chaining to these CAs
+    /// (mutual TLS, as ETSI 014 KMEs require).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl KmeTls {
+    /// The rustls server settings; errors name the file and the flag.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig> {
+        use crate::probe::{load_pem_certs, load_pem_key};
+        // An explicit provider: the process-wide default may be unset.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("setting up TLS")?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let (added, _) = roots.add_parsable_certificates(
+                    load_pem_certs(ca)
+                        .map_err(anyhow::Error::msg)
+                        .context("--tls-client-ca")?,
+                );
+                if added == 0 {
+                    anyhow::bail!(
+                        "--tls-client-ca {}: no usable CA certificate in it",
+                        ca.display()
+                    );
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .with_context(|| format!("--tls-client-ca {}", ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let chain = load_pem_certs(&self.cert)
+            .map_err(anyhow::Error::msg)
+            .context("--tls-cert")?;
+        let key = load_pem_key(&self.key)
+            .map_err(anyhow::Error::msg)
+            .context("--tls-key")?;
+        let mut config = builder.with_single_cert(chain, key).with_context(|| {
+            format!(
+                "--tls-key {} does not fit --tls-cert {}; give the key of that certificate",
+                self.key.display(),
+                self.cert.display()
+            )
+        })?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
 
 /// Counters served at `GET /mock/stats`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +140,8 @@ struct Shared {
     counters: Counters,
     setup_header: HeaderValue,
     role_header: HeaderValue,
+    /// TLS on the API listener; none means plain HTTP.
+    tls: Option<TlsAcceptor>,
 }
 
 impl Shared {
@@ -140,6 +211,21 @@ impl KmeServer {
         admin_listen: Option<SocketAddr>,
         initial_fault: Fault,
     ) -> Result<KmeServer> {
+        KmeServer::start_with_tls(config, listen, admin_listen, initial_fault, None).await
+    }
+
+    /// [`KmeServer::start`], serving the ETSI API over TLS when `tls` is set.
+    pub async fn start_with_tls(
+        config: KmeConfig,
+        listen: SocketAddr,
+        admin_listen: Option<SocketAddr>,
+        initial_fault: Fault,
+        tls: Option<KmeTls>,
+    ) -> Result<KmeServer> {
+        let tls = match tls {
+            Some(t) => Some(TlsAcceptor::from(Arc::new(t.server_config()?))),
+            None => None,
+        };
         let setup_header = HeaderValue::from_static(config.setup.as_str());
         let role_header = HeaderValue::from_static(config.role.as_str());
         let kme =
@@ -152,6 +238,7 @@ impl KmeServer {
             counters: Counters::default(),
             setup_header,
             role_header,
+            tls,
         });
 
         let api_listener = TcpListener::bind(listen)
@@ -183,6 +270,7 @@ impl KmeServer {
         let c = shared.kme.config();
         info!(
             setup = %c.setup, role = %c.role, %api_addr, admin_addr = ?admin_addr,
+            tls = shared.tls.is_some(),
             kme_id = %c.kme_id, master_sae_id = %c.master_sae_id, slave_sae_id = %c.slave_sae_id,
             "mock KME serving"
         );
@@ -308,23 +396,41 @@ async fn serve_api_connection(shared: Arc<Shared>, stream: TcpStream, peer: Sock
     let _ = stream.set_nodelay(true);
     let mut fault_rx = shared.fault.subscribe();
     let mut shutdown_rx = shared.shutdown.subscribe();
-    let svc_shared = shared.clone();
-    let svc = service_fn(move |req| handle_api(svc_shared.clone(), req));
-    let conn = http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), svc);
-    tokio::select! {
-        res = conn => {
-            if let Err(e) = res {
-                debug!(%peer, error = %e, "API connection ended with an error");
+    // The handshake sits inside the select, so `down` drops it too.
+    let work = async {
+        match &shared.tls {
+            None => serve_api_http(shared.clone(), stream, peer).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_api_http(shared.clone(), tls, peer).await,
+                    // Info: a refused client certificate is worth seeing.
+                    Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => info!(%peer, "TLS handshake timed out"),
+                }
             }
         }
+    };
+    tokio::select! {
+        () = work => {}
         _ = fault_rx.wait_for(|f| f.mode == FaultMode::Down) => {
             // Dropping the connection closes the socket without answering.
             shared.counters.connections_dropped.fetch_add(1, Ordering::Relaxed);
             debug!(%peer, "closing API connection (down)");
         }
         _ = shutdown_rx.wait_for(|s| *s) => {}
+    }
+}
+
+async fn serve_api_http<S>(shared: Arc<Shared>, io: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| handle_api(shared.clone(), req));
+    let conn = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = conn.await {
+        debug!(%peer, error = %e, "API connection ended with an error");
     }
 }
 
@@ -362,13 +468,16 @@ async fn handle_api(
         ApiError::unavailable().into()
     } else {
         match read_body(req.into_body()).await {
-            Ok(body) => shared.kme.handle(ApiRequest {
-                method: &method,
-                path: &path,
-                query: query.as_deref(),
-                body: &body,
-                caller_sae_id: caller.as_deref(),
-            }),
+            Ok(body) => shared.kme.handle_with(
+                ApiRequest {
+                    method: &method,
+                    path: &path,
+                    query: query.as_deref(),
+                    body: &body,
+                    caller_sae_id: caller.as_deref(),
+                },
+                fault.mode == FaultMode::Empty,
+            ),
             Err(e) => e.into(),
         }
     };

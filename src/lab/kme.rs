@@ -59,6 +59,28 @@ impl KmeProcess {
         slave_sae_id: &str,
         log_dir: &Path,
     ) -> Result<KmeProcess> {
+        KmeProcess::spawn_with_args(
+            setup,
+            role,
+            secret,
+            master_sae_id,
+            slave_sae_id,
+            &[],
+            log_dir,
+        )
+    }
+
+    /// [`KmeProcess::spawn_with`] plus `extra_args` for kme-mock (e.g.
+    /// `--tls-cert`, `--fault empty`).
+    pub fn spawn_with_args(
+        setup: &str,
+        role: &str,
+        secret: &str,
+        master_sae_id: &str,
+        slave_sae_id: &str,
+        extra_args: &[&str],
+        log_dir: &Path,
+    ) -> Result<KmeProcess> {
         let setup: Setup = setup.parse()?;
         let role: Role = role.parse()?;
         let program = find_program("kme-mock")?;
@@ -80,6 +102,7 @@ impl KmeProcess {
                     "--slave-sae-id",
                     slave_sae_id,
                 ])
+                .args(extra_args)
                 // The environment keeps the secret out of `ps`.
                 .env("KME_MOCK_SECRET", secret);
             let mut guard = ChildGuard::spawn(&name, cmd, &log)?;
@@ -107,7 +130,7 @@ impl KmeProcess {
         Err(e.context(format!("starting {name}; log in {}", log.display())))
     }
 
-    /// Sets the fault mode (`ok`, `down`, `unavailable`, `slow`); returns once
+    /// Sets the fault mode (`ok`, `down`, `unavailable`, `slow`, `empty`); returns once
     /// the KME applied it (for `down`: its API listener is closed).
     pub async fn set_fault(&self, mode: &str, delay_ms: u64) -> Result<()> {
         let mode: FaultMode = mode.parse().map_err(anyhow::Error::msg)?;

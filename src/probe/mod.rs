@@ -1,14 +1,25 @@
 //! ETSI GS QKD 014 health probes of this member's own role's hot and warm
 //! KMEs. Members publish changes (not every probe) in their etcd record.
+//!
+//! `http://` URLs are probed in plain text (labs); `https://` ones over
+//! rustls, verifying the KME against `probe.ca` and, with
+//! `probe.client_cert`/`probe.client_key`, presenting a client certificate
+//! (mutual TLS, as ETSI 014 KMEs usually require).
 
+use crate::config::ProbeConfig;
 use crate::sidecar::Shared;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use lockstep_core::{Health, Setup};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
 use std::sync::Arc;
-use tracing::{info, warn};
+use std::time::Duration;
+use tracing::{error, info, warn};
 
 /// Rise/fall debouncing of raw probe results.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,8 +67,15 @@ impl Debounce {
 
 /// Checks an ETSI 014 status answer: it must parse and carry the SAE ids.
 pub fn status_ok(body: &[u8], sae_id: &str) -> Result<(), String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("status is not JSON: {e}"))?;
+    let v = parse_status(body)?;
+    names_sae(&v, sae_id)
+}
+
+fn parse_status(body: &[u8]) -> Result<serde_json::Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("status is not JSON: {e}"))
+}
+
+fn names_sae(v: &serde_json::Value, sae_id: &str) -> Result<(), String> {
     let master = v.get("master_SAE_ID").and_then(|x| x.as_str());
     let slave = v.get("slave_SAE_ID").and_then(|x| x.as_str());
     if master.is_none() || slave.is_none() {
@@ -71,54 +89,286 @@ pub fn status_ok(body: &[u8], sae_id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What a good status answer said beyond "healthy".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusInfo {
+    /// `stored_key_count`, if the KME sent it as a number.
+    pub stored_key_count: Option<u64>,
+}
+
+impl StatusInfo {
+    /// The KME says it holds no keys: requests for keys would fail now.
+    pub fn empty_store(&self) -> bool {
+        self.stored_key_count == Some(0)
+    }
+}
+
+/// The full health rule for one status answer: [`status_ok`], plus, when
+/// `empty_store_unhealthy`, `stored_key_count` must not be 0. A missing or
+/// odd `stored_key_count` is tolerated: the SAE ids are what ETSI 014
+/// clients depend on, and the count only matters once it reads 0.
+pub fn check_status(
+    body: &[u8],
+    sae_id: &str,
+    empty_store_unhealthy: bool,
+) -> Result<StatusInfo, String> {
+    let v = parse_status(body)?;
+    names_sae(&v, sae_id)?;
+    let info = StatusInfo {
+        stored_key_count: v.get("stored_key_count").and_then(|x| x.as_u64()),
+    };
+    if empty_store_unhealthy && info.empty_store() {
+        return Err(
+            "KME reports an empty key store (stored_key_count 0; probe.empty_store_unhealthy is true)"
+                .into(),
+        );
+    }
+    Ok(info)
+}
+
+/// Where a probe TLS setting is wrong: the `[probe]` key and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("probe.{key}: {message}")]
+pub struct TlsSettingError {
+    /// The key under `[probe]`, e.g. `client_key`.
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn setting(key: &'static str) -> impl Fn(String) -> TlsSettingError {
+    move |message| TlsSettingError { key, message }
+}
+
+/// Every certificate in a PEM file (at least one).
+pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, &e))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\"); point it at a PEM certificate file",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
+pub fn load_pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => format!(
+            "{} holds no PEM private key (\"-----BEGIN PRIVATE KEY-----\"); point it at the key of the certificate",
+            path.display()
+        ),
+        e => pem_error(path, &e),
+    })
+}
+
+fn pem_error(path: &Path, e: &rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => {
+            format!(
+                "cannot read {}: {io}; check the path and its permissions",
+                path.display()
+            )
+        }
+        e => format!("{} is not valid PEM: {e}", path.display()),
+    }
+}
+
+/// The rustls client settings `[probe]` asks for: roots from `ca` (none
+/// without it, so `https://` cannot be verified and fails), and the client
+/// certificate when `client_cert` and `client_key` are set.
+pub fn tls_config(cfg: &ProbeConfig) -> Result<rustls::ClientConfig, TlsSettingError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &cfg.ca {
+        let (added, _ignored) =
+            roots.add_parsable_certificates(load_pem_certs(ca).map_err(setting("ca"))?);
+        if added == 0 {
+            return Err(TlsSettingError {
+                key: "ca",
+                message: format!(
+                    "{}: none of its certificates is a usable CA certificate",
+                    ca.display()
+                ),
+            });
+        }
+    }
+    // An explicit provider: the process-wide default may be unset or differ.
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| TlsSettingError {
+        key: "ca",
+        message: format!("TLS set-up failed: {e}"),
+    })?
+    .with_root_certificates(roots);
+    match (&cfg.client_cert, &cfg.client_key) {
+        (None, None) => Ok(builder.with_no_client_auth()),
+        (Some(_), None) => Err(TlsSettingError {
+            key: "client_key",
+            message: "is unset but probe.client_cert is set; give the client certificate's private key too".into(),
+        }),
+        (None, Some(_)) => Err(TlsSettingError {
+            key: "client_cert",
+            message: "is unset but probe.client_key is set; give the client certificate too".into(),
+        }),
+        (Some(cert), Some(key)) => {
+            let chain = load_pem_certs(cert).map_err(setting("client_cert"))?;
+            let key_der = load_pem_key(key).map_err(setting("client_key"))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| TlsSettingError {
+                    key: "client_key",
+                    message: format!(
+                        "{} does not fit {}: {e}; give the key of that certificate",
+                        key.display(),
+                        cert.display()
+                    ),
+                })
+        }
+    }
+}
+
+/// The probe's HTTP client, built once: plain HTTP for `http://` URLs,
+/// rustls (per [`tls_config`]) for `https://` ones. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+}
+
+impl Client {
+    pub fn from_config(cfg: &ProbeConfig) -> Result<Client, TlsSettingError> {
+        let tls = tls_config(cfg)?;
+        let mut http = HttpConnector::new();
+        // The TLS layer takes over https:// URLs; plain TCP must let them by.
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let inner =
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+        Ok(Client { inner })
+    }
+}
+
+/// The status URL of a KME at `base` for `sae_id`.
+pub fn status_url(base: &str, sae_id: &str) -> String {
+    format!(
+        "{}/api/v1/keys/{}/status",
+        base.trim_end_matches('/'),
+        sae_id
+    )
+}
+
+/// One probe: `GET {base}/api/v1/keys/{sae_id}/status` within `timeout`,
+/// judged by [`check_status`]. The error says what went wrong.
+pub async fn check_once(
+    client: &Client,
+    base: &str,
+    sae_id: &str,
+    timeout: Duration,
+    empty_store_unhealthy: bool,
+) -> Result<StatusInfo, String> {
+    let url = status_url(base, sae_id);
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("bad probe URL {url:?}: {e}"))?;
+    tokio::time::timeout(timeout, async {
+        let resp = client
+            .inner
+            .get(uri)
+            .await
+            .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer of {url}: {e}"))?
+            .to_bytes();
+        if status != hyper::StatusCode::OK {
+            return Err(format!("GET {url}: HTTP {status}"));
+        }
+        check_status(&body, sae_id, empty_store_unhealthy)
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("GET {url}: no answer within {timeout:?}")))
+}
+
+/// hyper's client errors say "client error (Connect)"; the cause (refused,
+/// certificate unknown, ...) is in their sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 pub async fn run(shared: Arc<Shared>) {
     let probe = &shared.config.probe;
+    if probe.hot.is_none() && probe.warm.is_none() {
+        return;
+    }
+    // Validation built the same client, so this fails only if a PEM file
+    // changed since.
+    let client = match Client::from_config(probe) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "cannot set up KME probes; KME health stays unknown until the sidecar restarts with fixed TLS files");
+            return;
+        }
+    };
     for setup in Setup::ALL {
         let url = match setup {
             Setup::Hot => probe.hot.clone(),
             Setup::Warm => probe.warm.clone(),
         };
         let Some(url) = url else { continue };
-        tokio::spawn(probe_one(shared.clone(), setup, url));
+        tokio::spawn(probe_one(shared.clone(), client.clone(), setup, url));
     }
 }
 
-async fn probe_one(shared: Arc<Shared>, setup: Setup, base: String) {
+async fn probe_one(shared: Arc<Shared>, client: Client, setup: Setup, base: String) {
     let cfg = &shared.config.probe;
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let url = format!(
-        "{}/api/v1/keys/{}/status",
-        base.trim_end_matches('/'),
-        cfg.sae_id
-    );
-    let Ok(uri) = url.parse::<hyper::Uri>() else {
-        warn!(%url, "bad probe URL; health stays unknown");
-        return;
-    };
     let mut debounce = Debounce::new(cfg.rise, cfg.fall);
+    // Last seen empty-store state, so the warning comes once per change.
+    let mut empty_store = false;
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let result = tokio::time::timeout(cfg.timeout, async {
-            let resp = client.get(uri.clone()).await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            if !status.is_success() {
-                return Err(format!("HTTP {status}"));
+        let result = check_once(
+            &client,
+            &base,
+            &cfg.sae_id,
+            cfg.timeout,
+            cfg.empty_store_unhealthy,
+        )
+        .await;
+        if let Ok(info) = &result {
+            if info.empty_store() != empty_store {
+                empty_store = info.empty_store();
+                if empty_store {
+                    warn!(%setup, url = %base, "KME reports an empty key store (stored_key_count 0); still counted healthy (set probe.empty_store_unhealthy to change that)");
+                } else {
+                    info!(%setup, url = %base, "KME key store is no longer empty");
+                }
             }
-            status_ok(&body, &cfg.sae_id)
-        })
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {:?}", cfg.timeout)));
+        }
         if let Some(state) = debounce.observe(result.is_ok()) {
             match &result {
-                Ok(()) => info!(%setup, %state, "KME health changed"),
+                Ok(_) => info!(%setup, %state, "KME health changed"),
                 Err(e) => warn!(%setup, %state, error = %e, "KME health changed"),
             }
             shared.metrics.probe(setup, state == Health::Up);
@@ -152,5 +402,62 @@ mod tests {
         assert!(status_ok(ok, "C").is_err());
         assert!(status_ok(b"not json", "B").is_err());
         assert!(status_ok(br#"{"key_size":1}"#, "B").is_err());
+    }
+
+    #[test]
+    fn empty_store_is_reported_and_optionally_unhealthy() {
+        let empty = br#"{"master_SAE_ID":"A","slave_SAE_ID":"B","stored_key_count":0}"#;
+        let full = br#"{"master_SAE_ID":"A","slave_SAE_ID":"B","stored_key_count":7}"#;
+        let none = br#"{"master_SAE_ID":"A","slave_SAE_ID":"B"}"#;
+        let info = check_status(empty, "B", false).expect("empty store is healthy by default");
+        assert!(info.empty_store());
+        let e = check_status(empty, "B", true).expect_err("configured unhealthy");
+        assert!(e.contains("empty key store"), "{e}");
+        assert_eq!(
+            check_status(full, "B", true),
+            Ok(StatusInfo {
+                stored_key_count: Some(7)
+            })
+        );
+        let info = check_status(none, "A", true).expect("a missing count is tolerated");
+        assert!(!info.empty_store());
+        // The SAE rule still comes first.
+        assert!(check_status(empty, "C", false).is_err());
+        assert!(check_status(b"{", "B", false).is_err());
+    }
+
+    #[test]
+    fn status_url_joins_base_and_sae() {
+        assert_eq!(
+            status_url("https://kme:8443/", "SAE_B"),
+            "https://kme:8443/api/v1/keys/SAE_B/status"
+        );
+    }
+
+    fn probe_cfg(dir: &Path) -> ProbeConfig {
+        ProbeConfig {
+            ca: Some(dir.join("ca.pem")),
+            ..ProbeConfig::default()
+        }
+    }
+
+    #[test]
+    fn tls_settings_name_the_key_and_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let e = tls_config(&probe_cfg(dir.path())).expect_err("missing CA file");
+        assert_eq!(e.key, "ca");
+        assert!(e.message.contains("ca.pem"), "{e}");
+        std::fs::write(dir.path().join("ca.pem"), "not pem").expect("write");
+        let e = tls_config(&probe_cfg(dir.path())).expect_err("no certificate");
+        assert!(e.message.contains("no PEM certificate"), "{e}");
+        let half = ProbeConfig {
+            client_cert: Some(dir.path().join("c.pem")),
+            ..ProbeConfig::default()
+        };
+        assert_eq!(
+            tls_config(&half).map(|_| ()).map_err(|e| e.key),
+            Err("client_key")
+        );
+        assert!(tls_config(&ProbeConfig::default()).is_ok());
     }
 }
