@@ -321,9 +321,14 @@ impl Default for AdminConfig {
 impl Config {
     /// D: within this bound after the sidecar stops answering its checks,
     /// the LB marks the sidecar's server down (and kills its sessions):
-    /// `check_inter × check_fall + check_timeout`.
+    /// `check_fall × (check_inter + min(connect timeout, check_inter) +
+    /// check_timeout)`, measured on HAProxy 2.6 (see `lb::haproxy`).
     pub fn lb_down_detection(&self) -> Duration {
-        self.lb.check_inter * self.lb.check_fall + self.lb.check_timeout
+        crate::lb::haproxy::down_detection_bound(
+            self.lb.check_inter,
+            self.lb.check_fall,
+            self.lb.check_timeout,
+        )
     }
 
     /// How long after sending its last acknowledged keep-alive a member still
@@ -794,9 +799,9 @@ mod tests {
     fn defaults_satisfy_the_rule_and_derive_the_bounds() {
         let c = cfg("").expect("defaults are valid");
         assert_eq!(c.initial_setup, Setup::Hot);
-        assert_eq!(c.lb_down_detection(), ms(1300));
+        assert_eq!(c.lb_down_detection(), ms(2600));
         assert_eq!(c.lease_fresh_budget(), ms(4000));
-        assert_eq!(c.lease_ttl_lower_bound(), ms(3300));
+        assert_eq!(c.lease_ttl_lower_bound(), ms(4600));
         assert_eq!(c.grpc_advertise(), "127.0.0.1:7400");
         assert!(c.probe.hot.is_none());
     }
@@ -948,40 +953,40 @@ mod tests {
 
     #[test]
     fn timing_rule_boundary() {
-        // keep-alive 2s + D 1.3s + margin 1.7s = 5s: equal is not enough.
-        let at = "[etcd]\nlease_ttl = \"5s\"\nkeepalive_interval = \"2s\"\nmargin = \"1700ms\"\n";
+        // keep-alive 1s + D 2.6s + margin 1.4s = 5s: equal is not enough.
+        let at = "[etcd]\nlease_ttl = \"5s\"\nkeepalive_interval = \"1s\"\nmargin = \"1400ms\"\n";
         match cfg(at) {
             Err(ConfigError::Timing {
                 lease_ttl, d, sum, ..
             }) => {
                 assert_eq!(lease_ttl, Duration::from_secs(5));
-                assert_eq!(d, ms(1300));
+                assert_eq!(d, ms(2600));
                 assert_eq!(sum, Duration::from_secs(5));
             }
             other => panic!("{other:?}"),
         }
         let below =
-            "[etcd]\nlease_ttl = \"5s\"\nkeepalive_interval = \"2s\"\nmargin = \"1699ms\"\n";
+            "[etcd]\nlease_ttl = \"5s\"\nkeepalive_interval = \"1s\"\nmargin = \"1399ms\"\n";
         assert!(cfg(below).is_ok());
     }
 
     #[test]
     fn timing_error_names_all_four_numbers_and_what_to_change() {
-        let e = cfg("[etcd]\nlease_ttl = \"3s\"\n").expect_err("3s < 3.3s");
+        let e = cfg("[etcd]\nlease_ttl = \"3s\"\n").expect_err("3s < 4.6s");
         let text = e.to_string();
         for part in [
             "config t.toml",
             "etcd.lease_ttl (3s)",
             "etcd.keepalive_interval (1s)",
-            "D (1.3s",
+            "D (2.6s",
             "etcd.margin (1s)",
-            "= 3.3s",
+            "= 4.6s",
             "raise etcd.lease_ttl",
         ] {
             assert!(text.contains(part), "{part:?} missing in {text}");
         }
         // D grows with the LB's check settings.
-        let e = cfg("[lb]\ncheck_inter = \"1s\"\ncheck_fall = 3\n").expect_err("D = 3.3s");
+        let e = cfg("[lb]\ncheck_inter = \"1s\"\ncheck_fall = 3\n").expect_err("D = 6.9s");
         assert!(matches!(e, ConfigError::Timing { .. }), "{e:?}");
     }
 

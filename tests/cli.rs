@@ -36,11 +36,13 @@ fn the_example_config_is_valid_and_check_config_prints_the_bounds() {
     let (code, text) = run_config(&example(), "check-config");
     assert_eq!(code, 0, "{text}");
     assert!(
-        text.contains("D = check_inter x check_fall + check_timeout = 1.3s"),
+        text.contains(
+            "D = check_fall x (check_inter + min(1s, check_inter) + check_timeout) = 2.6s"
+        ),
         "{text}"
     );
     assert!(
-        text.contains("lease_ttl 5s > keepalive 1s + D 1.3s + margin 1s = 3.3s"),
+        text.contains("lease_ttl 5s > keepalive 1s + D 2.6s + margin 1s = 4.6s"),
         "{text}"
     );
     assert!(text.contains("TTL - margin = 4s"), "{text}");
@@ -89,7 +91,7 @@ fn bad_configs_are_refused_with_the_reason() {
         ),
         (
             format!("{BASE}[etcd]\nlease_ttl = \"3s\"\n"),
-            "timing rule broken: etcd.lease_ttl (3s) must exceed etcd.keepalive_interval (1s) + D (1.3s",
+            "timing rule broken: etcd.lease_ttl (3s) must exceed etcd.keepalive_interval (1s) + D (2.6s",
         ),
         (
             "member_id = \"a\"\nrole = \"alice\"\n".to_string(),

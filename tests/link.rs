@@ -545,7 +545,7 @@ fn the_shipped_and_rendered_haproxy_configs_are_valid() {
         check_timeout: Duration::from_millis(300),
         stats_socket: dir.path().join("s.sock"),
     };
-    assert_eq!(t.down_detection_bound(), Duration::from_millis(1300));
+    assert_eq!(t.down_detection_bound(), Duration::from_millis(2600));
     let cfg = dir.path().join("h.cfg");
     std::fs::write(&cfg, t.render()).expect("write");
     let out = std::process::Command::new(&haproxy)

@@ -493,7 +493,7 @@ fn format_bounds(path: &Path, c: &Config) -> String {
     let e = &c.etcd;
     format!(
         "config {} is valid\n\
-         \x20 LB down-detection D = check_inter x check_fall + check_timeout = {}\n\
+         \x20 LB down-detection D = check_fall x (check_inter + min(1s, check_inter) + check_timeout) = {}\n\
          \x20 lease fresh for TTL - margin = {} after each acknowledged keep-alive is sent\n\
          \x20 the check endpoint stops answering D before that: {} after it\n\
          \x20 rule: lease_ttl {} > keepalive {} + D {} + margin {} = {}\n\
@@ -704,15 +704,17 @@ mod tests {
     fn bounds_show_the_rule_and_derived_values() {
         let c = example();
         let text = format_bounds(Path::new("c.toml"), &c);
-        assert!(text.contains("D = check_inter x check_fall + check_timeout = 1.3s"));
+        assert!(text.contains(
+            "D = check_fall x (check_inter + min(1s, check_inter) + check_timeout) = 2.6s"
+        ));
         assert!(text.contains("lease fresh for TTL - margin = 4s"));
-        assert!(text.contains("rule: lease_ttl 5s > keepalive 1s + D 1.3s + margin 1s = 3.3s"));
+        assert!(text.contains("rule: lease_ttl 5s > keepalive 1s + D 2.6s + margin 1s = 4.6s"));
         assert!(text.contains("at most the lease TTL: 5s"));
         let j = bounds_json(&c);
-        assert_eq!(j["lb_down_detection_ms"], 1300);
+        assert_eq!(j["lb_down_detection_ms"], 2600);
         assert_eq!(j["lease_fresh_budget_ms"], 4000);
-        assert_eq!(j["rule_right_ms"], 3300);
-        assert_eq!(j["check_answer_budget_ms"], 2700);
+        assert_eq!(j["rule_right_ms"], 4600);
+        assert_eq!(j["check_answer_budget_ms"], 1400);
     }
 
     #[test]

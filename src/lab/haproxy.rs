@@ -1,28 +1,110 @@
-//! Starting a real HAProxy (Debian's haproxy) for labs and tests, in the
-//! foreground so its guard owns it.
+//! A real HAProxy (Debian's haproxy) for labs and tests, on a free loopback
+//! port, run in the foreground (`-db`) so its guard owns it and kills it on
+//! drop, also when a test panics.
 
-use super::process::{find_program, free_port, wait_for_tcp, ChildGuard};
+use super::process::{find_program, free_port, ChildGuard};
 use super::sidecar::Timing;
 use crate::lb::haproxy::{Haproxy, HaproxyTemplate};
-use anyhow::{Context, Result};
-use std::net::SocketAddr;
+use anyhow::{bail, Context, Result};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-pub struct HaproxyProcess {
+/// How long HAProxy may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a lab HAProxy needs; [`HaproxyProcess::spawn`] picks the frontend
+/// port and puts the stats socket in its directory.
+#[derive(Clone, Debug)]
+pub struct HaproxyInputs {
+    /// Names the config, socket and log files (`haproxy-<name>.*`).
     pub name: String,
+    pub hot: SocketAddr,
+    pub warm: SocketAddr,
+    /// The sidecar's (or a test's) HTTP check endpoint.
+    pub check_addr: SocketAddr,
+    pub check_inter: Duration,
+    pub check_fall: u32,
+    pub check_rise: u32,
+    pub check_timeout: Duration,
+}
+
+impl HaproxyInputs {
+    /// Inputs with the lab's check timing ([`Timing::default`]).
+    pub fn new(name: &str, hot: SocketAddr, warm: SocketAddr, check_addr: SocketAddr) -> Self {
+        let lab = Timing::default();
+        HaproxyInputs {
+            name: name.into(),
+            hot,
+            warm,
+            check_addr,
+            check_inter: lab.check_inter,
+            check_fall: lab.check_fall,
+            check_rise: lab.check_rise,
+            check_timeout: lab.check_timeout,
+        }
+    }
+
+    /// Takes the check timing from `timing`.
+    pub fn with_timing(mut self, timing: &Timing) -> Self {
+        self.check_inter = timing.check_inter;
+        self.check_fall = timing.check_fall;
+        self.check_rise = timing.check_rise;
+        self.check_timeout = timing.check_timeout;
+        self
+    }
+}
+
+/// A running HAProxy with lockstep's config (backend `kme`, servers `hot`
+/// and `warm`, both starting disabled).
+pub struct HaproxyProcess {
     pub frontend: SocketAddr,
     pub stats_socket: PathBuf,
     pub config_path: PathBuf,
-    pub template: HaproxyTemplate,
-    pub guard: ChildGuard,
+    name: String,
+    guard: ChildGuard,
+    template: HaproxyTemplate,
     log: PathBuf,
 }
 
 impl HaproxyProcess {
-    /// An HAProxy for member `name` routing to `hot` or `warm`, whose checks
-    /// ask the sidecar at `check_addr`.
+    /// Renders the config into `dir` and starts HAProxy; returns once both
+    /// the frontend and the stats socket accept connections.
+    pub fn spawn(inputs: HaproxyInputs, dir: &Path) -> Result<HaproxyProcess> {
+        let name = &inputs.name;
+        let frontend = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut template = HaproxyTemplate::new(
+            frontend,
+            inputs.hot,
+            inputs.warm,
+            inputs.check_addr,
+            dir.join(format!("haproxy-{name}.sock")),
+        );
+        template.check_inter = inputs.check_inter;
+        template.check_fall = inputs.check_fall;
+        template.check_rise = inputs.check_rise;
+        template.check_timeout = inputs.check_timeout;
+
+        let config_path = dir.join(format!("haproxy-{name}.cfg"));
+        std::fs::write(&config_path, template.render())
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let log = dir.join(format!("haproxy-{name}.log"));
+        let guard = launch(name, &config_path, &template, &log)?;
+        Ok(HaproxyProcess {
+            frontend,
+            stats_socket: template.stats_socket.clone(),
+            config_path,
+            name: name.clone(),
+            guard,
+            template,
+            log,
+        })
+    }
+
+    /// The lab's HAProxy for member `name`, checking the sidecar at
+    /// `check_addr` with `timing`.
     pub fn spawn_for(
         name: &str,
         hot: SocketAddr,
@@ -31,72 +113,87 @@ impl HaproxyProcess {
         timing: &Timing,
         dir: &Path,
     ) -> Result<HaproxyProcess> {
-        let template = HaproxyTemplate {
-            frontend_bind: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-            backend: "kme".into(),
-            hot,
-            warm,
-            server_hot: "hot".into(),
-            server_warm: "warm".into(),
-            check_addr,
-            check_inter: timing.check_inter,
-            check_fall: timing.check_fall,
-            check_rise: timing.check_rise,
-            check_timeout: timing.check_timeout,
-            stats_socket: dir.join(format!("haproxy-{name}.sock")),
-        };
-        Self::spawn(name, template, dir)
+        Self::spawn(
+            HaproxyInputs::new(name, hot, warm, check_addr).with_timing(timing),
+            dir,
+        )
     }
 
-    pub fn spawn(name: &str, template: HaproxyTemplate, dir: &Path) -> Result<HaproxyProcess> {
-        let config_path = dir.join(format!("haproxy-{name}.cfg"));
-        std::fs::write(&config_path, template.render())
-            .with_context(|| format!("writing {}", config_path.display()))?;
-        let log = dir.join(format!("haproxy-{name}.log"));
-        let guard = launch(name, &config_path, &template, &log)?;
-        Ok(HaproxyProcess {
-            name: name.into(),
-            frontend: template.frontend_bind,
-            stats_socket: template.stats_socket.clone(),
-            config_path,
-            template,
-            guard,
-            log,
-        })
-    }
-
-    /// Kills and starts HAProxy again with the same config and ports: it
-    /// comes up with both servers disabled.
+    /// Kills HAProxy and starts it again with the same config and ports: it
+    /// comes up with both servers disabled (routing nowhere).
     pub fn restart(&mut self) -> Result<()> {
         self.guard.kill();
         self.guard = launch(&self.name, &self.config_path, &self.template, &self.log)?;
         Ok(())
     }
 
+    /// Kills HAProxy (its socket goes dead); [`restart`](Self::restart)
+    /// brings it back.
+    pub fn kill(&mut self) {
+        self.guard.kill();
+    }
+
+    /// Sends `signal` to HAProxy (e.g. SIGSTOP to freeze it).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        self.guard.signal(signal)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.guard.pid()
+    }
+
+    pub fn template(&self) -> &HaproxyTemplate {
+        &self.template
+    }
+
+    /// HAProxy's stdout/stderr (its log goes there too).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// An adapter for this HAProxy, as the sidecar would build it.
     pub fn adapter(&self) -> Haproxy {
         Haproxy::new(
             self.stats_socket.clone(),
-            &self.template.backend,
-            &self.template.server_hot,
-            &self.template.server_warm,
-            Duration::from_secs(1),
+            self.template.backend.clone(),
+            self.template.server_hot.clone(),
+            self.template.server_warm.clone(),
         )
     }
 }
 
 fn launch(name: &str, config: &Path, t: &HaproxyTemplate, log: &Path) -> Result<ChildGuard> {
-    let _ = std::fs::remove_file(&t.stats_socket);
+    // A killed HAProxy leaves its socket file behind; waiting for the file
+    // must not be fooled by the old one.
+    match std::fs::remove_file(&t.stats_socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale {}", t.stats_socket.display()))
+        }
+    }
     let mut cmd = Command::new(find_program("haproxy")?);
     cmd.arg("-db").arg("-f").arg(config);
-    let guard = ChildGuard::spawn(&format!("haproxy-{name}"), cmd, log)?;
-    wait_for_tcp(t.frontend_bind, Duration::from_secs(10))
-        .with_context(|| format!("HAProxy {name} did not start; see {}", log.display()))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !t.stats_socket.exists() {
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!("HAProxy {name} has no stats socket; see {}", log.display());
+    let mut guard = ChildGuard::spawn(&format!("haproxy-{name}"), cmd, log)?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let frontend = TcpStream::connect_timeout(&t.frontend_bind, Duration::from_millis(200));
+        let socket = UnixStream::connect(&t.stats_socket);
+        if frontend.is_ok() && socket.is_ok() {
+            break;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        if !guard.is_running() {
+            bail!("HAProxy {name} exited at start; see {}", log.display());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "HAProxy {name} did not accept connections at {} and {} within {START_TIMEOUT:?}; see {}",
+                t.frontend_bind,
+                t.stats_socket.display(),
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
     Ok(guard)
 }

@@ -60,7 +60,11 @@ impl Timing {
     /// D: how long HAProxy takes to mark a server down once the sidecar
     /// stops answering.
     pub fn down_detection(&self) -> Duration {
-        self.check_inter * self.check_fall + self.check_timeout
+        crate::lb::haproxy::down_detection_bound(
+            self.check_inter,
+            self.check_fall,
+            self.check_timeout,
+        )
     }
 }
 
