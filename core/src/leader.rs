@@ -280,6 +280,9 @@ pub struct Leader {
     policy: Option<Policy>,
     policy_note: String,
     actions: VecDeque<LeaderAction>,
+    /// A deliberate break for the model checker's mutation tests.
+    #[cfg(feature = "mutations")]
+    mutation: Option<crate::mutation::Mutation>,
 }
 
 impl Leader {
@@ -300,7 +303,16 @@ impl Leader {
             policy: None,
             policy_note: String::new(),
             actions: VecDeque::new(),
+            #[cfg(feature = "mutations")]
+            mutation: None,
         }
+    }
+
+    /// Breaks the protocol on purpose (model checker mutation tests only).
+    #[cfg(feature = "mutations")]
+    pub fn with_mutation(mut self, mutation: Option<crate::mutation::Mutation>) -> Self {
+        self.mutation = mutation;
+        self
     }
 
     /// Enables automatic failover with `policy`.
@@ -459,9 +471,14 @@ impl Leader {
     }
 
     fn on_member_deleted(&mut self, id: MemberId, rev: Rev) {
-        if self.members.get(&id).is_some_and(|l| l.rev < rev) {
-            self.members.remove(&id);
+        // A delete older than the record we hold (typically: the lease
+        // expired, the member re-registered, and a txn listing showed the
+        // new key before the watch delivered the delete) says nothing about
+        // the member as it is now; it must not count as fenced.
+        if self.members.get(&id).is_some_and(|l| l.rev > rev) {
+            return;
         }
+        self.members.remove(&id);
         if let Some(sw) = &mut self.switch {
             match &mut sw.phase {
                 SwitchPhase::Draining {
@@ -516,12 +533,17 @@ impl Leader {
                     }
                 }
                 let drain = Step::new(sw.plan.epoch, Phase::Drain);
-                let waiting: BTreeSet<MemberId> = self
+                #[allow(unused_mut)]
+                let mut waiting: BTreeSet<MemberId> = self
                     .members
                     .values()
                     .filter(|l| l.record.applied.is_none_or(|a| a.step() < drain))
                     .map(|l| l.id.clone())
                     .collect();
+                #[cfg(feature = "mutations")]
+                if self.mutation == Some(crate::mutation::Mutation::SkipDrain) {
+                    waiting.clear();
+                }
                 for id in &waiting {
                     if let Some(l) = self.members.get(id) {
                         self.actions.push_back(LeaderAction::SendDrain {

@@ -11,11 +11,15 @@
 //!   failback).
 //! * [`health`]: aggregating members' probe results into setup health.
 //! * [`policy`]: deciding whether a manual request may run.
+//! * `mutation` (feature `mutations`, tests only): deliberate protocol
+//!   breaks the model checker must catch.
 
 pub mod failover;
 pub mod health;
 pub mod leader;
 pub mod member;
+#[cfg(feature = "mutations")]
+pub mod mutation;
 pub mod policy;
 pub mod time;
 pub mod types;

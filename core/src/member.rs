@@ -223,6 +223,9 @@ pub struct Member {
     revoked: bool,
     waiters: Vec<Waiter>,
     actions: VecDeque<MemberAction>,
+    /// A deliberate break for the model checker's mutation tests.
+    #[cfg(feature = "mutations")]
+    mutation: Option<crate::mutation::Mutation>,
 }
 
 impl Member {
@@ -250,6 +253,8 @@ impl Member {
             actions: VecDeque::from([MemberAction::ApplyLb {
                 target: LbTarget::Blocked,
             }]),
+            #[cfg(feature = "mutations")]
+            mutation: None,
         }
         .with_in_flight(LbTarget::Blocked)
     }
@@ -257,6 +262,19 @@ impl Member {
     fn with_in_flight(mut self, t: LbTarget) -> Self {
         self.in_flight = Some(t);
         self
+    }
+
+    /// Breaks the protocol on purpose (model checker mutation tests only).
+    #[cfg(feature = "mutations")]
+    pub fn with_mutation(mut self, mutation: Option<crate::mutation::Mutation>) -> Self {
+        self.mutation = mutation;
+        self
+    }
+
+    /// Whether `m` is the deliberate break in force.
+    #[cfg(feature = "mutations")]
+    fn mutated(&self, m: crate::mutation::Mutation) -> bool {
+        self.mutation == Some(m)
     }
 
     pub fn config(&self) -> &MemberConfig {
@@ -294,10 +312,13 @@ impl Member {
         if !self.fenced {
             consider(self.lease_fresh_until);
         }
+        // While a serve is in flight its report restarts the countdown, so
+        // there is nothing to wake up for before it.
         if !matches!(
             self.lb,
             LbKnown::Confirmed(LbTarget::Blocked) | LbKnown::AssumedBlocked
-        ) {
+        ) && !self.serve_in_flight()
+        {
             consider(self.refusing_since.map(|s| s + self.config.lb_down_bound));
         }
         if self.in_flight.is_none() {
@@ -350,9 +371,11 @@ impl Member {
                 self.in_flight = None;
                 self.retry_at = None;
                 self.lb = LbKnown::Confirmed(target);
+                self.restart_refusal_after_serve(target);
             }
             MemberEvent::LbFailed { target } => {
                 self.in_flight = None;
+                self.restart_refusal_after_serve(target);
                 self.retry_at = Some(self.now + self.config.lb_retry);
                 // A half-applied serve may have left anything behind; a failed
                 // block leaves what was known (the dead-man's switch covers it).
@@ -392,6 +415,20 @@ impl Member {
         }
         self.check_lease();
         self.settle();
+    }
+
+    fn serve_in_flight(&self) -> bool {
+        matches!(self.in_flight, Some(LbTarget::Serve(_)))
+    }
+
+    /// A serve that ended (confirmed, or failed after it may have landed)
+    /// while the check endpoint was already refusing may have made its
+    /// server UP just now (`state ready` is UP at once): the LB's own checks
+    /// need a full D from here to take it down again.
+    fn restart_refusal_after_serve(&mut self, target: LbTarget) {
+        if matches!(target, LbTarget::Serve(_)) && self.refusing_since.is_some() {
+            self.refusing_since = Some(self.now);
+        }
     }
 
     fn on_synced(&mut self, route: Option<Route>, lease_sent_at: Time) {
@@ -481,6 +518,12 @@ impl Member {
         if self.stopping {
             return Err(Refusal::Stopping);
         }
+        #[cfg(feature = "mutations")]
+        let token = if self.mutated(crate::mutation::Mutation::IgnoreToken) {
+            self.max_token
+        } else {
+            token
+        };
         if token < self.max_token {
             return Err(Refusal::StaleToken {
                 got: token,
@@ -549,7 +592,12 @@ impl Member {
             let bound_passed = self
                 .refusing_since
                 .is_some_and(|s| self.now >= s + self.config.lb_down_bound);
-            if bound_passed && self.lb != LbKnown::Confirmed(LbTarget::Blocked) {
+            // Not while a serve is in flight: it may still make its server
+            // UP, after which the checks need D again.
+            if bound_passed
+                && !self.serve_in_flight()
+                && self.lb != LbKnown::Confirmed(LbTarget::Blocked)
+            {
                 self.lb = LbKnown::AssumedBlocked;
             }
         } else {
@@ -563,6 +611,13 @@ impl Member {
         let retry_due = self.retry_at.is_none_or(|t| self.now >= t);
         if !lb_matches && self.in_flight.is_none() && retry_due {
             self.in_flight = Some(desired);
+            // From now on the serve may land at any moment, so whatever was
+            // confirmed before (typically "blocked") no longer holds: a
+            // drain accepted meanwhile must wait for this command's report
+            // and a confirmed block.
+            if desired != LbTarget::Blocked {
+                self.lb = LbKnown::Unknown;
+            }
             self.actions
                 .push_back(MemberAction::ApplyLb { target: desired });
         }
@@ -577,6 +632,10 @@ impl Member {
                 }
                 _ => false,
             };
+            #[cfg(feature = "mutations")]
+            let reflects = reflects
+                || (acc.phase == Phase::Drain
+                    && self.mutated(crate::mutation::Mutation::AckBeforeLbBlocked));
             if reflects && self.applied != Some(acc) {
                 self.applied = Some(acc);
                 self.actions.push_back(MemberAction::WriteApplied(acc));

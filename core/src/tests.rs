@@ -641,3 +641,229 @@ fn an_inconsistent_lb_is_set_again() {
         }]
     );
 }
+
+/// A member that has sent its LB a serve (here: just restarted and synced
+/// to a serving route) and then accepts a drain. Its last confirmed LB
+/// state is "blocked", but the serve may land any moment (`state ready` is
+/// UP at once).
+fn member_with_serve_in_flight_then_drained() -> Member {
+    let mut m = Member::new(member_config("alice-0", Role::Alice), Time::ZERO);
+    confirm_all(&mut m, Time(0));
+    m.handle(
+        Time(1),
+        MemberEvent::Synced {
+            route: Some(route(1, Phase::Serve, Setup::Hot, 5)),
+            lease_sent_at: Time(1),
+        },
+    );
+    assert_eq!(
+        actions(&mut m),
+        vec![MemberAction::ApplyLb {
+            target: LbTarget::Serve(Setup::Hot)
+        }]
+    );
+    m.handle(
+        Time(2),
+        MemberEvent::PeerDrain {
+            req: 7,
+            epoch: 2,
+            token: 5,
+            setup: Setup::Warm,
+        },
+    );
+    m
+}
+
+/// Found by the model checker (S1): the member acked the drain at once
+/// because its LB was last confirmed blocked, the leader served warm
+/// elsewhere, and then the serve to hot landed.
+#[test]
+fn a_drain_is_not_acked_while_a_serve_may_still_land() {
+    let mut m = member_with_serve_in_flight_then_drained();
+    assert_eq!(
+        actions(&mut m),
+        vec![],
+        "no ack while the serve is in flight"
+    );
+    // Not even once D has passed: the serve could still make its server UP.
+    let d = m.config().lb_down_bound;
+    m.handle(Time(2) + d, MemberEvent::Tick);
+    assert_eq!(actions(&mut m), vec![]);
+    // The serve lands and reports; the block follows and is confirmed.
+    m.handle(
+        Time(3) + d,
+        MemberEvent::LbConfirmed {
+            target: LbTarget::Serve(Setup::Hot),
+        },
+    );
+    assert_eq!(
+        actions(&mut m),
+        vec![MemberAction::ApplyLb {
+            target: LbTarget::Blocked
+        }]
+    );
+    m.handle(
+        Time(4) + d,
+        MemberEvent::LbConfirmed {
+            target: LbTarget::Blocked,
+        },
+    );
+    let drained = Applied {
+        epoch: 2,
+        phase: Phase::Drain,
+        setup: Setup::Warm,
+    };
+    assert_eq!(
+        actions(&mut m),
+        vec![
+            MemberAction::WriteApplied(drained),
+            MemberAction::Reply {
+                req: 7,
+                result: Ok(drained)
+            }
+        ]
+    );
+}
+
+/// When a serve ends (here: fails, possibly after landing) while the check
+/// endpoint already refuses, the LB's checks need a full D from then on.
+#[test]
+fn the_dead_mans_countdown_restarts_when_a_serve_ends() {
+    let mut m = member_with_serve_in_flight_then_drained();
+    let d = m.config().lb_down_bound;
+    let ended = Time(1000);
+    m.handle(
+        ended,
+        MemberEvent::LbFailed {
+            target: LbTarget::Serve(Setup::Hot),
+        },
+    );
+    assert_eq!(m.poll_timeout(), Some(ended + d).min(m.poll_timeout()));
+    // The block cannot be confirmed either.
+    for a in actions(&mut m) {
+        if let MemberAction::ApplyLb { target } = a {
+            m.handle(ended, MemberEvent::LbFailed { target });
+        }
+    }
+    m.handle(Time(2) + d, MemberEvent::Tick);
+    assert!(
+        !actions(&mut m)
+            .iter()
+            .any(|a| matches!(a, MemberAction::Reply { .. })),
+        "D from the drain is not enough"
+    );
+    m.handle(ended + d, MemberEvent::Tick);
+    assert!(actions(&mut m).iter().any(|a| matches!(
+        a,
+        MemberAction::Reply {
+            req: 7,
+            result: Ok(_)
+        }
+    )));
+}
+
+/// Found by the model checker (S1): bob's lease expired (key deleted at
+/// revision 7), bob restarted and registered again (revision 8), and the
+/// drain txn listed the new key before the leader's watch delivered the
+/// old delete. That delete must not count as bob being fenced.
+#[test]
+fn a_stale_member_delete_does_not_end_the_wait_for_its_new_key() {
+    let mut l = Leader::new(
+        LeaderConfig {
+            id: "l".into(),
+            token: 10,
+            initial_setup: Setup::Hot,
+            resend_every: Duration::from_millis(300),
+        },
+        Time(0),
+    );
+    let rec = |role, applied| MemberRecord {
+        role,
+        grpc: "addr".into(),
+        applied,
+        lb: None,
+        health: crate::health::RoleHealth {
+            hot: Health::Up,
+            warm: Health::Up,
+        },
+    };
+    let served = Some(Applied {
+        epoch: 1,
+        phase: Phase::Serve,
+        setup: Setup::Hot,
+    });
+    let listed = |id: &str, role, applied, rev| Listed {
+        id: id.into(),
+        record: rec(role, applied),
+        rev,
+    };
+    l.handle(
+        Time(0),
+        LeaderEvent::Start {
+            route: Some((route(1, Phase::Serve, Setup::Hot, 10), 5)),
+            members: vec![
+                listed("a", Role::Alice, served, 3),
+                listed("b", Role::Bob, served, 4),
+            ],
+            request: Some((
+                crate::policy::Request {
+                    id: "r".into(),
+                    kind: crate::policy::RequestKind::Failover,
+                    to: Setup::Warm,
+                    force: true,
+                    reason: "go".into(),
+                    requested_by: "u".into(),
+                    at: String::new(),
+                },
+                6,
+            )),
+            paused: None,
+        },
+    );
+    assert!(matches!(
+        l.poll_action(),
+        Some(LeaderAction::WriteRoute { .. })
+    ));
+    l.handle(
+        Time(1),
+        LeaderEvent::RouteWritten {
+            rev: 9,
+            members: vec![
+                listed("a", Role::Alice, served, 3),
+                listed("b", Role::Bob, None, 8),
+            ],
+        },
+    );
+    let _pushes: Vec<_> = std::iter::from_fn(|| l.poll_action()).collect();
+    l.handle(
+        Time(2),
+        LeaderEvent::MemberDeleted {
+            id: "b".into(),
+            rev: 7,
+        },
+    );
+    l.handle(
+        Time(3),
+        LeaderEvent::PeerReplied {
+            member: "a".into(),
+            applied: Applied {
+                epoch: 2,
+                phase: Phase::Drain,
+                setup: Setup::Warm,
+            },
+        },
+    );
+    assert_eq!(l.poll_action(), None, "b's new key has not acked: no serve");
+    // Its new key going is another matter.
+    l.handle(
+        Time(4),
+        LeaderEvent::MemberDeleted {
+            id: "b".into(),
+            rev: 10,
+        },
+    );
+    assert!(matches!(
+        l.poll_action(),
+        Some(LeaderAction::WriteRoute { route, .. }) if route.phase == Phase::Serve
+    ));
+}

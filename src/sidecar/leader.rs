@@ -124,7 +124,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
         Ok(s) => s,
         Err(e) => return format!("cannot read the link: {e}"),
     };
-    let mut core = Leader::new(
+    let core = Leader::new(
         LeaderConfig {
             id: shared.config.member_id.clone(),
             token,
@@ -133,6 +133,9 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
         },
         clock.now(),
     );
+    #[cfg(feature = "mutations")]
+    let core = core.with_mutation(super::mutation());
+    let mut core = core;
     // Validated at start-up, so this only fails on a bug.
     match shared.config.failover.policy(shared.config.initial_setup) {
         Ok(p) => core = core.with_policy(lockstep_core::failover::Policy::new(p)),

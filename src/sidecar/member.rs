@@ -85,7 +85,10 @@ async fn run<L: LoadBalancer>(
     stopped: oneshot::Sender<()>,
 ) {
     let clock = shared.clock;
-    let mut core = Member::new(member_config(&shared), clock.now());
+    let core = Member::new(member_config(&shared), clock.now());
+    #[cfg(feature = "mutations")]
+    let core = core.with_mutation(super::mutation());
+    let mut core = core;
     let (lb_tx, mut lb_rx) = mpsc::channel::<MemberEvent>(8);
     let mut replies: HashMap<RequestId, oneshot::Sender<Result<Applied, Refusal>>> = HashMap::new();
     let mut next_req: RequestId = 1;

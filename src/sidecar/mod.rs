@@ -259,3 +259,22 @@ pub async fn run_with<L: LoadBalancer>(
     let _ = tokio::time::timeout(Duration::from_secs(1), grpc).await;
     Ok(())
 }
+
+/// The deliberate protocol break named by `LOCKSTEP_MUTATION` (builds with
+/// the `mutations` feature only, for the chaos suite's broken-build test).
+#[cfg(feature = "mutations")]
+fn mutation() -> Option<lockstep_core::mutation::Mutation> {
+    use lockstep_core::mutation::Mutation;
+    let name = std::env::var("LOCKSTEP_MUTATION").ok()?;
+    let m = match name.as_str() {
+        "skip-drain" => Mutation::SkipDrain,
+        "ack-before-lb-blocked" => Mutation::AckBeforeLbBlocked,
+        "ignore-token" => Mutation::IgnoreToken,
+        other => {
+            warn!(mutation = other, "unknown LOCKSTEP_MUTATION ignored");
+            return None;
+        }
+    };
+    warn!(?m, "protocol deliberately broken (LOCKSTEP_MUTATION)");
+    Some(m)
+}

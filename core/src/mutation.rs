@@ -1,0 +1,22 @@
+//! Deliberate protocol breaks, compiled only with the `mutations` feature.
+//!
+//! The model checker (`core/tests/model_check.rs`) turns each one on and
+//! must find a counterexample; that shows the properties it checks are
+//! strong enough to catch the break. The sidecar never enables the feature,
+//! so none of this exists in its build.
+
+/// One way to break the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mutation {
+    /// The leader writes `serve` right after its `drain` write, without
+    /// waiting for any member to ack the drain (make-before-break).
+    SkipDrain,
+    /// A member acks a drain (records it and replies) as soon as it accepts
+    /// it, before its LB is confirmed blocked.
+    AckBeforeLbBlocked,
+    /// The fencing token is ignored wherever it is checked: members accept
+    /// pushes with a token lower than one they have seen, and (in the
+    /// model's etcd) a route txn no longer compares the leader key's
+    /// create_revision with the writer's token.
+    IgnoreToken,
+}
