@@ -1079,6 +1079,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn handles_can_move_between_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<LabNet>();
+        send_sync::<Fault>();
+    }
+
+    #[test]
     fn names_map_to_their_slot() {
         assert_eq!(slot_of("lsk12"), Some(12));
         assert_eq!(slot_of("lsk12v0"), Some(12));
