@@ -220,7 +220,8 @@ impl LabNet {
         let br = inner.bridge.as_str();
         ip(&["link", "add", br, "type", "bridge"])?;
         // Pinned: a bridge otherwise takes the lowest MAC of its ports and
-        // would change it when a slow link's tap joins.
+        // changes it when a slow link's tap joins; unpinned, an unslowed
+        // member's etcd connection then stalled (1 slow-link run in 4).
         let mac = format!(
             "02:6c:73:6b:{:02x}:{:02x}",
             inner.slot >> 8,
