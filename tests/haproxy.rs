@@ -265,13 +265,13 @@ async fn starts_blocked_and_switches_break_before_make() {
         "blocked: connections are closed unrouted"
     );
 
-    assert_eq!(lb.apply(HOT).await.expect("serve hot").target, HOT);
+    assert_eq!(lb.apply(HOT, None).await.expect("serve hot").target, HOT);
     assert_eq!(observed(&lb).await, HOT);
     let (mut to_hot, who) = session(rig.haproxy.frontend).await.expect("routed");
     assert_eq!(who, "hot");
 
     let switched = Instant::now();
-    lb.apply(WARM).await.expect("serve warm");
+    lb.apply(WARM, None).await.expect("serve warm");
     let killed = closed_within(&mut to_hot, Duration::from_secs(2))
         .await
         .expect("the session to hot is killed by the switch");
@@ -283,17 +283,28 @@ async fn starts_blocked_and_switches_break_before_make() {
     assert_eq!(observed(&lb).await, WARM);
 
     let (mut to_warm, _) = session(rig.haproxy.frontend).await.expect("routed");
-    lb.apply(LbTarget::Blocked).await.expect("block");
+    lb.apply(LbTarget::Blocked, None).await.expect("block");
     closed_within(&mut to_warm, Duration::from_secs(2))
         .await
         .expect("blocking kills the session to warm");
     assert_eq!(rig.who().await, None);
     assert_eq!(observed(&lb).await, LbTarget::Blocked);
 
+    // A serve whose deadline has passed (its sidecar was paused after
+    // deciding) disables the other setup and enables nothing.
+    lb.apply(HOT, None).await.expect("serve hot");
+    match lb.apply(WARM, Some(Instant::now())).await {
+        Err(lockstep::lb::LbError::Expired { wanted }) => assert_eq!(wanted, WARM),
+        other => panic!("expected Expired, got {other:?}"),
+    }
+    assert_eq!(observed(&lb).await, LbTarget::Blocked);
+    assert_eq!(rig.who().await, None, "a late serve routes nowhere");
+    lb.apply(LbTarget::Blocked, None).await.expect("block");
+
     // Re-applying what is already applied changes nothing and keeps sessions.
-    lb.apply(HOT).await.expect("serve hot");
+    lb.apply(HOT, None).await.expect("serve hot");
     let (mut kept, _) = session(rig.haproxy.frontend).await.expect("routed");
-    lb.apply(HOT).await.expect("serve hot again");
+    lb.apply(HOT, None).await.expect("serve hot again");
     assert!(
         closed_within(&mut kept, Duration::from_millis(300))
             .await
@@ -308,7 +319,7 @@ async fn a_restarted_haproxy_comes_up_blocked_and_is_reported() {
     let mut rig = Rig::start("restart").await;
     let lb = rig.lb();
     rig.check.allow(&["hot"]);
-    lb.apply(HOT).await.expect("serve hot");
+    lb.apply(HOT, None).await.expect("serve hot");
     assert!(!lb.observe().await.expect("observe").restarted);
     let old_pid = rig.haproxy.pid();
 
@@ -328,7 +339,9 @@ async fn a_restarted_haproxy_comes_up_blocked_and_is_reported() {
         "a restart is reported once"
     );
 
-    lb.apply(HOT).await.expect("re-apply after the restart");
+    lb.apply(HOT, None)
+        .await
+        .expect("re-apply after the restart");
     assert_eq!(rig.who().await.as_deref(), Some("hot"));
 }
 
@@ -355,7 +368,7 @@ async fn a_dead_or_frozen_sidecar_trips_the_dead_mans_switch_within_d() {
         let lb = rig.lb();
         let d = rig.d();
         rig.check.allow(&["hot"]);
-        lb.apply(HOT).await.expect("serve hot");
+        lb.apply(HOT, None).await.expect("serve hot");
         let (mut s, _) = session(rig.haproxy.frontend).await.expect("routed");
         // Let a passing check through first, so health is at its maximum.
         let deadline = Instant::now() + Duration::from_secs(3);
@@ -392,7 +405,7 @@ async fn a_server_its_checks_took_down_is_not_forced_up() {
     let rig = Rig::start("down").await;
     let lb = rig.lb();
     rig.check.allow(&["hot"]);
-    lb.apply(HOT).await.expect("serve hot");
+    lb.apply(HOT, None).await.expect("serve hot");
     // The sidecar withdraws its answer: HAProxy takes hot down itself.
     rig.check.allow(&[]);
     let deadline = Instant::now() + rig.d() + Duration::from_secs(2);
@@ -400,7 +413,7 @@ async fn a_server_its_checks_took_down_is_not_forced_up() {
         assert!(Instant::now() < deadline, "hot not DOWN within D");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    match lb.apply(HOT).await {
+    match lb.apply(HOT, None).await {
         Err(LbError::NotConfirmed { wanted, seen }) => {
             assert_eq!(wanted, HOT);
             assert!(seen.contains("DOWN by its health check"), "{seen}");
@@ -418,7 +431,7 @@ async fn a_server_its_checks_took_down_is_not_forced_up() {
         "hot back up {:?} after its check passed again",
         back.elapsed()
     );
-    lb.apply(HOT).await.expect("serve hot");
+    lb.apply(HOT, None).await.expect("serve hot");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,7 +440,7 @@ async fn errors_carry_haproxys_answer() {
     let socket = rig.haproxy.stats_socket.clone();
 
     let no_backend = Haproxy::new(&socket, "nobe", "hot", "warm");
-    match no_backend.apply(LbTarget::Blocked).await {
+    match no_backend.apply(LbTarget::Blocked, None).await {
         Err(LbError::Rejected { command, answer }) => {
             assert_eq!(answer, "No such backend.");
             println!("bad backend: {}", LbError::Rejected { command, answer });
@@ -443,7 +456,7 @@ async fn errors_carry_haproxys_answer() {
     // server must not be enabled.
     rig.check.allow(&["hot"]);
     let wrong_warm = Haproxy::new(&socket, "kme", "hot", "tepid");
-    match wrong_warm.apply(HOT).await {
+    match wrong_warm.apply(HOT, None).await {
         Err(e @ LbError::Rejected { .. }) => {
             assert!(e.to_string().contains("No such server."), "{e}");
             println!("bad server: {e}");
@@ -457,7 +470,7 @@ async fn errors_carry_haproxys_answer() {
     );
 
     let missing = Haproxy::new(rig.dir.path().join("nope.sock"), "kme", "hot", "warm");
-    match missing.apply(LbTarget::Blocked).await {
+    match missing.apply(LbTarget::Blocked, None).await {
         Err(e @ LbError::Unreachable { .. }) => println!("missing socket: {e}"),
         other => panic!("expected Unreachable: {other:?}"),
     }
@@ -487,7 +500,7 @@ async fn apply_latency() {
     for i in 0..51 {
         let (target, samples) = &mut by_kind[i % 3];
         let t = Instant::now();
-        lb.apply(*target).await.expect("apply");
+        lb.apply(*target, None).await.expect("apply");
         samples.push(t.elapsed());
     }
     let mut observe = Vec::new();

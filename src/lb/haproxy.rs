@@ -727,7 +727,11 @@ fn not_confirmed(wanted: LbTarget, pair: &Pair, why: &str) -> LbError {
 impl LoadBalancer for Haproxy {
     /// Never reports `restarted`: what it confirms was set on whichever
     /// process answered. Restarts are `observe`'s to report.
-    async fn apply(&self, target: LbTarget) -> Result<Observed, LbError> {
+    async fn apply(
+        &self,
+        target: LbTarget,
+        enable_before: Option<Instant>,
+    ) -> Result<Observed, LbError> {
         self.check_names()?;
         let started = Instant::now();
         let span = debug_span!("haproxy_apply", %target, backend = %self.backend);
@@ -763,6 +767,12 @@ impl LoadBalancer for Haproxy {
                     // `rise`). A server already ready but DOWN by its checks
                     // stays DOWN until `rise` checks pass: lockstep does not
                     // force `health up` over the sidecar's own answers.
+                    // Checked as late as possible: `ready` is UP at once and
+                    // overrides the health checks that blocked a silent
+                    // sidecar, so a late make would outlive the lease.
+                    if enable_before.is_some_and(|d| Instant::now() >= d) {
+                        return Err(LbError::Expired { wanted: target });
+                    }
                     let pair = self.change_and_read(vec![self.set_state(y, "ready")]).await?;
                     if !(pair.get(y).serving() && pair.get(x).in_maint()) {
                         let why = if pair.get(y).op_state == OpState::Stopped && !pair.get(y).in_maint() {

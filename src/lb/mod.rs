@@ -35,6 +35,12 @@ pub enum LbError {
     Parse(String),
     #[error("LB did not reach {wanted} (it routes to {seen})")]
     NotConfirmed { wanted: LbTarget, seen: String },
+    #[error(
+        "not enabling {wanted}: its deadline passed before the command could be sent \
+         (the sidecar was paused or slow, so its lease may have lapsed); the other \
+         setup is disabled, nothing routes"
+    )]
+    Expired { wanted: LbTarget },
 }
 
 /// An LB that the sidecar drives. Implementations must be break-before-make:
@@ -42,8 +48,16 @@ pub enum LbError {
 /// it enables `Y`, and `apply(Blocked)` closes every session.
 pub trait LoadBalancer: Send + Sync + 'static {
     /// Applies `target`, then reads the LB back and returns only when the LB
-    /// confirms it (or fails).
-    fn apply(&self, target: LbTarget) -> impl Future<Output = Result<Observed, LbError>> + Send;
+    /// confirms it (or fails). A server is enabled only if the command doing
+    /// it is sent before `enable_before`: a sidecar paused (SIGSTOP, a long
+    /// GC-like stall, a starved CPU) after deciding to serve must not enable
+    /// its LB once its lease may have lapsed and the link moved on without
+    /// it (`LbError::Expired`, the LB left routing nowhere).
+    fn apply(
+        &self,
+        target: LbTarget,
+        enable_before: Option<std::time::Instant>,
+    ) -> impl Future<Output = Result<Observed, LbError>> + Send;
 
     /// Reads what the LB routes to now, without changing it.
     fn observe(&self) -> impl Future<Output = Result<Observed, LbError>> + Send;
