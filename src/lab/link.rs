@@ -12,6 +12,7 @@ use crate::proto::peer_client::PeerClient;
 use crate::store::Store;
 use anyhow::{bail, Context, Result};
 use lockstep_core::Setup;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -26,6 +27,9 @@ pub struct LabOptions {
     pub probes: bool,
     /// Extra environment for every sidecar (e.g. FAILPOINTS).
     pub sidecar_env: Vec<(String, String)>,
+    /// Extra environment for one member's sidecar, by member id (e.g.
+    /// `bob-0`), set after `sidecar_env`: a failpoint on one member only.
+    pub member_env: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl Default for LabOptions {
@@ -36,6 +40,7 @@ impl Default for LabOptions {
             timing: Timing::default(),
             probes: true,
             sidecar_env: Vec::new(),
+            member_env: BTreeMap::new(),
         }
     }
 }
@@ -88,6 +93,9 @@ impl Lab {
             let mut spec = SidecarSpec::new(&link, &id, role, etcd.endpoints())?;
             spec.timing = options.timing.clone();
             spec.env = options.sidecar_env.clone();
+            if let Some(extra) = options.member_env.get(&id) {
+                spec.env.extend(extra.iter().cloned());
+            }
             let (hot, warm) = (kmes.addr(Setup::Hot, role)?, kmes.addr(Setup::Warm, role)?);
             let lb = HaproxyProcess::spawn_for(&id, hot, warm, spec.http, &options.timing, &dir)?;
             spec.haproxy_socket = lb.stats_socket.clone();
