@@ -286,6 +286,7 @@ impl Summary {
                 .first()
                 .map(ToString::to_string)
                 .or_else(|| v.failures.first().cloned())
+                .or_else(|| v.failed_checks.first().cloned())
                 .unwrap_or_default();
             self.failed.push((name.to_string(), seed, why));
         }

@@ -589,9 +589,10 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
         switches: Vec::new(),
     };
 
+    // Enough pairs on the start setup that the run means something.
     let traffic = ctx
         .checker()?
-        .wait_for_matched(5, Duration::from_secs(15))
+        .wait_for_matched(50, Duration::from_secs(15))
         .await;
     if ctx.check(
         "traffic before the scenario",
