@@ -84,6 +84,7 @@ impl Lab {
         let dir = lab_dir(name)?;
         let link = format!("lab-{name}");
         let etcd = EtcdCluster::start(options.etcd_nodes, &dir)?;
+        etcd.wait_healthy(Duration::from_secs(20)).await?;
         let kmes = LinkKmes::spawn(&dir, ALICE_SAE, BOB_SAE)?;
         let mut lbs = Vec::new();
         let mut sidecars = Vec::new();
