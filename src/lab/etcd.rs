@@ -4,7 +4,7 @@
 
 use super::process::{find_program, free_port, wait_for_tcp, ChildGuard};
 use anyhow::{Context, Result};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -36,6 +36,12 @@ fn data_root() -> Option<&'static Path> {
 impl EtcdCluster {
     /// Starts `n` nodes and waits until every client port accepts.
     pub fn start(n: usize, log_dir: &Path) -> Result<EtcdCluster> {
+        Self::start_on(n, IpAddr::from([127, 0, 0, 1]), log_dir)
+    }
+
+    /// [`start`](Self::start) with the client ports on `client_ip` (a lab
+    /// network's etcd address); peers stay on loopback.
+    pub fn start_on(n: usize, client_ip: IpAddr, log_dir: &Path) -> Result<EtcdCluster> {
         let data = match data_root() {
             Some(root) => tempfile::Builder::new()
                 .prefix("lockstep-etcd-")
@@ -57,11 +63,11 @@ impl EtcdCluster {
             let node = EtcdNode {
                 data_dir: data.path().join(&name),
                 log: log_dir.join(format!("{name}.log")),
-                client: SocketAddr::from(([127, 0, 0, 1], client)),
+                client: SocketAddr::new(client_ip, client),
                 peer: SocketAddr::from(([127, 0, 0, 1], peer)),
                 guard: spawn(
                     &name,
-                    client,
+                    SocketAddr::new(client_ip, client),
                     peer,
                     &data.path().join(&name),
                     &initial_cluster,
@@ -124,7 +130,7 @@ impl EtcdCluster {
         node.guard.kill();
         node.guard = spawn(
             &node.name,
-            node.client.port(),
+            node.client,
             node.peer.port(),
             &node.data_dir,
             &node.initial_cluster,
@@ -136,7 +142,7 @@ impl EtcdCluster {
 
 fn spawn(
     name: &str,
-    client: u16,
+    client: SocketAddr,
     peer: u16,
     data_dir: &Path,
     initial_cluster: &str,
@@ -149,9 +155,9 @@ fn spawn(
         "--data-dir",
         &data_dir.to_string_lossy(),
         "--listen-client-urls",
-        &format!("http://127.0.0.1:{client}"),
+        &format!("http://{client}"),
         "--advertise-client-urls",
-        &format!("http://127.0.0.1:{client}"),
+        &format!("http://{client}"),
         "--listen-peer-urls",
         &format!("http://127.0.0.1:{peer}"),
         "--initial-advertise-peer-urls",

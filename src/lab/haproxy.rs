@@ -6,7 +6,7 @@ use super::process::{find_program, free_port, ChildGuard};
 use super::sidecar::Timing;
 use crate::lb::haproxy::{Haproxy, HaproxyTemplate};
 use anyhow::{bail, Context, Result};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,6 +29,10 @@ pub struct HaproxyInputs {
     pub check_fall: u32,
     pub check_rise: u32,
     pub check_timeout: Duration,
+    /// Address the frontend binds (loopback unless in a lab network).
+    pub frontend_ip: IpAddr,
+    /// Network namespace to run in (`/run/netns/<name>`), if any.
+    pub netns: Option<PathBuf>,
 }
 
 impl HaproxyInputs {
@@ -44,6 +48,8 @@ impl HaproxyInputs {
             check_fall: lab.check_fall,
             check_rise: lab.check_rise,
             check_timeout: lab.check_timeout,
+            frontend_ip: IpAddr::from([127, 0, 0, 1]),
+            netns: None,
         }
     }
 
@@ -67,6 +73,7 @@ pub struct HaproxyProcess {
     guard: ChildGuard,
     template: HaproxyTemplate,
     log: PathBuf,
+    netns: Option<PathBuf>,
 }
 
 impl HaproxyProcess {
@@ -74,7 +81,7 @@ impl HaproxyProcess {
     /// the frontend and the stats socket accept connections.
     pub fn spawn(inputs: HaproxyInputs, dir: &Path) -> Result<HaproxyProcess> {
         let name = &inputs.name;
-        let frontend = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let frontend = SocketAddr::new(inputs.frontend_ip, free_port()?);
         let mut template = HaproxyTemplate::new(
             frontend,
             inputs.hot,
@@ -91,7 +98,8 @@ impl HaproxyProcess {
         std::fs::write(&config_path, template.render())
             .with_context(|| format!("writing {}", config_path.display()))?;
         let log = dir.join(format!("haproxy-{name}.log"));
-        let guard = launch(name, &config_path, &template, &log)?;
+        let netns = inputs.netns.clone();
+        let guard = launch(name, &config_path, &template, &log, netns.as_deref())?;
         Ok(HaproxyProcess {
             frontend,
             stats_socket: template.stats_socket.clone(),
@@ -100,6 +108,7 @@ impl HaproxyProcess {
             guard,
             template,
             log,
+            netns,
         })
     }
 
@@ -123,7 +132,13 @@ impl HaproxyProcess {
     /// comes up with both servers disabled (routing nowhere).
     pub fn restart(&mut self) -> Result<()> {
         self.guard.kill();
-        self.guard = launch(&self.name, &self.config_path, &self.template, &self.log)?;
+        self.guard = launch(
+            &self.name,
+            &self.config_path,
+            &self.template,
+            &self.log,
+            self.netns.as_deref(),
+        )?;
         Ok(())
     }
 
@@ -162,7 +177,13 @@ impl HaproxyProcess {
     }
 }
 
-fn launch(name: &str, config: &Path, t: &HaproxyTemplate, log: &Path) -> Result<ChildGuard> {
+fn launch(
+    name: &str,
+    config: &Path,
+    t: &HaproxyTemplate,
+    log: &Path,
+    netns: Option<&Path>,
+) -> Result<ChildGuard> {
     // A killed HAProxy leaves its socket file behind; waiting for the file
     // must not be fooled by the old one.
     match std::fs::remove_file(&t.stats_socket) {
@@ -174,6 +195,9 @@ fn launch(name: &str, config: &Path, t: &HaproxyTemplate, log: &Path) -> Result<
     }
     let mut cmd = Command::new(find_program("haproxy")?);
     cmd.arg("-db").arg("-f").arg(config);
+    if let Some(ns) = netns {
+        super::netns::enter_netns(&mut cmd, ns)?;
+    }
     let mut guard = ChildGuard::spawn(&format!("haproxy-{name}"), cmd, log)?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {

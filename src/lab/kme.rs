@@ -2,7 +2,7 @@
 //! loopback ports, killed when dropped.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -83,6 +83,31 @@ impl KmeProcess {
         extra_args: &[&str],
         log_dir: &Path,
     ) -> Result<KmeProcess> {
+        Self::spawn_on(
+            IpAddr::from([127, 0, 0, 1]),
+            setup,
+            role,
+            secret,
+            master_sae_id,
+            slave_sae_id,
+            extra_args,
+            log_dir,
+        )
+    }
+
+    /// [`KmeProcess::spawn_with_args`] with the ETSI API on `api_ip` (a lab
+    /// network's host address); the control API stays on loopback.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_on(
+        api_ip: IpAddr,
+        setup: &str,
+        role: &str,
+        secret: &str,
+        master_sae_id: &str,
+        slave_sae_id: &str,
+        extra_args: &[&str],
+        log_dir: &Path,
+    ) -> Result<KmeProcess> {
         let setup: Setup = setup.parse()?;
         let role: Role = role.parse()?;
         let program = find_program("kme-mock")?;
@@ -91,7 +116,7 @@ impl KmeProcess {
         let mut last_err = None;
         let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         for _attempt in 0..3 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            let addr = SocketAddr::new(api_ip, free_port()?);
             let admin_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
             let cmd = kme_command(
                 &program,
@@ -319,10 +344,34 @@ pub struct LinkKmes {
 impl LinkKmes {
     /// Starts all four with the given SAE ids; logs go to `log_dir`.
     pub fn spawn(log_dir: &Path, master_sae_id: &str, slave_sae_id: &str) -> Result<LinkKmes> {
+        Self::spawn_on(
+            IpAddr::from([127, 0, 0, 1]),
+            log_dir,
+            master_sae_id,
+            slave_sae_id,
+        )
+    }
+
+    /// [`LinkKmes::spawn`] with the ETSI APIs on `api_ip`.
+    pub fn spawn_on(
+        api_ip: IpAddr,
+        log_dir: &Path,
+        master_sae_id: &str,
+        slave_sae_id: &str,
+    ) -> Result<LinkKmes> {
         let secret = |setup: Setup| format!("{setup}-{}", hex::encode(rand::random::<[u8; 16]>()));
         let (hot, warm) = (secret(Setup::Hot), secret(Setup::Warm));
         let start = |setup: &str, role: &str, secret: &str| {
-            KmeProcess::spawn_with(setup, role, secret, master_sae_id, slave_sae_id, log_dir)
+            KmeProcess::spawn_on(
+                api_ip,
+                setup,
+                role,
+                secret,
+                master_sae_id,
+                slave_sae_id,
+                &[],
+                log_dir,
+            )
         };
         Ok(LinkKmes {
             hot_alice: start("hot", "alice", &hot)?,

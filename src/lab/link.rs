@@ -3,8 +3,9 @@
 //! the local lab, the integration tests and the benchmark.
 
 use super::etcd::EtcdCluster;
-use super::haproxy::HaproxyProcess;
+use super::haproxy::{HaproxyInputs, HaproxyProcess};
 use super::kme::LinkKmes;
+use super::netns::LabNet;
 use super::sidecar::{SidecarProcess, SidecarSpec, Timing};
 use crate::checker::CheckerConfig;
 use crate::proto::admin_client::AdminClient;
@@ -30,6 +31,10 @@ pub struct LabOptions {
     /// Extra environment for one member's sidecar, by member id (e.g.
     /// `bob-0`), set after `sidecar_env`: a failpoint on one member only.
     pub member_env: BTreeMap<String, Vec<(String, String)>>,
+    /// Runs each member (sidecar and HAProxy) in its own network namespace
+    /// (see [`LabNet`]), so network faults can be injected; etcd, the KMEs
+    /// and the checker stay in the root namespace.
+    pub netns: bool,
 }
 
 impl Default for LabOptions {
@@ -41,6 +46,7 @@ impl Default for LabOptions {
             probes: true,
             sidecar_env: Vec::new(),
             member_env: BTreeMap::new(),
+            netns: false,
         }
     }
 }
@@ -58,6 +64,9 @@ pub struct Lab {
     /// One per member, in the same order as `sidecars`.
     pub lbs: Vec<HaproxyProcess>,
     pub sidecars: Vec<SidecarProcess>,
+    /// The members' namespaces with `LabOptions::netns`; last, so it is
+    /// removed after every process in it was killed.
+    pub net: Option<LabNet>,
 }
 
 /// `target/lab/<name>`, emptied first: logs stay after a failed test.
@@ -83,9 +92,22 @@ impl Lab {
     pub async fn start(name: &str, options: LabOptions) -> Result<Lab> {
         let dir = lab_dir(name)?;
         let link = format!("lab-{name}");
-        let etcd = EtcdCluster::start(options.etcd_nodes, &dir)?;
+        let net = if options.netns {
+            Some(LabNet::create(name, options.members_per_role * 2)?)
+        } else {
+            None
+        };
+        let (etcd, kmes) = match &net {
+            Some(n) => (
+                EtcdCluster::start_on(options.etcd_nodes, n.etcd_ip().into(), &dir)?,
+                LinkKmes::spawn_on(n.host_ip().into(), &dir, ALICE_SAE, BOB_SAE)?,
+            ),
+            None => (
+                EtcdCluster::start(options.etcd_nodes, &dir)?,
+                LinkKmes::spawn(&dir, ALICE_SAE, BOB_SAE)?,
+            ),
+        };
         etcd.wait_healthy(Duration::from_secs(20)).await?;
-        let kmes = LinkKmes::spawn(&dir, ALICE_SAE, BOB_SAE)?;
         let mut lbs = Vec::new();
         let mut sidecars = Vec::new();
         for i in 0..options.members_per_role * 2 {
@@ -98,7 +120,21 @@ impl Lab {
                 spec.env.extend(extra.iter().cloned());
             }
             let (hot, warm) = (kmes.addr(Setup::Hot, role)?, kmes.addr(Setup::Warm, role)?);
-            let lb = HaproxyProcess::spawn_for(&id, hot, warm, spec.http, &options.timing, &dir)?;
+            let mut inputs =
+                HaproxyInputs::new(&id, hot, warm, spec.http).with_timing(&options.timing);
+            if let Some(n) = &net {
+                // Sidecar and HAProxy share the member's namespace: the
+                // health checks (the dead-man's switch) stay on its
+                // loopback, as in one pod, and no fault can cut them.
+                let m = n.member(i)?;
+                spec.grpc.set_ip(m.ip.into());
+                spec.http.set_ip(m.ip.into());
+                spec.netns = Some(m.netns_path());
+                inputs.check_addr = spec.http;
+                inputs.frontend_ip = m.ip.into();
+                inputs.netns = Some(m.netns_path());
+            }
+            let lb = HaproxyProcess::spawn(inputs, &dir)?;
             spec.haproxy_socket = lb.stats_socket.clone();
             if options.probes {
                 spec.probe_hot = Some(format!("http://{hot}"));
@@ -117,6 +153,7 @@ impl Lab {
             kmes,
             lbs,
             sidecars,
+            net,
         };
         lab.wait_serving(Setup::Hot, Duration::from_secs(30))
             .await

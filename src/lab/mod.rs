@@ -6,6 +6,7 @@ pub mod etcd;
 pub mod haproxy;
 pub mod kme;
 pub mod link;
+pub mod netns;
 pub mod process;
 pub mod sidecar;
 

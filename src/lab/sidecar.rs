@@ -86,6 +86,8 @@ pub struct SidecarSpec {
     pub timing: Timing,
     /// Extra environment for the process (e.g. FAILPOINTS in tests).
     pub env: Vec<(String, String)>,
+    /// Network namespace to run in (`/run/netns/<name>`), if any.
+    pub netns: Option<PathBuf>,
 }
 
 fn ms(d: Duration) -> String {
@@ -115,6 +117,7 @@ impl SidecarSpec {
             sae_id: String::new(),
             timing: Timing::default(),
             env: Vec::new(),
+            netns: None,
         })
     }
 
@@ -251,6 +254,9 @@ fn start(spec: &SidecarSpec, config: &Path, log: &Path) -> Result<ChildGuard> {
         cmd.env("RUST_LOG", "info,lockstep=debug");
     }
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    if let Some(ns) = &spec.netns {
+        super::netns::enter_netns(&mut cmd, ns)?;
+    }
     let guard = ChildGuard::spawn(&spec.member_id, cmd, log)?;
     wait_for_tcp(spec.grpc, Duration::from_secs(15)).with_context(|| {
         format!(

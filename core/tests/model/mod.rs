@@ -1,0 +1,1522 @@
+//! A stateright model of one link, driving the real `Member` and `Leader`
+//! state machines (not a re-implementation of them).
+//!
+//! What the model holds besides the machines is the environment the sidecar
+//! drivers face, written as small, adversarial stand-ins:
+//!
+//! * **etcd**: one linearizable store with revisions, the leader key (its
+//!   create_revision is the fencing token), the route, member keys bound to
+//!   leases that expire `ttl` after their last keep-alive, and the pending
+//!   request. Route txns compare token and route revision exactly as
+//!   `store::write_route` does. Watches are per-subscriber FIFO queues,
+//!   delivered in order but delayed arbitrarily.
+//! * **gRPC**: Drain/Serve pushes and their replies sit in a set and are
+//!   delivered in any order; faults drop or duplicate them.
+//! * **LBs**: one per member. A command the member issues lands (takes
+//!   effect) and is later reported; a `serve` makes the server UP at once
+//!   (HAProxy `state ready`), and its health check on the sidecar marks it
+//!   down `D` after the sidecar stops answering "routable" (the dead-man's
+//!   switch). S1 is checked against what the LBs route to, not against what
+//!   the members believe.
+//! * **time**: one global clock in whole units, advanced one unit at a time
+//!   (only while something time-dependent is pending, and never past the
+//!   horizon). Keep-alives of connected members are acked every unit.
+//!
+//! Faults (each kind and the total bounded per configuration): gRPC
+//! loss and duplication, an LB command failing (landed or not), a route
+//! txn whose outcome the leader cannot learn (landed or not), member crash
+//! (restarts are free), a member cut off from etcd (heals are free), leader
+//! crash, and a leader losing its lease while it keeps running.
+
+use lockstep_core::health::RoleHealth;
+use lockstep_core::leader::*;
+use lockstep_core::member::*;
+use lockstep_core::mutation::Mutation;
+use lockstep_core::policy::{Request, RequestKind};
+use lockstep_core::{
+    Applied, Duration, Epoch, Health, LbTarget, MemberId, Phase, Role, Route, Setup, Step, Time,
+    Token,
+};
+use stateright::{Model, Property};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
+
+/// Timing, in model units (fed to the machines as milliseconds).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// etcd lease TTL of members.
+    pub ttl: u64,
+    /// Self-fencing margin.
+    pub margin: u64,
+    /// D, the LB's down-detection bound.
+    pub down: u64,
+    /// Leader resend period and member LB retry period.
+    pub resend: u64,
+}
+
+/// How many faults of each kind a run may contain, and in total.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    pub total: u8,
+    pub drop: u8,
+    pub duplicate: u8,
+    pub lb_fail: u8,
+    pub unknown_write: u8,
+    pub member_crash: u8,
+    pub partition: u8,
+    pub leader_crash: u8,
+    pub leader_lease: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fault {
+    Drop,
+    Duplicate,
+    LbFail,
+    UnknownWrite,
+    MemberCrash,
+    Partition,
+    LeaderCrash,
+    LeaderLease,
+}
+
+impl Fault {
+    fn cap(self, f: &Faults) -> u8 {
+        match self {
+            Fault::Drop => f.drop,
+            Fault::Duplicate => f.duplicate,
+            Fault::LbFail => f.lb_fail,
+            Fault::UnknownWrite => f.unknown_write,
+            Fault::MemberCrash => f.member_crash,
+            Fault::Partition => f.partition,
+            Fault::LeaderCrash => f.leader_crash,
+            Fault::LeaderLease => f.leader_lease,
+        }
+    }
+}
+
+/// The model of one link: `members` members (alice, bob, alice, …),
+/// `candidates` leader candidates, one manual (forced) failover from hot to
+/// warm requested at the start.
+#[derive(Clone, Debug)]
+pub struct LinkModel {
+    pub members: usize,
+    pub candidates: usize,
+    pub horizon: u64,
+    pub timing: Timing,
+    pub faults: Faults,
+    pub mutation: Option<Mutation>,
+}
+
+/// What an LB routes to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Lb {
+    /// What the runtime API last set (maint everywhere, or one server ready).
+    pub admin: LbTarget,
+    /// The health check on the sidecar has marked the ready server down.
+    pub check_down: bool,
+    /// The health check has been failing: by then it marks the server down.
+    pub down_by: Option<u64>,
+}
+
+impl Lb {
+    /// What clients reach through this LB.
+    pub fn serving(&self) -> Option<Setup> {
+        match self.admin {
+            LbTarget::Serve(s) if !self.check_down => Some(s),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LbCmd {
+    pub target: LbTarget,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MemberSlot {
+    /// `None` while the sidecar is down.
+    pub m: Option<Member>,
+    /// The lease this incarnation registered with.
+    pub lease: Option<u64>,
+    /// Keep-alives (and other etcd calls) get through.
+    pub connected: bool,
+    /// A registration (lease, key, route read) is pending.
+    pub registering: bool,
+    /// Route events of this member's etcd watch, not yet delivered.
+    pub watch: VecDeque<Route>,
+    /// The LB command in flight.
+    pub lb_cmd: Option<LbCmd>,
+    /// What the driver wants in the member key, and whether it is unwritten.
+    pub record: MemberRecord,
+    pub record_dirty: bool,
+    pub lb: Lb,
+}
+
+// Boxing the event would only add noise to a test model.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LeaderWatch {
+    Event(LeaderEvent),
+    /// The leader key changed (deleted or re-created).
+    LeaderKey,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LeaderSlot {
+    /// `None` while this candidate does not lead.
+    pub l: Option<Leader>,
+    pub token: Token,
+    pub watch: VecDeque<LeaderWatch>,
+}
+
+/// A route txn sent to etcd and not yet executed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Txn {
+    pub cand: usize,
+    pub token: Token,
+    pub action: LeaderAction,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Msg {
+    Push {
+        from: usize,
+        token: Token,
+        to: usize,
+        phase: Phase,
+        epoch: Epoch,
+        setup: Setup,
+    },
+    Reply {
+        to: usize,
+        token: Token,
+        from: usize,
+        epoch: Epoch,
+        phase: Phase,
+        setup: Setup,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Etcd {
+    pub rev: Rev,
+    /// Holder of the leader key and its create_revision (the token).
+    pub leader: Option<(usize, Token)>,
+    pub route: Option<(Route, Rev)>,
+    /// Member keys: record, mod_revision, lease.
+    pub members: BTreeMap<MemberId, (MemberRecord, Rev, u64)>,
+    /// Live member leases: id → expiry time.
+    pub leases: BTreeMap<u64, u64>,
+    pub next_lease: u64,
+    pub request: Option<(Request, Rev)>,
+    /// Highest epoch whose history record says "complete".
+    pub completed: Option<Epoch>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct State {
+    pub now: u64,
+    pub etcd: Etcd,
+    pub members: Vec<MemberSlot>,
+    pub leaders: Vec<LeaderSlot>,
+    pub txns: Vec<Txn>,
+    pub net: BTreeSet<Msg>,
+    /// Faults used, by kind.
+    pub used: BTreeMap<Fault, u8>,
+    /// The first S2 violation seen (a fenced write landed, a stale push
+    /// accepted).
+    pub s2: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// The LB command in flight takes effect and is confirmed. (A serve
+    /// may take effect any time before: S1 counts its target as possibly
+    /// served from the moment it is sent.)
+    LbDone(usize),
+    MemberWatch(usize),
+    Register(usize),
+    RecordWrite(usize),
+    LeaderWatch(usize),
+    Txn(usize, Token),
+    Deliver(Msg),
+    Campaign(usize),
+    LeaderKeyExpires,
+    CheckUp(usize),
+    Advance,
+    // Recoveries: free, but never required.
+    RestartMember(usize),
+    Heal(usize),
+    // Faults.
+    Drop(Msg),
+    Duplicate(Msg),
+    /// The LB command fails; a serve may have taken effect all the same.
+    LbFail {
+        member: usize,
+        landed: bool,
+    },
+    TxnUnknown {
+        cand: usize,
+        token: Token,
+        landed: bool,
+    },
+    /// A member's sidecar dies; a serve it had sent may have taken effect.
+    CrashMember {
+        member: usize,
+        landed: bool,
+    },
+    Partition(usize),
+    CrashLeader(usize),
+    LeaderLeaseLost(usize),
+}
+
+impl Action {
+    /// Progress the environment owes the system when faults stop.
+    fn is_progress(&self) -> bool {
+        matches!(
+            self,
+            Action::LbDone(_)
+                | Action::MemberWatch(_)
+                | Action::Register(_)
+                | Action::RecordWrite(_)
+                | Action::LeaderWatch(_)
+                | Action::Txn(..)
+                | Action::Deliver(_)
+                | Action::Campaign(_)
+                | Action::LeaderKeyExpires
+                | Action::CheckUp(_)
+                | Action::Advance
+        )
+    }
+}
+
+pub const TARGET: Setup = Setup::Warm;
+const REQUEST_ID: &str = "req-1";
+
+fn ms(units: u64) -> Duration {
+    Duration::from_millis(units)
+}
+
+/// Request ids name the pushing leader, so a reply finds its way back and a
+/// resend of the same push is the same message.
+fn req_id(cand: usize, token: Token, phase: Phase) -> RequestId {
+    ((token as u64) << 8) | ((cand as u64) << 1) | (phase == Phase::Serve) as u64
+}
+
+fn req_sender(req: RequestId) -> (usize, Token) {
+    (((req >> 1) & 0x7f) as usize, (req >> 8) as Token)
+}
+
+impl LinkModel {
+    pub fn member_id(&self, i: usize) -> MemberId {
+        format!("{}-{}", self.role(i), i / 2)
+    }
+
+    fn role(&self, i: usize) -> Role {
+        if i.is_multiple_of(2) {
+            Role::Alice
+        } else {
+            Role::Bob
+        }
+    }
+
+    fn member_index(&self, id: &str) -> Option<usize> {
+        (0..self.members).find(|&i| self.member_id(i) == id)
+    }
+
+    fn member_config(&self, i: usize) -> MemberConfig {
+        MemberConfig {
+            id: self.member_id(i),
+            role: self.role(i),
+            lease_ttl: ms(self.timing.ttl),
+            margin: ms(self.timing.margin),
+            lb_down_bound: ms(self.timing.down),
+            lb_retry: ms(self.timing.resend),
+        }
+    }
+
+    fn new_member(&self, i: usize, now: u64) -> Member {
+        Member::new(self.member_config(i), Time(now)).with_mutation(self.mutation)
+    }
+
+    fn fresh_record(&self, i: usize) -> MemberRecord {
+        MemberRecord {
+            role: self.role(i),
+            grpc: self.member_id(i),
+            applied: None,
+            lb: None,
+            health: RoleHealth {
+                hot: Health::Up,
+                warm: Health::Up,
+            },
+        }
+    }
+
+    fn fault_left(&self, s: &State, f: Fault) -> bool {
+        let total: u8 = s.used.values().sum();
+        total < self.faults.total && s.used.get(&f).copied().unwrap_or(0) < f.cap(&self.faults)
+    }
+
+    fn use_fault(s: &mut State, f: Fault) {
+        *s.used.entry(f).or_insert(0) += 1;
+    }
+
+    // ---- etcd ----
+
+    fn notify_leaders(s: &mut State, ev: LeaderWatch) {
+        for slot in &mut s.leaders {
+            if slot.l.is_some() {
+                slot.watch.push_back(ev.clone());
+            }
+        }
+    }
+
+    fn listing(s: &State) -> Vec<Listed> {
+        s.etcd
+            .members
+            .iter()
+            .map(|(id, (record, rev, _))| Listed {
+                id: id.clone(),
+                record: record.clone(),
+                rev: *rev,
+            })
+            .collect()
+    }
+
+    fn put_member(&self, s: &mut State, i: usize, lease: u64) {
+        s.etcd.rev += 1;
+        let id = self.member_id(i);
+        let record = s.members[i].record.clone();
+        s.etcd
+            .members
+            .insert(id.clone(), (record.clone(), s.etcd.rev, lease));
+        let rev = s.etcd.rev;
+        Self::notify_leaders(
+            s,
+            LeaderWatch::Event(LeaderEvent::MemberPut(Listed { id, record, rev })),
+        );
+    }
+
+    fn set_leader_key(s: &mut State, holder: Option<(usize, Token)>) {
+        s.etcd.leader = holder;
+        Self::notify_leaders(s, LeaderWatch::LeaderKey);
+    }
+
+    /// Expires leases whose time has come: their member keys go.
+    fn expire_leases(&self, s: &mut State) {
+        let now = s.now;
+        let gone: Vec<u64> = s
+            .etcd
+            .leases
+            .iter()
+            .filter(|(_, &exp)| exp <= now)
+            .map(|(&l, _)| l)
+            .collect();
+        for lease in gone {
+            s.etcd.leases.remove(&lease);
+            let keys: Vec<MemberId> = s
+                .etcd
+                .members
+                .iter()
+                .filter(|(_, (_, _, l))| *l == lease)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in keys {
+                s.etcd.members.remove(&id);
+                s.etcd.rev += 1;
+                let rev = s.etcd.rev;
+                Self::notify_leaders(
+                    s,
+                    LeaderWatch::Event(LeaderEvent::MemberDeleted { id, rev }),
+                );
+            }
+        }
+    }
+
+    /// Executes a route txn as `store::write_route` builds it. Returns the
+    /// answer etcd gives.
+    fn execute_txn(&self, s: &mut State, txn: &Txn) -> LeaderEvent {
+        let LeaderAction::WriteRoute {
+            route,
+            expect_route_rev,
+            consume,
+            history,
+            list_members,
+        } = &txn.action
+        else {
+            unreachable!("only route writes are queued");
+        };
+        let holder = s.etcd.leader.map(|(_, t)| t);
+        let fenced_ok = holder == Some(txn.token) || self.mutation == Some(Mutation::IgnoreToken);
+        let route_rev = s.etcd.route.as_ref().map_or(0, |(_, r)| *r);
+        let request_ok = consume
+            .as_ref()
+            .is_none_or(|(rev, _)| s.etcd.request.as_ref().map(|(_, r)| *r) == Some(*rev));
+        if !(fenced_ok && route_rev == *expect_route_rev && request_ok) {
+            return LeaderEvent::WriteFailed(if holder == Some(txn.token) {
+                WriteFailure::Conflict
+            } else {
+                WriteFailure::LostLeadership
+            });
+        }
+        // S2: a write that lands must come from the current leadership and
+        // move the route forward.
+        if s.s2.is_none() {
+            if holder != Some(txn.token) {
+                s.s2 = Some(format!(
+                    "route write {}/{} {} by token {} landed while the leader key holds {:?}",
+                    route.epoch, route.phase, route.setup, txn.token, holder
+                ));
+            } else if let Some((old, _)) = &s.etcd.route {
+                if route.step() <= old.step() {
+                    s.s2 = Some(format!(
+                        "route went from {} to {}",
+                        old.step(),
+                        route.step()
+                    ));
+                }
+            }
+        }
+        s.etcd.rev += 1;
+        let rev = s.etcd.rev;
+        s.etcd.route = Some((route.clone(), rev));
+        if consume.is_some() {
+            s.etcd.request = None;
+            Self::notify_leaders(s, LeaderWatch::Event(LeaderEvent::RequestDeleted { rev }));
+        }
+        if let Some(h) = history {
+            if h.outcome == "complete" {
+                s.etcd.completed = s.etcd.completed.max(Some(h.epoch));
+            }
+        }
+        let members = if *list_members {
+            Self::listing(s)
+        } else {
+            Vec::new()
+        };
+        // The writer's own watch event is always a no-op for it (it either
+        // still waits for the txn or has recorded this revision), so only
+        // the others get it.
+        for (c, slot) in s.leaders.iter_mut().enumerate() {
+            if slot.l.is_some() && !(c == txn.cand && slot.token == txn.token) {
+                slot.watch
+                    .push_back(LeaderWatch::Event(LeaderEvent::RouteSeen {
+                        route: route.clone(),
+                        rev,
+                    }));
+            }
+        }
+        for slot in &mut s.members {
+            if slot.m.is_some() && slot.lease.is_some() {
+                slot.watch.push_back(route.clone());
+            }
+        }
+        LeaderEvent::RouteWritten { rev, members }
+    }
+
+    // ---- machines ----
+
+    fn feed_member(&self, s: &mut State, i: usize, ev: MemberEvent) {
+        let now = s.now;
+        // S2: a push under a stale token or below the applied step must be
+        // refused on the spot.
+        let stale = match &ev {
+            MemberEvent::PeerDrain {
+                req, epoch, token, ..
+            }
+            | MemberEvent::PeerServe {
+                req, epoch, token, ..
+            } => {
+                let phase = if matches!(ev, MemberEvent::PeerDrain { .. }) {
+                    Phase::Drain
+                } else {
+                    Phase::Serve
+                };
+                let view = s.members[i].m.as_ref().map(|m| m.view());
+                view.and_then(|v| {
+                    let step = Step::new(*epoch, phase);
+                    let below = v.applied.is_some_and(|a| step < a.step());
+                    (*token < v.max_token || below).then(|| {
+                        (
+                            *req,
+                            format!(
+                                "{} accepted {step} from token {token} after seeing token {} and applying {:?}",
+                                self.member_id(i),
+                                v.max_token,
+                                v.applied.map(|a| a.step())
+                            ),
+                        )
+                    })
+                })
+            }
+            _ => None,
+        };
+        let Some(m) = s.members[i].m.as_mut() else {
+            return;
+        };
+        m.handle(Time(now), ev);
+        let actions: Vec<MemberAction> = std::iter::from_fn(|| m.poll_action()).collect();
+        let mut refused = false;
+        for action in actions {
+            match action {
+                MemberAction::ApplyLb { target } => {
+                    assert!(
+                        s.members[i].lb_cmd.is_none(),
+                        "member issued an LB command while one is in flight"
+                    );
+                    s.members[i].lb_cmd = Some(LbCmd { target });
+                }
+                MemberAction::WriteApplied(a) => {
+                    let r = &mut s.members[i].record;
+                    r.applied = Some(a);
+                    r.lb = Some(match a.phase {
+                        Phase::Drain => LbTarget::Blocked,
+                        Phase::Serve => LbTarget::Serve(a.setup),
+                    });
+                    // Written at once while the key is ours (the leader's
+                    // watch queue delays it as much as any delay would);
+                    // otherwise when the member is back (`RecordWrite`).
+                    match self.key_ours(s, i) {
+                        Some(lease) => self.put_member(s, i, lease),
+                        None => s.members[i].record_dirty = true,
+                    }
+                }
+                MemberAction::Reply { req, result } => {
+                    if let Some((stale_req, _)) = &stale {
+                        if *stale_req == req && result.is_err() {
+                            refused = true;
+                        }
+                    }
+                    if let Ok(a) = result {
+                        let (to, token) = req_sender(req);
+                        s.net.insert(Msg::Reply {
+                            to,
+                            token,
+                            from: i,
+                            epoch: a.epoch,
+                            phase: a.phase,
+                            setup: a.setup,
+                        });
+                    }
+                }
+                MemberAction::Register => {
+                    s.members[i].registering = true;
+                    s.members[i].lease = None;
+                    s.members[i].watch.clear();
+                }
+                MemberAction::RevokeLease => {}
+            }
+        }
+        if let Some((_, what)) = stale {
+            if !refused && s.s2.is_none() {
+                s.s2 = Some(what);
+            }
+        }
+    }
+
+    fn feed_leader(&self, s: &mut State, c: usize, ev: LeaderEvent) {
+        let now = s.now;
+        let token = s.leaders[c].token;
+        let Some(l) = s.leaders[c].l.as_mut() else {
+            return;
+        };
+        l.handle(Time(now), ev);
+        let mut actions = Vec::new();
+        while let Some(a) = l.poll_action() {
+            actions.push(a);
+        }
+        for action in actions {
+            match action {
+                a @ LeaderAction::WriteRoute { .. } => s.txns.push(Txn {
+                    cand: c,
+                    token,
+                    action: a,
+                }),
+                LeaderAction::ResolveRequest { rev, .. } => {
+                    let ours = s.etcd.leader.map(|(_, t)| t) == Some(token);
+                    if ours && s.etcd.request.as_ref().map(|(_, r)| *r) == Some(rev) {
+                        s.etcd.rev += 1;
+                        s.etcd.request = None;
+                        let rev = s.etcd.rev;
+                        Self::notify_leaders(
+                            s,
+                            LeaderWatch::Event(LeaderEvent::RequestDeleted { rev }),
+                        );
+                    }
+                }
+                LeaderAction::WriteHistory(h) => {
+                    let ours = s.etcd.leader.map(|(_, t)| t) == Some(token);
+                    if ours && h.outcome == "complete" {
+                        s.etcd.completed = s.etcd.completed.max(Some(h.epoch));
+                    }
+                }
+                LeaderAction::SendDrain {
+                    member,
+                    epoch,
+                    token,
+                    setup,
+                    ..
+                } => self.push(s, c, &member, Phase::Drain, epoch, token, setup),
+                LeaderAction::SendServe {
+                    member,
+                    epoch,
+                    token,
+                    setup,
+                    ..
+                } => self.push(s, c, &member, Phase::Serve, epoch, token, setup),
+                LeaderAction::PauseLink { .. } | LeaderAction::PolicyNote(_) => {}
+                LeaderAction::StepDown { .. } => {
+                    s.leaders[c].l = None;
+                    s.leaders[c].watch.clear();
+                    // The driver resigns: deletes the leader key if still ours.
+                    if s.etcd.leader == Some((c, token)) {
+                        Self::set_leader_key(s, None);
+                    }
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &self,
+        s: &mut State,
+        from: usize,
+        member: &str,
+        phase: Phase,
+        epoch: Epoch,
+        token: Token,
+        setup: Setup,
+    ) {
+        // A push to a sidecar that is down fails to connect: lost.
+        if let Some(to) = self.member_index(member) {
+            if s.members[to].m.is_some() {
+                s.net.insert(Msg::Push {
+                    from,
+                    token,
+                    to,
+                    phase,
+                    epoch,
+                    setup,
+                });
+            }
+        }
+    }
+
+    /// The LBs' health checks on their sidecars: a ready server whose
+    /// sidecar stops answering "routable" for it is marked down D later
+    /// (unless the answer comes back first).
+    fn refresh_lbs(&self, s: &mut State) {
+        let now = s.now;
+        let d = self.timing.down;
+        for slot in &mut s.members {
+            let LbTarget::Serve(setup) = slot.lb.admin else {
+                slot.lb.down_by = None;
+                continue;
+            };
+            if slot.lb.check_down {
+                continue;
+            }
+            let routable = slot
+                .m
+                .as_ref()
+                .is_some_and(|m| m.view().routable(setup, Time(now), ms(d)));
+            if routable {
+                slot.lb.down_by = None;
+            } else if slot.lb.down_by.is_none() {
+                slot.lb.down_by = Some(now + d);
+            }
+        }
+    }
+
+    /// Whether a leader's resend timer is armed.
+    fn resend_armed(s: &State) -> bool {
+        s.leaders
+            .iter()
+            .any(|slot| slot.l.as_ref().is_some_and(|l| l.poll_timeout().is_some()))
+    }
+
+    /// Whether letting time pass can change anything other than a leader
+    /// resending.
+    fn time_matters(&self, s: &State) -> bool {
+        s.members.iter().any(|slot| {
+            if slot.lb.down_by.is_some() {
+                return true;
+            }
+            let lease_alive = slot.lease.is_some_and(|l| s.etcd.leases.contains_key(&l));
+            match &slot.m {
+                // A dead sidecar's lease runs out.
+                None => s
+                    .etcd
+                    .members
+                    .values()
+                    .any(|(_, _, l)| s.etcd.leases.contains_key(l) && !self.lease_kept(s, *l)),
+                Some(m) => {
+                    if !slot.connected && lease_alive {
+                        return true;
+                    }
+                    // A connected member's lease deadline moves with every
+                    // keep-alive; only its other deadlines count.
+                    let fresh = m.view().lease_fresh_until;
+                    match m.poll_timeout() {
+                        Some(t) => !slot.connected || fresh.is_none_or(|f| t < f),
+                        None => false,
+                    }
+                }
+            }
+        })
+    }
+
+    /// The lease of member `i`'s key, if the member can write it now.
+    fn key_ours(&self, s: &State, i: usize) -> Option<u64> {
+        let slot = &s.members[i];
+        let l = slot.lease?;
+        let ours = slot.m.is_some()
+            && slot.connected
+            && s.etcd.leases.contains_key(&l)
+            && s.etcd
+                .members
+                .get(&self.member_id(i))
+                .is_some_and(|(_, _, kl)| *kl == l);
+        ours.then_some(l)
+    }
+
+    /// Whether some live, connected member keeps lease `l` alive.
+    fn lease_kept(&self, s: &State, l: u64) -> bool {
+        s.members
+            .iter()
+            .any(|slot| slot.m.is_some() && slot.connected && slot.lease == Some(l))
+    }
+
+    /// The requested switch is done: the route serves the target, the
+    /// request is consumed, and every member with a live key serves it.
+    pub fn complete(&self, s: &State) -> bool {
+        let Some((route, _)) = &s.etcd.route else {
+            return false;
+        };
+        if route.phase != Phase::Serve || route.setup != TARGET || s.etcd.request.is_some() {
+            return false;
+        }
+        (0..self.members).all(|i| {
+            let id = self.member_id(i);
+            if !s.etcd.members.contains_key(&id) {
+                return true;
+            }
+            let slot = &s.members[i];
+            slot.m.is_some() && slot.lb.serving() == Some(TARGET)
+        })
+    }
+
+    /// S1: no two LBs route to different setups. An LB with a serve in
+    /// flight may already route to its target (the command can land at any
+    /// moment until it is confirmed), or still to what it did.
+    pub fn s1(s: &State) -> bool {
+        let options: Vec<Vec<Setup>> = s
+            .members
+            .iter()
+            .map(|slot| {
+                let pending = match slot.lb_cmd.as_ref().map(|c| c.target) {
+                    Some(LbTarget::Serve(x)) => Some(x),
+                    _ => None,
+                };
+                slot.lb.serving().into_iter().chain(pending).collect()
+            })
+            .collect();
+        for (i, a) in options.iter().enumerate() {
+            for b in &options[i + 1..] {
+                if a.iter().any(|x| b.iter().any(|y| x != y)) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    // ---- actions ----
+
+    fn enabled(&self, s: &State, out: &mut Vec<Action>) {
+        for (i, slot) in s.members.iter().enumerate() {
+            let alive = slot.m.is_some();
+            // A block that fails is taken as not landed (landing would only
+            // make the LB safer); a serve may have landed either way.
+            let landings: &[bool] = match slot.lb_cmd.as_ref().map(|c| c.target) {
+                Some(LbTarget::Serve(_)) => &[false, true],
+                _ => &[false],
+            };
+            if slot.lb_cmd.is_some() {
+                out.push(Action::LbDone(i));
+                if self.fault_left(s, Fault::LbFail) {
+                    for &landed in landings {
+                        out.push(Action::LbFail { member: i, landed });
+                    }
+                }
+            }
+            if alive && slot.connected {
+                if !slot.watch.is_empty() {
+                    out.push(Action::MemberWatch(i));
+                }
+                if slot.registering {
+                    out.push(Action::Register(i));
+                }
+                if slot.record_dirty && self.key_ours(s, i).is_some() {
+                    out.push(Action::RecordWrite(i));
+                }
+            }
+            if slot.lb.check_down {
+                if let (Some(m), LbTarget::Serve(setup)) = (&slot.m, slot.lb.admin) {
+                    if m.view().routable(setup, Time(s.now), ms(self.timing.down)) {
+                        out.push(Action::CheckUp(i));
+                    }
+                }
+            }
+            if !alive {
+                out.push(Action::RestartMember(i));
+            } else {
+                if self.fault_left(s, Fault::MemberCrash) {
+                    for &landed in landings {
+                        out.push(Action::CrashMember { member: i, landed });
+                    }
+                }
+                if slot.connected {
+                    if slot.lease.is_some() && self.fault_left(s, Fault::Partition) {
+                        out.push(Action::Partition(i));
+                    }
+                } else {
+                    out.push(Action::Heal(i));
+                }
+            }
+        }
+        for (c, slot) in s.leaders.iter().enumerate() {
+            if slot.l.is_some() {
+                if !slot.watch.is_empty() {
+                    out.push(Action::LeaderWatch(c));
+                }
+                if self.fault_left(s, Fault::LeaderCrash) {
+                    out.push(Action::CrashLeader(c));
+                }
+                if s.etcd.leader == Some((c, slot.token)) && self.fault_left(s, Fault::LeaderLease)
+                {
+                    out.push(Action::LeaderLeaseLost(c));
+                }
+            }
+        }
+        // Candidates are interchangeable (same leader id, fresh machine), so
+        // only the first one not leading campaigns: symmetry reduction.
+        if s.etcd.leader.is_none() {
+            if let Some(c) = s.leaders.iter().position(|slot| slot.l.is_none()) {
+                out.push(Action::Campaign(c));
+            }
+        }
+        if let Some((c, t)) = s.etcd.leader {
+            let running = s.leaders[c].l.is_some() && s.leaders[c].token == t;
+            if !running {
+                out.push(Action::LeaderKeyExpires);
+            }
+        }
+        for t in &s.txns {
+            out.push(Action::Txn(t.cand, t.token));
+            if self.fault_left(s, Fault::UnknownWrite) {
+                for landed in [true, false] {
+                    out.push(Action::TxnUnknown {
+                        cand: t.cand,
+                        token: t.token,
+                        landed,
+                    });
+                }
+            }
+        }
+        for msg in &s.net {
+            out.push(Action::Deliver(msg.clone()));
+            if self.fault_left(s, Fault::Drop) {
+                out.push(Action::Drop(msg.clone()));
+            }
+            if self.fault_left(s, Fault::Duplicate) {
+                out.push(Action::Duplicate(msg.clone()));
+            }
+        }
+        // An LB command completes (or fails, `LbFail`) within the time unit
+        // it is issued in: time does not pass over one in flight.
+        let overdue = s.members.iter().any(|slot| slot.lb_cmd.is_some());
+        // A resend only repeats pushes, so time passes for it alone only
+        // once nothing else can happen (the pushes were lost); duplicates
+        // in flight are the `Duplicate` fault's business.
+        let busy = out.iter().any(|a| a.is_progress());
+        if s.now < self.horizon
+            && !overdue
+            && (self.time_matters(s) || (!busy && Self::resend_armed(s)))
+        {
+            out.push(Action::Advance);
+        }
+    }
+
+    fn step(&self, s: &mut State, action: Action) {
+        match action {
+            Action::LbDone(i) => {
+                let cmd = s.members[i].lb_cmd.take().expect("command in flight");
+                Self::land(&mut s.members[i].lb, cmd.target);
+                self.feed_member(s, i, MemberEvent::LbConfirmed { target: cmd.target });
+            }
+            Action::LbFail { member: i, landed } => {
+                Self::use_fault(s, Fault::LbFail);
+                // Landed or not, a command the driver has given up on has no
+                // further effect.
+                let cmd = s.members[i].lb_cmd.take().expect("command in flight");
+                if landed {
+                    Self::land(&mut s.members[i].lb, cmd.target);
+                }
+                self.feed_member(s, i, MemberEvent::LbFailed { target: cmd.target });
+            }
+            Action::MemberWatch(i) => {
+                let route = s.members[i].watch.pop_front().expect("watch event");
+                self.feed_member(s, i, MemberEvent::RouteSeen(route));
+            }
+            Action::Register(i) => {
+                // Lease, then member key, then route read: one linearizable
+                // step here (a leader's drain lands before it, and the
+                // member reads it, or after it, and lists the member).
+                let lease = s.etcd.next_lease;
+                s.etcd.next_lease += 1;
+                s.etcd.leases.insert(lease, s.now + self.timing.ttl);
+                s.members[i].lease = Some(lease);
+                s.members[i].registering = false;
+                s.members[i].record_dirty = false;
+                s.members[i].watch.clear();
+                self.put_member(s, i, lease);
+                let route = s.etcd.route.as_ref().map(|(r, _)| r.clone());
+                let now = s.now;
+                self.feed_member(
+                    s,
+                    i,
+                    MemberEvent::Synced {
+                        route,
+                        lease_sent_at: Time(now),
+                    },
+                );
+            }
+            Action::RecordWrite(i) => {
+                let lease = s.members[i].lease.expect("registered");
+                s.members[i].record_dirty = false;
+                self.put_member(s, i, lease);
+            }
+            Action::LeaderWatch(c) => {
+                let ev = s.leaders[c].watch.pop_front().expect("watch event");
+                match ev {
+                    LeaderWatch::Event(e) => self.feed_leader(s, c, e),
+                    LeaderWatch::LeaderKey => {
+                        if s.etcd.leader != Some((c, s.leaders[c].token)) {
+                            // The driver stops leading ("leader key changed").
+                            s.leaders[c].l = None;
+                            s.leaders[c].watch.clear();
+                        }
+                    }
+                }
+            }
+            Action::Txn(c, token) => {
+                let txn = self.take_txn(s, c, token);
+                let ev = self.execute_txn(s, &txn);
+                if s.leaders[c].token == token {
+                    self.feed_leader(s, c, ev);
+                }
+            }
+            Action::TxnUnknown {
+                cand,
+                token,
+                landed,
+            } => {
+                Self::use_fault(s, Fault::UnknownWrite);
+                let txn = self.take_txn(s, cand, token);
+                if landed {
+                    let _ = self.execute_txn(s, &txn);
+                }
+                if s.leaders[cand].token == token {
+                    self.feed_leader(
+                        s,
+                        cand,
+                        LeaderEvent::WriteFailed(WriteFailure::Unknown("timeout".into())),
+                    );
+                }
+            }
+            Action::Deliver(msg) => {
+                s.net.remove(&msg);
+                self.deliver(s, msg);
+            }
+            Action::Duplicate(msg) => {
+                Self::use_fault(s, Fault::Duplicate);
+                self.deliver(s, msg);
+            }
+            Action::Drop(msg) => {
+                Self::use_fault(s, Fault::Drop);
+                s.net.remove(&msg);
+            }
+            Action::Campaign(c) => {
+                s.etcd.rev += 1;
+                let token = s.etcd.rev;
+                Self::set_leader_key(s, Some((c, token)));
+                let leader = Leader::new(
+                    LeaderConfig {
+                        id: "leader".into(),
+                        token,
+                        initial_setup: Setup::Hot,
+                        resend_every: ms(self.timing.resend),
+                    },
+                    Time(s.now),
+                )
+                .with_mutation(self.mutation);
+                s.leaders[c] = LeaderSlot {
+                    l: Some(leader),
+                    token,
+                    watch: VecDeque::new(),
+                };
+                let start = LeaderEvent::Start {
+                    route: s.etcd.route.clone(),
+                    members: Self::listing(s),
+                    request: s.etcd.request.clone(),
+                    paused: None,
+                };
+                self.feed_leader(s, c, start);
+            }
+            Action::LeaderKeyExpires => Self::set_leader_key(s, None),
+            Action::CheckUp(i) => {
+                s.members[i].lb.check_down = false;
+                s.members[i].lb.down_by = None;
+            }
+            Action::Advance => {
+                s.now += 1;
+                let now = s.now;
+                for slot in &mut s.members {
+                    if slot.lb.down_by.is_some_and(|t| t <= now) {
+                        slot.lb.check_down = true;
+                        slot.lb.down_by = None;
+                    }
+                }
+                self.expire_leases(s);
+                for i in 0..self.members {
+                    let slot = &s.members[i];
+                    if slot.m.is_none() || !slot.connected {
+                        continue;
+                    }
+                    let Some(lease) = slot.lease else { continue };
+                    if let Some(exp) = s.etcd.leases.get_mut(&lease) {
+                        *exp = now + self.timing.ttl;
+                        self.feed_member(s, i, MemberEvent::KeepAliveAcked { sent_at: Time(now) });
+                    }
+                }
+                for i in 0..self.members {
+                    self.feed_member(s, i, MemberEvent::Tick);
+                }
+                for c in 0..self.candidates {
+                    self.feed_leader(s, c, LeaderEvent::Tick);
+                }
+            }
+            Action::RestartMember(i) => {
+                let now = s.now;
+                let m = self.new_member(i, now);
+                let slot = &mut s.members[i];
+                slot.m = Some(m);
+                slot.lease = None;
+                slot.connected = true;
+                slot.registering = true;
+                slot.watch.clear();
+                slot.record = self.fresh_record(i);
+                slot.record_dirty = false;
+                // Collect the start-up action (block the LB).
+                self.feed_member(s, i, MemberEvent::Tick);
+            }
+            Action::Heal(i) => {
+                s.members[i].connected = true;
+                let lease = s.members[i].lease;
+                let alive = lease.and_then(|l| s.etcd.leases.get(&l).copied());
+                match (lease, alive) {
+                    (Some(l), Some(_)) => {
+                        s.etcd.leases.insert(l, s.now + self.timing.ttl);
+                        let now = s.now;
+                        self.feed_member(s, i, MemberEvent::KeepAliveAcked { sent_at: Time(now) });
+                    }
+                    (Some(_), None) => self.feed_member(s, i, MemberEvent::LeaseLost),
+                    (None, _) => {}
+                }
+            }
+            Action::CrashMember { member: i, landed } => {
+                Self::use_fault(s, Fault::MemberCrash);
+                let slot = &mut s.members[i];
+                slot.m = None;
+                // A command in flight dies with the sidecar's connection to
+                // the LB (it may have landed); what landed stays.
+                if let Some(cmd) = slot.lb_cmd.take() {
+                    if landed {
+                        Self::land(&mut slot.lb, cmd.target);
+                    }
+                }
+                slot.watch.clear();
+                slot.registering = false;
+                s.net
+                    .retain(|m| !matches!(m, Msg::Push { to, .. } if *to == i));
+            }
+            Action::Partition(i) => {
+                Self::use_fault(s, Fault::Partition);
+                s.members[i].connected = false;
+            }
+            Action::CrashLeader(c) => {
+                Self::use_fault(s, Fault::LeaderCrash);
+                // Its txn in flight may still land; its key stays until its
+                // lease expires (`LeaderKeyExpires`).
+                s.leaders[c].l = None;
+                s.leaders[c].watch.clear();
+                s.net
+                    .retain(|m| !matches!(m, Msg::Reply { to, .. } if *to == c));
+            }
+            Action::LeaderLeaseLost(c) => {
+                Self::use_fault(s, Fault::LeaderLease);
+                // The key goes at once; the leader runs on (acting on replies
+                // and txn answers) until its watch tells it. Events it had
+                // not read yet are skipped: a leader that can no longer write
+                // gains nothing from them, and they would only multiply
+                // interleavings.
+                Self::set_leader_key(s, None);
+                s.leaders[c].watch = VecDeque::from([LeaderWatch::LeaderKey]);
+            }
+        }
+        self.refresh_lbs(s);
+        self.prune_no_ops(s);
+    }
+
+    /// Drops deliveries that would change nothing (a route the member has
+    /// already taken from a push, a reply whose ack came through etcd, a
+    /// watch event a leader has already read in its snapshot): taking them
+    /// at once is equivalent and keeps such copies out of the state space.
+    fn prune_no_ops(&self, s: &mut State) {
+        let now = Time(s.now);
+        for slot in &mut s.members {
+            let Some(m) = &slot.m else { continue };
+            while let Some(r) = slot.watch.front() {
+                let mut probe = m.clone();
+                probe.handle(now, MemberEvent::RouteSeen(r.clone()));
+                if probe != *m {
+                    break;
+                }
+                slot.watch.pop_front();
+            }
+        }
+        for slot in &mut s.leaders {
+            let Some(l) = &slot.l else { continue };
+            while let Some(LeaderWatch::Event(e)) = slot.watch.front() {
+                let mut probe = l.clone();
+                probe.handle(now, e.clone());
+                if probe != *l {
+                    break;
+                }
+                slot.watch.pop_front();
+            }
+        }
+        let leaders = &s.leaders;
+        s.net.retain(|msg| {
+            let Msg::Reply {
+                to,
+                token,
+                from,
+                epoch,
+                phase,
+                setup,
+            } = msg
+            else {
+                return true;
+            };
+            let slot = &leaders[*to];
+            let Some(l) = slot.l.as_ref().filter(|_| slot.token == *token) else {
+                return false;
+            };
+            let mut probe = l.clone();
+            probe.handle(
+                now,
+                LeaderEvent::PeerReplied {
+                    member: self.member_id(*from),
+                    applied: Applied {
+                        epoch: *epoch,
+                        phase: *phase,
+                        setup: *setup,
+                    },
+                },
+            );
+            probe != *l
+        });
+    }
+
+    /// An LB command takes effect. `state ready` (with health forced up)
+    /// makes the server UP at once, whatever its checks said before.
+    fn land(lb: &mut Lb, target: LbTarget) {
+        lb.admin = target;
+        if matches!(target, LbTarget::Serve(_)) {
+            lb.check_down = false;
+            lb.down_by = None;
+        }
+    }
+
+    fn take_txn(&self, s: &mut State, c: usize, token: Token) -> Txn {
+        let k = s
+            .txns
+            .iter()
+            .position(|t| t.cand == c && t.token == token)
+            .expect("txn in flight");
+        s.txns.remove(k)
+    }
+
+    fn deliver(&self, s: &mut State, msg: Msg) {
+        match msg {
+            Msg::Push {
+                from,
+                token,
+                to,
+                phase,
+                epoch,
+                setup,
+            } => {
+                let req = req_id(from, token, phase);
+                let ev = match phase {
+                    Phase::Drain => MemberEvent::PeerDrain {
+                        req,
+                        epoch,
+                        token,
+                        setup,
+                    },
+                    Phase::Serve => MemberEvent::PeerServe {
+                        req,
+                        epoch,
+                        token,
+                        setup,
+                    },
+                };
+                self.feed_member(s, to, ev);
+            }
+            Msg::Reply {
+                to,
+                token,
+                from,
+                epoch,
+                phase,
+                setup,
+            } => {
+                if s.leaders[to].token == token {
+                    let member = self.member_id(from);
+                    self.feed_leader(
+                        s,
+                        to,
+                        LeaderEvent::PeerReplied {
+                            member,
+                            applied: Applied {
+                                epoch,
+                                phase,
+                                setup,
+                            },
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    // ---- the initial state ----
+
+    /// A link bootstrapped to hot by candidate 0 through the protocol
+    /// itself, then a forced failover to warm requested.
+    fn genesis(&self) -> State {
+        let mut s = State {
+            now: 0,
+            etcd: Etcd {
+                rev: 0,
+                leader: None,
+                route: None,
+                members: BTreeMap::new(),
+                leases: BTreeMap::new(),
+                next_lease: 1,
+                request: None,
+                completed: None,
+            },
+            members: (0..self.members)
+                .map(|i| MemberSlot {
+                    m: None,
+                    lease: None,
+                    connected: true,
+                    registering: false,
+                    watch: VecDeque::new(),
+                    lb_cmd: None,
+                    record: self.fresh_record(i),
+                    record_dirty: false,
+                    lb: Lb {
+                        admin: LbTarget::Blocked,
+                        check_down: false,
+                        down_by: None,
+                    },
+                })
+                .collect(),
+            leaders: (0..self.candidates)
+                .map(|_| LeaderSlot {
+                    l: None,
+                    token: 0,
+                    watch: VecDeque::new(),
+                })
+                .collect(),
+            txns: Vec::new(),
+            net: BTreeSet::new(),
+            used: BTreeMap::new(),
+            s2: None,
+        };
+        for i in 0..self.members {
+            self.step(&mut s, Action::RestartMember(i));
+        }
+        self.step(&mut s, Action::Campaign(0));
+        let bootstrapped = |s: &State| {
+            s.etcd
+                .route
+                .as_ref()
+                .is_some_and(|(r, _)| r.phase == Phase::Serve && r.setup == Setup::Hot)
+                && s.members
+                    .iter()
+                    .all(|m| m.lb.serving() == Some(Setup::Hot) && !m.record_dirty)
+                && s.leaders[0].l.as_ref().is_some_and(|l| !l.switching())
+                && s.leaders[0].watch.is_empty()
+                && s.net.is_empty()
+        };
+        self.run_fair(&mut s, bootstrapped, 1000)
+            .expect("the link bootstraps to hot");
+        assert_eq!(s.now, 0, "bootstrap needs no time");
+        s.etcd.rev += 1;
+        let rev = s.etcd.rev;
+        let request = Request {
+            id: REQUEST_ID.into(),
+            kind: RequestKind::Failover,
+            to: TARGET,
+            force: true,
+            reason: "model".into(),
+            requested_by: "model".into(),
+            at: String::new(),
+        };
+        s.etcd.request = Some((request.clone(), rev));
+        Self::notify_leaders(
+            &mut s,
+            LeaderWatch::Event(LeaderEvent::RequestPut { request, rev }),
+        );
+        s
+    }
+
+    /// Runs without faults, recoveries or a horizon, always taking the first
+    /// progress action, until `done` holds. Returns the steps taken.
+    pub fn run_fair(
+        &self,
+        s: &mut State,
+        done: impl Fn(&State) -> bool,
+        max_steps: usize,
+    ) -> Result<usize, String> {
+        let unbounded = LinkModel {
+            horizon: u64::MAX,
+            ..self.clone()
+        };
+        let mut acts = Vec::new();
+        for n in 0..max_steps {
+            if done(s) {
+                return Ok(n);
+            }
+            acts.clear();
+            unbounded.enabled(s, &mut acts);
+            let Some(a) = acts.iter().find(|a| a.is_progress()) else {
+                return Err(format!("stuck after {n} fault-free steps"));
+            };
+            unbounded.step(s, a.clone());
+        }
+        Err(format!("not done after {max_steps} fault-free steps"))
+    }
+
+    /// L1, bounded: where the explored run stops making progress on its
+    /// own, the switch is complete, or (when the horizon cut time short) a
+    /// fault-free continuation completes it.
+    pub fn l1(&self, s: &State) -> bool {
+        let mut acts = Vec::new();
+        self.enabled(s, &mut acts);
+        if acts.iter().any(|a| a.is_progress()) || self.complete(s) {
+            return true;
+        }
+        if s.now < self.horizon {
+            return false;
+        }
+        let mut t = s.clone();
+        self.run_fair(&mut t, |t| self.complete(t), 2000).is_ok()
+    }
+
+    /// One line per state of a path, for counterexamples.
+    pub fn summary(&self, s: &State) -> String {
+        let mut out = format!("t={} ", s.now);
+        match &s.etcd.route {
+            Some((r, rev)) => {
+                let _ = write!(out, "route={}/{}:{}@{} ", r.epoch, r.phase, r.setup, rev);
+            }
+            None => out.push_str("route=- "),
+        }
+        let _ = write!(out, "leader={:?} lbs=[", s.etcd.leader.map(|(_, t)| t));
+        for (i, slot) in s.members.iter().enumerate() {
+            let lb = match slot.lb.serving() {
+                Some(x) => x.to_string(),
+                None => "-".into(),
+            };
+            let up = if slot.m.is_some() { "" } else { "†" };
+            // A serve in flight may already route (S1 counts it).
+            let pending = match slot.lb_cmd.as_ref().map(|c| c.target) {
+                Some(LbTarget::Serve(x)) => format!("(→{x})"),
+                Some(LbTarget::Blocked) => "(→-)".into(),
+                None => String::new(),
+            };
+            let _ = write!(out, "{}{}:{}{} ", self.member_id(i), up, lb, pending);
+        }
+        out.push(']');
+        out
+    }
+
+    pub fn trace(&self, path: &stateright::Path<State, Action>) -> String {
+        let mut out = String::new();
+        for (k, (state, action)) in path.clone().into_vec().into_iter().enumerate() {
+            let _ = writeln!(out, "{k:>3} {}", self.summary(&state));
+            if let Some(a) = action {
+                let _ = writeln!(out, "      -> {a:?}");
+            }
+        }
+        out
+    }
+}
+
+impl Model for LinkModel {
+    type State = State;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<State> {
+        vec![self.genesis()]
+    }
+
+    fn actions(&self, s: &State, out: &mut Vec<Action>) {
+        self.enabled(s, out);
+    }
+
+    fn next_state(&self, s: &State, action: Action) -> Option<State> {
+        let mut next = s.clone();
+        self.step(&mut next, action);
+        Some(next)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::always("S1 no two LBs serve different setups", |_, s: &State| {
+                LinkModel::s1(s)
+            }),
+            Property::always(
+                "S2 no write or push under a stale token or step",
+                |_, s: &State| s.s2.is_none(),
+            ),
+            Property::always(
+                "L1 once faults stop, the switch completes",
+                |m: &LinkModel, s: &State| m.l1(s),
+            ),
+            Property::sometimes("the switch completes", |m: &LinkModel, s: &State| {
+                m.complete(s)
+            }),
+        ]
+    }
+}

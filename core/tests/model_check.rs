@@ -1,0 +1,264 @@
+//! Model checking the switch protocol with stateright, on the real `Member`
+//! and `Leader` state machines (see `model/mod.rs` for what is modelled).
+//!
+//! * `ci_configuration_explores_everything_without_violation`: the bounded
+//!   configuration CI runs (`cargo test --workspace`).
+//! * `mutation_*`: each deliberate break must yield a counterexample.
+//! * `large_configuration` (ignored): two faults per run instead of one;
+//!   run it with `scripts/model-check-large`.
+
+mod model;
+
+use lockstep_core::mutation::Mutation;
+use model::{Faults, LinkModel, Timing};
+use stateright::report::{ReportData, ReportDiscovery, Reporter};
+use stateright::{Checker, Model};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Prints the search's progress every 30 s (long runs show they are alive
+/// and how far they got); discoveries are reported by `check_all`.
+struct Progress;
+
+impl Reporter<LinkModel> for Progress {
+    fn report_checking(&mut self, d: ReportData) {
+        println!(
+            "  {} states ({} unique), depth {}, {:.0} s{}",
+            d.total_states,
+            d.unique_states,
+            d.max_depth,
+            d.duration.as_secs_f64(),
+            if d.done { ", done" } else { "" }
+        );
+    }
+
+    fn report_discoveries(
+        &mut self,
+        _: &LinkModel,
+        _: BTreeMap<&'static str, ReportDiscovery<LinkModel>>,
+    ) {
+    }
+
+    fn delay(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(30)
+    }
+}
+
+/// D > margin on purpose, as in the sidecar's defaults (D = 1.3 s, margin
+/// 1 s); TTL is the smallest the start-up check accepts (TTL > keep-alive
+/// interval + D + margin, with keep-alives every unit).
+const TIMING: Timing = Timing {
+    ttl: 5,
+    margin: 1,
+    down: 2,
+    resend: 1,
+};
+
+fn ci_model(mutation: Option<Mutation>) -> LinkModel {
+    LinkModel {
+        members: 2,
+        candidates: 2,
+        horizon: 6,
+        timing: TIMING,
+        // One fault of any kind per run: every kind at every point of a
+        // switch, exhaustively, in about a minute. Two per run is the
+        // `large_configuration`.
+        faults: Faults {
+            total: 1,
+            drop: 1,
+            duplicate: 1,
+            lb_fail: 1,
+            unknown_write: 1,
+            member_crash: 1,
+            partition: 1,
+            leader_crash: 1,
+            leader_lease: 1,
+        },
+        mutation,
+    }
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+}
+
+struct Outcome {
+    states: usize,
+    unique: usize,
+    depth: usize,
+    done: bool,
+}
+
+/// Explores the whole space; panics with a trace on any violation.
+fn check_all(name: &str, model: LinkModel) -> Outcome {
+    let started = Instant::now();
+    let m = model.clone();
+    // Depth-first: the frontier of a breadth-first search holds millions
+    // of full states (gigabytes); depth-first keeps only the current path.
+    let checker = model
+        .checker()
+        .threads(threads())
+        .spawn_dfs()
+        .join_and_report(&mut Progress);
+    let out = Outcome {
+        states: checker.state_count(),
+        unique: checker.unique_state_count(),
+        depth: checker.max_depth(),
+        done: checker.is_done(),
+    };
+    println!(
+        "{name}: {} states ({} unique), depth {}, {:.1} s",
+        out.states,
+        out.unique,
+        out.depth,
+        started.elapsed().as_secs_f64()
+    );
+    for p in m.properties() {
+        if let Some(path) = checker.discovery(p.name) {
+            if p.expectation != stateright::Expectation::Sometimes {
+                panic!(
+                    "{name}: counterexample to \"{}\":\n{}",
+                    p.name,
+                    m.trace(&path)
+                );
+            }
+        }
+    }
+    checker.assert_properties();
+    out
+}
+
+#[test]
+fn ci_configuration_explores_everything_without_violation() {
+    let out = check_all("CI configuration", ci_model(None));
+    // A whole bootstrap and switch alone take ~20 steps; far fewer states
+    // would mean the model stopped exploring (e.g. an action guard broke).
+    assert!(out.done, "the checker stopped before exploring everything");
+    assert!(
+        out.depth >= 20,
+        "explored runs are too short: {}",
+        out.depth
+    );
+    assert!(out.unique > 100_000, "the model explored almost nothing");
+}
+
+/// Runs a mutant until the first counterexample to `property`; prints it.
+fn expect_counterexample(mutation: Mutation, property: &'static str) {
+    // Two faults: some breaks need one to set the stage and one to hit
+    // (e.g. a lost lease, then a stale write). The search stops at the
+    // first counterexample, so the larger space costs little.
+    let mut model = ci_model(Some(mutation));
+    model.faults.total = 2;
+    let m = model.clone();
+    let started = Instant::now();
+    // One thread: BFS then finds a shortest counterexample.
+    let checker = model
+        .checker()
+        .finish_when(stateright::HasDiscoveries::AnyOf(
+            [property].into_iter().collect(),
+        ))
+        .spawn_bfs()
+        .join();
+    let path = checker.discovery(property).unwrap_or_else(|| {
+        panic!(
+            "{mutation:?}: no counterexample to \"{property}\" in {} states",
+            checker.unique_state_count()
+        )
+    });
+    println!(
+        "{mutation:?}: counterexample to \"{property}\" after {} states, {:.1} s:\n{}",
+        checker.unique_state_count(),
+        started.elapsed().as_secs_f64(),
+        m.trace(&path)
+    );
+}
+
+#[test]
+fn mutation_skip_drain_breaks_s1() {
+    expect_counterexample(Mutation::SkipDrain, "S1 no two LBs serve different setups");
+}
+
+#[test]
+fn mutation_ack_before_lb_blocked_breaks_s1() {
+    expect_counterexample(
+        Mutation::AckBeforeLbBlocked,
+        "S1 no two LBs serve different setups",
+    );
+}
+
+#[test]
+fn mutation_ignore_token_breaks_s2() {
+    expect_counterexample(
+        Mutation::IgnoreToken,
+        "S2 no write or push under a stale token or step",
+    );
+}
+
+/// For tuning bounds: `LOCKSTEP_MODEL=members,horizon,faults` explores
+/// that configuration, stopping after `LOCKSTEP_MODEL_STATES` states.
+#[test]
+#[ignore = "tuning aid"]
+fn explore_from_env() {
+    let spec = std::env::var("LOCKSTEP_MODEL").unwrap_or_else(|_| "2,6,2".into());
+    let v: Vec<u64> = spec.split(',').map(|x| x.parse().unwrap()).collect();
+    let mut model = ci_model(None);
+    if let Ok(t) = std::env::var("LOCKSTEP_MODEL_TIMING") {
+        let t: Vec<u64> = t.split(',').map(|x| x.parse().unwrap()).collect();
+        model.timing = Timing {
+            ttl: t[0],
+            margin: t[1],
+            down: t[2],
+            resend: 1,
+        };
+    }
+    model.members = v[0] as usize;
+    model.horizon = v[1];
+    model.faults.total = v[2] as u8;
+    if let Ok(kinds) = std::env::var("LOCKSTEP_MODEL_FAULTS") {
+        let on = |k: &str| kinds.split(',').any(|x| x == k) as u8;
+        model.faults = Faults {
+            total: model.faults.total,
+            drop: on("drop"),
+            duplicate: on("dup"),
+            lb_fail: on("lb"),
+            unknown_write: on("unknown"),
+            member_crash: on("crash"),
+            partition: on("partition"),
+            leader_crash: on("lcrash"),
+            leader_lease: on("llease"),
+        };
+    }
+    let limit: usize = std::env::var("LOCKSTEP_MODEL_STATES")
+        .ok()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(usize::MAX);
+    let started = Instant::now();
+    let m = model.clone();
+    let checker = model
+        .checker()
+        .threads(threads())
+        .target_state_count(limit)
+        .spawn_dfs()
+        .join();
+    println!(
+        "{spec}: {} states ({} unique), depth {}, {:.1} s, done {}",
+        checker.state_count(),
+        checker.unique_state_count(),
+        checker.max_depth(),
+        started.elapsed().as_secs_f64(),
+        checker.is_done()
+    );
+    for p in m.properties() {
+        if let Some(path) = checker.discovery(p.name) {
+            println!("discovery \"{}\":\n{}", p.name, m.trace(&path));
+        }
+    }
+}
+
+#[test]
+#[ignore = "an hour or more; run by hand (see the module docs)"]
+fn large_configuration() {
+    let mut model = ci_model(None);
+    model.faults.total = 2;
+    check_all("large configuration", model);
+}
