@@ -7,7 +7,8 @@
 //! verdict needs nothing new, and scenarios use them through
 //! [`super::scenario::Ctx::inject`] like any other fault.
 
-use crate::lab::Lab;
+use super::net::NetFault;
+use crate::lab::{netns, Lab};
 use crate::protocol::{Role, Setup};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
@@ -34,6 +35,8 @@ pub enum Fault {
     KmeKill { setup: Setup, role: Role },
     /// SIGSTOP one KME (connections hang); heal: SIGCONT.
     KmeStop { setup: Setup, role: Role },
+    /// A network fault on the lab's member namespaces; heal: remove it.
+    Net(NetFault),
 }
 
 impl Fault {
@@ -51,6 +54,7 @@ impl Fault {
             Fault::EtcdKill { .. } => "etcd-kill",
             Fault::KmeKill { .. } => "kme-kill",
             Fault::KmeStop { .. } => "kme-stop",
+            Fault::Net(n) => n.kind(),
         }
     }
 
@@ -73,6 +77,7 @@ impl Fault {
             Fault::KmeKill { setup, role } | Fault::KmeStop { setup, role } => {
                 format!("kme-{setup}-{role}")
             }
+            Fault::Net(n) => n.target(|i| member_id(lab, i)),
         }
     }
 
@@ -97,6 +102,7 @@ impl Fault {
                 SidecarKill { member: b, .. } | SidecarStop { member: b },
             ) => a == b,
             (HaproxyRestart { member: a }, HaproxyRestart { member: b }) => a == b,
+            (Net(a), Net(b)) => a.overlaps(b),
             // One etcd fault at a time keeps quorum arithmetic meaningful.
             (EtcdKill { .. }, EtcdKill { .. }) => true,
             (
@@ -121,10 +127,18 @@ impl Fault {
         }
     }
 
-    /// Injects the fault. Restarts block (they wait for the process to
-    /// listen), so they run in `block_in_place`: call from a multi-thread
-    /// runtime.
-    pub async fn inject(&self, lab: &mut Lab) -> Result<()> {
+    /// Injects the fault; a network fault returns its handle, which
+    /// [`Self::heal`] needs back. Restarts block (they wait for the
+    /// process to listen), so they run in `block_in_place`: call from a
+    /// multi-thread runtime.
+    pub async fn inject(&self, lab: &mut Lab) -> Result<Option<netns::Fault>> {
+        if let Fault::Net(n) = self {
+            return n.inject(lab).map(Some);
+        }
+        self.inject_process(lab).await.map(|()| None)
+    }
+
+    async fn inject_process(&self, lab: &mut Lab) -> Result<()> {
         match self {
             Fault::SidecarKill { member, .. } => sidecar(lab, *member)?
                 .guard
@@ -154,11 +168,16 @@ impl Fault {
                 Ok(())
             }
             Fault::KmeStop { setup, role } => lab.kmes.get(*setup, role.as_str())?.freeze(),
+            Fault::Net(_) => bail!("a network fault is injected through Fault::inject"),
         }
     }
 
-    /// Heals the fault; returns once the healed process runs again.
-    pub async fn heal(&self, lab: &mut Lab) -> Result<()> {
+    /// Heals the fault (`held`: what [`Self::inject`] returned); returns
+    /// once the healed process runs again.
+    pub async fn heal(&self, lab: &mut Lab, held: Option<netns::Fault>) -> Result<()> {
+        if let Some(h) = held {
+            return h.heal();
+        }
         match self {
             Fault::SidecarKill { member, .. } => {
                 let s = sidecar(lab, *member)?;
@@ -184,6 +203,7 @@ impl Fault {
                 tokio::task::block_in_place(|| k.restart())
             }
             Fault::KmeStop { setup, role } => lab.kmes.get(*setup, role.as_str())?.thaw(),
+            Fault::Net(n) => bail!("{} was not injected (no handle to heal)", n.kind()),
         }
     }
 }

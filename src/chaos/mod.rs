@@ -6,7 +6,8 @@
 //!
 //! * [`history`]: the JSONL history and the recorders that write it.
 //! * [`verdict`]: the history checker (why it is sound: see there).
-//! * [`fault`]: the faults (the extension point for network faults).
+//! * [`fault`]: the faults.
+//! * [`net`]: network faults on the lab's member namespaces.
 //! * [`scenario`]: the scenario context, runner and registry.
 //! * [`random`]: seeded random runs and the summary over many runs.
 //!
@@ -14,6 +15,7 @@
 
 pub mod fault;
 pub mod history;
+pub mod net;
 pub mod random;
 pub mod scenario;
 pub mod verdict;
