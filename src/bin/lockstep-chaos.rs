@@ -147,6 +147,22 @@ fn run(cli: Cli) -> Result<bool> {
     }
 }
 
+/// Resolves on SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the default actions apply; never resolve.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
 async fn run_all(
     scenarios: &[Scenario],
     seed_of: impl Fn(usize) -> u64,
@@ -156,7 +172,17 @@ async fn run_all(
     let mut summary = Summary::default();
     for (i, s) in scenarios.iter().enumerate() {
         let seed = seed_of(i);
-        match chaos::run(s, seed, opts).await {
+        // Dropping the run drops its lab, whose guards kill every process
+        // it started: stop cleanly on Ctrl-C or SIGTERM.
+        let outcome = tokio::select! {
+            r = chaos::run(s, seed, opts) => r,
+            signal = interrupted() => {
+                println!("\n{signal}: stopped during {} seed={seed}", s.name);
+                println!("\n== summary (incomplete)\n{summary}");
+                return Ok(false);
+            }
+        };
+        match outcome {
             Ok(report) => {
                 let v = &report.verdict;
                 if !bound_printed {

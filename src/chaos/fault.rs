@@ -92,6 +92,13 @@ impl Fault {
         }
     }
 
+    /// A heal that may fail for a while and should be tried again: a
+    /// sidecar exits at start-up while etcd has no quorum, and its
+    /// supervisor (systemd, Kubernetes) starts it again later.
+    pub fn heal_retryable(&self) -> bool {
+        matches!(self, Fault::SidecarKill { .. })
+    }
+
     /// True if `other` hits the same process (one fault per process at a
     /// time: a stopped sidecar is not also killed).
     pub fn overlaps(&self, other: &Fault) -> bool {

@@ -106,6 +106,8 @@ async fn resolve(ctx: &mut Ctx, kind: &str) -> Result<Option<Fault>> {
             nodes: vec![node],
             leader: false,
         },
+        // A quorum loss that leaves a quorum needs three nodes or more.
+        "etcd-quorum-loss" if nodes < 3 => return Ok(None),
         "etcd-leader-kill" | "etcd-quorum-loss" => {
             let Ok(leader) = etcd_leader(&ctx.lab, Duration::from_secs(1)).await else {
                 return Ok(None);

@@ -27,7 +27,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -136,6 +136,9 @@ impl PendingSwitch {
     }
 }
 
+/// How long [`Ctx::heal_all`] keeps retrying heals that fail.
+const HEAL_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Upper bound on one Admin call (the request's own timeout is shorter).
 const SWITCH_CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// The `timeout_ms` a request carries: how long the member waits for a
@@ -156,6 +159,9 @@ pub struct Ctx {
     active: BTreeMap<u64, Fault>,
     /// Handles of active network faults, by fault id.
     held: BTreeMap<u64, crate::lab::netns::Fault>,
+    /// Active faults whose heal failed and is retried (a sidecar that
+    /// could not start yet).
+    retry_heal: BTreeSet<u64>,
     next_fault: u64,
     next_switch: u64,
     switches: Vec<(u64, JoinHandle<()>)>,
@@ -343,18 +349,40 @@ impl Ctx {
         Ok(id)
     }
 
-    /// Heals fault `id`; returns once the healed process runs again.
+    /// Heals fault `id`; returns once the healed process runs again. A
+    /// retryable heal that fails (a sidecar cannot start while etcd has
+    /// no quorum) leaves the fault active and is tried again after the
+    /// next heal and by [`Self::heal_all`], as its supervisor would.
     pub async fn heal(&mut self, id: u64) -> Result<()> {
+        self.try_heal(id).await?;
+        let pending: Vec<u64> = self.retry_heal.iter().copied().collect();
+        for id in pending {
+            self.try_heal(id).await?;
+        }
+        Ok(())
+    }
+
+    async fn try_heal(&mut self, id: u64) -> Result<bool> {
         let fault = self
             .active
-            .remove(&id)
+            .get(&id)
+            .cloned()
             .with_context(|| format!("no active fault #{id}"))?;
         let (kind, target) = (fault.kind(&self.lab), fault.target(&self.lab));
         let held = self.held.remove(&id);
-        fault
-            .heal(&mut self.lab, held)
-            .await
-            .with_context(|| format!("healing {kind} on {target}"))?;
+        match fault.heal(&mut self.lab, held).await {
+            Ok(()) => {}
+            Err(e) if fault.heal_retryable() => {
+                self.note(format!(
+                    "heal of #{id} {kind} on {target} failed, will retry: {e:#}"
+                ));
+                self.retry_heal.insert(id);
+                return Ok(false);
+            }
+            Err(e) => return Err(e.context(format!("healing {kind} on {target}"))),
+        }
+        self.active.remove(&id);
+        self.retry_heal.remove(&id);
         self.history.record(&Event::Fault(FaultRecord {
             id,
             op: FaultOp::Heal,
@@ -364,7 +392,7 @@ impl Ctx {
             at_us: self.history.now_us(),
             detail: None,
         }));
-        Ok(())
+        Ok(true)
     }
 
     /// Faults injected and not healed yet.
@@ -372,12 +400,37 @@ impl Ctx {
         self.active.iter()
     }
 
-    /// Heals everything still active (errors become failed checks).
+    /// Heals everything still active, retryable heals last (they may need
+    /// the others healed first); errors become failed checks.
     pub async fn heal_all(&mut self) {
-        let ids: Vec<u64> = self.active.keys().copied().collect();
+        let mut ids: Vec<u64> = self.active.keys().copied().collect();
+        ids.sort_by_key(|id| self.active.get(id).is_some_and(Fault::heal_retryable));
         for id in ids {
-            if let Err(e) = self.heal(id).await {
+            if let Err(e) = self.try_heal(id).await {
                 self.check("heal", false, format!("{e:#}"));
+            }
+        }
+        // As a supervisor would: keep starting what did not start.
+        let deadline = Instant::now() + HEAL_PATIENCE;
+        while !self.retry_heal.is_empty() {
+            if Instant::now() > deadline {
+                self.check(
+                    "heal",
+                    false,
+                    format!(
+                        "faults {:?} could not be healed within {HEAL_PATIENCE:?}",
+                        self.retry_heal
+                    ),
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let pending: Vec<u64> = self.retry_heal.iter().copied().collect();
+            for id in pending {
+                if let Err(e) = self.try_heal(id).await {
+                    self.check("heal", false, format!("{e:#}"));
+                    self.retry_heal.remove(&id);
+                }
             }
         }
     }
@@ -592,6 +645,7 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
         checker: Some(checker),
         active: BTreeMap::new(),
         held: BTreeMap::new(),
+        retry_heal: BTreeSet::new(),
         next_fault: 0,
         next_switch: 0,
         switches: Vec::new(),
@@ -1226,6 +1280,9 @@ async fn etcd_leader_kill(ctx: &mut Ctx) -> Result<()> {
 async fn etcd_quorum_loss(ctx: &mut Ctx) -> Result<()> {
     let leader = etcd_leader(&ctx.lab, Duration::from_secs(10)).await?;
     let n = ctx.lab.etcd.nodes.len();
+    if n < 3 {
+        bail!("a quorum loss that can be restored needs 3 etcd nodes, the lab has {n}");
+    }
     let other = (leader + 1 + ctx.rng.random_range(0..n - 1)) % n;
     let to = ctx.route().await?.setup.other();
     let id = ctx
