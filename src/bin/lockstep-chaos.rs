@@ -54,6 +54,9 @@ enum Command {
         runs: u64,
         #[arg(long)]
         seed: Option<u64>,
+        /// Members in network namespaces, network faults drawn too (root).
+        #[arg(long)]
+        net: bool,
     },
     /// Judge a recorded history again.
     Check { history: PathBuf },
@@ -110,8 +113,9 @@ fn run(cli: Cli) -> Result<bool> {
             for s in chaos::registry() {
                 println!("{:<34} {}", s.name, s.about);
             }
-            let r = random::scenario();
-            println!("{:<34} {} (`random`)", r.name, r.about);
+            for r in [random::scenario(), random::net_scenario()] {
+                println!("{:<34} {} (`random`)", r.name, r.about);
+            }
             Ok(true)
         }
         Command::Check { history: path } => {
@@ -135,13 +139,18 @@ fn run(cli: Cli) -> Result<bool> {
             let seed = seed_or_clock(seed);
             rt.block_on(run_all(&chaos::registry(), |_| seed, &opts))
         }
-        Command::Random { runs, seed } => {
+        Command::Random { runs, seed, net } => {
             let seed = seed_or_clock(seed);
             println!(
                 "random mode: {runs} runs, seeds {seed}..{}",
                 seed + runs.saturating_sub(1)
             );
-            let scenarios: Vec<Scenario> = (0..runs).map(|_| random::scenario()).collect();
+            let make = if net {
+                random::net_scenario
+            } else {
+                random::scenario
+            };
+            let scenarios: Vec<Scenario> = (0..runs).map(|_| make()).collect();
             rt.block_on(run_all(&scenarios, |i| seed + i as u64, &opts))
         }
     }

@@ -5,6 +5,7 @@
 //! `S + i`, so `random --seed <seed> --runs 1` replays one run.
 
 use super::fault::{etcd_leader, Fault};
+use super::net::NetFault;
 use super::scenario::{Ctx, RunReport, Scenario};
 use crate::lab::LabOptions;
 use crate::protocol::{Role, Setup};
@@ -28,6 +29,9 @@ pub const KINDS: &[&str] = &[
     "kme-stop",
 ];
 
+/// Network fault kinds, drawn too in `random --net` (labs in namespaces).
+pub const NET_KINDS: &[&str] = &["net-cut-etcd", "net-cut-peers", "net-one-way", "net-slow"];
+
 /// The chaos window: faults start and switchovers are sent within it.
 const WINDOW_MS: u64 = 9_000;
 
@@ -37,7 +41,26 @@ pub fn scenario() -> Scenario {
         name: "random",
         about: "2-3 random faults and 2-4 switchovers by two users over ~10 s, from the seed",
         lab: random_lab,
-        body: |c| Box::pin(random_body(c)),
+        body: |c| Box::pin(random_body(c, false)),
+    }
+}
+
+/// The random mode over labs whose members sit in network namespaces,
+/// drawing network faults as well as every process fault.
+pub fn net_scenario() -> Scenario {
+    Scenario {
+        name: "random-net",
+        about:
+            "as `random`, members in network namespaces, network faults drawn too (`random --net`)",
+        lab: random_net_lab,
+        body: |c| Box::pin(random_body(c, true)),
+    }
+}
+
+fn random_net_lab(rng: &mut StdRng) -> LabOptions {
+    LabOptions {
+        netns: true,
+        ..random_lab(rng)
     }
 }
 
@@ -123,6 +146,19 @@ async fn resolve(ctx: &mut Ctx, kind: &str) -> Result<Option<Fault>> {
         }
         "kme-kill" => Fault::KmeKill { setup, role },
         "kme-stop" => Fault::KmeStop { setup, role },
+        "net-cut-etcd" => Fault::Net(NetFault::CutFromEtcd { member }),
+        "net-cut-peers" => Fault::Net(NetFault::CutPeers),
+        "net-one-way" => Fault::Net(NetFault::OneWay {
+            from: member,
+            to: (member + 1 + ctx.rng.random_range(0..n - 1)) % n,
+        }),
+        "net-slow" => Fault::Net(NetFault::Slow {
+            member,
+            delay_ms: ctx.rng.random_range(20..200),
+            jitter_ms: ctx.rng.random_range(0..80),
+            loss_pct: ctx.rng.random_range(0..10),
+            seed: ctx.rng.random(),
+        }),
         _ => return Ok(None),
     };
     Ok(Some(fault))
@@ -135,12 +171,19 @@ fn hold_for(rng: &mut StdRng, kind: &str) -> Duration {
         "etcd-kill" | "etcd-leader-kill" => (500, 4_000),
         "etcd-quorum-loss" => (1_000, 4_000),
         "kme-kill" => (1_000, 4_000),
+        // Past the lease TTL sometimes: the member must fence itself.
+        "net-cut-etcd" | "net-slow" => (500, 5_000),
         _ => (500, 3_000),
     };
     Duration::from_millis(rng.random_range(lo..hi))
 }
 
-async fn random_body(ctx: &mut Ctx) -> Result<()> {
+async fn random_body(ctx: &mut Ctx, net: bool) -> Result<()> {
+    let kinds: Vec<&'static str> = if net {
+        KINDS.iter().chain(NET_KINDS).copied().collect()
+    } else {
+        KINDS.to_vec()
+    };
     let n_switches = ctx.rng.random_range(2..=4);
     let n_faults = ctx.rng.random_range(2..=3);
     let mut steps: Vec<(Duration, Step)> = Vec::new();
@@ -157,7 +200,7 @@ async fn random_body(ctx: &mut Ctx) -> Result<()> {
     }
     let mut planned = Vec::new();
     for i in 0..n_faults {
-        let kind = KINDS[ctx.rng.random_range(0..KINDS.len())];
+        let kind = kinds[ctx.rng.random_range(0..kinds.len())];
         // Some faults aim at a switch in flight.
         let start = if ctx.rng.random_bool(0.4) {
             let s = switch_times[ctx.rng.random_range(0..switch_times.len())];
