@@ -745,6 +745,14 @@ impl CheckerHandle {
         lock(&self.state).events.iter().cloned().collect()
     }
 
+    /// A reader of finished pairs that outlives the handle's borrow, for
+    /// recorders that stream every pair elsewhere while the checker runs.
+    pub fn feed(&self) -> PairFeed {
+        PairFeed {
+            state: self.state.clone(),
+        }
+    }
+
     /// When the first pair that started at or after `after` and was served
     /// by `setup` matched (its end), from the event log.
     pub fn first_matched_by_after(&self, setup: Setup, after: Instant) -> Option<Instant> {
@@ -771,6 +779,31 @@ impl CheckerHandle {
         })
         .await?;
         found.context("matched pair vanished from the event log")
+    }
+}
+
+/// Reads the pairs a running (or stopped) checker finished; see
+/// [`CheckerHandle::feed`].
+#[derive(Clone)]
+pub struct PairFeed {
+    state: Arc<Mutex<State>>,
+}
+
+impl PairFeed {
+    /// Pairs with `seq > after`, oldest first (only those still in the
+    /// event log: poll more often than the log fills up).
+    pub fn after(&self, after: u64) -> Vec<PairEvent> {
+        let state = lock(&self.state);
+        // Sequence numbers are consecutive, so the first wanted one is at a
+        // known offset from the front.
+        let first = state.events.front().map_or(0, |e| e.seq);
+        let skip = after.saturating_add(1).saturating_sub(first) as usize;
+        state.events.iter().skip(skip).cloned().collect()
+    }
+
+    /// The sequence number of the last pair finished so far (0: none).
+    pub fn last_seq(&self) -> u64 {
+        lock(&self.state).seq
     }
 }
 
@@ -827,6 +860,25 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    #[test]
+    fn feed_returns_only_newer_pairs() {
+        let t0 = Instant::now();
+        let state = Arc::new(Mutex::new(State::new(3)));
+        let feed = PairFeed {
+            state: state.clone(),
+        };
+        assert!(feed.after(0).is_empty());
+        for _ in 0..5 {
+            lock(&state).record(t0, t0, pair(Outcome::Matched, Some(Setup::Hot)));
+        }
+        // The log keeps seq 3..=5.
+        let seqs = |v: Vec<PairEvent>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(feed.after(0)), vec![3, 4, 5]);
+        assert_eq!(seqs(feed.after(3)), vec![4, 5]);
+        assert!(feed.after(5).is_empty());
+        assert_eq!(feed.last_seq(), 5);
     }
 
     #[test]

@@ -14,9 +14,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Environment variables under the `LOCKSTEP_` prefix that belong to the CLI,
-/// not to the config file; without this they would be "unknown keys".
-const CLI_ENV_KEYS: &[&str] = &["endpoint", "config"];
+/// Environment variables under the `LOCKSTEP_` prefix that belong to the CLI
+/// (and `LOCKSTEP_MUTATION`, read by test builds of the sidecar), not to the
+/// config file; without this they would be "unknown keys".
+const CLI_ENV_KEYS: &[&str] = &["endpoint", "config", "mutation"];
 
 /// This build's etcd client has no TLS feature: an `https://` endpoint would
 /// only fail once the sidecar runs, so the config refuses it up front.

@@ -6,7 +6,10 @@
 //! * [`lb`]: LB adapters (HAProxy over its Runtime API).
 //! * [`lab`]: starting etcd, HAProxy, KMEs and sidecars on free loopback
 //!   ports, for the local lab, tests and benchmarks.
+//! * [`chaos`]: fault scenarios on a lab, their recorded history and the
+//!   history checker (`lockstep-chaos`).
 
+pub mod chaos;
 pub mod checker;
 pub mod cli;
 pub mod config;

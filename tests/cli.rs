@@ -161,6 +161,8 @@ fn the_cli_s_own_variables_are_not_config_keys() {
         .args(["check-config", "--config"])
         .arg(&path)
         .env("LOCKSTEP_ENDPOINT", "http://127.0.0.1:1")
+        // Read by test builds of the sidecar (chaos suite), not config.
+        .env("LOCKSTEP_MUTATION", "skip-drain")
         .output()
         .expect("run");
     assert!(

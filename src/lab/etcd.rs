@@ -90,6 +90,32 @@ impl EtcdCluster {
         Ok(EtcdCluster { nodes, _data: data })
     }
 
+    /// Waits until the cluster answers a linearizable read (it has a leader):
+    /// open ports alone do not mean a fresh multi-node cluster has elected
+    /// one, and a sidecar refuses to start without etcd.
+    pub async fn wait_healthy(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_timeout(Duration::from_millis(500));
+        loop {
+            let attempt = async {
+                let mut c =
+                    etcd_client::Client::connect(self.endpoints(), Some(opts.clone())).await?;
+                c.get("/lockstep-lab-health", None).await
+            };
+            let err = match attempt.await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() > deadline {
+                return Err(err)
+                    .with_context(|| format!("etcd cluster not serving reads within {timeout:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Client URLs of every node, for `etcd.endpoints`.
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes

@@ -32,6 +32,8 @@ pub struct KmeProcess {
     pub master_sae_id: String,
     pub slave_sae_id: String,
     pub log: PathBuf,
+    /// Extra kme-mock flags it was started with (kept for [`Self::restart`]).
+    extra_args: Vec<String>,
     guard: ChildGuard,
 }
 
@@ -112,24 +114,19 @@ impl KmeProcess {
         let name = format!("kme-{setup}-{role}");
         let log = log_dir.join(format!("{name}.log"));
         let mut last_err = None;
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         for _attempt in 0..3 {
             let addr = SocketAddr::new(api_ip, free_port()?);
             let admin_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            let mut cmd = Command::new(&program);
-            cmd.arg("--listen")
-                .arg(addr.to_string())
-                .arg("--admin-listen")
-                .arg(admin_addr.to_string())
-                .args(["--setup", setup.as_str(), "--role", role.as_str()])
-                .args([
-                    "--master-sae-id",
-                    master_sae_id,
-                    "--slave-sae-id",
-                    slave_sae_id,
-                ])
-                .args(extra_args)
-                // The environment keeps the secret out of `ps`.
-                .env("KME_MOCK_SECRET", secret);
+            let cmd = kme_command(
+                &program,
+                addr,
+                admin_addr,
+                (setup, role),
+                secret,
+                (master_sae_id, slave_sae_id),
+                &extra_args,
+            );
             let mut guard = ChildGuard::spawn(&name, cmd, &log)?;
             match wait_ready(&mut guard, addr, admin_addr) {
                 Ok(()) => {
@@ -142,6 +139,7 @@ impl KmeProcess {
                         master_sae_id: master_sae_id.to_string(),
                         slave_sae_id: slave_sae_id.to_string(),
                         log,
+                        extra_args,
                         guard,
                     })
                 }
@@ -221,6 +219,27 @@ impl KmeProcess {
         self.guard.kill();
     }
 
+    /// Starts it again (after a kill) on the same ports with the same
+    /// secret and flags. Keys derive from the setup's secret, so the KME
+    /// still knows every key its setup handed out. Blocks until it is ready.
+    pub fn restart(&mut self) -> Result<()> {
+        self.guard.kill();
+        let program = find_program("kme-mock")?;
+        let cmd = kme_command(
+            &program,
+            self.addr,
+            self.admin_addr,
+            (self.setup, self.role),
+            &self.secret,
+            (&self.master_sae_id, &self.slave_sae_id),
+            &self.extra_args,
+        );
+        let name = self.guard.name.clone();
+        self.guard = ChildGuard::spawn(&name, cmd, &self.log)?;
+        wait_ready(&mut self.guard, self.addr, self.admin_addr)
+            .with_context(|| format!("restarting {name}; log in {}", self.log.display()))
+    }
+
     /// SIGSTOP: connections stay open but nothing answers.
     pub fn freeze(&self) -> Result<()> {
         self.guard.signal(nix::sys::signal::Signal::SIGSTOP)
@@ -230,6 +249,34 @@ impl KmeProcess {
     pub fn thaw(&self) -> Result<()> {
         self.guard.signal(nix::sys::signal::Signal::SIGCONT)
     }
+}
+
+/// The kme-mock command line for one KME.
+fn kme_command(
+    program: &Path,
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    (setup, role): (Setup, Role),
+    secret: &str,
+    (master_sae_id, slave_sae_id): (&str, &str),
+    extra_args: &[String],
+) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.arg("--listen")
+        .arg(addr.to_string())
+        .arg("--admin-listen")
+        .arg(admin_addr.to_string())
+        .args(["--setup", setup.as_str(), "--role", role.as_str()])
+        .args([
+            "--master-sae-id",
+            master_sae_id,
+            "--slave-sae-id",
+            slave_sae_id,
+        ])
+        .args(extra_args)
+        // The environment keeps the secret out of `ps`.
+        .env("KME_MOCK_SECRET", secret);
+    cmd
 }
 
 /// Waits until the child answers `/mock/stats` with its own pid (so the

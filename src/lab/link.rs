@@ -13,6 +13,7 @@ use crate::proto::peer_client::PeerClient;
 use crate::store::Store;
 use anyhow::{bail, Context, Result};
 use lockstep_core::Setup;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -27,6 +28,9 @@ pub struct LabOptions {
     pub probes: bool,
     /// Extra environment for every sidecar (e.g. FAILPOINTS).
     pub sidecar_env: Vec<(String, String)>,
+    /// Extra environment for one member's sidecar, by member id (e.g.
+    /// `bob-0`), set after `sidecar_env`: a failpoint on one member only.
+    pub member_env: BTreeMap<String, Vec<(String, String)>>,
     /// Runs each member (sidecar and HAProxy) in its own network namespace
     /// (see [`LabNet`]), so network faults can be injected; etcd, the KMEs
     /// and the checker stay in the root namespace.
@@ -41,6 +45,7 @@ impl Default for LabOptions {
             timing: Timing::default(),
             probes: true,
             sidecar_env: Vec::new(),
+            member_env: BTreeMap::new(),
             netns: false,
         }
     }
@@ -102,6 +107,7 @@ impl Lab {
                 LinkKmes::spawn(&dir, ALICE_SAE, BOB_SAE)?,
             ),
         };
+        etcd.wait_healthy(Duration::from_secs(20)).await?;
         let mut lbs = Vec::new();
         let mut sidecars = Vec::new();
         for i in 0..options.members_per_role * 2 {
@@ -110,6 +116,9 @@ impl Lab {
             let mut spec = SidecarSpec::new(&link, &id, role, etcd.endpoints())?;
             spec.timing = options.timing.clone();
             spec.env = options.sidecar_env.clone();
+            if let Some(extra) = options.member_env.get(&id) {
+                spec.env.extend(extra.iter().cloned());
+            }
             let (hot, warm) = (kmes.addr(Setup::Hot, role)?, kmes.addr(Setup::Warm, role)?);
             let mut inputs =
                 HaproxyInputs::new(&id, hot, warm, spec.http).with_timing(&options.timing);

@@ -2,11 +2,11 @@
 //! file written from [`SidecarSpec`].
 
 use super::process::{find_program, free_port, wait_for_tcp, ChildGuard};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Timing shared by a lab's sidecars and HAProxies. Lab defaults are faster
 /// than production's so tests that wait for a lease to expire stay short;
@@ -257,13 +257,26 @@ fn start(spec: &SidecarSpec, config: &Path, log: &Path) -> Result<ChildGuard> {
     if let Some(ns) = &spec.netns {
         super::netns::enter_netns(&mut cmd, ns)?;
     }
-    let guard = ChildGuard::spawn(&spec.member_id, cmd, log)?;
-    wait_for_tcp(spec.grpc, Duration::from_secs(15)).with_context(|| {
-        format!(
-            "sidecar {} did not start; see {}",
-            spec.member_id,
-            log.display()
-        )
-    })?;
-    Ok(guard)
+    let mut guard = ChildGuard::spawn(&spec.member_id, cmd, log)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if wait_for_tcp(spec.grpc, Duration::from_millis(100)).is_ok() {
+            return Ok(guard);
+        }
+        // A sidecar that cannot start (e.g. no etcd) exits: say so at once.
+        if !guard.is_running() {
+            bail!(
+                "sidecar {} exited during start-up; see {}",
+                spec.member_id,
+                log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "sidecar {} did not start within 15s; see {}",
+                spec.member_id,
+                log.display()
+            );
+        }
+    }
 }

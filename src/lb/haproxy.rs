@@ -685,6 +685,32 @@ impl Haproxy {
     }
 }
 
+/// Which setups an LB may route new sessions to, as HAProxy reports it
+/// (see [`ServerState::may_route`]: anything up and out of maintenance
+/// counts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Routing {
+    pub hot: bool,
+    pub warm: bool,
+}
+
+impl Haproxy {
+    /// Reads what the LB may route to, without judging it: unlike
+    /// [`LoadBalancer::observe`], a state lockstep never sets (both setups)
+    /// is reported rather than an error. For observers such as the chaos
+    /// suite's sampler.
+    pub async fn routing(&self) -> Result<Routing, LbError> {
+        self.check_names()?;
+        let command = self.show_state();
+        let answer = self.command(&command).await?;
+        let pair = self.pair(&command, &answer)?;
+        Ok(Routing {
+            hot: pair.hot.may_route(),
+            warm: pair.warm.may_route(),
+        })
+    }
+}
+
 /// Both servers of the backend, as read back.
 struct Pair {
     hot: ServerState,

@@ -15,6 +15,10 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+/// How often the leader pushes Drain/Serve again to members that have not
+/// acked (they also learn the route from their etcd watch).
+pub const RESEND_EVERY: Duration = Duration::from_millis(500);
+
 /// Campaigns whenever this member has a lease and no one leads; leads until
 /// it steps down, loses its lease or the sidecar stops.
 pub async fn campaign_loop(shared: Arc<Shared>) {
@@ -129,7 +133,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
             id: shared.config.member_id.clone(),
             token,
             initial_setup: shared.config.initial_setup,
-            resend_every: Duration::from_millis(500),
+            resend_every: RESEND_EVERY,
         },
         clock.now(),
     );
