@@ -948,7 +948,11 @@ pub fn registry() -> Vec<Scenario> {
 
 /// The scenario called `name`.
 pub fn find(name: &str) -> Option<Scenario> {
-    registry().into_iter().find(|s| s.name == name)
+    // The random modes too, so a failed random run replays with `run`.
+    registry()
+        .into_iter()
+        .chain([super::random::scenario(), super::random::net_scenario()])
+        .find(|s| s.name == name)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
