@@ -129,7 +129,20 @@ pub enum MemberEvent {
 pub enum MemberAction {
     /// Set the LB to `target` and confirm it by reading it back; answer with
     /// `LbConfirmed` or `LbFailed`. Never issued while another is in flight.
-    ApplyLb { target: LbTarget },
+    ///
+    /// A serve carries `enable_before`: the driver must not send the command
+    /// that makes a server routable at or after it, and answers `LbFailed`
+    /// instead. It is the instant from which the check endpoint stops
+    /// answering "routable" (lease fresh until − D). A driver paused between
+    /// this decision and the command (SIGSTOP, a long GC-like stall) would
+    /// otherwise land a serve decided under a lease that has since expired,
+    /// after the leader moved the link on without this member; HAProxy's
+    /// `state ready` makes a server UP at once, overriding the health checks
+    /// that would have kept it down. `None` for a block, which is always safe.
+    ApplyLb {
+        target: LbTarget,
+        enable_before: Option<Time>,
+    },
     /// Record what this member has applied in its etcd key.
     WriteApplied(Applied),
     /// Answer a gRPC request.
@@ -252,6 +265,7 @@ impl Member {
             waiters: Vec::new(),
             actions: VecDeque::from([MemberAction::ApplyLb {
                 target: LbTarget::Blocked,
+                enable_before: None,
             }]),
             #[cfg(feature = "mutations")]
             mutation: None,
@@ -279,6 +293,24 @@ impl Member {
 
     pub fn config(&self) -> &MemberConfig {
         &self.config
+    }
+
+    /// The deadline of an LB command (see `MemberAction::ApplyLb`): a serve
+    /// may make its server routable only while the check endpoint would
+    /// call it routable.
+    fn enable_before(&self, target: LbTarget) -> Option<Time> {
+        if target == LbTarget::Blocked {
+            return None;
+        }
+        #[cfg(feature = "mutations")]
+        if self.mutated(crate::mutation::Mutation::NoServeDeadline) {
+            return None;
+        }
+        // Without a lease the serve is already too late.
+        Some(
+            self.lease_fresh_until
+                .map_or(self.now, |until| until - self.config.lb_down_bound),
+        )
     }
 
     pub fn view(&self) -> MemberView {
@@ -618,8 +650,11 @@ impl Member {
             if desired != LbTarget::Blocked {
                 self.lb = LbKnown::Unknown;
             }
-            self.actions
-                .push_back(MemberAction::ApplyLb { target: desired });
+            let enable_before = self.enable_before(desired);
+            self.actions.push_back(MemberAction::ApplyLb {
+                target: desired,
+                enable_before,
+            });
         }
 
         // A step is applied once the LB is known to reflect it.

@@ -19,4 +19,7 @@ pub enum Mutation {
     /// model's etcd) a route txn no longer compares the leader key's
     /// create_revision with the writer's token.
     IgnoreToken,
+    /// A serve carries no deadline: a driver paused after the decision may
+    /// send it however late (the bug the chaos suite found, `b867c61`).
+    NoServeDeadline,
 }

@@ -328,7 +328,7 @@ impl Sim {
     fn drain_member_actions(&mut self, i: usize) {
         while let Some(action) = self.members[i].poll_action() {
             match action {
-                MemberAction::ApplyLb { target } => self.bag.push(Unordered::Lb(i, target)),
+                MemberAction::ApplyLb { target, .. } => self.bag.push(Unordered::Lb(i, target)),
                 MemberAction::WriteApplied(a) => {
                     let id = self.members[i].config().id.clone();
                     if let Some((record, rev)) = self.etcd.members.get_mut(&id) {

@@ -22,6 +22,23 @@ fn actions(m: &mut Member) -> Vec<MemberAction> {
     std::iter::from_fn(|| m.poll_action()).collect()
 }
 
+fn apply_block() -> MemberAction {
+    MemberAction::ApplyLb {
+        target: LbTarget::Blocked,
+        enable_before: None,
+    }
+}
+
+/// The serve a member decides under a lease whose last acknowledged
+/// keep-alive was sent at `lease_sent_at`.
+fn apply_serve(setup: Setup, lease_sent_at: Time) -> MemberAction {
+    let cfg = member_config("alice-0", Role::Alice);
+    MemberAction::ApplyLb {
+        target: LbTarget::Serve(setup),
+        enable_before: Some(lease_sent_at + cfg.lease_ttl - cfg.margin - cfg.lb_down_bound),
+    }
+}
+
 /// A synced member whose LB confirms every apply at once.
 fn synced_member(route_now: Option<Route>) -> Member {
     let mut m = Member::new(member_config("alice-0", Role::Alice), Time::ZERO);
@@ -47,7 +64,7 @@ fn confirm_all(m: &mut Member, now: Time) -> Vec<MemberAction> {
         }
         for a in acts {
             match a {
-                MemberAction::ApplyLb { target } => {
+                MemberAction::ApplyLb { target, .. } => {
                     m.handle(now, MemberEvent::LbConfirmed { target })
                 }
                 a => other.push(a),
@@ -60,12 +77,7 @@ fn confirm_all(m: &mut Member, now: Time) -> Vec<MemberAction> {
 #[test]
 fn member_starts_blocked_and_serves_the_route_it_reads() {
     let mut m = Member::new(member_config("alice-0", Role::Alice), Time::ZERO);
-    assert_eq!(
-        actions(&mut m),
-        vec![MemberAction::ApplyLb {
-            target: LbTarget::Blocked
-        }]
-    );
+    assert_eq!(actions(&mut m), vec![apply_block()]);
     assert!(!m.view().routable(Setup::Hot, Time(0), Duration::ZERO));
     m.handle(
         Time(1),
@@ -80,12 +92,7 @@ fn member_starts_blocked_and_serves_the_route_it_reads() {
             lease_sent_at: Time(2),
         },
     );
-    assert_eq!(
-        actions(&mut m),
-        vec![MemberAction::ApplyLb {
-            target: LbTarget::Serve(Setup::Hot)
-        }]
-    );
+    assert_eq!(actions(&mut m), vec![apply_serve(Setup::Hot, Time(2))]);
     // The check answers routable as soon as the serve is decided, so the LB
     // finds the server up when it is enabled.
     let d = m.config().lb_down_bound;
@@ -120,13 +127,7 @@ fn drain_is_acked_only_after_the_lb_confirms_the_block() {
         },
     );
     let acts = actions(&mut m);
-    assert_eq!(
-        acts,
-        vec![MemberAction::ApplyLb {
-            target: LbTarget::Blocked
-        }],
-        "no reply before the LB confirms"
-    );
+    assert_eq!(acts, vec![apply_block()], "no reply before the LB confirms");
     assert!(!m.view().routable(Setup::Hot, Time(10), Duration::ZERO));
     m.handle(
         Time(11),
@@ -163,12 +164,7 @@ fn drain_acks_after_down_bound_when_the_lb_cannot_confirm() {
             setup: Setup::Warm,
         },
     );
-    assert_eq!(
-        actions(&mut m),
-        vec![MemberAction::ApplyLb {
-            target: LbTarget::Blocked
-        }]
-    );
+    assert_eq!(actions(&mut m), vec![apply_block()]);
     m.handle(
         Time(110),
         MemberEvent::LbFailed {
@@ -278,12 +274,7 @@ fn member_fences_itself_when_keepalives_stop() {
     ));
     m.handle(fresh_until, MemberEvent::Tick);
     assert!(m.view().fenced);
-    assert_eq!(
-        actions(&mut m),
-        vec![MemberAction::ApplyLb {
-            target: LbTarget::Blocked
-        }]
-    );
+    assert_eq!(actions(&mut m), vec![apply_block()]);
     // A serve push is refused while fenced.
     m.handle(
         fresh_until,
@@ -309,9 +300,7 @@ fn lease_loss_blocks_and_reregisters_and_late_serves_are_refused() {
     m.handle(Time(10), MemberEvent::LeaseLost);
     let acts = actions(&mut m);
     assert!(acts.contains(&MemberAction::Register));
-    assert!(acts.contains(&MemberAction::ApplyLb {
-        target: LbTarget::Blocked
-    }));
+    assert!(acts.contains(&apply_block()));
     m.handle(
         Time(11),
         MemberEvent::LbConfirmed {
@@ -373,24 +362,14 @@ fn drift_is_reapplied() {
             restarted: true,
         },
     );
-    assert_eq!(
-        actions(&mut m),
-        vec![MemberAction::ApplyLb {
-            target: LbTarget::Serve(Setup::Warm)
-        }]
-    );
+    assert_eq!(actions(&mut m), vec![apply_serve(Setup::Warm, Time(1))]);
 }
 
 #[test]
 fn graceful_stop_blocks_before_revoking() {
     let mut m = synced_member(Some(route(1, Phase::Serve, Setup::Warm, 5)));
     m.handle(Time(50), MemberEvent::Stop);
-    assert_eq!(
-        actions(&mut m),
-        vec![MemberAction::ApplyLb {
-            target: LbTarget::Blocked
-        }]
-    );
+    assert_eq!(actions(&mut m), vec![apply_block()]);
     m.handle(
         Time(51),
         MemberEvent::LbConfirmed {
@@ -634,12 +613,7 @@ fn a_late_keepalive_ack_lifts_self_fencing() {
 fn an_inconsistent_lb_is_set_again() {
     let mut m = synced_member(Some(route(1, Phase::Serve, Setup::Warm, 5)));
     m.handle(Time(50), MemberEvent::LbInconsistent);
-    assert_eq!(
-        actions(&mut m),
-        vec![MemberAction::ApplyLb {
-            target: LbTarget::Serve(Setup::Warm)
-        }]
-    );
+    assert_eq!(actions(&mut m), vec![apply_serve(Setup::Warm, Time(1))]);
 }
 
 /// A member that has sent its LB a serve (here: just restarted and synced
@@ -656,12 +630,7 @@ fn member_with_serve_in_flight_then_drained() -> Member {
             lease_sent_at: Time(1),
         },
     );
-    assert_eq!(
-        actions(&mut m),
-        vec![MemberAction::ApplyLb {
-            target: LbTarget::Serve(Setup::Hot)
-        }]
-    );
+    assert_eq!(actions(&mut m), vec![apply_serve(Setup::Hot, Time(1))]);
     m.handle(
         Time(2),
         MemberEvent::PeerDrain {
@@ -696,12 +665,7 @@ fn a_drain_is_not_acked_while_a_serve_may_still_land() {
             target: LbTarget::Serve(Setup::Hot),
         },
     );
-    assert_eq!(
-        actions(&mut m),
-        vec![MemberAction::ApplyLb {
-            target: LbTarget::Blocked
-        }]
-    );
+    assert_eq!(actions(&mut m), vec![apply_block()]);
     m.handle(
         Time(4) + d,
         MemberEvent::LbConfirmed {
@@ -741,7 +705,7 @@ fn the_dead_mans_countdown_restarts_when_a_serve_ends() {
     assert_eq!(m.poll_timeout(), Some(ended + d).min(m.poll_timeout()));
     // The block cannot be confirmed either.
     for a in actions(&mut m) {
-        if let MemberAction::ApplyLb { target } = a {
+        if let MemberAction::ApplyLb { target, .. } = a {
             m.handle(ended, MemberEvent::LbFailed { target });
         }
     }
@@ -866,4 +830,45 @@ fn a_stale_member_delete_does_not_end_the_wait_for_its_new_key() {
         l.poll_action(),
         Some(LeaderAction::WriteRoute { route, .. }) if route.phase == Phase::Serve
     ));
+}
+
+/// A serve may make its server routable only while the check endpoint calls
+/// it routable: a driver paused after the decision must not land it later
+/// (HAProxy's `state ready` would override the health checks). An expired
+/// serve is retried under the fresher lease.
+#[test]
+fn a_serve_must_land_while_the_check_still_calls_it_routable() {
+    let mut m = Member::new(member_config("alice-0", Role::Alice), Time::ZERO);
+    confirm_all(&mut m, Time(0));
+    m.handle(
+        Time(1),
+        MemberEvent::Synced {
+            route: Some(route(1, Phase::Serve, Setup::Hot, 5)),
+            lease_sent_at: Time(1),
+        },
+    );
+    let cfg = m.config().clone();
+    let d = cfg.lb_down_bound;
+    let Some(MemberAction::ApplyLb {
+        target: LbTarget::Serve(Setup::Hot),
+        enable_before: Some(deadline),
+    }) = actions(&mut m).pop()
+    else {
+        panic!("expected a serve with a deadline");
+    };
+    let just_before = deadline - Duration::from_millis(1);
+    assert!(m.view().routable(Setup::Hot, just_before, d));
+    assert!(!m.view().routable(Setup::Hot, deadline, d));
+
+    // The driver woke up too late and refused to send it.
+    m.handle(
+        deadline,
+        MemberEvent::LbFailed {
+            target: LbTarget::Serve(Setup::Hot),
+        },
+    );
+    m.handle(deadline, MemberEvent::KeepAliveAcked { sent_at: deadline });
+    let retry = deadline + cfg.lb_retry;
+    m.handle(retry, MemberEvent::Tick);
+    assert_eq!(actions(&mut m), vec![apply_serve(Setup::Hot, deadline)]);
 }

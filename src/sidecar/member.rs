@@ -101,27 +101,20 @@ async fn run<L: LoadBalancer>(
         // Carry out everything the core decided, then publish its view.
         while let Some(action) = core.poll_action() {
             match action {
-                MemberAction::ApplyLb { target } => {
+                MemberAction::ApplyLb {
+                    target,
+                    enable_before,
+                } => {
                     apply_gen.fetch_add(1, Ordering::SeqCst);
                     let lb = lb.clone();
                     let tx = lb_tx.clone();
                     let epoch = core.view().applied.map_or(0, |a| a.epoch);
-                    // Enable a server only while the check endpoint itself
-                    // would call it routable (lease fresh for longer than D).
-                    let enable_before =
-                        core.view()
-                            .lease_fresh_until
-                            .map_or_else(std::time::Instant::now, |u| {
-                                let until = clock.instant(u).into_std();
-                                until
-                                    .checked_sub(shared.config.lb_down_detection())
-                                    .unwrap_or(until)
-                            });
+                    let enable_before = enable_before.map(|t| clock.instant(t).into_std());
                     tokio::spawn(
                         async move {
                             let started = std::time::Instant::now();
                             fail::fail_point!("member-before-lb-apply");
-                            let event = match lb.apply(target, Some(enable_before)).await {
+                            let event = match lb.apply(target, enable_before).await {
                                 Ok(_) => {
                                     debug!(%target, elapsed_us = started.elapsed().as_micros() as u64, "LB confirmed");
                                     MemberEvent::LbConfirmed { target }

@@ -270,6 +270,7 @@ fn mutation() -> Option<lockstep_core::mutation::Mutation> {
         "skip-drain" => Mutation::SkipDrain,
         "ack-before-lb-blocked" => Mutation::AckBeforeLbBlocked,
         "ignore-token" => Mutation::IgnoreToken,
+        "no-serve-deadline" => Mutation::NoServeDeadline,
         other => {
             warn!(mutation = other, "unknown LOCKSTEP_MUTATION ignored");
             return None;

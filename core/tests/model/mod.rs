@@ -26,7 +26,19 @@
 //! loss and duplication, an LB command failing (landed or not), a route
 //! txn whose outcome the leader cannot learn (landed or not), member crash
 //! (restarts are free), a member cut off from etcd (heals are free), leader
-//! crash, and a leader losing its lease while it keeps running.
+//! crash, a leader losing its lease while it keeps running, and a member's
+//! sidecar paused (SIGSTOP) with a serve in flight.
+//!
+//! A paused sidecar does nothing and answers nothing (no keep-alives, no
+//! check answers, no gRPC) while time passes; its LB command is held and
+//! goes out when it resumes, however late: the driver checks the command's
+//! `enable_before` then, as the HAProxy adapter does, and a serve past it
+//! fails without landing. Pausing only with a serve in flight is no loss:
+//! a held block only keeps the LB as it was, which its health checks block
+//! D after the check stops answering (a crash covers that), and a sidecar
+//! with nothing in flight blocks sooner than a partitioned one (its check
+//! stops answering at once) and acts, when it resumes, on events it
+//! receives then, which the other faults already reorder.
 
 use lockstep_core::health::RoleHealth;
 use lockstep_core::leader::*;
@@ -66,6 +78,7 @@ pub struct Faults {
     pub partition: u8,
     pub leader_crash: u8,
     pub leader_lease: u8,
+    pub pause: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,6 +91,7 @@ pub enum Fault {
     Partition,
     LeaderCrash,
     LeaderLease,
+    Pause,
 }
 
 impl Fault {
@@ -91,6 +105,7 @@ impl Fault {
             Fault::Partition => f.partition,
             Fault::LeaderCrash => f.leader_crash,
             Fault::LeaderLease => f.leader_lease,
+            Fault::Pause => f.pause,
         }
     }
 }
@@ -106,6 +121,10 @@ pub struct LinkModel {
     pub timing: Timing,
     pub faults: Faults,
     pub mutation: Option<Mutation>,
+    /// Start with alice's sidecar just crashed and restarted (its serve of
+    /// the old setup in flight once it registers) as the request arrives:
+    /// the stage a pause needs, without spending a fault on it.
+    pub restarted_at_start: bool,
 }
 
 /// What an LB routes to.
@@ -132,6 +151,23 @@ impl Lb {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LbCmd {
     pub target: LbTarget,
+    /// The command must go out before this time (`ApplyLb::enable_before`).
+    pub enable_before: Option<u64>,
+}
+
+impl LbCmd {
+    /// Whether the command can still make its server routable at `now`.
+    fn may_land(&self, now: u64) -> bool {
+        self.enable_before.is_none_or(|d| now < d)
+    }
+
+    /// A serve that may still land at `now`, as S1 must count it.
+    fn pending_serve(&self, now: u64) -> Option<Setup> {
+        match self.target {
+            LbTarget::Serve(x) if self.may_land(now) => Some(x),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -142,6 +178,8 @@ pub struct MemberSlot {
     pub lease: Option<u64>,
     /// Keep-alives (and other etcd calls) get through.
     pub connected: bool,
+    /// The sidecar is paused (SIGSTOP): it neither acts nor answers.
+    pub paused: bool,
     /// A registration (lease, key, route read) is pending.
     pub registering: bool,
     /// Route events of this member's etcd watch, not yet delivered.
@@ -249,6 +287,7 @@ pub enum Action {
     // Recoveries: free, but never required.
     RestartMember(usize),
     Heal(usize),
+    Resume(usize),
     // Faults.
     Drop(Msg),
     Duplicate(Msg),
@@ -268,6 +307,8 @@ pub enum Action {
         landed: bool,
     },
     Partition(usize),
+    /// A member's sidecar is paused with an LB command in flight.
+    Pause(usize),
     CrashLeader(usize),
     LeaderLeaseLost(usize),
 }
@@ -561,12 +602,19 @@ impl LinkModel {
         let mut refused = false;
         for action in actions {
             match action {
-                MemberAction::ApplyLb { target } => {
+                MemberAction::ApplyLb {
+                    target,
+                    enable_before,
+                } => {
                     assert!(
                         s.members[i].lb_cmd.is_none(),
                         "member issued an LB command while one is in flight"
                     );
-                    s.members[i].lb_cmd = Some(LbCmd { target });
+                    s.members[i].lb_cmd = Some(LbCmd {
+                        target,
+                        // Model units are fed to the machines as ms.
+                        enable_before: enable_before.map(Time::as_millis),
+                    });
                 }
                 MemberAction::WriteApplied(a) => {
                     let r = &mut s.members[i].record;
@@ -719,10 +767,11 @@ impl LinkModel {
             if slot.lb.check_down {
                 continue;
             }
-            let routable = slot
-                .m
-                .as_ref()
-                .is_some_and(|m| m.view().routable(setup, Time(now), ms(d)));
+            let routable = !slot.paused
+                && slot
+                    .m
+                    .as_ref()
+                    .is_some_and(|m| m.view().routable(setup, Time(now), ms(d)));
             if routable {
                 slot.lb.down_by = None;
             } else if slot.lb.down_by.is_none() {
@@ -754,7 +803,7 @@ impl LinkModel {
                     .values()
                     .any(|(_, _, l)| s.etcd.leases.contains_key(l) && !self.lease_kept(s, *l)),
                 Some(m) => {
-                    if !slot.connected && lease_alive {
+                    if (!slot.connected || slot.paused) && lease_alive {
                         return true;
                     }
                     // A connected member's lease deadline moves with every
@@ -775,6 +824,7 @@ impl LinkModel {
         let l = slot.lease?;
         let ours = slot.m.is_some()
             && slot.connected
+            && !slot.paused
             && s.etcd.leases.contains_key(&l)
             && s.etcd
                 .members
@@ -787,7 +837,7 @@ impl LinkModel {
     fn lease_kept(&self, s: &State, l: u64) -> bool {
         s.members
             .iter()
-            .any(|slot| slot.m.is_some() && slot.connected && slot.lease == Some(l))
+            .any(|slot| slot.m.is_some() && slot.connected && !slot.paused && slot.lease == Some(l))
     }
 
     /// The requested switch is done: the route serves the target, the
@@ -811,16 +861,14 @@ impl LinkModel {
 
     /// S1: no two LBs route to different setups. An LB with a serve in
     /// flight may already route to its target (the command can land at any
-    /// moment until it is confirmed), or still to what it did.
+    /// moment until it is confirmed, while its deadline has not passed), or
+    /// still to what it did.
     pub fn s1(s: &State) -> bool {
         let options: Vec<Vec<Setup>> = s
             .members
             .iter()
             .map(|slot| {
-                let pending = match slot.lb_cmd.as_ref().map(|c| c.target) {
-                    Some(LbTarget::Serve(x)) => Some(x),
-                    _ => None,
-                };
+                let pending = slot.lb_cmd.as_ref().and_then(|c| c.pending_serve(s.now));
                 slot.lb.serving().into_iter().chain(pending).collect()
             })
             .collect();
@@ -841,11 +889,11 @@ impl LinkModel {
             let alive = slot.m.is_some();
             // A block that fails is taken as not landed (landing would only
             // make the LB safer); a serve may have landed either way.
-            let landings: &[bool] = match slot.lb_cmd.as_ref().map(|c| c.target) {
-                Some(LbTarget::Serve(_)) => &[false, true],
+            let landings: &[bool] = match slot.lb_cmd.as_ref() {
+                Some(c) if c.pending_serve(s.now).is_some() => &[false, true],
                 _ => &[false],
             };
-            if slot.lb_cmd.is_some() {
+            if slot.lb_cmd.is_some() && !slot.paused {
                 out.push(Action::LbDone(i));
                 if self.fault_left(s, Fault::LbFail) {
                     for &landed in landings {
@@ -853,7 +901,18 @@ impl LinkModel {
                     }
                 }
             }
-            if alive && slot.connected {
+            if slot.paused {
+                out.push(Action::Resume(i));
+            } else if alive
+                && slot
+                    .lb_cmd
+                    .as_ref()
+                    .is_some_and(|c| c.pending_serve(s.now).is_some())
+                && self.fault_left(s, Fault::Pause)
+            {
+                out.push(Action::Pause(i));
+            }
+            if alive && slot.connected && !slot.paused {
                 if !slot.watch.is_empty() {
                     out.push(Action::MemberWatch(i));
                 }
@@ -864,7 +923,7 @@ impl LinkModel {
                     out.push(Action::RecordWrite(i));
                 }
             }
-            if slot.lb.check_down {
+            if slot.lb.check_down && !slot.paused {
                 if let (Some(m), LbTarget::Serve(setup)) = (&slot.m, slot.lb.admin) {
                     if m.view().routable(setup, Time(s.now), ms(self.timing.down)) {
                         out.push(Action::CheckUp(i));
@@ -879,7 +938,9 @@ impl LinkModel {
                         out.push(Action::CrashMember { member: i, landed });
                     }
                 }
-                if slot.connected {
+                if slot.paused {
+                    // Resumed first (free); one fault at a time per sidecar.
+                } else if slot.connected {
                     if slot.lease.is_some() && self.fault_left(s, Fault::Partition) {
                         out.push(Action::Partition(i));
                     }
@@ -928,6 +989,10 @@ impl LinkModel {
             }
         }
         for msg in &s.net {
+            // A paused sidecar reads no requests; they wait in its socket.
+            if matches!(msg, Msg::Push { to, .. } if s.members[*to].paused) {
+                continue;
+            }
             out.push(Action::Deliver(msg.clone()));
             if self.fault_left(s, Fault::Drop) {
                 out.push(Action::Drop(msg.clone()));
@@ -937,8 +1002,12 @@ impl LinkModel {
             }
         }
         // An LB command completes (or fails, `LbFail`) within the time unit
-        // it is issued in: time does not pass over one in flight.
-        let overdue = s.members.iter().any(|slot| slot.lb_cmd.is_some());
+        // it is issued in: time does not pass over one in flight, unless
+        // its sidecar is paused.
+        let overdue = s
+            .members
+            .iter()
+            .any(|slot| slot.lb_cmd.is_some() && !slot.paused);
         // A resend only repeats pushes, so time passes for it alone only
         // once nothing else can happen (the pushes were lost); duplicates
         // in flight are the `Duplicate` fault's business.
@@ -955,8 +1024,25 @@ impl LinkModel {
         match action {
             Action::LbDone(i) => {
                 let cmd = s.members[i].lb_cmd.take().expect("command in flight");
-                Self::land(&mut s.members[i].lb, cmd.target);
-                self.feed_member(s, i, MemberEvent::LbConfirmed { target: cmd.target });
+                if cmd.may_land(s.now) {
+                    Self::land(&mut s.members[i].lb, cmd.target);
+                    self.feed_member(s, i, MemberEvent::LbConfirmed { target: cmd.target });
+                } else {
+                    // The driver refuses a serve past its deadline
+                    // (`LbError::Expired`); nothing is sent.
+                    self.feed_member(s, i, MemberEvent::LbFailed { target: cmd.target });
+                }
+            }
+            Action::Pause(i) => {
+                Self::use_fault(s, Fault::Pause);
+                s.members[i].paused = true;
+            }
+            Action::Resume(i) => {
+                s.members[i].paused = false;
+                // Its keep-alive goes out again: renewed, or the lease is
+                // gone. The LB command held meanwhile may go out before the
+                // member hears either (`LbDone` stays enabled).
+                self.renew_or_lose_lease(s, i);
             }
             Action::LbFail { member: i, landed } => {
                 Self::use_fault(s, Fault::LbFail);
@@ -1094,7 +1180,7 @@ impl LinkModel {
                 self.expire_leases(s);
                 for i in 0..self.members {
                     let slot = &s.members[i];
-                    if slot.m.is_none() || !slot.connected {
+                    if slot.m.is_none() || !slot.connected || slot.paused {
                         continue;
                     }
                     let Some(lease) = slot.lease else { continue };
@@ -1104,7 +1190,9 @@ impl LinkModel {
                     }
                 }
                 for i in 0..self.members {
-                    self.feed_member(s, i, MemberEvent::Tick);
+                    if !s.members[i].paused {
+                        self.feed_member(s, i, MemberEvent::Tick);
+                    }
                 }
                 for c in 0..self.candidates {
                     self.feed_leader(s, c, LeaderEvent::Tick);
@@ -1126,22 +1214,13 @@ impl LinkModel {
             }
             Action::Heal(i) => {
                 s.members[i].connected = true;
-                let lease = s.members[i].lease;
-                let alive = lease.and_then(|l| s.etcd.leases.get(&l).copied());
-                match (lease, alive) {
-                    (Some(l), Some(_)) => {
-                        s.etcd.leases.insert(l, s.now + self.timing.ttl);
-                        let now = s.now;
-                        self.feed_member(s, i, MemberEvent::KeepAliveAcked { sent_at: Time(now) });
-                    }
-                    (Some(_), None) => self.feed_member(s, i, MemberEvent::LeaseLost),
-                    (None, _) => {}
-                }
+                self.renew_or_lose_lease(s, i);
             }
             Action::CrashMember { member: i, landed } => {
                 Self::use_fault(s, Fault::MemberCrash);
                 let slot = &mut s.members[i];
                 slot.m = None;
+                slot.paused = false;
                 // A command in flight dies with the sidecar's connection to
                 // the LB (it may have landed); what landed stays.
                 if let Some(cmd) = slot.lb_cmd.take() {
@@ -1243,6 +1322,25 @@ impl LinkModel {
         });
     }
 
+    /// A member back in touch with etcd sends a keep-alive: its lease is
+    /// renewed, or it learns that the lease is gone.
+    fn renew_or_lose_lease(&self, s: &mut State, i: usize) {
+        if !s.members[i].connected || s.members[i].paused {
+            return;
+        }
+        let lease = s.members[i].lease;
+        let alive = lease.and_then(|l| s.etcd.leases.get(&l).copied());
+        match (lease, alive) {
+            (Some(l), Some(_)) => {
+                s.etcd.leases.insert(l, s.now + self.timing.ttl);
+                let now = s.now;
+                self.feed_member(s, i, MemberEvent::KeepAliveAcked { sent_at: Time(now) });
+            }
+            (Some(_), None) => self.feed_member(s, i, MemberEvent::LeaseLost),
+            (None, _) => {}
+        }
+    }
+
     /// An LB command takes effect. `state ready` (with health forced up)
     /// makes the server UP at once, whatever its checks said before.
     fn land(lb: &mut Lb, target: LbTarget) {
@@ -1338,6 +1436,7 @@ impl LinkModel {
                     m: None,
                     lease: None,
                     connected: true,
+                    paused: false,
                     registering: false,
                     watch: VecDeque::new(),
                     lb_cmd: None,
@@ -1397,6 +1496,17 @@ impl LinkModel {
             &mut s,
             LeaderWatch::Event(LeaderEvent::RequestPut { request, rev }),
         );
+        if self.restarted_at_start {
+            self.step(
+                &mut s,
+                Action::CrashMember {
+                    member: 0,
+                    landed: false,
+                },
+            );
+            self.step(&mut s, Action::RestartMember(0));
+            s.used.clear();
+        }
         s
     }
 
@@ -1458,11 +1568,18 @@ impl LinkModel {
                 Some(x) => x.to_string(),
                 None => "-".into(),
             };
-            let up = if slot.m.is_some() { "" } else { "†" };
+            let up = match (&slot.m, slot.paused) {
+                (None, _) => "†",
+                (Some(_), true) => "⏸",
+                (Some(_), false) => "",
+            };
             // A serve in flight may already route (S1 counts it).
-            let pending = match slot.lb_cmd.as_ref().map(|c| c.target) {
-                Some(LbTarget::Serve(x)) => format!("(→{x})"),
-                Some(LbTarget::Blocked) => "(→-)".into(),
+            let pending = match slot.lb_cmd.as_ref() {
+                Some(c) => match (c.target, c.enable_before) {
+                    (LbTarget::Serve(x), Some(d)) => format!("(→{x} before t={d})"),
+                    (LbTarget::Serve(x), None) => format!("(→{x})"),
+                    (LbTarget::Blocked, _) => "(→-)".into(),
+                },
                 None => String::new(),
             };
             let _ = write!(out, "{}{}:{}{} ", self.member_id(i), up, lb, pending);
