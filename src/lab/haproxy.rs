@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 /// How long HAProxy may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+const FRONTEND_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a lab HAProxy needs; [`HaproxyProcess::spawn`] picks the frontend
 /// port and puts the stats socket in its directory.
@@ -201,7 +202,9 @@ fn launch(
     let mut guard = ChildGuard::spawn(&format!("haproxy-{name}"), cmd, log)?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        let frontend = TcpStream::connect_timeout(&t.frontend_bind, Duration::from_millis(200));
+        // Long enough for a round trip over a slowed link (the chaos
+        // suite's `net-slow` makes a round trip to a member up to ~560 ms).
+        let frontend = TcpStream::connect_timeout(&t.frontend_bind, FRONTEND_PROBE_TIMEOUT);
         let socket = UnixStream::connect(&t.stats_socket);
         if frontend.is_ok() && socket.is_ok() {
             break;
