@@ -2,7 +2,7 @@
 //! port, run in the foreground (`-db`) so its guard owns it and kills it on
 //! drop, also when a test panics.
 
-use super::process::{find_program, free_port, ChildGuard};
+use super::process::{find_program, free_port, ChildGuard, CONNECT_PROBE_TIMEOUT};
 use super::sidecar::Timing;
 use crate::lb::haproxy::{Haproxy, HaproxyTemplate};
 use anyhow::{bail, Context, Result};
@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 /// How long HAProxy may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-const FRONTEND_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a lab HAProxy needs; [`HaproxyProcess::spawn`] picks the frontend
 /// port and puts the stats socket in its directory.
@@ -202,9 +201,7 @@ fn launch(
     let mut guard = ChildGuard::spawn(&format!("haproxy-{name}"), cmd, log)?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        // Long enough for a round trip over a slowed link (the chaos
-        // suite's `net-slow` makes a round trip to a member up to ~560 ms).
-        let frontend = TcpStream::connect_timeout(&t.frontend_bind, FRONTEND_PROBE_TIMEOUT);
+        let frontend = TcpStream::connect_timeout(&t.frontend_bind, CONNECT_PROBE_TIMEOUT);
         let socket = UnixStream::connect(&t.stats_socket);
         if frontend.is_ok() && socket.is_ok() {
             break;

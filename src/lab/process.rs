@@ -63,11 +63,17 @@ fn ephemeral_range() -> (u16, u16) {
         .unwrap_or((32768, 60999))
 }
 
-/// Waits until something accepts TCP connections at `addr`.
+/// How long one probe connect may take: long enough for a round trip over
+/// a slowed link (the chaos suite's `net-slow` makes a round trip to a
+/// member up to ~560 ms), so a start-up probe never times out on latency.
+pub const CONNECT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Waits until something accepts TCP connections at `addr` (at least one
+/// attempt, however short `timeout`).
 pub fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        if TcpStream::connect_timeout(&addr, CONNECT_PROBE_TIMEOUT).is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
