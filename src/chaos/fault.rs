@@ -12,7 +12,6 @@ use crate::lab::{netns, Lab};
 use crate::protocol::{Role, Setup};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
-use std::time::Duration;
 
 /// One fault. Member and node indices are the lab's (`lab.sidecars[i]`
 /// with `lab.lbs[i]`; `lab.etcd.nodes[i]`).
@@ -234,38 +233,5 @@ fn haproxy(lab: &mut Lab, i: usize) -> Result<&mut crate::lab::haproxy::HaproxyP
     match lab.lbs.get_mut(i) {
         Some(h) => Ok(h),
         None => bail!("no LB {i} (the lab has {n})"),
-    }
-}
-
-/// The index of the etcd node that leads, asking every running node.
-pub async fn etcd_leader(lab: &Lab, timeout: Duration) -> Result<usize> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let mut ids = Vec::new();
-        let mut leader = 0;
-        for (i, node) in lab.etcd.nodes.iter().enumerate() {
-            let endpoint = format!("http://{}", node.client);
-            let opts = etcd_client::ConnectOptions::new()
-                .with_connect_timeout(Duration::from_millis(500))
-                .with_timeout(Duration::from_millis(500));
-            let Ok(mut client) = etcd_client::Client::connect([endpoint], Some(opts)).await else {
-                continue;
-            };
-            if let Ok(status) = client.status().await {
-                if let Some(h) = status.header() {
-                    ids.push((i, h.member_id()));
-                }
-                if status.leader() != 0 {
-                    leader = status.leader();
-                }
-            }
-        }
-        if let Some((i, _)) = ids.iter().find(|(_, id)| *id == leader) {
-            return Ok(*i);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("no etcd leader found within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

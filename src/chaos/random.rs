@@ -4,7 +4,7 @@
 //! over a ten-second window. Run `i` of `random --seed S` uses seed
 //! `S + i`, so `random --seed <seed> --runs 1` replays one run.
 
-use super::fault::{etcd_leader, Fault};
+use super::fault::Fault;
 use super::net::NetFault;
 use super::scenario::{Ctx, RunReport, Scenario};
 use crate::lab::LabOptions;
@@ -132,7 +132,7 @@ async fn resolve(ctx: &mut Ctx, kind: &str) -> Result<Option<Fault>> {
         // A quorum loss that leaves a quorum needs three nodes or more.
         "etcd-quorum-loss" if nodes < 3 => return Ok(None),
         "etcd-leader-kill" | "etcd-quorum-loss" => {
-            let Ok(leader) = etcd_leader(&ctx.lab, Duration::from_secs(1)).await else {
+            let Ok(leader) = ctx.lab.etcd.leader(Duration::from_secs(1)).await else {
                 return Ok(None);
             };
             let mut victims = vec![leader];

@@ -11,7 +11,7 @@
 //! [`Scenario`] to [`registry`]. Faults come from [`Fault`]; new kinds of
 //! fault (network partitions, `tc netem`) are new `Fault` variants.
 
-use super::fault::{etcd_leader, Fault};
+use super::fault::Fault;
 use super::history::{
     Event, FaultOp, FaultRecord, History, Recording, StartInfo, SwitchRecord, SwitchResult,
     TimingInfo,
@@ -1249,7 +1249,7 @@ async fn haproxy_restart(ctx: &mut Ctx, during_switch: bool) -> Result<()> {
 }
 
 async fn etcd_leader_kill(ctx: &mut Ctx) -> Result<()> {
-    let node = etcd_leader(&ctx.lab, Duration::from_secs(10)).await?;
+    let node = ctx.lab.etcd.leader(Duration::from_secs(10)).await?;
     let id = ctx
         .inject(Fault::EtcdKill {
             nodes: vec![node],
@@ -1282,7 +1282,7 @@ async fn etcd_leader_kill(ctx: &mut Ctx) -> Result<()> {
 }
 
 async fn etcd_quorum_loss(ctx: &mut Ctx) -> Result<()> {
-    let leader = etcd_leader(&ctx.lab, Duration::from_secs(10)).await?;
+    let leader = ctx.lab.etcd.leader(Duration::from_secs(10)).await?;
     let n = ctx.lab.etcd.nodes.len();
     if n < 3 {
         bail!("a quorum loss that can be restored needs 3 etcd nodes, the lab has {n}");

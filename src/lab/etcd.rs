@@ -3,7 +3,7 @@
 //! on a shared disk would dominate every latency we measure).
 
 use super::process::{find_program, free_port, wait_for_tcp, ChildGuard};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -122,6 +122,40 @@ impl EtcdCluster {
             .iter()
             .map(|n| format!("http://{}", n.client))
             .collect()
+    }
+
+    /// The index of the etcd node that leads, asking every running node.
+    pub async fn leader(&self, timeout: Duration) -> Result<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut ids = Vec::new();
+            let mut leader = 0;
+            for (i, node) in self.nodes.iter().enumerate() {
+                let endpoint = format!("http://{}", node.client);
+                let opts = etcd_client::ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_millis(500))
+                    .with_timeout(Duration::from_millis(500));
+                let Ok(mut client) = etcd_client::Client::connect([endpoint], Some(opts)).await
+                else {
+                    continue;
+                };
+                if let Ok(status) = client.status().await {
+                    if let Some(h) = status.header() {
+                        ids.push((i, h.member_id()));
+                    }
+                    if status.leader() != 0 {
+                        leader = status.leader();
+                    }
+                }
+            }
+            if let Some((i, _)) = ids.iter().find(|(_, id)| *id == leader) {
+                return Ok(*i);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("no etcd leader found within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Restarts a killed node with its old data.

@@ -9,6 +9,7 @@
 //! * `paused`: present while the link is paused.
 //! * `history/<epoch, zero-padded>`: one record per transition.
 
+use backon::{ExponentialBuilder, Retryable};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     TxnOpResponse, WatchOptions, WatchStream,
@@ -20,6 +21,7 @@ use lockstep_core::policy::{Pause, Request};
 use lockstep_core::{MemberId, Route, Token};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
+use tracing::debug;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -145,28 +147,82 @@ impl Store {
         format!("{}history/{:020}", self.base, epoch)
     }
 
-    async fn bounded<T>(
+    /// Runs one unary request against etcd within `timeout`. A request
+    /// that never left this process (the client's balancer picked an
+    /// endpoint it cannot connect to, e.g. a dead etcd node) is sent again,
+    /// soon, so one dead node of a cluster with quorum costs milliseconds,
+    /// not an error: etcd-client does not fail over between endpoints by
+    /// itself. A write that may have reached etcd is not repeated (the
+    /// caller learns its outcome is unknown); see `bounded_idempotent`.
+    async fn bounded<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.with_retries(op, never_sent).await
+    }
+
+    /// `bounded` for requests that may run twice (reads, puts of the same
+    /// value, deletes, opening a stream): also sent again when the
+    /// connection it went out on turned out dead.
+    async fn bounded_idempotent<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.with_retries(op, |e| never_sent(e) || connection_lost(e))
+            .await
+    }
+
+    async fn with_retries<T, F, Fut>(
         &self,
-        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, f)
+        mut op: F,
+        again: fn(&etcd_client::Error) -> bool,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let attempts = (|| op(self.client.clone()))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(10))
+                    .with_max_delay(Duration::from_millis(200))
+                    .without_max_times(),
+            )
+            .sleep(tokio::time::sleep)
+            .when(again)
+            .notify(
+                |e, after| debug!(error = %e, retry_in = ?after, "etcd request not sent; again"),
+            );
+        tokio::time::timeout(self.timeout, attempts)
             .await
             .map_err(|_| StoreError::Timeout(self.timeout))?
             .map_err(StoreError::Etcd)
     }
 
     async fn get_raw(&self, key: &str) -> Result<Option<etcd_client::KeyValue>, StoreError> {
-        let mut c = self.client.clone();
-        let resp = self.bounded(c.get(key, None)).await?;
+        let resp = self
+            .bounded_idempotent(|mut c| async move { c.get(key, None).await })
+            .await?;
         Ok(resp.kvs().first().cloned())
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        let txn = &txn;
+        self.bounded(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
     }
 
     // ---- leases ----
 
     pub async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
-        let mut c = self.client.clone();
+        let ttl = ttl.as_secs().max(1) as i64;
         let resp = self
-            .bounded(c.lease_grant(ttl.as_secs().max(1) as i64, None))
+            .bounded(|mut c| async move { c.lease_grant(ttl, None).await })
             .await?;
         Ok(resp.id())
     }
@@ -175,13 +231,14 @@ impl Store {
         &self,
         lease: i64,
     ) -> Result<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream), StoreError> {
-        let mut c = self.client.clone();
-        self.bounded(c.lease_keep_alive(lease)).await
+        self.bounded_idempotent(|mut c| async move { c.lease_keep_alive(lease).await })
+            .await
     }
 
     pub async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
-        let mut c = self.client.clone();
-        self.bounded(c.lease_revoke(lease)).await.map(|_| ())
+        self.bounded_idempotent(|mut c| async move { c.lease_revoke(lease).await })
+            .await
+            .map(|_| ())
     }
 
     // ---- members ----
@@ -193,23 +250,25 @@ impl Store {
         record: &MemberRecord,
         lease: i64,
     ) -> Result<Rev, StoreError> {
-        let mut c = self.client.clone();
+        let key = self.member_key(id);
         let value = to_json(record);
+        let (key, value) = (key.as_str(), value.as_str());
         let resp = self
-            .bounded(c.put(
-                self.member_key(id),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            ))
+            .bounded_idempotent(|mut c| async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            })
             .await?;
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
     /// The route and the revision it was read at (watch from `rev + 1`).
     pub async fn read_route(&self) -> Result<(Option<Route>, Rev), StoreError> {
-        let mut c = self.client.clone();
         let key = self.key("route");
-        let resp = self.bounded(c.get(key.clone(), None)).await?;
+        let k = key.as_str();
+        let resp = self
+            .bounded_idempotent(|mut c| async move { c.get(k, None).await })
+            .await?;
         let rev = resp.header().map_or(0, |h| h.revision());
         let route = match resp.kvs().first() {
             Some(kv) => Some(from_json::<Route>(&key, kv.value())?),
@@ -224,7 +283,6 @@ impl Store {
         name: Option<&str>,
         from_rev: Rev,
     ) -> Result<WatchStream, StoreError> {
-        let mut c = self.client.clone();
         let mut options = WatchOptions::new().with_start_revision(from_rev);
         let key = match name {
             Some(n) => self.key(n),
@@ -233,7 +291,12 @@ impl Store {
                 self.base.clone()
             }
         };
-        self.bounded(c.watch(key, Some(options))).await
+        let key = key.as_str();
+        self.bounded_idempotent(|mut c| {
+            let options = options.clone();
+            async move { c.watch(key, Some(options)).await }
+        })
+        .await
     }
 
     /// Decodes one watch event under the link's prefix.
@@ -286,8 +349,7 @@ impl Store {
                 TxnOp::get(key.clone(), None),
             ])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let mut c = self.client.clone();
-        let resp = self.bounded(c.txn(txn)).await?;
+        let resp = self.txn(txn).await?;
         for op in resp.op_responses() {
             if let TxnOpResponse::Get(g) = op {
                 if let Some(kv) = g.kvs().first() {
@@ -310,14 +372,12 @@ impl Store {
                 token,
             )])
             .and_then([TxnOp::delete(key, None)]);
-        let mut c = self.client.clone();
-        self.bounded(c.txn(txn)).await.map(|_| ())
+        self.txn(txn).await.map(|_| ())
     }
 
     // ---- reading the whole link ----
 
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let mut c = self.client.clone();
         // Everything but `history/`, which grows with every switch: keys
         // from "history0" ('0' sorts right after '/') to the prefix's end.
         let from = format!("{}history0", self.base);
@@ -325,8 +385,11 @@ impl Store {
         if let Some(last) = end.last_mut() {
             *last += 1;
         }
+        let (from, end) = (from.as_str(), end.as_slice());
         let resp = self
-            .bounded(c.get(from, Some(GetOptions::new().with_range(end))))
+            .bounded_idempotent(|mut c| async move {
+                c.get(from, Some(GetOptions::new().with_range(end))).await
+            })
             .await?;
         let mut snap = Snapshot {
             rev: resp.header().map_or(0, |h| h.revision()),
@@ -404,9 +467,8 @@ impl Store {
             .when(compares)
             .and_then(ops)
             .or_else([TxnOp::get(leader_key, None)]);
-        let mut c = self.client.clone();
         let resp = self
-            .bounded(c.txn(txn))
+            .txn(txn)
             .await
             .map_err(|e| WriteFailure::Unknown(e.to_string()))?;
         let rev = resp.header().map_or(0, |h| h.revision());
@@ -484,9 +546,8 @@ impl Store {
             0,
             Compare::create_revision(self.key("leader"), CompareOp::Equal, token),
         );
-        let mut c = self.client.clone();
         Ok(self
-            .bounded(c.txn(Txn::new().when(compares).and_then(ops)))
+            .txn(Txn::new().when(compares).and_then(ops))
             .await?
             .succeeded())
     }
@@ -510,8 +571,7 @@ impl Store {
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), to_json(request), None)])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let mut c = self.client.clone();
-        let resp = self.bounded(c.txn(txn)).await?;
+        let resp = self.txn(txn).await?;
         if resp.succeeded() {
             return Ok(Ok(resp.header().map_or(0, |h| h.revision())));
         }
@@ -558,19 +618,22 @@ impl Store {
         let txn = Txn::new()
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
             .and_then([TxnOp::delete(key, None)]);
-        let mut c = self.client.clone();
-        Ok(self.bounded(c.txn(txn)).await?.succeeded())
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     pub async fn set_paused(&self, pause: Option<&Pause>) -> Result<(), StoreError> {
-        let mut c = self.client.clone();
+        let key = self.key("paused");
+        let key = key.as_str();
         match pause {
-            Some(p) => self
-                .bounded(c.put(self.key("paused"), to_json(p), None))
-                .await
-                .map(|_| ()),
+            Some(p) => {
+                let value = to_json(p);
+                let value = value.as_str();
+                self.bounded_idempotent(|mut c| async move { c.put(key, value, None).await })
+                    .await
+                    .map(|_| ())
+            }
             None => self
-                .bounded(c.delete(self.key("paused"), None))
+                .bounded_idempotent(|mut c| async move { c.delete(key, None).await })
                 .await
                 .map(|_| ()),
         }
@@ -578,7 +641,6 @@ impl Store {
 
     /// The newest `limit` history records, newest first.
     pub async fn history(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
-        let mut c = self.client.clone();
         let options = GetOptions::new()
             .with_prefix()
             .with_sort(
@@ -586,13 +648,46 @@ impl Store {
                 etcd_client::SortOrder::Descend,
             )
             .with_limit(limit as i64);
+        let key = self.key("history/");
+        let key = key.as_str();
         let resp = self
-            .bounded(c.get(self.key("history/"), Some(options)))
+            .bounded_idempotent(|mut c| {
+                let options = options.clone();
+                async move { c.get(key, Some(options)).await }
+            })
             .await?;
         resp.kvs()
             .iter()
             .map(|kv| from_json(&String::from_utf8_lossy(kv.key()), kv.value()))
             .collect()
+    }
+}
+
+/// The request failed before any byte of it reached etcd: connecting to
+/// the endpoint the balancer chose failed.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::Unavailable
+                && (status.message().contains("connect error")
+                    || status.message().contains("Service was not ready"))
+        }
+        _ => false,
+    }
+}
+
+/// The connection the request went out on was found dead (the etcd node
+/// behind it died): whether the request got through is unknown.
+fn connection_lost(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(
+                status.code(),
+                tonic::Code::Unknown | tonic::Code::Unavailable
+            ) && status.message().contains("transport error")
+        }
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
     }
 }
 
