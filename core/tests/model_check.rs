@@ -311,7 +311,7 @@ fn large_configuration() {
 }
 
 #[test]
-#[ignore = "about 15 minutes; run by hand (scripts/model-check-large)"]
+#[ignore = "several minutes; run by hand (scripts/model-check-large)"]
 fn paused_sidecar_after_a_crash_at_any_point() {
     check_all(
         "paused sidecar, crash anywhere",
