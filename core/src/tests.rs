@@ -616,11 +616,9 @@ fn an_inconsistent_lb_is_set_again() {
     assert_eq!(actions(&mut m), vec![apply_serve(Setup::Warm, Time(1))]);
 }
 
-/// A member that has sent its LB a serve (here: just restarted and synced
-/// to a serving route) and then accepts a drain. Its last confirmed LB
-/// state is "blocked", but the serve may land any moment (`state ready` is
-/// UP at once).
-fn member_with_serve_in_flight_then_drained() -> Member {
+/// A member just (re)started, its LB confirmed blocked, synced at t=1 to
+/// a route serving hot: its serve of hot is decided, not yet polled.
+fn restarted_and_synced_to_hot() -> Member {
     let mut m = Member::new(member_config("alice-0", Role::Alice), Time::ZERO);
     confirm_all(&mut m, Time(0));
     m.handle(
@@ -630,6 +628,15 @@ fn member_with_serve_in_flight_then_drained() -> Member {
             lease_sent_at: Time(1),
         },
     );
+    m
+}
+
+/// A member that has sent its LB a serve (here: just restarted and synced
+/// to a serving route) and then accepts a drain. Its last confirmed LB
+/// state is "blocked", but the serve may land any moment (`state ready` is
+/// UP at once).
+fn member_with_serve_in_flight_then_drained() -> Member {
+    let mut m = restarted_and_synced_to_hot();
     assert_eq!(actions(&mut m), vec![apply_serve(Setup::Hot, Time(1))]);
     m.handle(
         Time(2),
@@ -838,15 +845,7 @@ fn a_stale_member_delete_does_not_end_the_wait_for_its_new_key() {
 /// serve is retried under the fresher lease.
 #[test]
 fn a_serve_must_land_while_the_check_still_calls_it_routable() {
-    let mut m = Member::new(member_config("alice-0", Role::Alice), Time::ZERO);
-    confirm_all(&mut m, Time(0));
-    m.handle(
-        Time(1),
-        MemberEvent::Synced {
-            route: Some(route(1, Phase::Serve, Setup::Hot, 5)),
-            lease_sent_at: Time(1),
-        },
-    );
+    let mut m = restarted_and_synced_to_hot();
     let cfg = m.config().clone();
     let d = cfg.lb_down_bound;
     let Some(MemberAction::ApplyLb {

@@ -3,8 +3,9 @@
 //!
 //! * `ci_configuration_explores_everything_without_violation`: the bounded
 //!   configuration CI runs (`cargo test --workspace`).
-//! * `a_paused_sidecar_never_lands_a_stale_serve`: a crash, then a pause
-//!   with the restarted member's serve in flight, every interleaving.
+//! * `a_paused_sidecar_never_lands_a_stale_serve`: alice restarted as the
+//!   request arrives, then a pause with her serve in flight, every
+//!   interleaving.
 //! * `mutation_*`: each deliberate break must yield a counterexample.
 //! * `large_configuration` (ignored): two faults per run instead of one;
 //!   run it with `scripts/model-check-large`.

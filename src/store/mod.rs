@@ -193,7 +193,7 @@ impl Store {
             .sleep(tokio::time::sleep)
             .when(again)
             .notify(
-                |e, after| debug!(error = %e, retry_in = ?after, "etcd request not sent; again"),
+                |e, after| debug!(error = %e, retry_in = ?after, "etcd request did not get through; sending it again"),
             );
         tokio::time::timeout(self.timeout, attempts)
             .await

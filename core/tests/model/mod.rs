@@ -307,7 +307,7 @@ pub enum Action {
         landed: bool,
     },
     Partition(usize),
-    /// A member's sidecar is paused with an LB command in flight.
+    /// A member's sidecar is paused with a serve in flight.
     Pause(usize),
     CrashLeader(usize),
     LeaderLeaseLost(usize),
