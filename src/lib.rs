@@ -9,13 +9,9 @@
 //! * [`chaos`]: fault scenarios on a lab, their recorded history and the
 //!   history checker (`lockstep-chaos`).
 
-pub mod chaos;
-pub mod checker;
 pub mod cli;
 pub mod config;
 pub mod http;
-pub mod kme;
-pub mod lab;
 pub mod lb;
 pub mod probe;
 pub mod proto;

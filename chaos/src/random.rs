@@ -1,0 +1,442 @@
+//! Random mode: each run is a fresh lab (3-node etcd) where a seed picks
+//! two or three faults (kind, target, start, duration; some aimed at a
+//! switch in flight) and two to four switchovers by two on-call users
+//! over a ten-second window. Run `i` of `random --seed S` uses seed
+//! `S + i`, so `random --seed <seed> --runs 1` replays one run.
+
+use super::fault::Fault;
+use super::net::NetFault;
+use super::scenario::{Ctx, RunReport, Scenario};
+use anyhow::Result;
+use lockstep_core::{Role, Setup};
+use lockstep_testkit::lab::LabOptions;
+use rand::rngs::StdRng;
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// The fault kinds random mode draws from (equal weights).
+pub const KINDS: &[&str] = &[
+    "leader-kill",
+    "sidecar-kill",
+    "sidecar-stop",
+    "haproxy-restart",
+    "etcd-kill",
+    "etcd-leader-kill",
+    "etcd-quorum-loss",
+    "kme-kill",
+    "kme-stop",
+];
+
+/// Network fault kinds, drawn too in `random --net` (labs in namespaces).
+pub const NET_KINDS: &[&str] = &["net-cut-etcd", "net-cut-peers", "net-one-way", "net-slow"];
+
+/// The chaos window: faults start and switchovers are sent within it.
+const WINDOW_MS: u64 = 9_000;
+
+/// Random mode as a scenario (its lab and body draw from the run's seed).
+pub fn scenario() -> Scenario {
+    Scenario {
+        name: "random",
+        about: "2-3 random faults and 2-4 switchovers by two users over ~10 s, from the seed",
+        lab: random_lab,
+        body: |c| Box::pin(random_body(c, false)),
+    }
+}
+
+/// The random mode over labs whose members sit in network namespaces,
+/// drawing network faults as well as every process fault.
+pub fn net_scenario() -> Scenario {
+    Scenario {
+        name: "random-net",
+        about:
+            "as `random`, members in network namespaces, network faults drawn too (`random --net`)",
+        lab: random_net_lab,
+        body: |c| Box::pin(random_body(c, true)),
+    }
+}
+
+fn random_net_lab(rng: &mut StdRng) -> LabOptions {
+    LabOptions {
+        netns: true,
+        ..random_lab(rng)
+    }
+}
+
+fn random_lab(rng: &mut StdRng) -> LabOptions {
+    let mut o = LabOptions {
+        etcd_nodes: 3,
+        ..LabOptions::default()
+    };
+    // Half the runs slow every LB apply, so switches stay in flight long
+    // enough for faults to land inside them.
+    if rng.random_bool(0.5) {
+        let ms = rng.random_range(50..200);
+        o.sidecar_env.push((
+            "FAILPOINTS".into(),
+            format!("member-before-lb-apply=sleep({ms})"),
+        ));
+    }
+    o
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Switch { by: &'static str },
+    Inject { fault: usize },
+    Heal { fault: usize },
+}
+
+#[derive(Clone, Debug)]
+struct Planned {
+    kind: &'static str,
+    hold: Duration,
+}
+
+/// Resolves a fault kind to a concrete fault now (the leader, a random
+/// member, ...).
+async fn resolve(ctx: &mut Ctx, kind: &str) -> Result<Option<Fault>> {
+    let n = ctx.members();
+    let member = ctx.rng.random_range(0..n);
+    let setup = if ctx.rng.random_bool(0.5) {
+        Setup::Hot
+    } else {
+        Setup::Warm
+    };
+    let role = if ctx.rng.random_bool(0.5) {
+        Role::Alice
+    } else {
+        Role::Bob
+    };
+    let nodes = ctx.lab.etcd.nodes.len();
+    let node = ctx.rng.random_range(0..nodes);
+    let fault = match kind {
+        "leader-kill" => match ctx.leader(Duration::from_millis(500)).await {
+            Ok(leader) => Fault::SidecarKill {
+                member: leader,
+                leader: true,
+            },
+            Err(_) => return Ok(None),
+        },
+        "sidecar-kill" => Fault::SidecarKill {
+            member,
+            leader: false,
+        },
+        "sidecar-stop" => Fault::SidecarStop { member },
+        "haproxy-restart" => Fault::HaproxyRestart { member },
+        "etcd-kill" => Fault::EtcdKill {
+            nodes: vec![node],
+            leader: false,
+        },
+        // A quorum loss that leaves a quorum needs three nodes or more.
+        "etcd-quorum-loss" if nodes < 3 => return Ok(None),
+        "etcd-leader-kill" | "etcd-quorum-loss" => {
+            let Ok(leader) = ctx.lab.etcd.leader(Duration::from_secs(1)).await else {
+                return Ok(None);
+            };
+            let mut victims = vec![leader];
+            if kind == "etcd-quorum-loss" {
+                victims.push((leader + 1 + ctx.rng.random_range(0..nodes - 1)) % nodes);
+            }
+            Fault::EtcdKill {
+                nodes: victims,
+                leader: true,
+            }
+        }
+        "kme-kill" => Fault::KmeKill { setup, role },
+        "kme-stop" => Fault::KmeStop { setup, role },
+        "net-cut-etcd" => Fault::Net(NetFault::CutFromEtcd { member }),
+        "net-cut-peers" => Fault::Net(NetFault::CutPeers),
+        "net-one-way" => Fault::Net(NetFault::OneWay {
+            from: member,
+            to: (member + 1 + ctx.rng.random_range(0..n - 1)) % n,
+        }),
+        "net-slow" => Fault::Net(NetFault::Slow {
+            member,
+            delay_ms: ctx.rng.random_range(20..200),
+            jitter_ms: ctx.rng.random_range(0..80),
+            loss_pct: ctx.rng.random_range(0..10),
+            seed: ctx.rng.random(),
+        }),
+        _ => return Ok(None),
+    };
+    Ok(Some(fault))
+}
+
+fn hold_for(rng: &mut StdRng, kind: &str) -> Duration {
+    let (lo, hi) = match kind {
+        "leader-kill" | "sidecar-kill" | "sidecar-stop" => (200, 5_000),
+        "haproxy-restart" => (0, 1_000),
+        "etcd-kill" | "etcd-leader-kill" => (500, 4_000),
+        "etcd-quorum-loss" => (1_000, 4_000),
+        "kme-kill" => (1_000, 4_000),
+        // Past the lease TTL sometimes: the member must fence itself.
+        "net-cut-etcd" | "net-slow" => (500, 5_000),
+        _ => (500, 3_000),
+    };
+    Duration::from_millis(rng.random_range(lo..hi))
+}
+
+async fn random_body(ctx: &mut Ctx, net: bool) -> Result<()> {
+    let kinds: Vec<&'static str> = if net {
+        KINDS.iter().chain(NET_KINDS).copied().collect()
+    } else {
+        KINDS.to_vec()
+    };
+    let n_switches = ctx.rng.random_range(2..=4);
+    let n_faults = ctx.rng.random_range(2..=3);
+    let mut steps: Vec<(Duration, Step)> = Vec::new();
+    let mut switch_times = Vec::new();
+    for _ in 0..n_switches {
+        let t = Duration::from_millis(ctx.rng.random_range(300..WINDOW_MS));
+        let by = if ctx.rng.random_bool(0.5) {
+            "oncall-a"
+        } else {
+            "oncall-b"
+        };
+        switch_times.push(t);
+        steps.push((t, Step::Switch { by }));
+    }
+    let mut planned = Vec::new();
+    for i in 0..n_faults {
+        let kind = kinds[ctx.rng.random_range(0..kinds.len())];
+        // Some faults aim at a switch in flight.
+        let start = if ctx.rng.random_bool(0.4) {
+            let s = switch_times[ctx.rng.random_range(0..switch_times.len())];
+            s + Duration::from_millis(ctx.rng.random_range(0..300))
+        } else {
+            Duration::from_millis(ctx.rng.random_range(0..WINDOW_MS - 500))
+        };
+        let hold = hold_for(&mut ctx.rng, kind);
+        planned.push(Planned { kind, hold });
+        steps.push((start, Step::Inject { fault: i }));
+        steps.push((start + hold, Step::Heal { fault: i }));
+    }
+    steps.sort_by_key(|(t, _)| *t);
+    ctx.note(format!(
+        "plan: {}",
+        steps
+            .iter()
+            .map(|(t, s)| match s {
+                Step::Switch { by } => format!("{}ms switch by {by}", t.as_millis()),
+                Step::Inject { fault } =>
+                    format!("{}ms inject {}", t.as_millis(), planned[*fault].kind),
+                Step::Heal { fault } => format!(
+                    "{}ms heal {} (held {}ms)",
+                    t.as_millis(),
+                    planned[*fault].kind,
+                    planned[*fault].hold.as_millis()
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+
+    let origin = Instant::now();
+    let mut ids: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut pending = Vec::new();
+    for (t, step) in steps {
+        tokio::time::sleep(t.saturating_sub(origin.elapsed())).await;
+        match step {
+            Step::Switch { by } => {
+                let to = match ctx.snapshot().await {
+                    Ok(s) => s.route.map(|(r, _)| r.setup.other()),
+                    Err(_) => None,
+                }
+                .unwrap_or(if ctx.rng.random_bool(0.5) {
+                    Setup::Hot
+                } else {
+                    Setup::Warm
+                });
+                let via = ctx.live_member();
+                pending.push(ctx.switch(to, by, via, true));
+            }
+            Step::Inject { fault } => {
+                let kind = planned[fault].kind;
+                let Some(f) = resolve(ctx, kind).await? else {
+                    ctx.note(format!("skipped {kind}: no target found"));
+                    continue;
+                };
+                if let Some((other, _)) = ctx.active().find(|(_, a)| a.overlaps(&f)) {
+                    ctx.note(format!(
+                        "skipped {kind} on {}: fault #{other} holds that process",
+                        f.target(&ctx.lab)
+                    ));
+                    continue;
+                }
+                ids.insert(fault, ctx.inject(f).await?);
+            }
+            Step::Heal { fault } => {
+                if let Some(id) = ids.remove(&fault) {
+                    ctx.heal(id).await?;
+                }
+            }
+        }
+    }
+    for p in pending {
+        p.answer().await;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Summary over many runs
+
+/// Totals over runs (random mode or `all`).
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub runs: u64,
+    pub passed: u64,
+    /// `(scenario, seed, why)` of every failed run.
+    pub failed: Vec<(String, u64, String)>,
+    pub switches: u64,
+    pub switch_results: BTreeMap<String, u64>,
+    pub faults: BTreeMap<String, u64>,
+    pub matched: u64,
+    pub mismatched: u64,
+    pub failed_pairs: u64,
+    pub split_samples: u64,
+    pub samples: u64,
+    /// `(how long, scenario, seed)`.
+    pub longest_outage: Option<(Duration, String, u64)>,
+    pub longest_heal: Option<(Duration, String, u64)>,
+    pub longest_deadman: Option<(Duration, String, u64)>,
+    pub heals: u64,
+    pub deadman_measured: u64,
+}
+
+fn keep_max(
+    slot: &mut Option<(Duration, String, u64)>,
+    d: Option<Duration>,
+    name: &str,
+    seed: u64,
+) {
+    if let Some(d) = d {
+        if slot.as_ref().is_none_or(|(m, _, _)| d > *m) {
+            *slot = Some((d, name.to_string(), seed));
+        }
+    }
+}
+
+impl Summary {
+    pub fn add(&mut self, name: &str, seed: u64, report: &RunReport) {
+        let v = &report.verdict;
+        self.runs += 1;
+        if v.passed() {
+            self.passed += 1;
+        } else {
+            let why = v
+                .violations
+                .first()
+                .map(ToString::to_string)
+                .or_else(|| v.failures.first().cloned())
+                .or_else(|| v.failed_checks.first().cloned())
+                .unwrap_or_default();
+            self.failed.push((name.to_string(), seed, why));
+        }
+        self.switches += v.switches.requested;
+        for (k, n) in &v.switches.results {
+            *self.switch_results.entry(k.clone()).or_default() += n;
+        }
+        for (k, n) in &v.faults {
+            *self.faults.entry(k.clone()).or_default() += n;
+        }
+        self.matched += v.pairs.matched;
+        self.mismatched += v.pairs.mismatched;
+        self.failed_pairs += v.pairs.failed;
+        self.split_samples += v.violation_counts().1 as u64;
+        self.samples += v.samples as u64;
+        keep_max(&mut self.longest_outage, Some(v.longest_outage), name, seed);
+        keep_max(&mut self.longest_heal, v.longest_heal(), name, seed);
+        keep_max(&mut self.longest_deadman, v.longest_deadman(), name, seed);
+        self.heals += v.heals.len() as u64;
+        self.deadman_measured += v
+            .deadman
+            .iter()
+            .filter(|d| d.blocked_after.is_some())
+            .count() as u64;
+    }
+
+    /// A run that could not be carried out (the lab did not start).
+    pub fn add_error(&mut self, name: &str, seed: u64, error: &anyhow::Error) {
+        self.runs += 1;
+        self.failed
+            .push((name.to_string(), seed, format!("run error: {error:#}")));
+    }
+
+    pub fn all_passed(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+fn at(x: &Option<(Duration, String, u64)>) -> String {
+    match x {
+        Some((d, name, seed)) => {
+            format!("{:.1} ms ({name} --seed {seed})", d.as_secs_f64() * 1000.0)
+        }
+        None => "-".into(),
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let join = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(
+            f,
+            "runs: {} ({} passed, {} failed)",
+            self.runs,
+            self.passed,
+            self.failed.len()
+        )?;
+        writeln!(
+            f,
+            "switchovers requested: {} ({})",
+            self.switches,
+            join(&self.switch_results)
+        )?;
+        writeln!(
+            f,
+            "faults injected: {} ({})",
+            self.faults.values().sum::<u64>(),
+            join(&self.faults)
+        )?;
+        writeln!(
+            f,
+            "pairs: matched {}, mismatched {}, failed {}",
+            self.matched, self.mismatched, self.failed_pairs
+        )?;
+        writeln!(
+            f,
+            "LB samples: {}, on different setups or both: {}",
+            self.samples, self.split_samples
+        )?;
+        writeln!(f, "longest outage: {}", at(&self.longest_outage))?;
+        writeln!(
+            f,
+            "longest time to heal: {} over {} heals",
+            at(&self.longest_heal),
+            self.heals
+        )?;
+        writeln!(
+            f,
+            "longest dead-man's block: {} over {} measured",
+            at(&self.longest_deadman),
+            self.deadman_measured
+        )?;
+        for (name, seed, why) in &self.failed {
+            let replay = if name == "random" {
+                format!("random --seed {seed} --runs 1")
+            } else {
+                format!("run {name} --seed {seed}")
+            };
+            writeln!(f, "FAILED {name} seed {seed} (replay: {replay}): {why}")?;
+        }
+        Ok(())
+    }
+}

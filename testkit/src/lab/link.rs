@@ -1,0 +1,258 @@
+//! A whole link on one machine: etcd, four mock KMEs (hot/warm × Alice/Bob),
+//! one HAProxy per member and a `lockstep run` sidecar beside each. Used by
+//! the local lab, the integration tests and the benchmark.
+
+use super::etcd::EtcdCluster;
+use super::haproxy::{HaproxyInputs, HaproxyProcess};
+use super::kme::LinkKmes;
+use super::sidecar::{SidecarProcess, SidecarSpec, Timing};
+use crate::netns::LabNet;
+use crate::traffic::CheckerConfig;
+use anyhow::{bail, Context, Result};
+use lockstep::proto::admin_client::AdminClient;
+use lockstep::proto::peer_client::PeerClient;
+use lockstep::store::Store;
+use lockstep_core::Setup;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    /// Members (each an HAProxy + sidecar) per role.
+    pub members_per_role: usize,
+    pub etcd_nodes: usize,
+    pub timing: Timing,
+    /// Probe the KMEs (health shows "unknown" without).
+    pub probes: bool,
+    /// Extra environment for every sidecar (e.g. FAILPOINTS).
+    pub sidecar_env: Vec<(String, String)>,
+    /// Extra environment for one member's sidecar, by member id (e.g.
+    /// `bob-0`), set after `sidecar_env`: a failpoint on one member only.
+    pub member_env: BTreeMap<String, Vec<(String, String)>>,
+    /// Runs each member (sidecar and HAProxy) in its own network namespace
+    /// (see [`LabNet`]), so network faults can be injected; etcd, the KMEs
+    /// and the checker stay in the root namespace.
+    pub netns: bool,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            members_per_role: 1,
+            etcd_nodes: 1,
+            timing: Timing::default(),
+            probes: true,
+            sidecar_env: Vec::new(),
+            member_env: BTreeMap::new(),
+            netns: false,
+        }
+    }
+}
+
+pub const ALICE_SAE: &str = "SAE_ALICE";
+pub const BOB_SAE: &str = "SAE_BOB";
+
+pub struct Lab {
+    pub link: String,
+    pub options: LabOptions,
+    /// Logs and configs of every process.
+    pub dir: PathBuf,
+    pub etcd: EtcdCluster,
+    pub kmes: LinkKmes,
+    /// One per member, in the same order as `sidecars`.
+    pub lbs: Vec<HaproxyProcess>,
+    pub sidecars: Vec<SidecarProcess>,
+    /// The members' namespaces with `LabOptions::netns`; last, so it is
+    /// removed after every process in it was killed.
+    pub net: Option<LabNet>,
+}
+
+/// `target/lab/<name>`, emptied first: logs stay after a failed test.
+pub fn lab_dir(name: &str) -> Result<PathBuf> {
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe().ok().and_then(|p| {
+                p.ancestors()
+                    .find(|a| a.ends_with("target"))
+                    .map(Path::to_path_buf)
+            })
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join("lab").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+impl Lab {
+    /// Starts everything and waits until every LB serves hot.
+    pub async fn start(name: &str, options: LabOptions) -> Result<Lab> {
+        let dir = lab_dir(name)?;
+        let link = format!("lab-{name}");
+        let net = if options.netns {
+            Some(LabNet::create(name, options.members_per_role * 2)?)
+        } else {
+            None
+        };
+        let (etcd, kmes) = match &net {
+            Some(n) => (
+                EtcdCluster::start_on(options.etcd_nodes, n.etcd_ip().into(), &dir)?,
+                LinkKmes::spawn_on(n.host_ip().into(), &dir, ALICE_SAE, BOB_SAE)?,
+            ),
+            None => (
+                EtcdCluster::start(options.etcd_nodes, &dir)?,
+                LinkKmes::spawn(&dir, ALICE_SAE, BOB_SAE)?,
+            ),
+        };
+        etcd.wait_healthy(Duration::from_secs(20)).await?;
+        let mut lbs = Vec::new();
+        let mut sidecars = Vec::new();
+        for i in 0..options.members_per_role * 2 {
+            let role = if i % 2 == 0 { "alice" } else { "bob" };
+            let id = format!("{role}-{}", i / 2);
+            let mut spec = SidecarSpec::new(&link, &id, role, etcd.endpoints())?;
+            spec.timing = options.timing.clone();
+            spec.env = options.sidecar_env.clone();
+            if let Some(extra) = options.member_env.get(&id) {
+                spec.env.extend(extra.iter().cloned());
+            }
+            let (hot, warm) = (kmes.addr(Setup::Hot, role)?, kmes.addr(Setup::Warm, role)?);
+            let mut inputs =
+                HaproxyInputs::new(&id, hot, warm, spec.http).with_timing(&options.timing);
+            if let Some(n) = &net {
+                // Sidecar and HAProxy share the member's namespace: the
+                // health checks (the dead-man's switch) stay on its
+                // loopback, as in one pod, and no fault can cut them.
+                let m = n.member(i)?;
+                spec.grpc.set_ip(m.ip.into());
+                spec.http.set_ip(m.ip.into());
+                spec.netns = Some(m.netns_path());
+                inputs.check_addr = spec.http;
+                inputs.frontend_ip = m.ip.into();
+                inputs.netns = Some(m.netns_path());
+            }
+            let lb = HaproxyProcess::spawn(inputs, &dir)?;
+            spec.haproxy_socket = lb.stats_socket.clone();
+            if options.probes {
+                spec.probe_hot = Some(format!("http://{hot}"));
+                spec.probe_warm = Some(format!("http://{warm}"));
+                // Each end asks its KME about the peer SAE.
+                spec.sae_id = if role == "alice" { BOB_SAE } else { ALICE_SAE }.into();
+            }
+            sidecars.push(SidecarProcess::spawn(spec, &dir)?);
+            lbs.push(lb);
+        }
+        let lab = Lab {
+            link,
+            options,
+            dir,
+            etcd,
+            kmes,
+            lbs,
+            sidecars,
+            net,
+        };
+        lab.wait_serving(Setup::Hot, Duration::from_secs(30))
+            .await
+            .with_context(|| format!("lab did not settle on hot; logs in {}", lab.dir.display()))?;
+        Ok(lab)
+    }
+
+    pub fn alice_lb(&self) -> std::net::SocketAddr {
+        self.lbs[0].frontend
+    }
+
+    pub fn bob_lb(&self) -> std::net::SocketAddr {
+        self.lbs[1].frontend
+    }
+
+    pub fn checker_config(&self) -> CheckerConfig {
+        CheckerConfig::new(self.alice_lb(), self.bob_lb(), ALICE_SAE, BOB_SAE)
+    }
+
+    pub fn sidecar_index(&self, pred: impl Fn(&str) -> bool) -> Option<usize> {
+        self.sidecars.iter().position(|s| pred(&s.spec.member_id))
+    }
+
+    pub async fn admin(&self, i: usize) -> Result<AdminClient<Channel>> {
+        let endpoint = self.sidecars[i].endpoint();
+        let channel = Channel::from_shared(endpoint.clone())?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {endpoint}"))?;
+        Ok(AdminClient::new(channel))
+    }
+
+    pub async fn peer(&self, i: usize) -> Result<PeerClient<Channel>> {
+        let endpoint = self.sidecars[i].endpoint();
+        let channel = Channel::from_shared(endpoint.clone())?.connect().await?;
+        Ok(PeerClient::new(channel))
+    }
+
+    pub async fn store(&self) -> Result<Store> {
+        Ok(Store::connect(
+            &self.etcd.endpoints(),
+            "/lockstep",
+            &self.link,
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+        )
+        .await?)
+    }
+
+    /// Waits until every live member serves `setup` (from etcd's records).
+    pub async fn wait_serving(&self, setup: Setup, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        let store = loop {
+            match self.store().await {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() > timeout => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        loop {
+            if let Ok(snap) = store.snapshot().await {
+                let on_setup = snap.route.as_ref().is_some_and(|(r, _)| r.setup == setup);
+                if on_setup
+                    && lockstep::rpc::admin::settled(&snap)
+                    && snap.members.len() == self.sidecars.len()
+                {
+                    return Ok(start.elapsed());
+                }
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "link not serving {setup} on all {} members within {timeout:?}",
+                    self.sidecars.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the leader's aggregated health of `setup` is `healthy`.
+    pub async fn wait_health(&self, setup: Setup, healthy: bool, timeout: Duration) -> Result<()> {
+        let store = self.store().await?;
+        let start = Instant::now();
+        loop {
+            let snap = store.snapshot().await?;
+            let h = lockstep_core::health::aggregate(
+                snap.members
+                    .iter()
+                    .map(|m| (m.record.role, &m.record.health)),
+                setup,
+            );
+            if h.healthy() == healthy {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!("{setup} health did not become {healthy} within {timeout:?}: {h:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

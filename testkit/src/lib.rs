@@ -1,0 +1,27 @@
+//! What tests lockstep, kept out of the product crate: a whole link on one
+//! machine, network faults between its members, and key pairs through its
+//! LBs as the SAEs see them. The integration tests (`tests/`) and the chaos
+//! suite (`chaos/`) are built on it; `lockstep-lab` runs it by hand.
+//!
+//! # Layout
+//! * [`lab`]: etcd, HAProxy, mock KMEs and `lockstep run` sidecars started
+//!   on free loopback ports and killed when dropped; [`lab::Lab`] is one
+//!   whole link.
+//! * [`netns`]: lab members in network namespaces, and the network faults
+//!   between them (root only).
+//! * [`traffic`]: the end-to-end oracle, continuous key pairs through
+//!   Alice's and Bob's LBs, counting matched, mismatched and failed pairs.
+
+pub mod lab;
+pub mod netns;
+pub mod traffic;
+
+/// The runtime the integration tests and the chaos suite's tests run a lab
+/// on: two worker threads, as on the two-core machines CI uses.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

@@ -1,0 +1,461 @@
+//! The local lab: a whole QKD link on this machine (etcd, four mock KMEs,
+//! two HAProxy LBs, two sidecars), key traffic through both LBs, and a
+//! switchover hot → warm → hot shown as the user sees it. Also the
+//! switchover benchmark.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use lockstep::proto;
+use lockstep_core::Setup;
+use lockstep_testkit::lab::{Lab, LabOptions};
+use lockstep_testkit::traffic::{Checker, CheckerReport};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Run a lockstep link locally: the lab and the benchmark"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the lab, show a switchover hot → warm → hot, then keep running
+    /// for the CLI until Ctrl-C.
+    Run {
+        /// Show the switchovers, then stop everything and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Measure switchover latency and outage over many switches.
+    Bench {
+        /// Number of switchovers (alternating hot/warm).
+        #[arg(long, default_value_t = 200)]
+        switches: usize,
+    },
+    /// Automatic failover, side by side with plain HAProxy backup servers:
+    /// "only hot-Alice dies" and "hot-Alice and hot-Bob die".
+    FailoverBench {
+        /// Runs per system and scenario.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    rt.block_on(async {
+        match cli.command {
+            Command::Run { once } => run(once).await,
+            Command::Bench { switches } => bench(switches).await,
+            Command::FailoverBench { runs } => failover_bench(runs).await,
+        }
+    })
+}
+
+fn setup_i32(s: Setup) -> i32 {
+    match s {
+        Setup::Hot => proto::Setup::Hot as i32,
+        Setup::Warm => proto::Setup::Warm as i32,
+    }
+}
+
+fn diff(after: &CheckerReport, before: &CheckerReport) -> String {
+    format!(
+        "matched +{}, mismatched +{}, failed +{}",
+        after.matched - before.matched,
+        after.mismatched - before.mismatched,
+        after.failed - before.failed
+    )
+}
+
+async fn run(once: bool) -> Result<()> {
+    println!("starting the lab: etcd, 4 mock KMEs, 2 HAProxy LBs, 2 lockstep sidecars ...");
+    let lab = Lab::start("demo", LabOptions::default()).await?;
+    println!(
+        r#"
+        hot setup                      warm setup
+   KME hot-alice  {ha:<15}       KME warm-alice {wa}
+   KME hot-bob    {hb:<15}       KME warm-bob   {wb}
+
+   Alice's LB (HAProxy) {alb:<15} <- sidecar alice-0 (gRPC {ag}, check {ac})
+   Bob's LB   (HAProxy) {blb:<15} <- sidecar bob-0   (gRPC {bg}, check {bc})
+   etcd {etcd}
+   logs and configs: {dir}
+"#,
+        ha = lab.kmes.addr(Setup::Hot, "alice")?,
+        hb = lab.kmes.addr(Setup::Hot, "bob")?,
+        wa = lab.kmes.addr(Setup::Warm, "alice")?,
+        wb = lab.kmes.addr(Setup::Warm, "bob")?,
+        alb = lab.alice_lb(),
+        blb = lab.bob_lb(),
+        ag = lab.sidecars[0].spec.grpc,
+        ac = lab.sidecars[0].spec.http,
+        bg = lab.sidecars[1].spec.grpc,
+        bc = lab.sidecars[1].spec.http,
+        etcd = lab.etcd.endpoints().join(","),
+        dir = lab.dir.display(),
+    );
+    let checker = Checker::start(lab.checker_config());
+    checker
+        .wait_for_matched(50, Duration::from_secs(10))
+        .await
+        .context("no key pairs flowed through the LBs")?;
+    let before = checker.snapshot();
+    println!("traffic: an SAE at Alice gets keys (enc_keys) and its peer at Bob fetches them (dec_keys): {} pairs matched so far, all on hot", before.matched);
+
+    let mut admin = lab.admin(0).await?;
+    for to in [Setup::Warm, Setup::Hot] {
+        let before = checker.snapshot();
+        println!("\n$ lockstep switchover --to {to} --reason \"lab demo\" --wait");
+        let t = Instant::now();
+        let reply = admin
+            .switchover(proto::SwitchRequest {
+                to: setup_i32(to),
+                reason: "lab demo".into(),
+                requested_by: "lockstep-lab".into(),
+                force: false,
+                wait: true,
+                timeout_ms: 20_000,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("switchover refused: {}", s.message()))?
+            .into_inner();
+        let took = t.elapsed();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = checker.snapshot();
+        println!(
+            "  every LB serves {to} at epoch {} after {:.1} ms; what the SAEs saw meanwhile: {}; longest outage so far {:.1} ms",
+            reply.epoch,
+            took.as_secs_f64() * 1000.0,
+            diff(&after, &before),
+            after.longest_outage.as_secs_f64() * 1000.0
+        );
+    }
+    let history = admin
+        .history(proto::HistoryRequest { limit: 5 })
+        .await
+        .map_err(|s| anyhow::anyhow!("history: {}", s.message()))?
+        .into_inner();
+    println!("\n$ lockstep history");
+    for h in history.records.iter().rev() {
+        println!(
+            "  epoch {:>3}  {:<10} {:<5} -> {:<5} drain {:>3} ms, total {:>3} ms  {} (by {})",
+            h.epoch,
+            h.kind,
+            proto::Setup::try_from(h.from)
+                .map(|s| s.as_str_name())
+                .unwrap_or("-"),
+            proto::Setup::try_from(h.to)
+                .map(|s| s.as_str_name())
+                .unwrap_or("-"),
+            h.drain_ms,
+            h.total_ms,
+            h.reason,
+            h.requested_by
+        );
+    }
+    let report = checker.stop().await;
+    println!("\nkey pairs: {report}");
+    if report.mismatched > 0 {
+        bail!(
+            "{} mismatched key pairs: Alice and Bob routed to different setups",
+            report.mismatched
+        );
+    }
+    if once {
+        println!("lab ran once; stopping everything.");
+        return Ok(());
+    }
+    println!(
+        "\nThe lab keeps running. In another terminal:\n  export LOCKSTEP_ENDPOINT=http://{}\n  target/debug/lockstep status\n  target/debug/lockstep switchover --to warm --reason \"trying it\" --wait\n  target/debug/lockstep history\nPress Ctrl-C to stop the lab.",
+        lab.sidecars[0].spec.grpc
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    println!("stopping the lab.");
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn summary(name: &str, mut v: Vec<f64>) -> String {
+    v.sort_by(|a, b| a.total_cmp(b));
+    format!(
+        "{name:<44} n={:<4} median {:>7.2} ms   p99 {:>7.2} ms   max {:>7.2} ms",
+        v.len(),
+        percentile(&v, 50.0),
+        percentile(&v, 99.0),
+        v.last().copied().unwrap_or(f64::NAN)
+    )
+}
+
+async fn bench(switches: usize) -> Result<()> {
+    println!("starting a lab link (1 etcd, 2 members) for {switches} switchovers ...");
+    let lab = Lab::start("bench", LabOptions::default()).await?;
+    let checker = Checker::start(lab.checker_config());
+    checker
+        .wait_for_matched(50, Duration::from_secs(10))
+        .await?;
+    let mut admin = lab.admin(0).await?;
+    let mut latency = Vec::new();
+    let mut to = Setup::Warm;
+    for i in 0..switches {
+        // Let traffic settle on the new setup so outages do not merge.
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let t = Instant::now();
+        let reply = admin
+            .switchover(proto::SwitchRequest {
+                to: setup_i32(to),
+                reason: format!("bench {i}"),
+                requested_by: "bench".into(),
+                force: false,
+                wait: true,
+                timeout_ms: 20_000,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("switch {i}: {}", s.message()))?
+            .into_inner();
+        if !reply.completed {
+            bail!("switch {i} did not complete");
+        }
+        latency.push(t.elapsed().as_secs_f64() * 1000.0);
+        to = to.other();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = checker.stop().await;
+    let history = admin
+        .history(proto::HistoryRequest {
+            limit: switches as u32 + 10,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("history: {}", s.message()))?
+        .into_inner();
+    let drain: Vec<f64> = history
+        .records
+        .iter()
+        .filter(|h| h.kind == "switchover")
+        .map(|h| h.drain_ms as f64)
+        .collect();
+    let outages: Vec<f64> = report
+        .outages
+        .iter()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    println!(
+        "\nlockstep switchover benchmark: {switches} switches, 2 members, loopback, etcd on tmpfs"
+    );
+    println!(
+        "{}",
+        summary("switch latency (request -> every LB serves)", latency)
+    );
+    println!(
+        "{}",
+        summary("outage seen by key pairs (per outage)", outages)
+    );
+    println!(
+        "{}",
+        summary("leader's drain window (drain -> serve write)", drain)
+    );
+    println!("key pairs: {report}");
+    if report.mismatched > 0 {
+        bail!("mismatched key pairs during the benchmark");
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum System {
+    Lockstep,
+    Baseline,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Scenario {
+    HotAliceDies,
+    HotAliceAndBobDie,
+}
+
+struct RunResult {
+    /// From the kill to the first matched pair served by warm.
+    first_good: Option<Duration>,
+    mismatched: u64,
+    longest_outage: Duration,
+}
+
+/// The check timing both systems share: HAProxy `inter`/`fall`/`rise`/
+/// `timeout check`, and lockstep's probe interval/fall/timeout set equal.
+fn shared_timing() -> lockstep_testkit::lab::sidecar::Timing {
+    let mut t = lockstep_testkit::lab::sidecar::Timing::default();
+    t.probe_interval = t.check_inter;
+    t.probe_fall = t.check_fall;
+    t.failover_detection = Duration::ZERO;
+    t
+}
+
+async fn failover_run(system: System, scenario: Scenario, i: usize) -> Result<RunResult> {
+    use lockstep_testkit::lab::link::{ALICE_SAE, BOB_SAE};
+    let timing = shared_timing();
+    let name = format!("fobench-{system:?}-{scenario:?}-{i}").to_lowercase();
+    let (mut lab, mut base) = (None, None);
+    let (alice, bob) = match system {
+        System::Lockstep => {
+            let options = LabOptions {
+                timing: timing.clone(),
+                ..LabOptions::default()
+            };
+            let l = Lab::start(&name, options).await?;
+            let addrs = (l.alice_lb(), l.bob_lb());
+            lab = Some(l);
+            addrs
+        }
+        System::Baseline => {
+            let dir = lockstep_testkit::lab::link::lab_dir(&name)?;
+            let b = lockstep_testkit::lab::baseline::BaselineLink::start(
+                &dir, ALICE_SAE, BOB_SAE, &timing,
+            )?;
+            let addrs = (b.frontends[0], b.frontends[1]);
+            base = Some(b);
+            addrs
+        }
+    };
+    let mut config = lockstep_testkit::traffic::CheckerConfig::new(alice, bob, ALICE_SAE, BOB_SAE);
+    // A pair takes about a millisecond; a short timeout gives the failover
+    // time a fine resolution (HAProxy waits up to 1 s before retrying a
+    // refused server connection, which a 1 s timeout would quantize).
+    config.request_timeout = Duration::from_millis(100);
+    let checker = Checker::start(config);
+    checker
+        .wait_for_matched(20, Duration::from_secs(10))
+        .await
+        .context("no traffic before the failure")?;
+    let kmes = match (&mut lab, &mut base) {
+        (Some(l), _) => &mut l.kmes,
+        (_, Some(b)) => &mut b.kmes,
+        _ => bail!("no link"),
+    };
+    let t0 = Instant::now();
+    kmes.get_mut(Setup::Hot, "alice")?.kill();
+    if scenario == Scenario::HotAliceAndBobDie {
+        kmes.get_mut(Setup::Hot, "bob")?.kill();
+    }
+    let first_good = checker
+        .wait_for_matched_by(Setup::Warm, t0, Duration::from_secs(5))
+        .await
+        .ok()
+        .map(|t| t - t0);
+    // Watch a little longer for mismatches after the move.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = checker.stop().await;
+    Ok(RunResult {
+        first_good,
+        mismatched: report.mismatched,
+        longest_outage: report.longest_outage,
+    })
+}
+
+async fn failover_bench(runs: usize) -> Result<()> {
+    let t = shared_timing();
+    println!(
+        "failover benchmark: {runs} runs per system and scenario; HAProxy checks inter {:?} fall {} rise {} timeout {:?}; lockstep probes every {:?}, fall {}, detection {:?}",
+        t.check_inter, t.check_fall, t.check_rise, t.check_timeout, t.probe_interval, t.probe_fall, t.failover_detection
+    );
+    let mut rows = Vec::new();
+    for scenario in [Scenario::HotAliceDies, Scenario::HotAliceAndBobDie] {
+        for system in [System::Baseline, System::Lockstep] {
+            let mut results = Vec::new();
+            for i in 0..runs {
+                let r = failover_run(system, scenario, i)
+                    .await
+                    .with_context(|| format!("{system:?} {scenario:?} run {i}"))?;
+                eprint!(".");
+                results.push(r);
+            }
+            eprintln!();
+            rows.push((scenario, system, results));
+        }
+    }
+    println!("\n| scenario | system | runs | recovered | failure -> first good pair: median / p99 | longest outage: median / p99 | mismatched pairs (runs with any) |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut medians = std::collections::HashMap::new();
+    for (scenario, system, results) in &rows {
+        let good: Vec<f64> = results
+            .iter()
+            .filter_map(|r| r.first_good)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        let mut sorted = good.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let mut outage: Vec<f64> = results
+            .iter()
+            .map(|r| r.longest_outage.as_secs_f64() * 1000.0)
+            .collect();
+        outage.sort_by(|a, b| a.total_cmp(b));
+        let mismatched: u64 = results.iter().map(|r| r.mismatched).sum();
+        let runs_with = results.iter().filter(|r| r.mismatched > 0).count();
+        let fmt = |v: &[f64], p: f64| {
+            if v.is_empty() {
+                "never".to_string()
+            } else {
+                format!("{:.0} ms", percentile(v, p))
+            }
+        };
+        medians.insert((*scenario, *system), percentile(&sorted, 50.0));
+        println!(
+            "| {} | {} | {} | {} | {} / {} | {} / {} | {} ({} runs) |",
+            match scenario {
+                Scenario::HotAliceDies => "only hot-Alice dies",
+                Scenario::HotAliceAndBobDie => "hot-Alice and hot-Bob die",
+            },
+            match system {
+                System::Lockstep => "lockstep",
+                System::Baseline => "HAProxy backup (baseline)",
+            },
+            results.len(),
+            good.len(),
+            fmt(&sorted, 50.0),
+            fmt(&sorted, 99.0),
+            fmt(&outage, 50.0),
+            fmt(&outage, 99.0),
+            mismatched,
+            runs_with
+        );
+    }
+    if let (Some(l), Some(b)) = (
+        medians.get(&(Scenario::HotAliceAndBobDie, System::Lockstep)),
+        medians.get(&(Scenario::HotAliceAndBobDie, System::Baseline)),
+    ) {
+        println!(
+            "\nlockstep / baseline failover time (both hot KMEs die, medians): {:.2}x",
+            l / b
+        );
+    }
+    let lockstep_mismatched: u64 = rows
+        .iter()
+        .filter(|(_, s, _)| *s == System::Lockstep)
+        .flat_map(|(_, _, r)| r.iter().map(|r| r.mismatched))
+        .sum();
+    if lockstep_mismatched > 0 {
+        bail!("lockstep mismatched {lockstep_mismatched} pairs");
+    }
+    Ok(())
+}

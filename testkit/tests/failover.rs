@@ -1,0 +1,265 @@
+//! Automatic failover from ETSI 014 health on real etcd, HAProxy, mock KMEs
+//! and sidecars, with key pairs flowing through both LBs throughout.
+
+use lockstep::proto;
+use lockstep::protocol::{LbTarget, Setup};
+use lockstep_testkit::lab::{Lab, LabOptions};
+use lockstep_testkit::traffic::Checker;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{all_lbs, rt, status};
+
+/// One KME of the hot setup dies; both ends move to warm.
+fn kme_death_moves_both_ends(role: &str) {
+    rt().block_on(async {
+        let mut lab = Lab::start(&format!("death-{role}"), LabOptions::default())
+            .await
+            .expect("lab");
+        let checker = Checker::start(lab.checker_config());
+        checker
+            .wait_for_matched(20, Duration::from_secs(10))
+            .await
+            .expect("traffic on hot");
+
+        let died = Instant::now();
+        lab.kmes.get_mut(Setup::Hot, role).expect("kme").kill();
+        let first_good = checker
+            .wait_for_matched_by(Setup::Warm, died, Duration::from_secs(15))
+            .await
+            .expect("key pairs flow on warm after the failover");
+        println!(
+            "hot-{role} killed: first good pair on warm after {:?}",
+            first_good - died
+        );
+        all_lbs(&lab, LbTarget::Serve(Setup::Warm), Duration::from_secs(5))
+            .await
+            .expect("both LBs on warm");
+        let report = checker.stop().await;
+        println!("{report}");
+        assert_eq!(report.mismatched, 0, "{report}");
+
+        let mut admin = lab.admin(0).await.expect("admin");
+        let history = admin
+            .history(proto::HistoryRequest { limit: 3 })
+            .await
+            .expect("history")
+            .into_inner();
+        let last = &history.records[0];
+        assert_eq!(last.kind, "auto-failover");
+        assert_eq!(last.to, proto::Setup::Warm as i32);
+        assert!(
+            last.reason.contains("hot unhealthy"),
+            "evidence recorded: {}",
+            last.reason
+        );
+        assert_eq!(last.requested_by, "lockstep:auto");
+    });
+}
+
+#[test]
+fn hot_alice_dies_and_both_ends_move_to_warm() {
+    kme_death_moves_both_ends("alice");
+}
+
+#[test]
+fn only_hot_bob_dies_and_alice_moves_too() {
+    kme_death_moves_both_ends("bob");
+}
+
+#[test]
+fn both_setups_unhealthy_means_no_switch_and_says_so() {
+    rt().block_on(async {
+        let lab = Lab::start("both-down", LabOptions::default())
+            .await
+            .expect("lab");
+        lab.kmes
+            .set_fault(Setup::Warm, "alice", "down", 0)
+            .await
+            .expect("fault");
+        lab.wait_health(Setup::Warm, false, Duration::from_secs(10))
+            .await
+            .expect("warm down");
+        lab.kmes
+            .set_fault(Setup::Hot, "bob", "down", 0)
+            .await
+            .expect("fault");
+        lab.wait_health(Setup::Hot, false, Duration::from_secs(10))
+            .await
+            .expect("hot down");
+        // Give the policy several chances to (wrongly) act.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let s = status(&lab).await;
+        assert_eq!(
+            s.route.as_ref().expect("route").setup,
+            proto::Setup::Hot as i32
+        );
+        assert_eq!(
+            s.route.as_ref().expect("route").epoch,
+            1,
+            "no switch happened"
+        );
+        assert!(
+            s.policy.contains("BOTH SETUPS UNHEALTHY"),
+            "status says so: {}",
+            s.policy
+        );
+        // The leader's metric says so too.
+        let leader = lab
+            .sidecar_index(|id| id == s.leader)
+            .expect("leader is a lab member");
+        let metrics = http_get(lab.sidecars[leader].spec.http, "/metrics").await;
+        assert!(
+            metrics.contains("lockstep_no_healthy_setup 1"),
+            "metric: {metrics}"
+        );
+    });
+}
+
+#[test]
+fn no_failback_by_default() {
+    rt().block_on(async {
+        let lab = Lab::start("no-failback", LabOptions::default())
+            .await
+            .expect("lab");
+        lab.kmes
+            .set_fault(Setup::Hot, "alice", "down", 0)
+            .await
+            .expect("fault");
+        all_lbs(&lab, LbTarget::Serve(Setup::Warm), Duration::from_secs(10))
+            .await
+            .expect("failed over");
+        lab.kmes
+            .set_fault(Setup::Hot, "alice", "ok", 0)
+            .await
+            .expect("heal");
+        lab.wait_health(Setup::Hot, true, Duration::from_secs(10))
+            .await
+            .expect("hot back");
+        // Longer than dwell: still on warm.
+        tokio::time::sleep(lab.options.timing.failover_dwell + Duration::from_secs(1)).await;
+        let s = status(&lab).await;
+        assert_eq!(
+            s.route.as_ref().expect("route").setup,
+            proto::Setup::Warm as i32
+        );
+        assert!(
+            s.policy.contains("failback to hot is manual"),
+            "{}",
+            s.policy
+        );
+    });
+}
+
+#[test]
+fn failback_after_a_delay_returns_once() {
+    rt().block_on(async {
+        let mut options = LabOptions::default();
+        options.timing.failback = "after 5s".into();
+        let lab = Lab::start("failback", options).await.expect("lab");
+        let checker = Checker::start(lab.checker_config());
+        checker
+            .wait_for_matched(10, Duration::from_secs(10))
+            .await
+            .expect("traffic");
+        lab.kmes
+            .set_fault(Setup::Hot, "alice", "down", 0)
+            .await
+            .expect("fault");
+        all_lbs(&lab, LbTarget::Serve(Setup::Warm), Duration::from_secs(10))
+            .await
+            .expect("failed over");
+        let healed = Instant::now();
+        lab.kmes
+            .set_fault(Setup::Hot, "alice", "ok", 0)
+            .await
+            .expect("heal");
+        let back = all_lbs(&lab, LbTarget::Serve(Setup::Hot), Duration::from_secs(20))
+            .await
+            .expect("failed back");
+        println!("failed back {back:?} after hot healed (failback after 5s)");
+        assert!(
+            healed.elapsed() >= Duration::from_secs(5),
+            "not before the delay"
+        );
+        // Once: nothing more happens.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut admin = lab.admin(0).await.expect("admin");
+        let history = admin
+            .history(proto::HistoryRequest { limit: 10 })
+            .await
+            .expect("history")
+            .into_inner();
+        let kinds: Vec<&str> = history.records.iter().map(|h| h.kind.as_str()).collect();
+        assert_eq!(kinds, vec!["auto-failback", "auto-failover", "bootstrap"]);
+        let report = checker.stop().await;
+        println!("{report}");
+        assert_eq!(report.mismatched, 0, "{report}");
+    });
+}
+
+#[test]
+fn a_flapping_kme_is_capped_then_the_link_pauses_itself() {
+    rt().block_on(async {
+        let mut options = LabOptions::default();
+        options.timing.failover_dwell = Duration::from_millis(500);
+        options.timing.failover_max_auto = 2;
+        let lab = Lab::start("flap", options).await.expect("lab");
+        let checker = Checker::start(lab.checker_config());
+        checker
+            .wait_for_matched(10, Duration::from_secs(10))
+            .await
+            .expect("traffic");
+        // Whichever setup serves goes down for a second, then comes back.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = status(&lab).await;
+            if s.paused {
+                println!("paused: {}", s.paused_reason);
+                assert!(s.paused_reason.contains("cap 2"), "{}", s.paused_reason);
+                break;
+            }
+            assert!(Instant::now() < deadline, "the link never paused itself");
+            let serving = match s.route.as_ref().map(|r| r.setup) {
+                Some(x) if x == proto::Setup::Warm as i32 => Setup::Warm,
+                _ => Setup::Hot,
+            };
+            lab.kmes
+                .set_fault(serving, "alice", "down", 0)
+                .await
+                .expect("fault");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            lab.kmes
+                .set_fault(serving, "alice", "ok", 0)
+                .await
+                .expect("heal");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut admin = lab.admin(0).await.expect("admin");
+        let history = admin
+            .history(proto::HistoryRequest { limit: 20 })
+            .await
+            .expect("history")
+            .into_inner();
+        let auto = history
+            .records
+            .iter()
+            .filter(|h| h.kind.starts_with("auto"))
+            .count();
+        assert_eq!(auto, 2, "exactly the capped number of automatic switches");
+        let report = checker.stop().await;
+        println!("{report}");
+        assert_eq!(report.mismatched, 0, "{report}");
+    });
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}

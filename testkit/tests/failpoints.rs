@@ -1,0 +1,112 @@
+//! Crashes at chosen protocol steps, driven by failpoints compiled into the
+//! sidecar (`--features failpoints`; `scripts/test` runs this target).
+
+use lockstep::proto;
+use lockstep::protocol::{Phase, Setup};
+use lockstep_testkit::lab::{Lab, LabOptions};
+use lockstep_testkit::traffic::Checker;
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::rt;
+
+#[test]
+fn a_leader_killed_right_after_its_drain_write_is_finished_by_the_next_leader() {
+    rt().block_on(async {
+        // The first drain write (the bootstrap) passes; the next one stalls
+        // its leader for 10 s right after it landed in etcd.
+        let options = LabOptions {
+            sidecar_env: vec![(
+                "FAILPOINTS".into(),
+                "leader-after-drain-write=1*off->sleep(10000)".into(),
+            )],
+            ..LabOptions::default()
+        };
+        let mut lab = Lab::start("fp-drain", options).await.expect("lab");
+        let checker = Checker::start(lab.checker_config());
+        checker
+            .wait_for_matched(10, Duration::from_secs(10))
+            .await
+            .expect("traffic");
+        let store = lab.store().await.expect("store");
+        let before = store.snapshot().await.expect("snapshot");
+        let (leader_id, _) = before.leader.clone().expect("leader");
+        let epoch = before.route.as_ref().expect("route").0.epoch;
+        let leader = lab
+            .sidecar_index(|id| id == leader_id)
+            .expect("leader index");
+        let other = 1 - leader;
+
+        let mut admin = lab.admin(other).await.expect("admin");
+        let reply = admin
+            .switchover(proto::SwitchRequest {
+                to: proto::Setup::Warm as i32,
+                reason: "leader dies mid-switch".into(),
+                requested_by: "test".into(),
+                force: false,
+                wait: false,
+                timeout_ms: 10_000,
+            })
+            .await
+            .expect("switch accepted")
+            .into_inner();
+        assert_eq!(reply.epoch, epoch + 1);
+        // The drain of epoch+1 is in etcd; its leader is stalled.
+        let start = Instant::now();
+        loop {
+            let snap = store.snapshot().await.expect("snapshot");
+            let (r, _) = snap.route.clone().expect("route");
+            if r.epoch == epoch + 1 && r.phase == Phase::Drain {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no drain written: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        lab.sidecars[leader]
+            .guard
+            .signal(Signal::SIGKILL)
+            .expect("kill the leader");
+        let killed = Instant::now();
+
+        // The survivor takes over once the dead leader's lease expires,
+        // finds the route in drain and finishes it under its own epoch.
+        loop {
+            let snap = store.snapshot().await.expect("snapshot");
+            let (r, _) = snap.route.clone().expect("route");
+            if r.phase == Phase::Serve && r.epoch > epoch + 1 {
+                assert_eq!(r.epoch, epoch + 2);
+                assert_eq!(r.setup, Setup::Warm);
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(20),
+                "the new leader never finished the switch: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!(
+            "new leader finished the switch {:?} after the kill",
+            killed.elapsed()
+        );
+        let h = admin
+            .history(proto::HistoryRequest { limit: 5 })
+            .await
+            .expect("history from the survivor")
+            .into_inner();
+        let last = &h.records[0];
+        assert_eq!((last.epoch, last.kind.as_str()), (epoch + 2, "redecide"));
+
+        // The dead member comes back and joins on warm.
+        lab.sidecars[leader].restart().expect("restart");
+        lab.wait_serving(Setup::Warm, Duration::from_secs(15))
+            .await
+            .expect("all members on warm");
+        let report = checker.stop().await;
+        println!("{report}");
+        assert_eq!(report.mismatched, 0, "{report}");
+    });
+}

@@ -1,0 +1,132 @@
+//! Fail closed: a frozen sidecar and a frozen etcd leave LBs routing nowhere
+//! within the stated bounds, never to different setups, and the link comes
+//! back by itself once the fault heals.
+
+use lockstep::lb::LoadBalancer;
+use lockstep::protocol::{LbTarget, Setup};
+use lockstep_testkit::lab::{Lab, LabOptions};
+use lockstep_testkit::traffic::Checker;
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{all_lbs, rt};
+
+/// Polls one LB until it routes to `target`.
+async fn lb_reaches(lab: &Lab, i: usize, target: LbTarget, timeout: Duration) -> Duration {
+    let lb = lab.lbs[i].adapter();
+    let start = Instant::now();
+    loop {
+        if lb.observe().await.map(|o| o.target).ok() == Some(target) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "LB {i} did not reach {target} within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[test]
+fn a_frozen_sidecar_leaves_its_lb_routing_nowhere_then_recovers() {
+    rt().block_on(async {
+        let lab = Lab::start("freeze-sidecar", LabOptions::default())
+            .await
+            .expect("lab");
+        let checker = Checker::start(lab.checker_config());
+        checker
+            .wait_for_matched(10, Duration::from_secs(10))
+            .await
+            .expect("traffic");
+        let t = &lab.options.timing;
+        let d = t.down_detection();
+
+        lab.sidecars[1]
+            .guard
+            .signal(Signal::SIGSTOP)
+            .expect("SIGSTOP");
+        // Its HAProxy's checks time out: the server goes down within D.
+        let blocked = lb_reaches(&lab, 1, LbTarget::Blocked, d + Duration::from_secs(2)).await;
+        println!("frozen sidecar: its LB routes nowhere after {blocked:?} (D = {d:?})");
+
+        // Longer than the lease TTL: its lease expires meanwhile.
+        tokio::time::sleep(t.lease_ttl + Duration::from_secs(1)).await;
+        lab.sidecars[1]
+            .guard
+            .signal(Signal::SIGCONT)
+            .expect("SIGCONT");
+        let back = lb_reaches(
+            &lab,
+            1,
+            LbTarget::Serve(Setup::Hot),
+            Duration::from_secs(15),
+        )
+        .await;
+        println!("thawed sidecar re-registered and serves hot again after {back:?}");
+        checker
+            .wait_for_more_matched(10, Duration::from_secs(10))
+            .await
+            .expect("key pairs flow again");
+        let report = checker.stop().await;
+        println!("{report}");
+        assert_eq!(report.mismatched, 0, "{report}");
+    });
+}
+
+#[test]
+fn a_frozen_etcd_fences_every_member_then_the_link_recovers() {
+    rt().block_on(async {
+        let lab = Lab::start("freeze-etcd", LabOptions::default())
+            .await
+            .expect("lab");
+        let checker = Checker::start(lab.checker_config());
+        checker
+            .wait_for_matched(10, Duration::from_secs(10))
+            .await
+            .expect("traffic");
+        let t = &lab.options.timing;
+
+        let frozen = Instant::now();
+        lab.etcd.nodes[0]
+            .guard
+            .signal(Signal::SIGSTOP)
+            .expect("SIGSTOP etcd");
+        // No keep-alive is acknowledged any more: each member stops
+        // answering its LB's checks D before its lease stops being fresh,
+        // and fences itself when it does. Bound: TTL - margin after the
+        // last ack, which is at most one keep-alive interval before the
+        // freeze; plus D for HAProxy to act on the failed checks.
+        let bound = t.lease_ttl - t.margin + t.down_detection() + Duration::from_secs(1);
+        all_lbs(&lab, LbTarget::Blocked, bound)
+            .await
+            .expect("every LB blocked while etcd is unreachable");
+        println!(
+            "etcd frozen: every LB routes nowhere after {:?} (bound {bound:?})",
+            frozen.elapsed()
+        );
+        let during = checker.snapshot();
+        assert_eq!(during.mismatched, 0);
+
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        lab.etcd.nodes[0]
+            .guard
+            .signal(Signal::SIGCONT)
+            .expect("SIGCONT etcd");
+        let healed = Instant::now();
+        all_lbs(&lab, LbTarget::Serve(Setup::Hot), Duration::from_secs(20))
+            .await
+            .expect("the link serves again once etcd is back");
+        println!(
+            "etcd back: the link serves hot again after {:?}",
+            healed.elapsed()
+        );
+        checker
+            .wait_for_more_matched(10, Duration::from_secs(10))
+            .await
+            .expect("key pairs flow again");
+        let report = checker.stop().await;
+        println!("{report}");
+        assert_eq!(report.mismatched, 0, "{report}");
+    });
+}
