@@ -1,24 +1,18 @@
 //! `lockstep`: the sidecar (`run`), config checking, and the on-call verbs,
 //! which call any member's Admin service (the leader carries them out).
+//! This file is the command line's definition; what each command does is in
+//! `lockstep::cli`.
 //!
 //! Exit codes: 0 done; 1 refused or failed (the server's reason is
 //! printed); 2 bad usage or bad config; 3 no sidecar reachable.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use lockstep::cli;
-use lockstep::config::Config;
-use lockstep::proto::{self, admin_client::AdminClient};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use lockstep::cli::admin::{self, Pause, Switch, Verb};
+use lockstep::cli::{bounds, emit, run::LogFormat, Failure};
+use lockstep::protocol::Setup;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
-
-/// Bound on a call when `--timeout` is not given.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Extra time the CLI gives a bounded switch, so the server's own
-/// "not complete within …" answer arrives before the CLI gives up.
-const REPLY_SLACK: Duration = Duration::from_secs(2);
 
 #[derive(Parser)]
 #[command(
@@ -49,27 +43,6 @@ struct Cli {
 enum SetupArg {
     Hot,
     Warm,
-}
-
-impl SetupArg {
-    fn proto(self) -> i32 {
-        match self {
-            SetupArg::Hot => proto::Setup::Hot as i32,
-            SetupArg::Warm => proto::Setup::Warm as i32,
-        }
-    }
-    fn name(self) -> &'static str {
-        match self {
-            SetupArg::Hot => "hot",
-            SetupArg::Warm => "warm",
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -135,479 +108,55 @@ struct PauseArgs {
     by: Option<String>,
 }
 
-/// `--by`, else `$USER@host`, with "unknown" for what cannot be found.
-fn requested_by(by: Option<String>, user: Option<String>, host: Option<String>) -> String {
-    if let Some(by) = by {
-        return by;
-    }
-    let user = user
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "unknown".into());
-    match host.map(|h| h.trim().to_string()).filter(|h| !h.is_empty()) {
-        Some(host) => format!("{user}@{host}"),
-        None => user,
-    }
-}
-
-fn whoami(by: Option<String>) -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok();
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok());
-    requested_by(by, user, host)
-}
-
-/// An error for the user, with its exit code.
-#[derive(Debug)]
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-fn unreachable(endpoint: &str, why: &str) -> Failure {
-    Failure {
-        code: 3,
-        message: format!(
-            "no sidecar answered at {endpoint}: {why}; is a sidecar running at {endpoint}? set --endpoint or LOCKSTEP_ENDPOINT"
-        ),
-    }
-}
-
-/// A failed call: the server's reason verbatim (exit 1), or, when the
-/// connection itself failed, the unreachable hint (exit 3).
-fn rpc_failure(s: &tonic::Status, endpoint: &str) -> Failure {
-    // Statuses made by the client's transport carry their cause; the
-    // server's own "unavailable" answers (e.g. etcd down) do not.
-    let transport = std::error::Error::source(s).is_some()
-        || s.message().contains("transport error")
-        || s.message().contains("connect");
-    if s.code() == tonic::Code::Unavailable && transport {
-        return unreachable(endpoint, s.message());
-    }
-    Failure {
-        code: 1,
-        message: s.message().to_string(),
-    }
-}
-
-/// `host:port` (how members advertise themselves) gets `http://`.
-fn endpoint_url(endpoint: &str) -> String {
-    if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    }
-}
-
-async fn connect(endpoint: &str, timeout: Duration) -> Result<AdminClient<Channel>, Failure> {
-    let channel = Endpoint::from_shared(endpoint_url(endpoint))
-        .map_err(|e| Failure {
-            code: 2,
-            message: format!("bad --endpoint {endpoint:?}: {e}; use http://host:port"),
-        })?
-        .connect_timeout(timeout.min(Duration::from_secs(3)))
-        // A long --wait notices a sidecar that died mid-call.
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| {
-            let why = std::error::Error::source(&e)
-                .map(|s| format!("{e}: {s}"))
-                .unwrap_or_else(|| e.to_string());
-            unreachable(endpoint, &why)
-        })?;
-    Ok(AdminClient::new(channel))
-}
-
-/// Runs one call under `bound` (none: the server bounds it itself).
-async fn bounded<T>(
-    endpoint: &str,
-    bound: Option<Duration>,
-    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, Failure> {
-    let result = match bound {
-        Some(b) => tokio::time::timeout(b, call).await.map_err(|_| Failure {
-            code: 1,
-            message: format!(
-                "no answer from {endpoint} within {b:?}; check `lockstep status`, or raise --timeout"
-            ),
-        })?,
-        None => call.await,
-    };
-    result
-        .map(tonic::Response::into_inner)
-        .map_err(|s| rpc_failure(&s, endpoint))
-}
-
-/// Prints `text`; a closed pipe (`lockstep history | head`) is not an error.
-fn emit(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String, Failure> {
-    serde_json::to_string_pretty(v)
-        .map(|mut s| {
-            s.push('\n');
-            s
-        })
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("cannot print JSON: {e}"),
-        })
-}
-
-/// What the CLI asks of the server and how long it waits itself.
-fn switch_bounds(wait: bool, timeout: Option<Duration>) -> (u64, Option<Duration>) {
-    match (wait, timeout) {
-        (_, Some(t)) => (t.as_millis() as u64, Some(t + REPLY_SLACK)),
-        // 0: the sidecar's admin.switch_timeout, which it enforces.
-        (true, None) => (0, None),
-        (false, None) => (
-            DEFAULT_TIMEOUT.as_millis() as u64,
-            Some(DEFAULT_TIMEOUT + REPLY_SLACK),
-        ),
-    }
-}
-
-fn format_switch(reply: &proto::SwitchReply, to: &str) -> String {
-    if reply.already_active {
-        format!("already on {to} (epoch {}); nothing to do\n", reply.epoch)
-    } else if reply.completed {
-        format!(
-            "every LB serves {to} at epoch {} — done in {} ms\n",
-            reply.epoch, reply.elapsed_ms
-        )
-    } else {
-        format!(
-            "accepted: switch to {to} at epoch {} (request {}); follow it with `lockstep status`\n",
-            reply.epoch, reply.request_id
-        )
-    }
-}
-
-fn switch_json(reply: &proto::SwitchReply) -> serde_json::Value {
-    serde_json::json!({
-        "request_id": reply.request_id,
-        "epoch": reply.epoch,
-        "already_active": reply.already_active,
-        "completed": reply.completed,
-        "elapsed_ms": reply.elapsed_ms,
-    })
-}
-
-/// True once `s` shows every live member serving `to` at an epoch after
-/// `after`: the end of the switch `--wait` follows.
-fn switch_done(s: &proto::StatusReply, to: i32, after: u64) -> bool {
-    s.settled
-        && s.route.as_ref().is_some_and(|r| {
-            r.epoch > after && r.setup == to && r.phase == proto::Phase::Serve as i32
-        })
-}
-
-/// Follows `Admin.WatchStatus` during a switch, printing one line per change
-/// of the route or of a member's applied state.
-struct Progress {
-    stream: tonic::Streaming<proto::StatusReply>,
-    /// The epoch before the switch.
-    start: u64,
-    /// The line shown last, so an unchanged state is not repeated.
-    last: String,
-}
-
-/// How long `--wait` waits for the watch to catch up with a completed
-/// switch before printing the summary without the final line.
-const PROGRESS_CATCH_UP: Duration = Duration::from_secs(1);
-
-impl Progress {
-    /// Opens the watch and prints the current state, before the switch is
-    /// sent, so no step of it is missed. `None`: no progress, the switch
-    /// still goes ahead.
-    async fn start(admin: &mut AdminClient<Channel>) -> Option<Progress> {
-        let open = async {
-            let mut stream = admin
-                .watch_status(proto::StatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            let first = stream.message().await.ok()??;
-            Some((stream, first))
+impl SwitchArgs {
+    fn switch(self) -> Switch {
+        let to = match self.to {
+            SetupArg::Hot => Setup::Hot,
+            SetupArg::Warm => Setup::Warm,
         };
-        let (stream, first) = tokio::time::timeout(Duration::from_secs(2), open)
-            .await
-            .ok()??;
-        let last = cli::progress_line(&first);
-        emit(&format!("  {last}\n"));
-        Some(Progress {
-            stream,
-            start: first.route.as_ref().map_or(0, |r| r.epoch),
-            last,
-        })
-    }
-
-    /// Prints changes until the switch to `to` is done and returns the final
-    /// line if not printed yet (printed with the summary, so it cannot be
-    /// cut off); `None` if the stream ends first.
-    async fn follow(mut self, to: i32) -> Option<Option<String>> {
-        while let Ok(Some(s)) = self.stream.message().await {
-            let line = cli::progress_line(&s);
-            if switch_done(&s, to, self.start) {
-                return Some((line != self.last).then_some(line));
-            }
-            if line != self.last {
-                emit(&format!("  {line}\n"));
-                self.last = line;
-            }
-        }
-        None
-    }
-}
-
-async fn switch(cli: &Cli, args: &SwitchArgs, force: Option<bool>) -> Result<String, Failure> {
-    let timeout = cli.timeout.unwrap_or(DEFAULT_TIMEOUT);
-    let mut admin = connect(&cli.endpoint, timeout).await?;
-    let (timeout_ms, bound) = switch_bounds(args.wait, cli.timeout);
-    let to = args.to.proto();
-    let request = proto::SwitchRequest {
-        to,
-        reason: args.reason.clone(),
-        requested_by: whoami(args.by.clone()),
-        force: force.unwrap_or(false),
-        wait: args.wait,
-        timeout_ms,
-    };
-    let progress = if args.wait && !cli.json {
-        Progress::start(&mut admin)
-            .await
-            .map(|p| tokio::spawn(p.follow(to)))
-    } else {
-        None
-    };
-    let result = match force {
-        None => bounded(&cli.endpoint, bound, admin.switchover(request)).await,
-        Some(_) => bounded(&cli.endpoint, bound, admin.failover(request)).await,
-    };
-    let final_line = match progress {
-        Some(task) if matches!(&result, Ok(r) if r.completed && !r.already_active) => {
-            let abort = task.abort_handle();
-            let line = tokio::time::timeout(PROGRESS_CATCH_UP, task).await;
-            abort.abort();
-            line.ok().and_then(Result::ok).flatten()
-        }
-        Some(task) => {
-            task.abort();
-            None
-        }
-        None => None,
-    };
-    let reply = result?;
-    if cli.json {
-        return to_json(&switch_json(&reply));
-    }
-    // The final state line (if the watch had not shown it yet), then the
-    // summary.
-    let mut out = match final_line {
-        Some(Some(line)) => format!("  {line}\n"),
-        _ => String::new(),
-    };
-    out.push_str(&format_switch(&reply, args.to.name()));
-    Ok(out)
-}
-
-/// The on-call verbs; returns what to print.
-async fn call(cli: &Cli, command: &Command) -> Result<String, Failure> {
-    let timeout = cli.timeout.unwrap_or(DEFAULT_TIMEOUT);
-    let endpoint = cli.endpoint.as_str();
-    match command {
-        Command::Run { .. } | Command::CheckConfig { .. } => Ok(String::new()),
-        Command::Status => {
-            let mut admin = connect(endpoint, timeout).await?;
-            let s = bounded(
-                endpoint,
-                Some(timeout),
-                admin.status(proto::StatusRequest {}),
-            )
-            .await?;
-            if cli.json {
-                to_json(&cli::status_json(&s))
-            } else {
-                Ok(cli::format_status(&s))
-            }
-        }
-        Command::Switchover(args) => switch(cli, args, None).await,
-        Command::Failover { args, force } => switch(cli, args, Some(*force)).await,
-        Command::Pause(args) | Command::Resume(args) => {
-            let mut admin = connect(endpoint, timeout).await?;
-            let req = proto::PauseRequest {
-                reason: args.reason.clone(),
-                requested_by: whoami(args.by.clone()),
-            };
-            let reply = if matches!(command, Command::Pause(_)) {
-                bounded(endpoint, Some(timeout), admin.pause(req)).await?
-            } else {
-                bounded(endpoint, Some(timeout), admin.resume(req)).await?
-            };
-            if cli.json {
-                to_json(&serde_json::json!({ "paused": reply.paused }))
-            } else if reply.paused {
-                Ok("paused: no switch happens until `lockstep resume`\n".into())
-            } else {
-                Ok("resumed: switches are allowed again\n".into())
-            }
-        }
-        Command::History { limit } => {
-            let mut admin = connect(endpoint, timeout).await?;
-            let h = bounded(
-                endpoint,
-                Some(timeout),
-                admin.history(proto::HistoryRequest { limit: *limit }),
-            )
-            .await?;
-            if cli.json {
-                to_json(&cli::history_json(&h))
-            } else if h.records.is_empty() {
-                Ok("no transitions yet\n".into())
-            } else {
-                Ok(cli::format_history(&h))
-            }
+        let (reason, by, wait) = (self.reason, self.by, self.wait);
+        Switch {
+            to,
+            reason,
+            by,
+            wait,
         }
     }
 }
 
-/// "1.3s", "500ms": shorter than humantime's "1s 300ms".
-fn fmt_d(d: Duration) -> String {
-    format!("{d:?}")
-}
-
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
-
-/// `check-config`'s text: the bounds a valid config implies.
-fn format_bounds(path: &Path, c: &Config) -> String {
-    let d = c.lb_down_detection();
-    let budget = c.lease_fresh_budget();
-    let e = &c.etcd;
-    format!(
-        "config {} is valid\n\
-         \x20 LB down-detection D = check_fall x (check_inter + min(1s, check_inter) + check_timeout) = {}\n\
-         \x20 lease fresh for TTL - margin = {} after each acknowledged keep-alive is sent\n\
-         \x20 the check endpoint stops answering D before that: {} after it\n\
-         \x20 rule: lease_ttl {} > keepalive {} + D {} + margin {} = {}\n\
-         \x20 a dead or cut-off member holds a switch up for at most the lease TTL: {}\n",
-        path.display(),
-        fmt_d(d),
-        fmt_d(budget),
-        fmt_d(budget.saturating_sub(d)),
-        fmt_d(e.lease_ttl),
-        fmt_d(e.keepalive_interval),
-        fmt_d(d),
-        fmt_d(e.margin),
-        fmt_d(c.lease_ttl_lower_bound()),
-        fmt_d(e.lease_ttl),
-    )
-}
-
-fn bounds_json(c: &Config) -> serde_json::Value {
-    let e = &c.etcd;
-    serde_json::json!({
-        "lb_down_detection_ms": ms(c.lb_down_detection()),
-        "lease_ttl_ms": ms(e.lease_ttl),
-        "keepalive_interval_ms": ms(e.keepalive_interval),
-        "margin_ms": ms(e.margin),
-        "lease_fresh_budget_ms": ms(c.lease_fresh_budget()),
-        "check_answer_budget_ms": ms(c.lease_fresh_budget().saturating_sub(c.lb_down_detection())),
-        "rule_left_ms": ms(e.lease_ttl),
-        "rule_right_ms": ms(c.lease_ttl_lower_bound()),
-        "max_switch_hold_by_dead_member_ms": ms(e.lease_ttl),
-    })
-}
-
-fn load_config(path: &Path) -> Result<Config, Failure> {
-    lockstep::config::load(path).map_err(|e| Failure {
-        code: 2,
-        message: e.to_string(),
-    })
-}
-
-fn check_config(path: &Path, json: bool) -> Result<String, Failure> {
-    let config = load_config(path)?;
-    if json {
-        to_json(&bounds_json(&config))
-    } else {
-        Ok(format_bounds(path, &config))
+impl PauseArgs {
+    fn pause(self) -> Pause {
+        let (reason, by) = (self.reason, self.by);
+        Pause { reason, by }
     }
-}
-
-/// Resolves on SIGTERM (Kubernetes, systemd) or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("stop requested: blocking the LB and leaving the link");
-}
-
-fn run_sidecar(path: &Path, format: LogFormat) -> Result<(), Failure> {
-    // Test builds only: failpoints from the FAILPOINTS environment variable
-    // (e.g. "leader-after-drain-write=sleep(3000)").
-    #[cfg(feature = "failpoints")]
-    let _failpoints = fail::FailScenario::setup();
-    let config = load_config(path)?;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let init = match format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).try_init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .try_init(),
-    };
-    init.map_err(|e| Failure {
-        code: 1,
-        message: format!("cannot set up logging: {e}"),
-    })?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| Failure {
-        code: 1,
-        message: format!("cannot start the async runtime: {e}"),
-    })?;
-    rt.block_on(lockstep::sidecar::run(config, shutdown_signal()))
-        .map_err(|e| Failure {
-            code: 1,
-            message: format!("{e:#}"),
-        })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Run { config, log_format } => run_sidecar(config, *log_format).map(|()| None),
-        Command::CheckConfig { config } => check_config(config, cli.json).map(Some),
-        command => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Failure {
-                code: 1,
-                message: format!("cannot start the async runtime: {e}"),
-            })
-            .and_then(|rt| rt.block_on(call(&cli, command)))
-            .map(Some),
+    let options = admin::Options {
+        endpoint: cli.endpoint,
+        json: cli.json,
+        timeout: cli.timeout,
+    };
+    let verb = |verb: Verb| admin::call(&options, &verb);
+    let result: Result<String, Failure> = match cli.command {
+        Command::Run { config, log_format } => {
+            lockstep::cli::run::run_sidecar(&config, log_format).map(|()| String::new())
+        }
+        Command::CheckConfig { config } => bounds::check_config(&config, options.json),
+        Command::Status => verb(Verb::Status),
+        Command::Switchover(args) => verb(Verb::Switchover(args.switch())),
+        Command::Failover { args, force } => verb(Verb::Failover {
+            switch: args.switch(),
+            force,
+        }),
+        Command::Pause(args) => verb(Verb::Pause(args.pause())),
+        Command::Resume(args) => verb(Verb::Resume(args.pause())),
+        Command::History { limit } => verb(Verb::History { limit }),
     };
     match result {
         Ok(text) => {
-            emit(text.as_deref().unwrap_or_default());
+            emit(&text);
             ExitCode::SUCCESS
         }
         Err(f) => {
@@ -620,126 +169,6 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn requested_by_defaults_to_user_at_host() {
-        let s = |v: &str| Some(v.to_string());
-        assert_eq!(requested_by(s("ops"), s("u"), s("h")), "ops");
-        assert_eq!(requested_by(None, s("u"), s("h\n")), "u@h");
-        assert_eq!(requested_by(None, None, s("h")), "unknown@h");
-        assert_eq!(requested_by(None, s("u"), None), "u");
-        assert_eq!(requested_by(None, None, s("  ")), "unknown");
-    }
-
-    #[test]
-    fn server_refusals_are_printed_verbatim_with_exit_1() {
-        let s = tonic::Status::failed_precondition("link is paused (maintenance); resume first");
-        let f = rpc_failure(&s, "http://x:1");
-        assert_eq!(f.code, 1);
-        assert_eq!(f.message, "link is paused (maintenance); resume first");
-        // The server's own "unavailable" (etcd down) is a refusal, not "no sidecar".
-        let f = rpc_failure(&tonic::Status::unavailable("etcd: timed out"), "http://x:1");
-        assert_eq!(f.code, 1);
-    }
-
-    #[test]
-    fn a_broken_connection_gets_the_endpoint_hint_and_exit_3() {
-        let s = tonic::Status::unavailable("transport error");
-        let f = rpc_failure(&s, "http://x:1");
-        assert_eq!(f.code, 3);
-        assert!(f.message.contains("is a sidecar running at http://x:1?"));
-        assert!(f.message.contains("LOCKSTEP_ENDPOINT"));
-    }
-
-    #[test]
-    fn endpoints_without_a_scheme_get_http() {
-        assert_eq!(endpoint_url("10.0.0.5:7400"), "http://10.0.0.5:7400");
-        assert_eq!(endpoint_url("https://a:1"), "https://a:1");
-    }
-
-    #[test]
-    fn switch_bounds_leave_waiting_to_the_server_by_default() {
-        assert_eq!(switch_bounds(true, None), (0, None));
-        assert_eq!(
-            switch_bounds(false, None),
-            (10_000, Some(Duration::from_secs(12)))
-        );
-        assert_eq!(
-            switch_bounds(true, Some(Duration::from_secs(60))),
-            (60_000, Some(Duration::from_secs(62)))
-        );
-    }
-
-    #[test]
-    fn switch_summaries() {
-        let mut r = proto::SwitchReply {
-            request_id: "r-1".into(),
-            epoch: 7,
-            already_active: false,
-            completed: false,
-            elapsed_ms: 0,
-        };
-        assert!(
-            format_switch(&r, "warm").contains("accepted: switch to warm at epoch 7 (request r-1)")
-        );
-        r.completed = true;
-        r.elapsed_ms = 23;
-        assert_eq!(
-            format_switch(&r, "warm"),
-            "every LB serves warm at epoch 7 — done in 23 ms\n"
-        );
-        r.already_active = true;
-        assert!(format_switch(&r, "warm").starts_with("already on warm"));
-        assert_eq!(switch_json(&r)["epoch"], 7);
-    }
-
-    fn example() -> Config {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, lockstep::config::example()).expect("write");
-        lockstep::config::load(&path).expect("example is valid")
-    }
-
-    #[test]
-    fn bounds_show_the_rule_and_derived_values() {
-        let c = example();
-        let text = format_bounds(Path::new("c.toml"), &c);
-        assert!(text.contains(
-            "D = check_fall x (check_inter + min(1s, check_inter) + check_timeout) = 2.6s"
-        ));
-        assert!(text.contains("lease fresh for TTL - margin = 4s"));
-        assert!(text.contains("rule: lease_ttl 5s > keepalive 1s + D 2.6s + margin 1s = 4.6s"));
-        assert!(text.contains("at most the lease TTL: 5s"));
-        let j = bounds_json(&c);
-        assert_eq!(j["lb_down_detection_ms"], 2600);
-        assert_eq!(j["lease_fresh_budget_ms"], 4000);
-        assert_eq!(j["rule_right_ms"], 4600);
-        assert_eq!(j["check_answer_budget_ms"], 1400);
-    }
-
-    #[test]
-    fn a_switch_is_done_when_settled_on_the_target_at_a_later_epoch() {
-        let warm = proto::Setup::Warm as i32;
-        let mut s = proto::StatusReply {
-            route: Some(proto::Route {
-                epoch: 7,
-                phase: proto::Phase::Drain as i32,
-                setup: warm,
-                ..Default::default()
-            }),
-            settled: false,
-            ..Default::default()
-        };
-        assert!(!switch_done(&s, warm, 6), "draining");
-        if let Some(r) = s.route.as_mut() {
-            r.phase = proto::Phase::Serve as i32;
-        }
-        assert!(!switch_done(&s, warm, 6), "serving, not settled");
-        s.settled = true;
-        assert!(switch_done(&s, warm, 6));
-        assert!(!switch_done(&s, warm, 7), "the state before the switch");
-        assert!(!switch_done(&s, proto::Setup::Hot as i32, 6), "other setup");
-    }
 
     #[test]
     fn the_cli_definition_is_consistent() {

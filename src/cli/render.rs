@@ -224,7 +224,7 @@ pub fn progress_line(s: &proto::StatusReply) -> String {
         .iter()
         .map(|m| {
             let state = match &m.applied {
-                Some(a) if phase_name(a.phase) == "drain" => "blocked".to_string(),
+                Some(a) if a.phase == proto::Phase::Drain as i32 => "blocked".to_string(),
                 Some(a) => setup_name(a.setup).to_string(),
                 None => "blocked".into(),
             };

@@ -1,0 +1,455 @@
+//! The Runtime API client (HAProxy's stats socket, `level admin`): sends
+//! `;`-separated command lines over one connection each and splits the
+//! answer per command, and parses the answers lockstep reads (`show
+//! servers state`, `show info`). The parsing is pure.
+
+use super::super::LbError;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tracing::{debug, debug_span, Instrument};
+
+/// Bound on one Runtime API exchange (connect, send, read the answer).
+pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Answers larger than this are not HAProxy talking to us.
+const MAX_ANSWER_BYTES: u64 = 1 << 20;
+
+/// One HAProxy's Runtime API: where its socket is and how long one exchange
+/// may take.
+#[derive(Clone, Debug)]
+pub(crate) struct RuntimeApi {
+    /// The stats socket (`stats socket ... level admin`).
+    socket: PathBuf,
+    /// Bound on one exchange (connect, send, read the answer).
+    timeout: Duration,
+}
+
+impl RuntimeApi {
+    pub(crate) fn new(socket: PathBuf, timeout: Duration) -> RuntimeApi {
+        RuntimeApi { socket, timeout }
+    }
+
+    pub(crate) fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub(crate) fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Sends one raw Runtime API line (for operators and tests) and returns
+    /// HAProxy's answer as is, without judging it.
+    pub async fn command(&self, line: &str) -> Result<String, LbError> {
+        if line.contains(['\n', '\r']) {
+            return Err(LbError::Rejected {
+                command: line.to_string(),
+                answer: "not sent: one line only".into(),
+            });
+        }
+        let started = Instant::now();
+        let raw = self
+            .send_line(line)
+            .instrument(debug_span!("haproxy", socket = %self.socket.display()))
+            .await?;
+        debug!(command = %line, elapsed_us = started.elapsed().as_micros() as u64, "haproxy answered");
+        Ok(raw)
+    }
+
+    /// Sends `commands` on one line (`;`-separated, one connection) and
+    /// returns one answer per command. HAProxy runs every command of a line
+    /// even when an earlier one fails.
+    pub async fn exchange(&self, commands: &[String]) -> Result<Vec<String>, LbError> {
+        let line = commands.join("; ");
+        if let Some(bad) = commands.iter().find(|c| c.contains([';', '\n', '\r'])) {
+            return Err(LbError::Rejected {
+                command: line.clone(),
+                answer: format!("not sent: {bad:?} would split into several commands"),
+            });
+        }
+        let raw = self.command(&line).await?;
+        split_answers(&raw, commands.len())
+    }
+
+    async fn send_line(&self, line: &str) -> Result<String, LbError> {
+        let endpoint = self.socket.display().to_string();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = || LbError::Timeout {
+            endpoint: endpoint.clone(),
+            after: self.timeout,
+        };
+        let failed = |what: &str, e: std::io::Error| LbError::Unreachable {
+            endpoint: endpoint.clone(),
+            source: std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{what}: {e}; check that HAProxy runs and its config has \
+                     `stats socket {endpoint} level admin`"
+                ),
+            ),
+        };
+        let mut stream = tokio::time::timeout_at(deadline, UnixStream::connect(&self.socket))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| failed("connecting", e))?;
+        tokio::time::timeout_at(deadline, stream.write_all(format!("{line}\n").as_bytes()))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| failed("sending a command", e))?;
+        // Without `prompt`, HAProxy answers the one line and closes.
+        let mut raw = Vec::new();
+        tokio::time::timeout_at(
+            deadline,
+            (&mut stream).take(MAX_ANSWER_BYTES).read_to_end(&mut raw),
+        )
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| failed("reading the answer", e))?;
+        Ok(String::from_utf8_lossy(&raw).into_owned())
+    }
+}
+
+/// True for names HAProxy accepts for proxies and servers (letters, digits,
+/// `-`, `_`, `.`, `:`). Anything else could also split a Runtime API line.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+/// HAProxy's `srv_admin` maintenance bits: forced (0x01), inherited from a
+/// tracked server (0x02), failed DNS resolution (0x20). 0x04 ("`disabled`
+/// in the config") is not among them: it stays set after `state ready`.
+const ADMIN_MAINT: u32 = 0x01 | 0x02 | 0x20;
+/// Drain bits: forced (0x08), inherited (0x10).
+const ADMIN_DRAIN: u32 = 0x08 | 0x10;
+
+/// `srv_op_state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpState {
+    /// Down (by health checks, or because it is in maintenance).
+    Stopped,
+    /// Up, warming up (slowstart).
+    Starting,
+    /// Up.
+    Running,
+    /// Up, soft-stopping (no new sessions except persistent ones).
+    Stopping,
+}
+
+impl OpState {
+    fn from_code(code: u32) -> Option<OpState> {
+        Some(match code {
+            0 => OpState::Stopped,
+            1 => OpState::Starting,
+            2 => OpState::Running,
+            3 => OpState::Stopping,
+            _ => return None,
+        })
+    }
+}
+
+/// One server's line of `show servers state`, the fields lockstep uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerState {
+    pub backend: String,
+    pub name: String,
+    pub op_state: OpState,
+    /// `srv_admin_state` bits (see [`ServerState::in_maint`]).
+    pub admin_state: u32,
+    /// `srv_check_health`: 0 is down; `rise + fall - 1` is fully healthy.
+    pub check_health: Option<u32>,
+}
+
+impl ServerState {
+    /// In maintenance: takes no sessions whatever its health checks say.
+    pub fn in_maint(&self) -> bool {
+        self.admin_state & ADMIN_MAINT != 0
+    }
+
+    pub fn in_drain(&self) -> bool {
+        self.admin_state & ADMIN_DRAIN != 0
+    }
+
+    /// Fully serving: enabled, not draining, UP.
+    pub fn serving(&self) -> bool {
+        !self.in_maint() && !self.in_drain() && self.op_state == OpState::Running
+    }
+
+    /// Might take new sessions (any up state outside maintenance). Errs on
+    /// the side of "routes": only `Stopped` or maintenance count as not.
+    pub fn may_route(&self) -> bool {
+        !self.in_maint() && self.op_state != OpState::Stopped
+    }
+}
+
+impl fmt::Display for ServerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = if self.in_maint() {
+            "MAINT"
+        } else if self.in_drain() {
+            "DRAIN"
+        } else {
+            match self.op_state {
+                OpState::Stopped => "DOWN (enabled, failing its health check)",
+                OpState::Starting => "STARTING",
+                OpState::Running => "UP",
+                OpState::Stopping => "STOPPING",
+            }
+        };
+        write!(
+            f,
+            "{}/{} {status} (admin_state {:#x}",
+            self.backend, self.name, self.admin_state
+        )?;
+        if let Some(h) = self.check_health {
+            write!(f, ", check health {h}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Splits the answer to a `;`-separated line into one answer per command:
+/// HAProxy ends each command's output with an empty line.
+pub fn split_answers(raw: &str, commands: usize) -> Result<Vec<String>, LbError> {
+    let mut answers = Vec::with_capacity(commands);
+    let mut current: Vec<&str> = Vec::new();
+    for line in raw.lines() {
+        if line.is_empty() {
+            answers.push(current.join("\n"));
+            current.clear();
+        } else {
+            current.push(line);
+        }
+    }
+    if !current.is_empty() {
+        // Cut short (HAProxy closed mid-answer): keep it for the error.
+        answers.push(current.join("\n"));
+    }
+    if answers.len() != commands {
+        return Err(LbError::Parse(format!(
+            "expected {commands} answers from HAProxy, got {}: {raw:?}",
+            answers.len()
+        )));
+    }
+    Ok(answers)
+}
+
+/// Parses `show servers state [<backend>]` (format version 1). Columns are
+/// found by the header's names, so a HAProxy that adds columns still parses.
+/// An answer that is not in this format (e.g. "Can't find backend.") is
+/// `Rejected`.
+pub fn parse_servers_state(command: &str, text: &str) -> Result<Vec<ServerState>, LbError> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    if lines.next().map(str::trim) != Some("1") {
+        return Err(LbError::Rejected {
+            command: command.to_string(),
+            answer: text.trim().to_string(),
+        });
+    }
+    // HAProxy 2.6's order, used if the header is missing.
+    let mut columns: Vec<String> = [
+        "be_id",
+        "be_name",
+        "srv_id",
+        "srv_name",
+        "srv_addr",
+        "srv_op_state",
+        "srv_admin_state",
+        "srv_uweight",
+        "srv_iweight",
+        "srv_time_since_last_change",
+        "srv_check_status",
+        "srv_check_result",
+        "srv_check_health",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut out = Vec::new();
+    for line in lines {
+        if let Some(header) = line.strip_prefix('#') {
+            columns = header.split_whitespace().map(String::from).collect();
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let field = |name: &str| -> Result<&str, LbError> {
+            columns
+                .iter()
+                .position(|c| c == name)
+                .and_then(|i| fields.get(i).copied())
+                .ok_or_else(|| LbError::Parse(format!("no {name} in server line {line:?}")))
+        };
+        let number = |name: &str| -> Result<u32, LbError> {
+            let v = field(name)?;
+            v.parse::<u32>()
+                .map_err(|_| LbError::Parse(format!("{name} {v:?} is not a number in {line:?}")))
+        };
+        let op = number("srv_op_state")?;
+        out.push(ServerState {
+            backend: field("be_name")?.to_string(),
+            name: field("srv_name")?.to_string(),
+            op_state: OpState::from_code(op)
+                .ok_or_else(|| LbError::Parse(format!("unknown srv_op_state {op} in {line:?}")))?,
+            admin_state: number("srv_admin_state")?,
+            check_health: number("srv_check_health").ok(),
+        });
+    }
+    Ok(out)
+}
+
+/// Which HAProxy process answered: a change means it was restarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    pub pid: u32,
+    /// `Start_time_sec` (HAProxy ≥ 2.6), in seconds since the epoch.
+    pub start_time_sec: Option<u64>,
+}
+
+/// Parses `Pid` and `Start_time_sec` out of `show info`.
+pub fn parse_show_info(command: &str, text: &str) -> Result<ProcessIdentity, LbError> {
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let Some(pid) = value("Pid") else {
+        return Err(LbError::Rejected {
+            command: command.to_string(),
+            answer: text.trim().to_string(),
+        });
+    };
+    let pid = pid
+        .parse()
+        .map_err(|_| LbError::Parse(format!("Pid {pid:?} in `show info` is not a number")))?;
+    let start_time_sec = match value("Start_time_sec") {
+        Some(s) => Some(s.parse().map_err(|_| {
+            LbError::Parse(format!(
+                "Start_time_sec {s:?} in `show info` is not a number"
+            ))
+        })?),
+        None => None,
+    };
+    Ok(ProcessIdentity {
+        pid,
+        start_time_sec,
+    })
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    // Captured from Debian's HAProxy 2.6.12 with the rendered config.
+    pub(in crate::lb::haproxy) const HEADER: &str = "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port";
+    /// Fresh start: both `disabled` in the config (admin 0x05).
+    pub(in crate::lb::haproxy) const FRESH: &str = "3 kme 1 hot 127.0.0.1 0 5 1 1 0 1 0 0 14 0 0 0 - 35863 - 0 45241 127.0.0.1 127.0.0.1 45241\n3 kme 2 warm 127.0.0.1 0 5 1 1 0 1 0 0 14 0 0 0 - 46631 - 0 45241 127.0.0.1 127.0.0.1 45241";
+    /// After `set server kme/warm state ready`: UP at once, admin 0x04.
+    pub(in crate::lb::haproxy) const WARM_UP: &str = "3 kme 1 hot 127.0.0.1 0 5 1 1 0 1 0 0 14 0 0 0 - 35863 - 0 45241 127.0.0.1 127.0.0.1 45241\n3 kme 2 warm 127.0.0.1 2 4 1 1 0 1 0 1 6 0 0 0 - 46631 - 0 45241 127.0.0.1 127.0.0.1 45241";
+    /// Then the check endpoint stopped answering 200: warm DOWN by checks.
+    pub(in crate::lb::haproxy) const WARM_DOWN: &str = "3 kme 1 hot 127.0.0.1 0 5 1 1 1 1 0 0 14 0 0 0 - 35863 - 0 45241 127.0.0.1 127.0.0.1 45241\n3 kme 2 warm 127.0.0.1 0 4 1 1 0 17 2 0 6 0 0 0 - 46631 - 0 45241 127.0.0.1 127.0.0.1 45241";
+    /// Then `set server kme/warm state drain` (admin 0x0c).
+    pub(in crate::lb::haproxy) const WARM_DRAIN: &str = "3 kme 1 hot 127.0.0.1 0 5 1 1 1 1 0 0 14 0 0 0 - 35863 - 0 45241 127.0.0.1 127.0.0.1 45241\n3 kme 2 warm 127.0.0.1 2 12 1 1 0 17 2 0 6 0 0 0 - 46631 - 0 45241 127.0.0.1 127.0.0.1 45241";
+    pub(in crate::lb::haproxy) const SHOW_INFO: &str = "Name: HAProxy\nVersion: 2.6.12-1+deb12u4\nRelease_date: 2026/10/17\nNbthread: 2\nNbproc: 1\nProcess_num: 1\nPid: 13175\nUptime: 0d 0h00m01s\nUptime_sec: 1\nMemmax_MB: 0\nUlimit-n: 20000\nMaxsock: 20000\nMaxconn: 9984\nCurrConns: 0\nCumConns: 15\nnode: vm\nStopping: 0\nJobs: 3\nListeners: 2\nBuild info: 2.6.12-1+deb12u4\nStart_time_sec: 1795596007\nTainted: 0";
+
+    pub(in crate::lb::haproxy) fn state(lines: &str) -> String {
+        format!("1\n{HEADER}\n{lines}\n")
+    }
+
+    #[test]
+    fn splits_a_multi_command_answer() {
+        let raw = format!("\n\n{}\n", state(FRESH));
+        let a = split_answers(&raw, 3).expect("split");
+        assert_eq!(a[0], "");
+        assert_eq!(a[1], "");
+        assert!(a[2].starts_with("1\n# be_id"));
+        let raw = "No such server.\n\n\n";
+        assert_eq!(
+            split_answers(raw, 2).expect("split"),
+            vec!["No such server.".to_string(), String::new()]
+        );
+        assert!(matches!(split_answers("\n", 2), Err(LbError::Parse(_))));
+    }
+
+    #[test]
+    fn parses_servers_state_by_header() {
+        let s = parse_servers_state("show servers state kme", &state(WARM_UP)).expect("parse");
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            (s[0].name.as_str(), s[0].op_state, s[0].admin_state),
+            ("hot", OpState::Stopped, 5)
+        );
+        assert_eq!(
+            (s[1].name.as_str(), s[1].op_state, s[1].admin_state),
+            ("warm", OpState::Running, 4)
+        );
+        assert_eq!(s[1].check_health, Some(1));
+        // Columns are found by name, not position.
+        let moved = "1\n# srv_name be_name srv_admin_state srv_op_state\nhot kme 1 0\n";
+        let s = parse_servers_state("show", moved).expect("parse");
+        assert!(s[0].in_maint() && s[0].check_health.is_none());
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_state_answer() {
+        assert!(matches!(
+            parse_servers_state("show servers state nobe", "Can't find backend."),
+            Err(LbError::Rejected { answer, .. }) if answer == "Can't find backend."
+        ));
+        assert!(matches!(
+            parse_servers_state("show", &state("3 kme 1 hot 127.0.0.1 x 5")),
+            Err(LbError::Parse(_))
+        ));
+        assert!(matches!(
+            parse_servers_state("show", &state("3 kme 1 hot 127.0.0.1 7 5 1 1 0 1 0 0")),
+            Err(LbError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn maintenance_bits() {
+        for (admin, maint, drain) in [
+            (0x01, true, false),
+            (0x02, true, false),
+            (0x04, false, false),
+            (0x05, true, false),
+            (0x08, false, true),
+            (0x10, false, true),
+            (0x20, true, false),
+            (0x40, false, false),
+        ] {
+            let s = ServerState {
+                backend: "kme".into(),
+                name: "hot".into(),
+                op_state: OpState::Running,
+                admin_state: admin,
+                check_health: None,
+            };
+            assert_eq!(
+                (s.in_maint(), s.in_drain()),
+                (maint, drain),
+                "admin {admin:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_process_identity() {
+        let id = parse_show_info("show info", SHOW_INFO).expect("identity");
+        assert_eq!(
+            id,
+            ProcessIdentity {
+                pid: 13175,
+                start_time_sec: Some(1795596007)
+            }
+        );
+        let other = SHOW_INFO.replace("Pid: 13175", "Pid: 13176");
+        assert_ne!(parse_show_info("show info", &other).expect("identity"), id);
+        assert!(matches!(
+            parse_show_info("show info", "Permission denied"),
+            Err(LbError::Rejected { .. })
+        ));
+    }
+}
