@@ -1,0 +1,365 @@
+//! The config's schema: every section and key with its default, and the
+//! bounds a config implies (D, the lease's fresh budget, the timing rule's
+//! right side). See `deploy/local/lockstep.example.toml` for every key with
+//! comments.
+
+use lockstep_core::{Role, Setup};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One sidecar's configuration. See [`example`] for every key with comments.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The QKD link; a component of every etcd key, so `[a-z0-9-_]` only.
+    pub link: String,
+    /// Unique within the link; names this member's etcd key.
+    pub member_id: String,
+    /// Which end of the link this member's LB fronts.
+    pub role: Role,
+    /// What a brand-new link (no route in etcd yet) serves first.
+    #[serde(default = "default_initial_setup")]
+    pub initial_setup: Setup,
+    /// Where the election, the route and member records live.
+    #[serde(default)]
+    pub etcd: EtcdConfig,
+    /// Peer (Drain/Serve) and Admin services.
+    #[serde(default)]
+    pub grpc: GrpcConfig,
+    /// What the LB checks, plus health and metrics.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// The LB this sidecar drives.
+    #[serde(default)]
+    pub lb: LbConfig,
+    /// Health of this member's role's KMEs, which failover decisions use.
+    #[serde(default)]
+    pub probe: ProbeConfig,
+    /// Defaults of admin calls.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// When the leader switches on its own.
+    #[serde(default)]
+    pub failover: FailoverConfig,
+}
+
+/// Election, route and member records.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    /// Client URLs, `http://host:port`.
+    pub endpoints: Vec<String>,
+    /// Keys live under `<prefix>/<link>/`.
+    pub prefix: String,
+    /// Lease TTL (whole seconds, etcd's unit). Also the longest a dead member
+    /// can hold a switch up.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the lease is kept alive.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Self-fencing margin: a member blocks its LB once `lease_ttl - margin`
+    /// has passed since its last acknowledged keep-alive was sent.
+    #[serde(with = "humantime_serde")]
+    pub margin: Duration,
+    /// Bound on connecting to etcd at start-up.
+    #[serde(with = "humantime_serde")]
+    pub dial_timeout: Duration,
+    /// Bound on one etcd request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+/// Peer and Admin gRPC services.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Where the gRPC server binds.
+    pub listen: SocketAddr,
+    /// `host:port` peers and the CLI dial; empty means `listen`.
+    pub advertise: String,
+}
+
+/// The LB's check endpoint, `/healthz`, `/readyz` and `/metrics`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Where the HTTP server binds; the LB's `check` points here.
+    pub listen: SocketAddr,
+}
+
+/// The LB this sidecar drives. `check_*` must match the LB's own settings:
+/// they give D, the bound self-fencing relies on.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LbConfig {
+    /// Only "haproxy" for now.
+    pub kind: String,
+    /// HAProxy's admin socket (Runtime API).
+    pub socket: PathBuf,
+    /// The backend holding both setups' servers.
+    pub backend: String,
+    pub server_hot: String,
+    pub server_warm: String,
+    /// HAProxy `inter`: how often it checks the sidecar.
+    #[serde(with = "humantime_serde")]
+    pub check_inter: Duration,
+    /// HAProxy `fall`: failed checks before a server is marked down.
+    pub check_fall: u32,
+    /// HAProxy `rise`: good checks before a server is marked up.
+    pub check_rise: u32,
+    /// HAProxy `timeout check`.
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
+    /// Bound on one Runtime API command.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// How often the sidecar reads the LB back to catch drift (e.g. a restart).
+    #[serde(with = "humantime_serde")]
+    pub drift_interval: Duration,
+}
+
+/// ETSI GS QKD 014 status probes of this member's role's KMEs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    /// Base URL of the hot setup's KME; none means its health is "unknown".
+    pub hot: Option<String>,
+    /// Base URL of the warm setup's KME; none means its health is "unknown".
+    pub warm: Option<String>,
+    /// The SAE in the status path `/api/v1/keys/{sae_id}/status`.
+    pub sae_id: String,
+    /// Time between probes of one KME.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Bound on one probe; no answer counts as a failure.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Good probes in a row before a KME counts as up.
+    pub rise: u32,
+    /// Failed probes in a row before a KME counts as down.
+    pub fall: u32,
+    /// PEM CA bundle the KMEs' certificates must chain to; required when a
+    /// URL is `https://`.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS; needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// Count `stored_key_count == 0` as a failed probe (else only a warning).
+    pub empty_store_unhealthy: bool,
+}
+
+/// Automatic failover (DESIGN §5).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// Off: only on-call commands switch.
+    pub enabled: bool,
+    /// How long the active setup must stay unhealthy before moving.
+    #[serde(with = "humantime_serde")]
+    pub detection: Duration,
+    /// No automatic move within this time of any switch.
+    #[serde(with = "humantime_serde")]
+    pub dwell: Duration,
+    /// At most this many automatic switches per window, then pause.
+    pub max_auto: u32,
+    /// The window `max_auto` counts in.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// "manual", or "after <duration>" (e.g. "after 5m").
+    pub failback: String,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            enabled: true,
+            detection: Duration::from_secs(2),
+            dwell: Duration::from_secs(30),
+            max_auto: 3,
+            window: Duration::from_secs(600),
+            failback: "manual".into(),
+        }
+    }
+}
+
+impl FailoverConfig {
+    /// `failback` parsed; the error says what is accepted.
+    pub fn failback(&self) -> Result<lockstep_core::failover::Failback, String> {
+        let f = self.failback.trim();
+        if f == "manual" {
+            return Ok(lockstep_core::failover::Failback::Manual);
+        }
+        if let Some(d) = f.strip_prefix("after ") {
+            return humantime::parse_duration(d.trim())
+                .map(lockstep_core::failover::Failback::After)
+                .map_err(|e| format!("{f:?}: {e}; use e.g. \"after 5m\""));
+        }
+        Err(format!(
+            "{f:?} must be \"manual\" or \"after <duration>\" (e.g. \"after 5m\")"
+        ))
+    }
+
+    /// The pure policy's parameters; `primary` is where failback returns to.
+    pub fn policy(&self, primary: Setup) -> Result<lockstep_core::failover::PolicyConfig, String> {
+        Ok(lockstep_core::failover::PolicyConfig {
+            enabled: self.enabled,
+            detection: self.detection,
+            dwell: self.dwell,
+            max_auto: self.max_auto,
+            window: self.window,
+            primary,
+            failback: self.failback()?,
+        })
+    }
+}
+
+/// The Admin service.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bound on a switch called with `wait` when the caller gives none.
+    #[serde(with = "humantime_serde")]
+    pub switch_timeout: Duration,
+}
+
+fn default_initial_setup() -> Setup {
+    Setup::Hot
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/lockstep".into(),
+            lease_ttl: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(1),
+            margin: Duration::from_secs(1),
+            dial_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            advertise: String::new(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+        }
+    }
+}
+
+impl Default for LbConfig {
+    fn default() -> Self {
+        LbConfig {
+            kind: "haproxy".into(),
+            socket: PathBuf::from("/run/haproxy/admin.sock"),
+            backend: "kme".into(),
+            server_hot: "hot".into(),
+            server_warm: "warm".into(),
+            check_inter: Duration::from_millis(500),
+            check_fall: 2,
+            check_rise: 1,
+            check_timeout: Duration::from_millis(300),
+            command_timeout: Duration::from_secs(1),
+            drift_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            hot: None,
+            warm: None,
+            sae_id: String::new(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 2,
+            ca: None,
+            client_cert: None,
+            client_key: None,
+            empty_store_unhealthy: false,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            switch_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// D: within this bound after the sidecar stops answering its checks,
+    /// the LB marks the sidecar's server down (and kills its sessions):
+    /// `check_fall × (check_inter + min(connect timeout, check_inter) +
+    /// check_timeout)`, measured on HAProxy 2.6 (see `lb::haproxy`).
+    pub fn lb_down_detection(&self) -> Duration {
+        crate::lb::haproxy::down_detection_bound(
+            self.lb.check_inter,
+            self.lb.check_fall,
+            self.lb.check_timeout,
+        )
+    }
+
+    /// How long after sending its last acknowledged keep-alive a member still
+    /// counts its lease as fresh: `lease_ttl − margin`. Past it, it fences.
+    pub fn lease_fresh_budget(&self) -> Duration {
+        self.etcd.lease_ttl.saturating_sub(self.etcd.margin)
+    }
+
+    /// The right side of the timing rule: `lease_ttl` must exceed
+    /// `keepalive_interval + D + margin`.
+    pub fn lease_ttl_lower_bound(&self) -> Duration {
+        self.etcd.keepalive_interval + self.lb_down_detection() + self.etcd.margin
+    }
+
+    /// The gRPC `host:port` peers dial: `grpc.advertise`, else `grpc.listen`.
+    pub fn grpc_advertise(&self) -> String {
+        if self.grpc.advertise.is_empty() {
+            self.grpc.listen.to_string()
+        } else {
+            self.grpc.advertise.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{cfg, ms};
+    use super::*;
+
+    #[test]
+    fn defaults_satisfy_the_rule_and_derive_the_bounds() {
+        let c = cfg("").expect("defaults are valid");
+        assert_eq!(c.initial_setup, Setup::Hot);
+        assert_eq!(c.lb_down_detection(), ms(2600));
+        assert_eq!(c.lease_fresh_budget(), ms(4000));
+        assert_eq!(c.lease_ttl_lower_bound(), ms(4600));
+        assert_eq!(c.grpc_advertise(), "127.0.0.1:7400");
+        assert!(c.probe.hot.is_none());
+    }
+
+    #[test]
+    fn advertise_overrides_listen() {
+        let c = cfg("[grpc]\nlisten = \"0.0.0.0:7400\"\nadvertise = \"10.0.0.5:7400\"\n")
+            .expect("valid");
+        assert_eq!(c.grpc_advertise(), "10.0.0.5:7400");
+    }
+}
