@@ -1062,7 +1062,7 @@ async fn leader_kill(ctx: &mut Ctx, step: LeaderStep) -> Result<()> {
     // L1: the dead leader holds the switch up no longer than its lease.
     let done = ctx
         .wait_snapshot("the switch completed by the next leader", ctx.bound, |s| {
-            route_of(s).is_some_and(|r| r.setup == to) && lockstep::rpc::admin::settled(s)
+            route_of(s).is_some_and(|r| r.setup == to) && s.settled()
         })
         .await;
     let after = killed.elapsed();
@@ -1193,7 +1193,7 @@ async fn member_fault_during_switch(ctx: &mut Ctx, kind: MemberFault) -> Result<
     if kind != MemberFault::StopShort {
         let done = ctx
             .wait_snapshot("the switch completed without the victim", hold, |s| {
-                route_of(s).is_some_and(|r| r.setup == to) && lockstep::rpc::admin::settled(s)
+                route_of(s).is_some_and(|r| r.setup == to) && s.settled()
             })
             .await;
         ctx.check(

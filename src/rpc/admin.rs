@@ -5,12 +5,12 @@
 use super::{applied_to_proto, phase_to_proto, role_to_proto, setup_from_proto, setup_to_proto};
 use crate::proto::{self, admin_server::Admin, peer_client::PeerClient};
 use crate::sidecar::Shared;
-use crate::store::{Snapshot, Store};
+use crate::store::{Change, Snapshot, Store, Watch, Watched};
 use futures::Stream;
 use lockstep_core::health::aggregate;
 use lockstep_core::leader::{HistoryRecord, RequestOutcome};
 use lockstep_core::policy::{check_request, Pause, Request, RequestKind, Verdict};
-use lockstep_core::{Phase, Setup};
+use lockstep_core::Setup;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,20 +23,6 @@ pub struct AdminService {
 
 fn store_status(e: crate::store::StoreError) -> Status {
     Status::unavailable(format!("etcd: {e}"))
-}
-
-/// True when the route serves and every live member applied exactly it.
-pub fn settled(s: &Snapshot) -> bool {
-    let Some((route, _)) = &s.route else {
-        return false;
-    };
-    route.phase == Phase::Serve
-        && !s.members.is_empty()
-        && s.members.iter().all(|m| {
-            m.record.applied.is_some_and(|a| {
-                a.epoch == route.epoch && a.phase == Phase::Serve && a.setup == route.setup
-            })
-        })
 }
 
 fn health_of(s: &Snapshot, setup: Setup) -> lockstep_core::health::SetupHealth {
@@ -130,7 +116,7 @@ pub async fn build_status(shared: &Shared, s: &Snapshot) -> proto::StatusReply {
                 }
             })
             .collect(),
-        settled: settled(s),
+        settled: s.settled(),
         policy: s.policy.clone().unwrap_or_default(),
     }
 }
@@ -174,18 +160,15 @@ impl AdminService {
                     request_id: String::new(),
                     epoch: epoch_now,
                     already_active: true,
-                    completed: settled(&snap),
+                    completed: snap.settled(),
                     elapsed_ms: started.elapsed().as_millis() as u64,
                 }))
             }
             Ok(Verdict::Go) => {}
         }
-        // Watch from "now" before storing the request: a watch that starts
-        // at a past revision is caught up by etcd only every 100 ms.
-        let mut outcomes = store
-            .watch(Some("outcome"), 0)
-            .await
-            .map_err(store_status)?;
+        // Watch from "now" before storing the request, so its outcome
+        // cannot be missed.
+        let mut outcomes = store.watch(Watched::Outcome).await.map_err(store_status)?;
         let rev = match store.put_request(&request).await.map_err(store_status)? {
             Ok(rev) => rev,
             Err(pending) => {
@@ -201,7 +184,7 @@ impl AdminService {
         } else {
             self.shared.config.admin.switch_timeout
         };
-        let outcome = wait_outcome(store, &mut outcomes, &request.id, timeout).await;
+        let outcome = wait_outcome(&mut outcomes, &request.id, timeout).await;
         let outcome = match outcome {
             Some(o) => o,
             None => {
@@ -250,17 +233,11 @@ impl AdminService {
 }
 
 /// Waits for the leader's outcome of request `id` on `stream`.
-async fn wait_outcome(
-    store: &Store,
-    stream: &mut etcd_client::WatchStream,
-    id: &str,
-    timeout: Duration,
-) -> Option<RequestOutcome> {
+async fn wait_outcome(watch: &mut Watch, id: &str, timeout: Duration) -> Option<RequestOutcome> {
     let fut = async {
         loop {
-            let resp = stream.message().await.ok()??;
-            for ev in resp.events() {
-                if let Ok(crate::store::Change::Outcome(o)) = store.decode(ev) {
+            for change in watch.next().await.ok()?? {
+                if let Ok(Change::Outcome(o)) = change {
                     if o.id == id {
                         return Some(o);
                     }
@@ -279,30 +256,21 @@ async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -
         s.route
             .as_ref()
             .is_some_and(|(r, _)| r.epoch > epoch || (r.epoch == epoch && r.setup == to))
-            && settled(s)
+            && s.settled()
     };
     let fut = async {
-        // Watch first, from "now", then read: a watch from a past revision
-        // is caught up by etcd only every 100 ms; events between the two are
-        // seen twice, which is harmless.
-        let mut stream = store.watch(None, 0).await.ok()?;
-        let snap = store.snapshot().await.ok()?;
+        let (mut watch, snap) = store.watch_then_snapshot(Watched::Link).await.ok()?;
         if check(&snap) {
             return Some(());
         }
         loop {
-            let resp = stream.message().await.ok()??;
             let mut look = false;
-            for ev in resp.events() {
-                match store.decode(ev) {
-                    Ok(crate::store::Change::History(h))
-                        if h.epoch >= epoch && h.outcome == "complete" =>
-                    {
+            for change in watch.next().await.ok()?? {
+                match change {
+                    Ok(Change::History(h)) if h.epoch >= epoch && h.outcome == "complete" => {
                         return Some(());
                     }
-                    Ok(crate::store::Change::Member(_) | crate::store::Change::Route(..)) => {
-                        look = true
-                    }
+                    Ok(Change::Member(_) | Change::Route(..)) => look = true,
                     _ => {}
                 }
             }
@@ -430,8 +398,11 @@ impl Admin for AdminService {
         _r: tonic::Request<proto::StatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
         let shared = self.shared.clone();
-        let mut stream = shared.store.watch(None, 0).await.map_err(store_status)?;
-        let snap = shared.store.snapshot().await.map_err(store_status)?;
+        let (mut watch, snap) = shared
+            .store
+            .watch_then_snapshot(Watched::Link)
+            .await
+            .map_err(store_status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let first = build_status(&shared, &snap).await;
@@ -439,7 +410,7 @@ impl Admin for AdminService {
                 return;
             }
             loop {
-                match stream.message().await {
+                match watch.next().await {
                     Ok(Some(_)) => {
                         // Coalesce bursts (a switch writes several keys).
                         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -5,7 +5,7 @@
 use super::Shared;
 use crate::proto::peer_client::PeerClient;
 use crate::proto::{DrainRequest, ServeRequest};
-use crate::store::Change;
+use crate::store::{Change, StoreError, Watched};
 use lockstep_core::leader::{Leader, LeaderAction, LeaderConfig, LeaderEvent, WriteFailure};
 use lockstep_core::{Applied, Token};
 use std::collections::HashMap;
@@ -74,26 +74,21 @@ async fn wait_for_vacancy(
     lease_rx: &mut tokio::sync::watch::Receiver<Option<i64>>,
     lease: i64,
 ) {
-    // Watch from "now" first, then look: a delete after the look is seen.
-    let Ok(mut stream) = shared.store.watch(Some("leader"), 0).await else {
+    // A delete after the look is seen on the watch.
+    let Ok((mut watch, snapshot)) = shared.store.watch_then_snapshot(Watched::Leader).await else {
         tokio::time::sleep(Duration::from_millis(500)).await;
         return;
     };
-    match shared.store.snapshot().await {
-        Ok(s) if s.leader.is_none() => return,
-        Ok(_) => {}
-        Err(_) => {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            return;
-        }
+    if snapshot.leader.is_none() {
+        return;
     }
     let deadline = tokio::time::sleep(Duration::from_secs(5));
     tokio::pin!(deadline);
     loop {
         tokio::select! {
-            msg = stream.message() => match msg {
-                Ok(Some(resp)) => {
-                    if resp.events().iter().any(|e| e.event_type() == etcd_client::EventType::Delete) {
+            changes = watch.next() => match changes {
+                Ok(Some(changes)) => {
+                    if changes.iter().any(|c| matches!(c, Ok(Change::Leader(None)))) {
                         return;
                     }
                 }
@@ -117,16 +112,11 @@ enum Done {
 /// Leads until the state machine steps down or the lease changes.
 async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
     let clock = shared.clock;
-    // Watch from "now" before reading the snapshot (a watch from a past
-    // revision lags up to 100 ms). Events that the snapshot already holds
-    // come again with revisions the state machine has seen, and are ignored.
-    let mut stream = match shared.store.watch(None, 0).await {
-        Ok(s) => s,
-        Err(e) => return format!("cannot watch the link: {e}"),
-    };
-    let snapshot = match shared.store.snapshot().await {
-        Ok(s) => s,
-        Err(e) => return format!("cannot read the link: {e}"),
+    // Events that the snapshot already holds come again on the watch with
+    // revisions the state machine has seen, and are ignored.
+    let (mut watch, snapshot) = match shared.store.watch_then_snapshot(Watched::Link).await {
+        Ok(w) => w,
+        Err(e) => return format!("cannot watch and read the link: {e}"),
     };
     let core = Leader::new(
         LeaderConfig {
@@ -316,13 +306,10 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
             }
         };
         tokio::select! {
-            msg = stream.message() => match msg {
-                Ok(Some(resp)) => {
-                    if resp.canceled() {
-                        return format!("watch canceled: {}", resp.cancel_reason());
-                    }
-                    for ev in resp.events() {
-                        let change = match shared.store.decode(ev) {
+            changes = watch.next() => match changes {
+                Ok(Some(changes)) => {
+                    for change in changes {
+                        let change = match change {
                             Ok(c) => c,
                             Err(e) => { warn!(error = %e, "ignoring unreadable key"); continue; }
                         };
@@ -348,6 +335,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                     }
                 }
                 Ok(None) => return "watch closed".into(),
+                Err(e @ StoreError::WatchCanceled(_)) => return e.to_string(),
                 Err(e) => return format!("watch broke: {e}"),
             },
             Some(done) = done_rx.recv() => {

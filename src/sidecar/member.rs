@@ -4,6 +4,7 @@
 
 use super::{Clock, Shared};
 use crate::lb::LoadBalancer;
+use crate::store::{Change, StoreError, Watched};
 use backon::{ExponentialBuilder, Retryable};
 use lockstep_core::leader::MemberRecord;
 use lockstep_core::member::{Member, MemberAction, MemberConfig, MemberEvent, Refusal, RequestId};
@@ -259,38 +260,27 @@ fn spawn_registration(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
     );
 }
 
-/// Forwards route changes. Each round opens the watch from "now" and then
-/// reads the route (forwarding it; the member ignores steps it has seen), so
-/// nothing written in between is missed, and etcd never treats the watch as
-/// lagging (a watch from a past revision is caught up only every 100 ms).
+/// Forwards route changes. Each round opens the watch and then reads the
+/// route (forwarding it; the member ignores steps it has seen), so nothing
+/// written in between is missed.
 async fn watch_route(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
     loop {
-        match shared.store.watch(Some("route"), 0).await {
-            Ok(mut stream) => {
-                match shared.store.read_route().await {
-                    Ok((Some(route), _)) => {
-                        if input
-                            .send(Input::Event(MemberEvent::RouteSeen(route)))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
+        match shared.store.watch_then_snapshot(Watched::Route).await {
+            Ok((mut watch, snapshot)) => {
+                if let Some((route, _)) = snapshot.route {
+                    if input
+                        .send(Input::Event(MemberEvent::RouteSeen(route)))
+                        .await
+                        .is_err()
+                    {
+                        return;
                     }
-                    Ok((None, _)) => {}
-                    Err(e) => warn!(error = %e, "cannot read route"),
                 }
                 loop {
-                    match stream.message().await {
-                        Ok(Some(resp)) => {
-                            if resp.canceled() {
-                                warn!(reason = resp.cancel_reason(), "route watch canceled");
-                                break;
-                            }
-                            for ev in resp.events() {
-                                if let Ok(crate::store::Change::Route(route, _)) =
-                                    shared.store.decode(ev)
-                                {
+                    match watch.next().await {
+                        Ok(Some(changes)) => {
+                            for change in changes {
+                                if let Ok(Change::Route(route, _)) = change {
                                     if input
                                         .send(Input::Event(MemberEvent::RouteSeen(route)))
                                         .await
@@ -302,6 +292,10 @@ async fn watch_route(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
                             }
                         }
                         Ok(None) => break,
+                        Err(StoreError::WatchCanceled(reason)) => {
+                            warn!(%reason, "route watch canceled");
+                            break;
+                        }
                         Err(e) => {
                             warn!(error = %e, "route watch broke");
                             break;
@@ -309,7 +303,7 @@ async fn watch_route(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
                     }
                 }
             }
-            Err(e) => warn!(error = %e, "cannot watch route"),
+            Err(e) => warn!(error = %e, "cannot watch and read the route"),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -329,7 +323,7 @@ async fn keep_alive(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
                 return;
             }
         };
-        let (mut keeper, mut stream) = match shared.store.keep_alive(lease).await {
+        let mut keep_alive = match shared.store.keep_alive(lease).await {
             Ok(k) => k,
             Err(e) if e.is_lease_gone() => {
                 warn!(lease, "lease expired in etcd");
@@ -355,12 +349,12 @@ async fn keep_alive(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
                 break;
             }
             let sent_at = shared.clock.now();
-            if let Err(e) = keeper.keep_alive().await {
+            if let Err(e) = keep_alive.send().await {
                 warn!(error = %e, "keep-alive send failed");
                 break;
             }
-            match tokio::time::timeout(shared.config.etcd.lease_ttl, stream.message()).await {
-                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+            match tokio::time::timeout(shared.config.etcd.lease_ttl, keep_alive.answer()).await {
+                Ok(Ok(Some(ttl))) if ttl > 0 => {
                     let _ = input
                         .send(Input::Event(MemberEvent::KeepAliveAcked { sent_at }))
                         .await;

@@ -11,14 +11,14 @@
 
 use backon::{ExponentialBuilder, Retryable};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
 use lockstep_core::leader::{
     HistoryRecord, Listed, MemberRecord, RequestOutcome, Rev, WriteFailure,
 };
 use lockstep_core::policy::{Pause, Request};
-use lockstep_core::{MemberId, Route, Token};
+use lockstep_core::{MemberId, Phase, Route, Token};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 use tracing::debug;
@@ -37,6 +37,12 @@ pub enum StoreError {
     Etcd(#[from] etcd_client::Error),
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
+    /// A watch's stream failed (the connection under it broke).
+    #[error("{0}")]
+    WatchBroke(#[source] etcd_client::Error),
+    /// etcd canceled a watch, for the reason given.
+    #[error("watch canceled: {0}")]
+    WatchCanceled(String),
     #[error("bad value under {key}: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -94,6 +100,100 @@ pub enum Change {
     Leader(Option<(MemberId, Token)>),
     History(HistoryRecord),
     Other,
+}
+
+impl Snapshot {
+    /// True when the route serves and every live member applied exactly it.
+    pub fn settled(&self) -> bool {
+        let Some((route, _)) = &self.route else {
+            return false;
+        };
+        route.phase == Phase::Serve
+            && !self.members.is_empty()
+            && self.members.iter().all(|m| {
+                m.record.applied.is_some_and(|a| {
+                    a.epoch == route.epoch && a.phase == Phase::Serve && a.setup == route.setup
+                })
+            })
+    }
+}
+
+/// What a [`Watch`] covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Watched {
+    /// Every key of the link.
+    Link,
+    /// The `route` key.
+    Route,
+    /// The `leader` key.
+    Leader,
+    /// The `outcome` key (what became of the last manual request).
+    Outcome,
+}
+
+impl Watched {
+    /// The key's name under the link, `None` for the whole link.
+    fn key(self) -> Option<&'static str> {
+        match self {
+            Watched::Link => None,
+            Watched::Route => Some("route"),
+            Watched::Leader => Some("leader"),
+            Watched::Outcome => Some("outcome"),
+        }
+    }
+}
+
+/// A watch of some of the link's keys: their changes, decoded.
+pub(crate) struct Watch {
+    stream: WatchStream,
+    /// `<prefix>/<link>/`, to decode keys with.
+    base: String,
+}
+
+impl Watch {
+    /// The next batch of changes etcd sends, each decoded on its own (an
+    /// unreadable key does not hide the others); `Ok(None)` once the watch
+    /// has ended. A canceled watch is `StoreError::WatchCanceled`.
+    pub(crate) async fn next(
+        &mut self,
+    ) -> Result<Option<Vec<Result<Change, StoreError>>>, StoreError> {
+        let Some(resp) = self
+            .stream
+            .message()
+            .await
+            .map_err(StoreError::WatchBroke)?
+        else {
+            return Ok(None);
+        };
+        if resp.canceled() {
+            return Err(StoreError::WatchCanceled(resp.cancel_reason().to_string()));
+        }
+        Ok(Some(
+            resp.events()
+                .iter()
+                .map(|event| decode(&self.base, event))
+                .collect(),
+        ))
+    }
+}
+
+/// The keep-alive stream of one lease.
+pub(crate) struct KeepAlive {
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
+impl KeepAlive {
+    /// Sends one keep-alive.
+    pub(crate) async fn send(&mut self) -> Result<(), StoreError> {
+        self.keeper.keep_alive().await.map_err(StoreError::Etcd)
+    }
+
+    /// The next answer: the lease's remaining TTL in seconds (0 or less:
+    /// the lease is gone); `None` once the stream has ended.
+    pub(crate) async fn answer(&mut self) -> Result<Option<i64>, StoreError> {
+        Ok(self.stream.message().await?.map(|resp| resp.ttl()))
+    }
 }
 
 impl Store {
@@ -227,12 +327,12 @@ impl Store {
         Ok(resp.id())
     }
 
-    pub async fn keep_alive(
-        &self,
-        lease: i64,
-    ) -> Result<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream), StoreError> {
-        self.bounded_idempotent(|mut c| async move { c.lease_keep_alive(lease).await })
-            .await
+    /// Opens the keep-alive stream of `lease`.
+    pub(crate) async fn keep_alive(&self, lease: i64) -> Result<KeepAlive, StoreError> {
+        let (keeper, stream) = self
+            .bounded_idempotent(|mut c| async move { c.lease_keep_alive(lease).await })
+            .await?;
+        Ok(KeepAlive { keeper, stream })
     }
 
     pub async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
@@ -277,14 +377,12 @@ impl Store {
         Ok((route, rev))
     }
 
-    /// Watches one key or the whole link from `from_rev`.
-    pub async fn watch(
-        &self,
-        name: Option<&str>,
-        from_rev: Rev,
-    ) -> Result<WatchStream, StoreError> {
-        let mut options = WatchOptions::new().with_start_revision(from_rev);
-        let key = match name {
+    /// Watches `what` from now on: every change after this call.
+    pub(crate) async fn watch(&self, what: Watched) -> Result<Watch, StoreError> {
+        // Start revision 0: from "now". A watch from a past revision is
+        // caught up by etcd only every 100 ms.
+        let mut options = WatchOptions::new().with_start_revision(0);
+        let key = match what.key() {
             Some(n) => self.key(n),
             None => {
                 options = options.with_prefix();
@@ -292,47 +390,31 @@ impl Store {
             }
         };
         let key = key.as_str();
-        self.bounded_idempotent(|mut c| {
-            let options = options.clone();
-            async move { c.watch(key, Some(options)).await }
+        let stream = self
+            .bounded_idempotent(|mut c| {
+                let options = options.clone();
+                async move { c.watch(key, Some(options)).await }
+            })
+            .await?;
+        Ok(Watch {
+            stream,
+            base: self.base.clone(),
         })
-        .await
     }
 
-    /// Decodes one watch event under the link's prefix.
-    pub fn decode(&self, event: &etcd_client::Event) -> Result<Change, StoreError> {
-        let Some(kv) = event.kv() else {
-            return Ok(Change::Other);
-        };
-        let key = String::from_utf8_lossy(kv.key()).to_string();
-        let Some(name) = key.strip_prefix(&self.base) else {
-            return Ok(Change::Other);
-        };
-        let rev = kv.mod_revision();
-        let put = event.event_type() == EventType::Put;
-        Ok(match name {
-            "route" if put => Change::Route(from_json(&key, kv.value())?, rev),
-            "request" if put => Change::Request(from_json(&key, kv.value())?, rev),
-            "request" => Change::RequestGone(rev),
-            "outcome" if put => Change::Outcome(from_json(&key, kv.value())?),
-            "paused" if put => Change::Paused(Some(from_json(&key, kv.value())?)),
-            "paused" => Change::Paused(None),
-            "leader" if put => Change::Leader(Some((
-                String::from_utf8_lossy(kv.value()).to_string(),
-                kv.create_revision(),
-            ))),
-            "leader" => Change::Leader(None),
-            n if put && n.starts_with("history/") => Change::History(from_json(&key, kv.value())?),
-            n => match n.strip_prefix("members/") {
-                Some(id) if put => Change::Member(Listed {
-                    id: id.to_string(),
-                    record: from_json(&key, kv.value())?,
-                    rev,
-                }),
-                Some(id) => Change::MemberGone(id.to_string(), rev),
-                None => Change::Other,
-            },
-        })
+    /// Opens a watch of `what` from now, then reads the whole link: nothing
+    /// written after the read is missed, and a change made between the two
+    /// comes twice (in the snapshot and on the watch), which a state machine
+    /// ignores as already seen. This order, not a watch from the read's
+    /// revision: etcd catches a watch from a past revision up only every
+    /// 100 ms, which a switch would wait for.
+    pub(crate) async fn watch_then_snapshot(
+        &self,
+        what: Watched,
+    ) -> Result<(Watch, Snapshot), StoreError> {
+        let watch = self.watch(what).await?;
+        let snapshot = self.snapshot().await?;
+        Ok((watch, snapshot))
     }
 
     // ---- election ----
@@ -661,6 +743,42 @@ impl Store {
             .map(|kv| from_json(&String::from_utf8_lossy(kv.key()), kv.value()))
             .collect()
     }
+}
+
+/// Decodes one watch event under the link's prefix `base`.
+fn decode(base: &str, event: &etcd_client::Event) -> Result<Change, StoreError> {
+    let Some(kv) = event.kv() else {
+        return Ok(Change::Other);
+    };
+    let key = String::from_utf8_lossy(kv.key()).to_string();
+    let Some(name) = key.strip_prefix(base) else {
+        return Ok(Change::Other);
+    };
+    let rev = kv.mod_revision();
+    let put = event.event_type() == EventType::Put;
+    Ok(match name {
+        "route" if put => Change::Route(from_json(&key, kv.value())?, rev),
+        "request" if put => Change::Request(from_json(&key, kv.value())?, rev),
+        "request" => Change::RequestGone(rev),
+        "outcome" if put => Change::Outcome(from_json(&key, kv.value())?),
+        "paused" if put => Change::Paused(Some(from_json(&key, kv.value())?)),
+        "paused" => Change::Paused(None),
+        "leader" if put => Change::Leader(Some((
+            String::from_utf8_lossy(kv.value()).to_string(),
+            kv.create_revision(),
+        ))),
+        "leader" => Change::Leader(None),
+        n if put && n.starts_with("history/") => Change::History(from_json(&key, kv.value())?),
+        n => match n.strip_prefix("members/") {
+            Some(id) if put => Change::Member(Listed {
+                id: id.to_string(),
+                record: from_json(&key, kv.value())?,
+                rev,
+            }),
+            Some(id) => Change::MemberGone(id.to_string(), rev),
+            None => Change::Other,
+        },
+    })
 }
 
 /// The request failed before any byte of it reached etcd: connecting to

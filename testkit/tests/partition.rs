@@ -553,7 +553,7 @@ async fn settled_setup(lab: &Lab, bound: Duration) -> Setup {
     let start = Instant::now();
     loop {
         if let Ok(snap) = store.snapshot().await {
-            if lockstep::rpc::admin::settled(&snap) && snap.members.len() == lab.sidecars.len() {
+            if snap.settled() && snap.members.len() == lab.sidecars.len() {
                 if let Some((route, _)) = snap.route {
                     return route.setup;
                 }

@@ -217,10 +217,7 @@ impl Lab {
         loop {
             if let Ok(snap) = store.snapshot().await {
                 let on_setup = snap.route.as_ref().is_some_and(|(r, _)| r.setup == setup);
-                if on_setup
-                    && lockstep::rpc::admin::settled(&snap)
-                    && snap.members.len() == self.sidecars.len()
-                {
+                if on_setup && snap.settled() && snap.members.len() == self.sidecars.len() {
                     return Ok(start.elapsed());
                 }
             }
