@@ -1,6 +1,6 @@
 //! Faults a scenario injects into a [`Lab`] and heals again.
 //!
-//! **Extension point.** Every fault is a [`Fault`] variant with a `kind`
+//! **Extension point.** Every fault is a [`LabFault`] variant with a `kind`
 //! (the name in histories and summaries), a target, an `inject` and a
 //! `heal`. Network faults (namespace partitions, one-way loss, `tc netem`
 //! from `src/lab/netns.rs`) are added here as further variants; the
@@ -18,7 +18,7 @@ use nix::sys::signal::Signal;
 /// with `lab.lbs[i]`; `lab.etcd.nodes[i]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Fault {
+pub enum LabFault {
     /// SIGKILL a member's sidecar; heal: start it again (it rejoins with
     /// its LB blocked). `leader` only names the fault in the history.
     SidecarKill { member: usize, leader: bool },
@@ -39,32 +39,32 @@ pub enum Fault {
     Net(NetFault),
 }
 
-impl Fault {
+impl LabFault {
     /// Its name in histories and summaries.
     pub fn kind(&self, lab: &Lab) -> &'static str {
         match self {
-            Fault::SidecarKill { leader: true, .. } => "leader-kill",
-            Fault::SidecarKill { .. } => "sidecar-kill",
-            Fault::SidecarStop { .. } => "sidecar-stop",
-            Fault::HaproxyRestart { .. } => "haproxy-restart",
-            Fault::EtcdKill { nodes, .. } if 2 * nodes.len() > lab.etcd.nodes.len() => {
+            LabFault::SidecarKill { leader: true, .. } => "leader-kill",
+            LabFault::SidecarKill { .. } => "sidecar-kill",
+            LabFault::SidecarStop { .. } => "sidecar-stop",
+            LabFault::HaproxyRestart { .. } => "haproxy-restart",
+            LabFault::EtcdKill { nodes, .. } if 2 * nodes.len() > lab.etcd.nodes.len() => {
                 "etcd-quorum-loss"
             }
-            Fault::EtcdKill { leader: true, .. } => "etcd-leader-kill",
-            Fault::EtcdKill { .. } => "etcd-kill",
-            Fault::KmeKill { .. } => "kme-kill",
-            Fault::KmeStop { .. } => "kme-stop",
-            Fault::Net(n) => n.kind(),
+            LabFault::EtcdKill { leader: true, .. } => "etcd-leader-kill",
+            LabFault::EtcdKill { .. } => "etcd-kill",
+            LabFault::KmeKill { .. } => "kme-kill",
+            LabFault::KmeStop { .. } => "kme-stop",
+            LabFault::Net(n) => n.kind(),
         }
     }
 
     /// What it hits, by name.
     pub fn target(&self, lab: &Lab) -> String {
         match self {
-            Fault::SidecarKill { member, .. }
-            | Fault::SidecarStop { member }
-            | Fault::HaproxyRestart { member } => member_id(lab, *member),
-            Fault::EtcdKill { nodes, .. } => nodes
+            LabFault::SidecarKill { member, .. }
+            | LabFault::SidecarStop { member }
+            | LabFault::HaproxyRestart { member } => member_id(lab, *member),
+            LabFault::EtcdKill { nodes, .. } => nodes
                 .iter()
                 .map(|&i| {
                     lab.etcd
@@ -74,10 +74,10 @@ impl Fault {
                 })
                 .collect::<Vec<_>>()
                 .join(","),
-            Fault::KmeKill { setup, role } | Fault::KmeStop { setup, role } => {
+            LabFault::KmeKill { setup, role } | LabFault::KmeStop { setup, role } => {
                 format!("kme-{setup}-{role}")
             }
-            Fault::Net(n) => n.target(|i| member_id(lab, i)),
+            LabFault::Net(n) => n.target(|i| member_id(lab, i)),
         }
     }
 
@@ -85,7 +85,7 @@ impl Fault {
     /// measurement).
     pub fn silenced_lb(&self, lab: &Lab) -> Option<String> {
         match self {
-            Fault::SidecarKill { member, .. } | Fault::SidecarStop { member } => {
+            LabFault::SidecarKill { member, .. } | LabFault::SidecarStop { member } => {
                 Some(member_id(lab, *member))
             }
             _ => None,
@@ -96,13 +96,13 @@ impl Fault {
     /// sidecar exits at start-up while etcd has no quorum, and its
     /// supervisor (systemd, Kubernetes) starts it again later.
     pub fn heal_retryable(&self) -> bool {
-        matches!(self, Fault::SidecarKill { .. })
+        matches!(self, LabFault::SidecarKill { .. })
     }
 
     /// True if `other` hits the same process (one fault per process at a
     /// time: a stopped sidecar is not also killed).
-    pub fn overlaps(&self, other: &Fault) -> bool {
-        use Fault::*;
+    pub fn overlaps(&self, other: &LabFault) -> bool {
+        use LabFault::*;
         match (self, other) {
             (
                 SidecarKill { member: a, .. } | SidecarStop { member: a },
@@ -138,8 +138,8 @@ impl Fault {
     /// [`Self::heal`] needs back. Restarts block (they wait for the
     /// process to listen), so they run in `block_in_place`: call from a
     /// multi-thread runtime.
-    pub async fn inject(&self, lab: &mut Lab) -> Result<Option<netns::Fault>> {
-        if let Fault::Net(n) = self {
+    pub async fn inject(&self, lab: &mut Lab) -> Result<Option<netns::NetFaultGuard>> {
+        if let LabFault::Net(n) = self {
             return n.inject(lab).map(Some);
         }
         self.inject_process(lab).await.map(|()| None)
@@ -147,19 +147,19 @@ impl Fault {
 
     async fn inject_process(&self, lab: &mut Lab) -> Result<()> {
         match self {
-            Fault::SidecarKill { member, .. } => sidecar(lab, *member)?
+            LabFault::SidecarKill { member, .. } => sidecar(lab, *member)?
                 .guard
                 .signal(Signal::SIGKILL)
                 .context("killing a sidecar"),
-            Fault::SidecarStop { member } => sidecar(lab, *member)?
+            LabFault::SidecarStop { member } => sidecar(lab, *member)?
                 .guard
                 .signal(Signal::SIGSTOP)
                 .context("freezing a sidecar"),
-            Fault::HaproxyRestart { member } => {
+            LabFault::HaproxyRestart { member } => {
                 haproxy(lab, *member)?.kill();
                 Ok(())
             }
-            Fault::EtcdKill { nodes, .. } => {
+            LabFault::EtcdKill { nodes, .. } => {
                 for &i in nodes {
                     let node = lab
                         .etcd
@@ -170,47 +170,47 @@ impl Fault {
                 }
                 Ok(())
             }
-            Fault::KmeKill { setup, role } => {
+            LabFault::KmeKill { setup, role } => {
                 lab.kmes.get_mut(*setup, role.as_str())?.kill();
                 Ok(())
             }
-            Fault::KmeStop { setup, role } => lab.kmes.get(*setup, role.as_str())?.freeze(),
-            Fault::Net(_) => bail!("a network fault is injected through Fault::inject"),
+            LabFault::KmeStop { setup, role } => lab.kmes.get(*setup, role.as_str())?.freeze(),
+            LabFault::Net(_) => bail!("a network fault is injected through LabFault::inject"),
         }
     }
 
     /// Heals the fault (`held`: what [`Self::inject`] returned); returns
     /// once the healed process runs again.
-    pub async fn heal(&self, lab: &mut Lab, held: Option<netns::Fault>) -> Result<()> {
+    pub async fn heal(&self, lab: &mut Lab, held: Option<netns::NetFaultGuard>) -> Result<()> {
         if let Some(h) = held {
             return h.heal();
         }
         match self {
-            Fault::SidecarKill { member, .. } => {
+            LabFault::SidecarKill { member, .. } => {
                 let s = sidecar(lab, *member)?;
                 tokio::task::block_in_place(|| s.restart()).context("restarting a sidecar")
             }
-            Fault::SidecarStop { member } => sidecar(lab, *member)?
+            LabFault::SidecarStop { member } => sidecar(lab, *member)?
                 .guard
                 .signal(Signal::SIGCONT)
                 .context("thawing a sidecar"),
-            Fault::HaproxyRestart { member } => {
+            LabFault::HaproxyRestart { member } => {
                 let h = haproxy(lab, *member)?;
                 tokio::task::block_in_place(|| h.restart()).context("restarting HAProxy")
             }
-            Fault::EtcdKill { nodes, .. } => {
+            LabFault::EtcdKill { nodes, .. } => {
                 for &i in nodes {
                     tokio::task::block_in_place(|| lab.etcd.restart(i))
                         .with_context(|| format!("restarting etcd node {i}"))?;
                 }
                 Ok(())
             }
-            Fault::KmeKill { setup, role } => {
+            LabFault::KmeKill { setup, role } => {
                 let k = lab.kmes.get_mut(*setup, role.as_str())?;
                 tokio::task::block_in_place(|| k.restart())
             }
-            Fault::KmeStop { setup, role } => lab.kmes.get(*setup, role.as_str())?.thaw(),
-            Fault::Net(n) => bail!("{} was not injected (no handle to heal)", n.kind()),
+            LabFault::KmeStop { setup, role } => lab.kmes.get(*setup, role.as_str())?.thaw(),
+            LabFault::Net(n) => bail!("{} was not injected (no handle to heal)", n.kind()),
         }
     }
 }

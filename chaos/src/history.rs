@@ -1,5 +1,5 @@
 //! The history of one chaos run, as JSON lines (`<lab dir>/history.jsonl`):
-//! every key pair the checker finished, every LB routing sample, every
+//! every key pair the key-pair traffic finished, every LB routing sample, every
 //! fault injected and healed, every switchover requested and its answer.
 //! The verdict ([`super::verdict`]) reads only this file, so a run can be
 //! judged again later (`lockstep-chaos check <file>`).
@@ -368,14 +368,14 @@ pub fn read(path: &Path) -> Result<Vec<Event>> {
 // Recording while a scenario runs
 
 /// The background tasks that feed a [`History`]: one sampler per LB and
-/// one task streaming the checker's pairs. Stop with [`Recording::stop`].
+/// one task streaming the key-pair traffic's pairs. Stop with [`Recording::stop`].
 pub struct Recording {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     pairs: PairStreamer,
 }
 
-/// Copies the checker's finished pairs into the history, in order.
+/// Copies the key-pair traffic's finished pairs into the history, in order.
 #[derive(Clone)]
 struct PairStreamer {
     feed: PairFeed,
@@ -451,7 +451,7 @@ impl Recording {
         let streamer = pairs.clone();
         let mut rx = stop_rx;
         tasks.push(tokio::spawn(async move {
-            // Often enough that the checker's event log never wraps.
+            // Often enough that the key-pair traffic's event log never wraps.
             let mut tick = tokio::time::interval(Duration::from_millis(50));
             loop {
                 tokio::select! {
@@ -464,7 +464,7 @@ impl Recording {
     }
 
     /// Stops sampling and copies the pairs finished so far (call after
-    /// stopping the checker to get them all).
+    /// stopping the key-pair traffic to get them all).
     pub async fn stop(self) {
         self.stop.send_replace(true);
         for t in self.tasks {

@@ -23,7 +23,7 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Break the protocol on purpose in every sidecar (skip-drain,
-    /// ack-before-lb-blocked, ignore-token) to see the checker catch it.
+    /// ack-before-lb-blocked, ignore-token) to see the verdict catch it.
     #[arg(long, global = true)]
     mutation: Option<String>,
     /// Milliseconds between two reads of one LB's state.
@@ -120,7 +120,7 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Check { history: path } => {
             let events = history::read(&path)?;
-            let v = verdict::check(&events);
+            let v = verdict::judge(&events);
             print!("{v}");
             Ok(v.passed())
         }

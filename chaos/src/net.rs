@@ -69,7 +69,7 @@ impl NetFault {
         std::mem::discriminant(self) == std::mem::discriminant(other)
     }
 
-    pub fn inject(&self, lab: &Lab) -> Result<netns::Fault> {
+    pub fn inject(&self, lab: &Lab) -> Result<netns::NetFaultGuard> {
         let net = lab
             .net
             .as_ref()

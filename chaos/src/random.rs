@@ -4,7 +4,7 @@
 //! over a ten-second window. Run `i` of `random --seed S` uses seed
 //! `S + i`, so `random --seed <seed> --runs 1` replays one run.
 
-use super::fault::Fault;
+use super::fault::LabFault;
 use super::net::NetFault;
 use super::scenario::{Ctx, RunReport, Scenario};
 use anyhow::Result;
@@ -96,7 +96,7 @@ struct Planned {
 
 /// Resolves a fault kind to a concrete fault now (the leader, a random
 /// member, ...).
-async fn resolve(ctx: &mut Ctx, kind: &str) -> Result<Option<Fault>> {
+async fn resolve(ctx: &mut Ctx, kind: &str) -> Result<Option<LabFault>> {
     let n = ctx.members();
     let member = ctx.rng.random_range(0..n);
     let setup = if ctx.rng.random_bool(0.5) {
@@ -113,19 +113,19 @@ async fn resolve(ctx: &mut Ctx, kind: &str) -> Result<Option<Fault>> {
     let node = ctx.rng.random_range(0..nodes);
     let fault = match kind {
         "leader-kill" => match ctx.leader(Duration::from_millis(500)).await {
-            Ok(leader) => Fault::SidecarKill {
+            Ok(leader) => LabFault::SidecarKill {
                 member: leader,
                 leader: true,
             },
             Err(_) => return Ok(None),
         },
-        "sidecar-kill" => Fault::SidecarKill {
+        "sidecar-kill" => LabFault::SidecarKill {
             member,
             leader: false,
         },
-        "sidecar-stop" => Fault::SidecarStop { member },
-        "haproxy-restart" => Fault::HaproxyRestart { member },
-        "etcd-kill" => Fault::EtcdKill {
+        "sidecar-stop" => LabFault::SidecarStop { member },
+        "haproxy-restart" => LabFault::HaproxyRestart { member },
+        "etcd-kill" => LabFault::EtcdKill {
             nodes: vec![node],
             leader: false,
         },
@@ -139,20 +139,20 @@ async fn resolve(ctx: &mut Ctx, kind: &str) -> Result<Option<Fault>> {
             if kind == "etcd-quorum-loss" {
                 victims.push((leader + 1 + ctx.rng.random_range(0..nodes - 1)) % nodes);
             }
-            Fault::EtcdKill {
+            LabFault::EtcdKill {
                 nodes: victims,
                 leader: true,
             }
         }
-        "kme-kill" => Fault::KmeKill { setup, role },
-        "kme-stop" => Fault::KmeStop { setup, role },
-        "net-cut-etcd" => Fault::Net(NetFault::CutFromEtcd { member }),
-        "net-cut-peers" => Fault::Net(NetFault::CutPeers),
-        "net-one-way" => Fault::Net(NetFault::OneWay {
+        "kme-kill" => LabFault::KmeKill { setup, role },
+        "kme-stop" => LabFault::KmeStop { setup, role },
+        "net-cut-etcd" => LabFault::Net(NetFault::CutFromEtcd { member }),
+        "net-cut-peers" => LabFault::Net(NetFault::CutPeers),
+        "net-one-way" => LabFault::Net(NetFault::OneWay {
             from: member,
             to: (member + 1 + ctx.rng.random_range(0..n - 1)) % n,
         }),
-        "net-slow" => Fault::Net(NetFault::Slow {
+        "net-slow" => LabFault::Net(NetFault::Slow {
             member,
             delay_ms: ctx.rng.random_range(20..200),
             jitter_ms: ctx.rng.random_range(0..80),

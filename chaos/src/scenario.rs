@@ -2,16 +2,16 @@
 //! that records and judges each run.
 //!
 //! A run: a fresh [`Lab`] under `target/lab/chaos-<name>-<seed>`, the
-//! key-pair checker and the LB sampler recording into `history.jsonl`
+//! key-pair traffic and the LB sampler recording into `history.jsonl`
 //! throughout, the scenario's faults and switchovers (timings and choices
 //! from a `StdRng` seeded with the seed), then every fault healed, the link
 //! left to settle, and the verdict computed from the history file.
 //!
 //! **Adding a scenario:** write an `async` body against [`Ctx`] and add a
-//! [`Scenario`] to [`registry`]. Faults come from [`Fault`]; new kinds of
-//! fault (network partitions, `tc netem`) are new `Fault` variants.
+//! [`Scenario`] to [`registry`]. Faults come from [`LabFault`]; new kinds of
+//! fault (network partitions, `tc netem`) are new `LabFault` variants.
 
-use super::fault::Fault;
+use super::fault::LabFault;
 use super::history::{
     Event, FaultOp, FaultRecord, History, Recording, StartInfo, SwitchRecord, SwitchResult,
     TimingInfo,
@@ -24,7 +24,7 @@ use lockstep::proto;
 use lockstep::store::{Snapshot, Store};
 use lockstep_core::{Phase, Role, Route, Setup};
 use lockstep_testkit::lab::{Lab, LabOptions};
-use lockstep_testkit::traffic::{Checker, CheckerHandle};
+use lockstep_testkit::traffic::Traffic;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -155,10 +155,10 @@ pub struct Ctx {
     /// Liveness bound of this lab's timing.
     pub bound: Duration,
     store: Store,
-    checker: Option<CheckerHandle>,
-    active: BTreeMap<u64, Fault>,
+    traffic: Option<Traffic>,
+    active: BTreeMap<u64, LabFault>,
     /// Handles of active network faults, by fault id.
-    held: BTreeMap<u64, lockstep_testkit::netns::Fault>,
+    held: BTreeMap<u64, lockstep_testkit::netns::NetFaultGuard>,
     /// Active faults whose heal failed and is retried (a sidecar that
     /// could not start yet).
     retry_heal: BTreeSet<u64>,
@@ -185,8 +185,10 @@ impl Ctx {
         self.history.check(name, ok, detail)
     }
 
-    pub fn checker(&self) -> Result<&CheckerHandle> {
-        self.checker.as_ref().context("the checker already stopped")
+    pub fn traffic(&self) -> Result<&Traffic> {
+        self.traffic
+            .as_ref()
+            .context("the key-pair traffic already stopped")
     }
 
     /// A uniformly random duration in `[lo, hi)` (milliseconds), from the
@@ -262,7 +264,9 @@ impl Ctx {
             .active
             .values()
             .filter_map(|f| match f {
-                Fault::SidecarKill { member, .. } | Fault::SidecarStop { member } => Some(*member),
+                LabFault::SidecarKill { member, .. } | LabFault::SidecarStop { member } => {
+                    Some(*member)
+                }
                 _ => None,
             })
             .collect();
@@ -325,7 +329,7 @@ impl Ctx {
     }
 
     /// Injects `fault` and records it; returns its id for [`Self::heal`].
-    pub async fn inject(&mut self, fault: Fault) -> Result<u64> {
+    pub async fn inject(&mut self, fault: LabFault) -> Result<u64> {
         self.next_fault += 1;
         let id = self.next_fault;
         let (kind, target) = (fault.kind(&self.lab), fault.target(&self.lab));
@@ -396,7 +400,7 @@ impl Ctx {
     }
 
     /// Faults injected and not healed yet.
-    pub fn active(&self) -> impl Iterator<Item = (&u64, &Fault)> {
+    pub fn active(&self) -> impl Iterator<Item = (&u64, &LabFault)> {
         self.active.iter()
     }
 
@@ -404,7 +408,7 @@ impl Ctx {
     /// the others healed first); errors become failed checks.
     pub async fn heal_all(&mut self) {
         let mut ids: Vec<u64> = self.active.keys().copied().collect();
-        ids.sort_by_key(|id| self.active.get(id).is_some_and(Fault::heal_retryable));
+        ids.sort_by_key(|id| self.active.get(id).is_some_and(LabFault::heal_retryable));
         for id in ids {
             if let Err(e) = self.try_heal(id).await {
                 self.check("heal", false, format!("{e:#}"));
@@ -474,7 +478,7 @@ impl Ctx {
             if let Some(setup) = self.lbs_serving().await {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let matched = self
-                    .checker()?
+                    .traffic()?
                     .wait_for_more_matched(3, left.min(Duration::from_secs(3)))
                     .await
                     .is_ok();
@@ -624,16 +628,16 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
         mutation: opts.mutation.clone(),
         dir: lab.dir.display().to_string(),
     }));
-    let mut config = lab.checker_config();
+    let mut config = lab.traffic_config();
     config.interval = opts.pair_interval;
-    let checker = Checker::start(config);
+    let traffic = Traffic::start(config);
     let lbs = lab
         .sidecars
         .iter()
         .zip(&lab.lbs)
         .map(|(s, lb)| (s.spec.member_id.clone(), lb.adapter()))
         .collect();
-    let recording = Recording::start(&history, lbs, checker.feed(), opts.sample_interval);
+    let recording = Recording::start(&history, lbs, traffic.feed(), opts.sample_interval);
     let store = lab.store().await.context("connecting to the lab's etcd")?;
     let mut ctx = Ctx {
         lab,
@@ -642,7 +646,7 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
         seed,
         bound,
         store,
-        checker: Some(checker),
+        traffic: Some(traffic),
         active: BTreeMap::new(),
         held: BTreeMap::new(),
         retry_heal: BTreeSet::new(),
@@ -653,7 +657,7 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
 
     // Enough pairs on the start setup that the run means something.
     let traffic = ctx
-        .checker()?
+        .traffic()?
         .wait_for_matched(50, Duration::from_secs(15))
         .await;
     if ctx.check(
@@ -675,8 +679,8 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
     ctx.finish_switches(Duration::from_secs(5)).await;
     // Keep watching a little: a late split would show here.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    if let Some(checker) = ctx.checker.take() {
-        checker.stop().await;
+    if let Some(traffic) = ctx.traffic.take() {
+        traffic.stop().await;
     }
     recording.stop().await;
     history.record(&Event::End(super::history::EndInfo {
@@ -684,7 +688,7 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
     }));
     history.finish()?;
     let events = super::history::read(&path)?;
-    let verdict = verdict::check(&events);
+    let verdict = verdict::judge(&events);
     let text = verdict.to_string();
     std::fs::write(ctx.lab.dir.join("verdict.txt"), &text)
         .with_context(|| format!("writing the verdict next to {}", path.display()))?;
@@ -939,7 +943,7 @@ pub fn registry() -> Vec<Scenario> {
         },
         Scenario {
             name: "net-slow-link-during-switchovers",
-            about: "members in network namespaces; one member's link (etcd, peers, KMEs, checker) gets 125 ± 75 ms delay and 5% loss for three switchovers; healed, one more switchover completes",
+            about: "members in network namespaces; one member's link (etcd, peers, KMEs, key pairs) gets 125 ± 75 ms delay and 5% loss for three switchovers; healed, one more switchover completes",
             lab: netns,
             body: |c| Box::pin(net_during_switchovers(c, NetKind::Slow)),
         },
@@ -1053,7 +1057,7 @@ async fn leader_kill(ctx: &mut Ctx, step: LeaderStep) -> Result<()> {
         }
     }
     let id = ctx
-        .inject(Fault::SidecarKill {
+        .inject(LabFault::SidecarKill {
             member: leader,
             leader: true,
         })
@@ -1096,7 +1100,7 @@ async fn member_kill_at_rest(ctx: &mut Ctx) -> Result<()> {
     let leader = ctx.leader(Duration::from_secs(10)).await?;
     let victim = ctx.other_than(leader);
     let id = ctx
-        .inject(Fault::SidecarKill {
+        .inject(LabFault::SidecarKill {
             member: victim,
             leader: false,
         })
@@ -1136,7 +1140,7 @@ async fn member_stop_at_rest(ctx: &mut Ctx, long: bool) -> Result<()> {
     } else {
         ctx.pick_ms(1000, 2000)
     };
-    let id = ctx.inject(Fault::SidecarStop { member: victim }).await?;
+    let id = ctx.inject(LabFault::SidecarStop { member: victim }).await?;
     let frozen = Instant::now();
     let to = ctx.route().await?.setup.other();
     if long {
@@ -1173,18 +1177,18 @@ async fn member_fault_during_switch(ctx: &mut Ctx, kind: MemberFault) -> Result<
     let ttl = ctx.lab.options.timing.lease_ttl;
     let (fault, hold) = match kind {
         MemberFault::Kill => (
-            Fault::SidecarKill {
+            LabFault::SidecarKill {
                 member: victim,
                 leader: false,
             },
             ttl + Duration::from_millis(1500),
         ),
         MemberFault::StopShort => (
-            Fault::SidecarStop { member: victim },
+            LabFault::SidecarStop { member: victim },
             ctx.pick_ms(800, 1800),
         ),
         MemberFault::StopLong => (
-            Fault::SidecarStop { member: victim },
+            LabFault::SidecarStop { member: victim },
             ttl + Duration::from_millis(1500),
         ),
     };
@@ -1229,7 +1233,9 @@ async fn haproxy_restart(ctx: &mut Ctx, during_switch: bool) -> Result<()> {
     } else {
         None
     };
-    let id = ctx.inject(Fault::HaproxyRestart { member: victim }).await?;
+    let id = ctx
+        .inject(LabFault::HaproxyRestart { member: victim })
+        .await?;
     tokio::time::sleep(ctx.pick_ms(0, if during_switch { 300 } else { 500 })).await;
     ctx.heal(id).await?;
     let answer = match pending {
@@ -1251,7 +1257,7 @@ async fn haproxy_restart(ctx: &mut Ctx, during_switch: bool) -> Result<()> {
 async fn etcd_leader_kill(ctx: &mut Ctx) -> Result<()> {
     let node = ctx.lab.etcd.leader(Duration::from_secs(10)).await?;
     let id = ctx
-        .inject(Fault::EtcdKill {
+        .inject(LabFault::EtcdKill {
             nodes: vec![node],
             leader: true,
         })
@@ -1290,7 +1296,7 @@ async fn etcd_quorum_loss(ctx: &mut Ctx) -> Result<()> {
     let other = (leader + 1 + ctx.rng.random_range(0..n - 1)) % n;
     let to = ctx.route().await?.setup.other();
     let id = ctx
-        .inject(Fault::EtcdKill {
+        .inject(LabFault::EtcdKill {
             nodes: vec![leader, other],
             leader: true,
         })
@@ -1403,7 +1409,7 @@ async fn kme_kill_during_switch(ctx: &mut Ctx, target_dies: bool) -> Result<()> 
     let (pending, _) = ctx.start_switch(to, "oncall-a", leader).await?;
     tokio::time::sleep(ctx.pick_ms(0, 200)).await;
     let id = ctx
-        .inject(Fault::KmeKill {
+        .inject(LabFault::KmeKill {
             setup: Setup::Hot,
             role,
         })
@@ -1472,7 +1478,7 @@ async fn net_cut_from_etcd(ctx: &mut Ctx, during_switch: bool) -> Result<()> {
         None
     };
     let id = ctx
-        .inject(Fault::Net(NetFault::CutFromEtcd { member: victim }))
+        .inject(LabFault::Net(NetFault::CutFromEtcd { member: victim }))
         .await?;
     let cut = Instant::now();
     let t = &ctx.lab.options.timing;
@@ -1538,7 +1544,7 @@ async fn net_during_switchovers(ctx: &mut Ctx, kind: NetKind) -> Result<()> {
             seed: ctx.seed,
         },
     };
-    let id = ctx.inject(Fault::Net(fault)).await?;
+    let id = ctx.inject(LabFault::Net(fault)).await?;
     for i in 0..3 {
         let to = ctx.route().await?.setup.other();
         let answer = ctx.switch(to, "oncall-a", leader, true).answer().await;

@@ -1,4 +1,4 @@
-//! The history checker: judges a run from its history file alone.
+//! The verdict: judges a run from its history file alone.
 //!
 //! **Safety (S1).** A run fails on
 //! * any mismatched key pair (Alice's key unknown or different at Bob);
@@ -19,7 +19,7 @@
 //! overlap: a violation, reported with the samples bounding both
 //! intervals. An unreadable sample ends a run, so nothing is inferred
 //! across a gap in knowledge. The check can miss a split shorter than the
-//! sampling interval (the pair checker may still catch it); it never
+//! sampling interval (the key-pair traffic may still catch it); it never
 //! reports one that did not happen.
 //!
 //! **Liveness.** For every heal after which no fault is active, the time
@@ -202,7 +202,7 @@ pub struct Verdict {
     pub duration: Duration,
     pub pairs: PairCounts,
     /// From the first failed pair after a matched one to the end of the
-    /// next matched pair (as the checker counts it).
+    /// next matched pair (as the key-pair traffic counts it).
     pub longest_outage: Duration,
     pub samples: usize,
     pub unreadable: usize,
@@ -214,7 +214,7 @@ pub struct Verdict {
     pub violations: Vec<Violation>,
     pub heals: Vec<Heal>,
     pub deadman: Vec<Deadman>,
-    /// The checker's own failures other than safety violations: liveness,
+    /// The verdict's own failures other than safety violations: liveness,
     /// a fault never healed, the dead-man's bound, a run proving nothing.
     pub failures: Vec<String>,
     /// Expectations the scenario recorded and saw fail (e.g. "a switchover
@@ -392,7 +392,7 @@ impl fmt::Display for Verdict {
 }
 
 /// Judges one history.
-pub fn check(events: &[Event]) -> Verdict {
+pub fn judge(events: &[Event]) -> Verdict {
     let mut v = Verdict::default();
     let start: Option<&StartInfo> = events.iter().find_map(|e| match e {
         Event::Start(s) => Some(s),
@@ -784,7 +784,7 @@ mod tests {
 
     #[test]
     fn a_clean_switch_passes() {
-        let v = check(&clean());
+        let v = judge(&clean());
         assert!(v.passed(), "{v}");
         assert_eq!(v.samples, 14);
         assert_eq!(v.pairs.matched, 2);
@@ -801,7 +801,7 @@ mod tests {
         for (t, st) in [(2_000, Hot), (12_000, Hot), (22_000, Hot), (32_000, Warm)] {
             e.push(s("b", t, st));
         }
-        let v = check(&e);
+        let v = judge(&e);
         assert!(!v.passed());
         assert_eq!(v.violation_counts(), (0, 1), "{v}");
         match &v.violations[0] {
@@ -824,7 +824,7 @@ mod tests {
         for (t, st) in [(2_000, Hot), (12_000, Hot), (22_000, Hot)] {
             e.push(s("b", t, st));
         }
-        assert!(check(&e).passed());
+        assert!(judge(&e).passed());
     }
 
     #[test]
@@ -838,7 +838,7 @@ mod tests {
         for (t, st) in [(2_000, Hot), (12_000, Hot), (22_000, Hot)] {
             e.push(s("b", t, st));
         }
-        let v = check(&e);
+        let v = judge(&e);
         assert!(v.passed(), "{v}");
         assert_eq!(v.unreadable, 1);
     }
@@ -848,7 +848,7 @@ mod tests {
         let mut e = clean();
         e.push(s("a", 70_000, LbState::Both));
         e.push(pair(3, 71_000, PairOutcome::Mismatched));
-        let v = check(&e);
+        let v = judge(&e);
         assert_eq!(v.violation_counts(), (1, 1), "{v}");
         assert_eq!(v.pairs.mismatched, 1);
     }
@@ -870,7 +870,7 @@ mod tests {
         e.push(s("b", 45_000, Blocked));
         e.push(s("b", 50_000, Hot));
         e.push(pair(2, 49_000, PairOutcome::Matched));
-        let v = check(&e);
+        let v = judge(&e);
         assert!(v.passed(), "{v}");
         assert_eq!(v.heals.len(), 1);
         // b serving again at 51 ms (end of its sample), 11 ms after the heal.
@@ -896,7 +896,7 @@ mod tests {
             ok: false,
             detail: None,
         }));
-        let v = check(&e);
+        let v = judge(&e);
         assert!(!v.passed());
         assert!(v.violations.is_empty());
         assert_eq!((v.failures.len(), v.failed_checks.len()), (2, 1), "{v}");
@@ -920,14 +920,14 @@ mod tests {
         e.push(s("a", 4_100_000, Hot));
         e.push(s("b", 4_100_000, Hot));
         e.push(pair(2, 4_100_000, PairOutcome::Matched));
-        let v = check(&e);
+        let v = judge(&e);
         assert_eq!(v.failures.len(), 1, "{v}");
         assert!(v.failures[0].contains("dead-man"), "{v}");
     }
 
     #[test]
     fn an_empty_history_proves_nothing() {
-        let v = check(&[start()]);
+        let v = judge(&[start()]);
         assert!(!v.passed());
         // No pair, no sample of a, none of b.
         assert_eq!(v.failures.len(), 3, "{v}");

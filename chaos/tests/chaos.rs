@@ -1,7 +1,7 @@
 //! The chaos suite's CI subset: scenarios from `lockstep::chaos` on real
 //! etcd, HAProxy, mock KMEs and sidecars, each judged from its recorded
 //! history; and the broken build (`LOCKSTEP_MUTATION=skip-drain`) whose
-//! mismatch the checker must see. Needs sidecars built with
+//! mismatch the verdict must see. Needs sidecars built with
 //! `--features failpoints,mutations` (`scripts/test` runs this target).
 //! Histories stay in `target/lab/chaos-<scenario>-<seed>/history.jsonl`.
 
@@ -99,10 +99,10 @@ fn the_target_kme_dying_mid_switch() {
 
 /// The leader writes `serve` without waiting for drain acks; bob-0 applies
 /// LB changes 300 ms late, so for each switch Alice's LB serves the new
-/// setup while Bob's still serves the old one. The checker must fail the
+/// setup while Bob's still serves the old one. The verdict must fail the
 /// run, from the LB samples and from the key pairs.
 #[test]
-fn the_checker_sees_the_mismatch_of_a_build_that_skips_the_drain() {
+fn the_verdict_sees_the_mismatch_of_a_build_that_skips_the_drain() {
     let v = run(
         "switchovers-slow-member",
         1,

@@ -21,7 +21,7 @@ pub const DEFAULT_MASTER_SAE_ID: &str = "SAE_A";
 pub const DEFAULT_SLAVE_SAE_ID: &str = "SAE_B";
 /// Largest key the `key_ID` layout can describe (size is stored in bytes as a u16).
 pub const MAX_REPRESENTABLE_KEY_SIZE: u32 = u16::MAX as u32 * 8;
-/// The ETSI "key not found" message; the checker keys on it.
+/// The ETSI "key not found" message; the key-pair traffic keys on it.
 pub const KEY_NOT_FOUND: &str = "key not found";
 /// Optional request header naming the calling SAE. A real KME learns the
 /// caller from its TLS client certificate; plain-HTTP callers may send this.
@@ -753,17 +753,19 @@ impl std::str::FromStr for FaultMode {
     }
 }
 
+/// How this KME misbehaves: the mode, and for `slow` the delay. The body
+/// of `POST /mock/fault`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Fault {
+pub struct KmeFault {
     pub mode: FaultMode,
     #[serde(default)]
     pub delay_ms: u64,
 }
 
 /// Parses a `POST /mock/fault` body.
-pub fn parse_fault(body: &[u8]) -> Result<Fault, ApiError> {
-    let fault: Fault = parse_json(body)?;
+pub fn parse_fault(body: &[u8]) -> Result<KmeFault, ApiError> {
+    let fault: KmeFault = parse_json(body)?;
     if fault.mode == FaultMode::Slow && fault.delay_ms == 0 {
         return Err(ApiError::bad_request("mode slow needs delay_ms > 0"));
     }
@@ -1094,7 +1096,7 @@ mod tests {
     fn fault_parsing() {
         assert_eq!(
             parse_fault(br#"{"mode":"slow","delay_ms":250}"#),
-            Ok(Fault {
+            Ok(KmeFault {
                 mode: FaultMode::Slow,
                 delay_ms: 250
             })

@@ -14,7 +14,7 @@ pub mod api;
 pub mod server;
 
 pub use api::{
-    ApiError, ErrorBody, Fault, FaultMode, KeyContainer, KeyDeriver, KeyEntry, Kme, KmeConfig,
+    ApiError, ErrorBody, FaultMode, KeyContainer, KeyDeriver, KeyEntry, Kme, KmeConfig, KmeFault,
     StatusBody, DEFAULT_MASTER_SAE_ID, DEFAULT_SLAVE_SAE_ID, KEY_NOT_FOUND,
 };
 pub use server::{KmeServer, KmeStats, ROLE_HEADER, SETUP_HEADER};

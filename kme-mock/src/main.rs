@@ -12,7 +12,7 @@ use lockstep_core::{Role, Setup};
 use lockstep_kme_mock::api::{default_kme_id, other_role};
 use lockstep_kme_mock::server::KmeTls;
 use lockstep_kme_mock::{
-    Fault, FaultMode, KmeConfig, KmeServer, DEFAULT_MASTER_SAE_ID, DEFAULT_SLAVE_SAE_ID,
+    FaultMode, KmeConfig, KmeFault, KmeServer, DEFAULT_MASTER_SAE_ID, DEFAULT_SLAVE_SAE_ID,
 };
 use tracing::{error, info};
 
@@ -159,7 +159,7 @@ fn run(cli: Cli) -> Result<()> {
     if cli.fault == FaultMode::Slow && cli.delay_ms == 0 {
         anyhow::bail!("--fault slow needs --delay-ms > 0");
     }
-    let fault = Fault {
+    let fault = KmeFault {
         mode: cli.fault,
         delay_ms: cli.delay_ms,
     };

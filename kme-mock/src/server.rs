@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use super::api::{self, ApiError, ApiRequest, ApiResponse, Fault, FaultMode, Kme, KmeConfig};
+use super::api::{self, ApiError, ApiRequest, ApiResponse, FaultMode, Kme, KmeConfig, KmeFault};
 use lockstep_core::{Role, Setup};
 
 /// Diagnostic response header naming the setup that answered (not ETSI).
@@ -108,7 +108,7 @@ pub struct KmeStats {
     pub setup: Setup,
     pub role: Role,
     pub pid: u32,
-    pub fault: Fault,
+    pub fault: KmeFault,
     /// ETSI API requests received (all outcomes).
     pub requests: u64,
     pub keys_issued: u64,
@@ -132,7 +132,7 @@ struct Counters {
 
 struct Shared {
     kme: Kme,
-    fault: watch::Sender<Fault>,
+    fault: watch::Sender<KmeFault>,
     shutdown: watch::Sender<bool>,
     /// Whether the API listener is open; lets `set_fault` return only once
     /// the listener matches the mode.
@@ -163,7 +163,7 @@ impl Shared {
 
     /// Sets the fault and waits (up to 2 s) until the API listener is
     /// closed or open again accordingly, so callers can act at once.
-    async fn set_fault(&self, fault: Fault) {
+    async fn set_fault(&self, fault: KmeFault) {
         info!(mode = %fault.mode, delay_ms = fault.delay_ms, "fault injection changed");
         self.fault.send_replace(fault);
         let want_open = fault.mode != FaultMode::Down;
@@ -209,7 +209,7 @@ impl KmeServer {
         config: KmeConfig,
         listen: SocketAddr,
         admin_listen: Option<SocketAddr>,
-        initial_fault: Fault,
+        initial_fault: KmeFault,
     ) -> Result<KmeServer> {
         KmeServer::start_with_tls(config, listen, admin_listen, initial_fault, None).await
     }
@@ -219,7 +219,7 @@ impl KmeServer {
         config: KmeConfig,
         listen: SocketAddr,
         admin_listen: Option<SocketAddr>,
-        initial_fault: Fault,
+        initial_fault: KmeFault,
         tls: Option<KmeTls>,
     ) -> Result<KmeServer> {
         let tls = match tls {
@@ -291,11 +291,11 @@ impl KmeServer {
     }
 
     /// Sets the fault mode; returns once the API listener follows it.
-    pub async fn set_fault(&self, fault: Fault) {
+    pub async fn set_fault(&self, fault: KmeFault) {
         self.shared.set_fault(fault).await;
     }
 
-    pub fn fault(&self) -> Fault {
+    pub fn fault(&self) -> KmeFault {
         *self.shared.fault.borrow()
     }
 

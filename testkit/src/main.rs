@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use lockstep::proto;
 use lockstep_core::Setup;
 use lockstep_testkit::lab::{Lab, LabOptions};
-use lockstep_testkit::traffic::{Checker, CheckerReport};
+use lockstep_testkit::traffic::{Traffic, TrafficReport};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -72,7 +72,7 @@ fn setup_i32(s: Setup) -> i32 {
     }
 }
 
-fn diff(after: &CheckerReport, before: &CheckerReport) -> String {
+fn diff(after: &TrafficReport, before: &TrafficReport) -> String {
     format!(
         "matched +{}, mismatched +{}, failed +{}",
         after.matched - before.matched,
@@ -108,17 +108,17 @@ async fn run(once: bool) -> Result<()> {
         etcd = lab.etcd.endpoints().join(","),
         dir = lab.dir.display(),
     );
-    let checker = Checker::start(lab.checker_config());
-    checker
+    let traffic = Traffic::start(lab.traffic_config());
+    traffic
         .wait_for_matched(50, Duration::from_secs(10))
         .await
         .context("no key pairs flowed through the LBs")?;
-    let before = checker.snapshot();
+    let before = traffic.snapshot();
     println!("traffic: an SAE at Alice gets keys (enc_keys) and its peer at Bob fetches them (dec_keys): {} pairs matched so far, all on hot", before.matched);
 
     let mut admin = lab.admin(0).await?;
     for to in [Setup::Warm, Setup::Hot] {
-        let before = checker.snapshot();
+        let before = traffic.snapshot();
         println!("\n$ lockstep switchover --to {to} --reason \"lab demo\" --wait");
         let t = Instant::now();
         let reply = admin
@@ -135,7 +135,7 @@ async fn run(once: bool) -> Result<()> {
             .into_inner();
         let took = t.elapsed();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let after = checker.snapshot();
+        let after = traffic.snapshot();
         println!(
             "  every LB serves {to} at epoch {} after {:.1} ms; what the SAEs saw meanwhile: {}; longest outage so far {:.1} ms",
             reply.epoch,
@@ -167,7 +167,7 @@ async fn run(once: bool) -> Result<()> {
             h.requested_by
         );
     }
-    let report = checker.stop().await;
+    let report = traffic.stop().await;
     println!("\nkey pairs: {report}");
     if report.mismatched > 0 {
         bail!(
@@ -212,8 +212,8 @@ fn summary(name: &str, mut v: Vec<f64>) -> String {
 async fn bench(switches: usize) -> Result<()> {
     println!("starting a lab link (1 etcd, 2 members) for {switches} switchovers ...");
     let lab = Lab::start("bench", LabOptions::default()).await?;
-    let checker = Checker::start(lab.checker_config());
-    checker
+    let traffic = Traffic::start(lab.traffic_config());
+    traffic
         .wait_for_matched(50, Duration::from_secs(10))
         .await?;
     let mut admin = lab.admin(0).await?;
@@ -242,7 +242,7 @@ async fn bench(switches: usize) -> Result<()> {
         to = to.other();
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let report = checker.stop().await;
+    let report = traffic.stop().await;
     let history = admin
         .history(proto::HistoryRequest {
             limit: switches as u32 + 10,
@@ -338,13 +338,13 @@ async fn failover_run(system: System, scenario: Scenario, i: usize) -> Result<Ru
             addrs
         }
     };
-    let mut config = lockstep_testkit::traffic::CheckerConfig::new(alice, bob, ALICE_SAE, BOB_SAE);
+    let mut config = lockstep_testkit::traffic::TrafficConfig::new(alice, bob, ALICE_SAE, BOB_SAE);
     // A pair takes about a millisecond; a short timeout gives the failover
     // time a fine resolution (HAProxy waits up to 1 s before retrying a
     // refused server connection, which a 1 s timeout would quantize).
     config.request_timeout = Duration::from_millis(100);
-    let checker = Checker::start(config);
-    checker
+    let traffic = Traffic::start(config);
+    traffic
         .wait_for_matched(20, Duration::from_secs(10))
         .await
         .context("no traffic before the failure")?;
@@ -358,14 +358,14 @@ async fn failover_run(system: System, scenario: Scenario, i: usize) -> Result<Ru
     if scenario == Scenario::HotAliceAndBobDie {
         kmes.get_mut(Setup::Hot, "bob")?.kill();
     }
-    let first_good = checker
+    let first_good = traffic
         .wait_for_matched_by(Setup::Warm, t0, Duration::from_secs(5))
         .await
         .ok()
         .map(|t| t - t0);
     // Watch a little longer for mismatches after the move.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let report = checker.stop().await;
+    let report = traffic.stop().await;
     Ok(RunResult {
         first_good,
         mismatched: report.mismatched,

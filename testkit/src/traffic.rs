@@ -166,8 +166,8 @@ pub async fn http_once(
 // Configuration and report
 
 #[derive(Clone, Debug)]
-pub struct CheckerConfig {
-    /// Alice's LB (the checker calls `enc_keys` there).
+pub struct TrafficConfig {
+    /// Alice's LB (the pairs' `enc_keys` go there).
     pub alice: SocketAddr,
     /// Bob's LB (`dec_keys`).
     pub bob: SocketAddr,
@@ -181,18 +181,18 @@ pub struct CheckerConfig {
     pub request_timeout: Duration,
     /// Pause after a failed pair, so a refusing LB does not make us spin.
     pub failure_pause: Duration,
-    /// How many recent pairs [`CheckerHandle::events`] keeps.
+    /// How many recent pairs [`Traffic::events`] keeps.
     pub event_log_capacity: usize,
 }
 
-impl CheckerConfig {
+impl TrafficConfig {
     pub fn new(
         alice: SocketAddr,
         bob: SocketAddr,
         master_sae_id: impl Into<String>,
         slave_sae_id: impl Into<String>,
-    ) -> CheckerConfig {
-        CheckerConfig {
+    ) -> TrafficConfig {
+        TrafficConfig {
             alice,
             bob,
             master_sae_id: master_sae_id.into(),
@@ -244,7 +244,7 @@ pub struct ServedBy {
 }
 
 #[derive(Clone, Debug)]
-pub struct CheckerReport {
+pub struct TrafficReport {
     pub matched: u64,
     pub mismatched: u64,
     pub failed: u64,
@@ -261,13 +261,13 @@ pub struct CheckerReport {
     pub last_mismatch: Option<String>,
 }
 
-impl CheckerReport {
+impl TrafficReport {
     pub fn pairs(&self) -> u64 {
         self.matched + self.mismatched + self.failed
     }
 }
 
-impl fmt::Display for CheckerReport {
+impl fmt::Display for TrafficReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -403,12 +403,12 @@ impl State {
         }
     }
 
-    fn report(&self, now: Instant) -> CheckerReport {
+    fn report(&self, now: Instant) -> TrafficReport {
         let mut outages = self.outages.clone();
         if let Some(start) = self.open_outage {
             outages.push(now.saturating_duration_since(start));
         }
-        CheckerReport {
+        TrafficReport {
             matched: self.matched,
             mismatched: self.mismatched,
             failed: self.failed,
@@ -437,7 +437,7 @@ struct PairResult {
 // The pair runner
 
 struct Runner {
-    config: CheckerConfig,
+    config: TrafficConfig,
     enc_path: String,
     dec_path: String,
     enc_body: Bytes,
@@ -446,7 +446,7 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(config: CheckerConfig) -> Runner {
+    fn new(config: TrafficConfig) -> Runner {
         let enc_path = format!("/api/v1/keys/{}/enc_keys", config.slave_sae_id);
         let dec_path = format!("/api/v1/keys/{}/dec_keys", config.master_sae_id);
         let enc_body = Bytes::from(json!({"number": 1, "size": config.key_size}).to_string());
@@ -606,31 +606,12 @@ fn classify_dec(reply: &HttpReply, key_id: &str, key: &[u8]) -> Result<Outcome> 
 // ---------------------------------------------------------------------------
 // Task and handle
 
-pub struct Checker;
-
-impl Checker {
-    /// Starts running pairs on a tokio task (call inside a runtime).
-    pub fn start(config: CheckerConfig) -> CheckerHandle {
-        let state = Arc::new(Mutex::new(State::new(config.event_log_capacity)));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (progress_tx, progress_rx) = watch::channel(0u64);
-        info!(alice = %config.alice, bob = %config.bob, "checker starting");
-        let task = tokio::spawn(run(config, state.clone(), stop_rx, progress_tx));
-        CheckerHandle {
-            state,
-            stop_tx,
-            progress: progress_rx,
-            task: Some(task),
-        }
-    }
-}
-
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 async fn run(
-    config: CheckerConfig,
+    config: TrafficConfig,
     state: Arc<Mutex<State>>,
     mut stop: watch::Receiver<bool>,
     progress: watch::Sender<u64>,
@@ -667,22 +648,37 @@ async fn run(
     }
 }
 
-/// Controls a running checker; dropping it stops the task.
-pub struct CheckerHandle {
+/// Key pairs running on a tokio task; dropping it stops the task.
+pub struct Traffic {
     state: Arc<Mutex<State>>,
     stop_tx: watch::Sender<bool>,
     progress: watch::Receiver<u64>,
     task: Option<JoinHandle<()>>,
 }
 
-impl CheckerHandle {
+impl Traffic {
+    /// Starts running pairs on a tokio task (call inside a runtime).
+    pub fn start(config: TrafficConfig) -> Traffic {
+        let state = Arc::new(Mutex::new(State::new(config.event_log_capacity)));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (progress_tx, progress_rx) = watch::channel(0u64);
+        info!(alice = %config.alice, bob = %config.bob, "key-pair traffic starting");
+        let task = tokio::spawn(run(config, state.clone(), stop_rx, progress_tx));
+        Traffic {
+            state,
+            stop_tx,
+            progress: progress_rx,
+            task: Some(task),
+        }
+    }
+
     /// The report so far (an open outage counts up to now).
-    pub fn snapshot(&self) -> CheckerReport {
+    pub fn snapshot(&self) -> TrafficReport {
         lock(&self.state).report(Instant::now())
     }
 
     /// Stops after abandoning the pair in flight; returns the final report.
-    pub async fn stop(mut self) -> CheckerReport {
+    pub async fn stop(mut self) -> TrafficReport {
         self.stop_tx.send_replace(true);
         if let Some(task) = self.task.take() {
             let _ = task.await;
@@ -695,8 +691,8 @@ impl CheckerHandle {
         &self,
         what: &str,
         timeout: Duration,
-        mut pred: impl FnMut(&CheckerReport) -> bool,
-    ) -> Result<CheckerReport> {
+        mut pred: impl FnMut(&TrafficReport) -> bool,
+    ) -> Result<TrafficReport> {
         let mut progress = self.progress.clone();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -707,7 +703,7 @@ impl CheckerHandle {
             }
             match tokio::time::timeout_at(deadline, progress.changed()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => bail!("checker stopped before {what}: {report}"),
+                Ok(Err(_)) => bail!("the key-pair traffic stopped before {what}: {report}"),
                 Err(_) => bail!(
                     "not {what} within {timeout:?}: {report}; last failure: {}",
                     report.last_failure.as_deref().unwrap_or("none")
@@ -717,13 +713,13 @@ impl CheckerHandle {
     }
 
     /// Waits until `n` pairs in total have matched.
-    pub async fn wait_for_matched(&self, n: u64, timeout: Duration) -> Result<CheckerReport> {
+    pub async fn wait_for_matched(&self, n: u64, timeout: Duration) -> Result<TrafficReport> {
         self.wait_until(&format!("{n} matched pairs"), timeout, |r| r.matched >= n)
             .await
     }
 
     /// Waits until `n` more pairs than now have matched.
-    pub async fn wait_for_more_matched(&self, n: u64, timeout: Duration) -> Result<CheckerReport> {
+    pub async fn wait_for_more_matched(&self, n: u64, timeout: Duration) -> Result<TrafficReport> {
         let target = self.snapshot().matched + n;
         self.wait_until(&format!("{n} more matched pairs"), timeout, |r| {
             r.matched >= target
@@ -732,7 +728,7 @@ impl CheckerHandle {
     }
 
     /// Waits until `n` more pairs than now have failed.
-    pub async fn wait_for_more_failed(&self, n: u64, timeout: Duration) -> Result<CheckerReport> {
+    pub async fn wait_for_more_failed(&self, n: u64, timeout: Duration) -> Result<TrafficReport> {
         let target = self.snapshot().failed + n;
         self.wait_until(&format!("{n} more failed pairs"), timeout, |r| {
             r.failed >= target
@@ -746,7 +742,7 @@ impl CheckerHandle {
     }
 
     /// A reader of finished pairs that outlives the handle's borrow, for
-    /// recorders that stream every pair elsewhere while the checker runs.
+    /// recorders that stream every pair elsewhere while the pairs run.
     pub fn feed(&self) -> PairFeed {
         PairFeed {
             state: self.state.clone(),
@@ -782,8 +778,8 @@ impl CheckerHandle {
     }
 }
 
-/// Reads the pairs a running (or stopped) checker finished; see
-/// [`CheckerHandle::feed`].
+/// Reads the pairs a running (or stopped) [`Traffic`] finished; see
+/// [`Traffic::feed`].
 #[derive(Clone)]
 pub struct PairFeed {
     state: Arc<Mutex<State>>,
@@ -807,7 +803,7 @@ impl PairFeed {
     }
 }
 
-impl Drop for CheckerHandle {
+impl Drop for Traffic {
     fn drop(&mut self) {
         self.stop_tx.send_replace(true);
         if let Some(task) = self.task.take() {

@@ -4,7 +4,7 @@
 use lockstep::proto;
 use lockstep::protocol::{LbTarget, Setup};
 use lockstep_testkit::lab::{Lab, LabOptions};
-use lockstep_testkit::traffic::Checker;
+use lockstep_testkit::traffic::Traffic;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -16,15 +16,15 @@ fn kme_death_moves_both_ends(role: &str) {
         let mut lab = Lab::start(&format!("death-{role}"), LabOptions::default())
             .await
             .expect("lab");
-        let checker = Checker::start(lab.checker_config());
-        checker
+        let traffic = Traffic::start(lab.traffic_config());
+        traffic
             .wait_for_matched(20, Duration::from_secs(10))
             .await
             .expect("traffic on hot");
 
         let died = Instant::now();
         lab.kmes.get_mut(Setup::Hot, role).expect("kme").kill();
-        let first_good = checker
+        let first_good = traffic
             .wait_for_matched_by(Setup::Warm, died, Duration::from_secs(15))
             .await
             .expect("key pairs flow on warm after the failover");
@@ -35,7 +35,7 @@ fn kme_death_moves_both_ends(role: &str) {
         all_lbs(&lab, LbTarget::Serve(Setup::Warm), Duration::from_secs(5))
             .await
             .expect("both LBs on warm");
-        let report = checker.stop().await;
+        let report = traffic.stop().await;
         println!("{report}");
         assert_eq!(report.mismatched, 0, "{report}");
 
@@ -157,8 +157,8 @@ fn failback_after_a_delay_returns_once() {
         let mut options = LabOptions::default();
         options.timing.failback = "after 5s".into();
         let lab = Lab::start("failback", options).await.expect("lab");
-        let checker = Checker::start(lab.checker_config());
-        checker
+        let traffic = Traffic::start(lab.traffic_config());
+        traffic
             .wait_for_matched(10, Duration::from_secs(10))
             .await
             .expect("traffic");
@@ -192,7 +192,7 @@ fn failback_after_a_delay_returns_once() {
             .into_inner();
         let kinds: Vec<&str> = history.records.iter().map(|h| h.kind.as_str()).collect();
         assert_eq!(kinds, vec!["auto-failback", "auto-failover", "bootstrap"]);
-        let report = checker.stop().await;
+        let report = traffic.stop().await;
         println!("{report}");
         assert_eq!(report.mismatched, 0, "{report}");
     });
@@ -205,8 +205,8 @@ fn a_flapping_kme_is_capped_then_the_link_pauses_itself() {
         options.timing.failover_dwell = Duration::from_millis(500);
         options.timing.failover_max_auto = 2;
         let lab = Lab::start("flap", options).await.expect("lab");
-        let checker = Checker::start(lab.checker_config());
-        checker
+        let traffic = Traffic::start(lab.traffic_config());
+        traffic
             .wait_for_matched(10, Duration::from_secs(10))
             .await
             .expect("traffic");
@@ -247,7 +247,7 @@ fn a_flapping_kme_is_capped_then_the_link_pauses_itself() {
             .filter(|h| h.kind.starts_with("auto"))
             .count();
         assert_eq!(auto, 2, "exactly the capped number of automatic switches");
-        let report = checker.stop().await;
+        let report = traffic.stop().await;
         println!("{report}");
         assert_eq!(report.mismatched, 0, "{report}");
     });

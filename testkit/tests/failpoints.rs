@@ -4,7 +4,7 @@
 use lockstep::proto;
 use lockstep::protocol::{Phase, Setup};
 use lockstep_testkit::lab::{Lab, LabOptions};
-use lockstep_testkit::traffic::Checker;
+use lockstep_testkit::traffic::Traffic;
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
@@ -24,8 +24,8 @@ fn a_leader_killed_right_after_its_drain_write_is_finished_by_the_next_leader() 
             ..LabOptions::default()
         };
         let mut lab = Lab::start("fp-drain", options).await.expect("lab");
-        let checker = Checker::start(lab.checker_config());
-        checker
+        let traffic = Traffic::start(lab.traffic_config());
+        traffic
             .wait_for_matched(10, Duration::from_secs(10))
             .await
             .expect("traffic");
@@ -105,7 +105,7 @@ fn a_leader_killed_right_after_its_drain_write_is_finished_by_the_next_leader() 
         lab.wait_serving(Setup::Warm, Duration::from_secs(15))
             .await
             .expect("all members on warm");
-        let report = checker.stop().await;
+        let report = traffic.stop().await;
         println!("{report}");
         assert_eq!(report.mismatched, 0, "{report}");
     });

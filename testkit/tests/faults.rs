@@ -5,7 +5,7 @@
 use lockstep::lb::LoadBalancer;
 use lockstep::protocol::{LbTarget, Setup};
 use lockstep_testkit::lab::{Lab, LabOptions};
-use lockstep_testkit::traffic::Checker;
+use lockstep_testkit::traffic::Traffic;
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
@@ -34,8 +34,8 @@ fn a_frozen_sidecar_leaves_its_lb_routing_nowhere_then_recovers() {
         let lab = Lab::start("freeze-sidecar", LabOptions::default())
             .await
             .expect("lab");
-        let checker = Checker::start(lab.checker_config());
-        checker
+        let traffic = Traffic::start(lab.traffic_config());
+        traffic
             .wait_for_matched(10, Duration::from_secs(10))
             .await
             .expect("traffic");
@@ -64,11 +64,11 @@ fn a_frozen_sidecar_leaves_its_lb_routing_nowhere_then_recovers() {
         )
         .await;
         println!("thawed sidecar re-registered and serves hot again after {back:?}");
-        checker
+        traffic
             .wait_for_more_matched(10, Duration::from_secs(10))
             .await
             .expect("key pairs flow again");
-        let report = checker.stop().await;
+        let report = traffic.stop().await;
         println!("{report}");
         assert_eq!(report.mismatched, 0, "{report}");
     });
@@ -80,8 +80,8 @@ fn a_frozen_etcd_fences_every_member_then_the_link_recovers() {
         let lab = Lab::start("freeze-etcd", LabOptions::default())
             .await
             .expect("lab");
-        let checker = Checker::start(lab.checker_config());
-        checker
+        let traffic = Traffic::start(lab.traffic_config());
+        traffic
             .wait_for_matched(10, Duration::from_secs(10))
             .await
             .expect("traffic");
@@ -105,7 +105,7 @@ fn a_frozen_etcd_fences_every_member_then_the_link_recovers() {
             "etcd frozen: every LB routes nowhere after {:?} (bound {bound:?})",
             frozen.elapsed()
         );
-        let during = checker.snapshot();
+        let during = traffic.snapshot();
         assert_eq!(during.mismatched, 0);
 
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -121,11 +121,11 @@ fn a_frozen_etcd_fences_every_member_then_the_link_recovers() {
             "etcd back: the link serves hot again after {:?}",
             healed.elapsed()
         );
-        checker
+        traffic
             .wait_for_more_matched(10, Duration::from_secs(10))
             .await
             .expect("key pairs flow again");
-        let report = checker.stop().await;
+        let report = traffic.stop().await;
         println!("{report}");
         assert_eq!(report.mismatched, 0, "{report}");
     });

@@ -1,5 +1,5 @@
 //! Real `kme-mock` processes (run `cargo build --bins` first) and the
-//! checker pointed straight at them, without any LB.
+//! traffic pointed straight at them, without any LB.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use lockstep::protocol::Setup;
 use lockstep_kme_mock::{ErrorBody, KeyContainer, StatusBody, KEY_NOT_FOUND};
 use lockstep_testkit::lab::kme::{spawn_link, KmeProcess, LinkKmes};
 use lockstep_testkit::lab::process::workspace_program;
-use lockstep_testkit::traffic::{http_once, Checker, CheckerConfig, HttpConn, HttpReply};
+use lockstep_testkit::traffic::{http_once, HttpConn, HttpReply, Traffic, TrafficConfig};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(5);
@@ -347,44 +347,44 @@ fn invalid_flags_exit_with_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("multiple of 8"));
 }
 
-fn checker_config(alice: &KmeProcess, bob: &KmeProcess) -> CheckerConfig {
-    CheckerConfig::new(alice.addr, bob.addr, "SAE_A", "SAE_B")
+fn traffic_config(alice: &KmeProcess, bob: &KmeProcess) -> TrafficConfig {
+    TrafficConfig::new(alice.addr, bob.addr, "SAE_A", "SAE_B")
 }
 
 #[tokio::test]
-async fn checker_same_setup_only_matches() {
-    let kmes = link("checker_match");
+async fn traffic_same_setup_only_matches() {
+    let kmes = link("traffic_match");
     let before = kmes.hot_bob.stats().await.expect("stats");
     let t0 = Instant::now();
-    let checker = Checker::start(checker_config(&kmes.hot_alice, &kmes.hot_bob));
-    checker
+    let traffic = Traffic::start(traffic_config(&kmes.hot_alice, &kmes.hot_bob));
+    traffic
         .wait_for_matched(50, T)
         .await
         .expect("50 matched pairs");
-    let first = checker
+    let first = traffic
         .first_matched_by_after(Setup::Hot, t0)
         .expect("a hot pair");
     assert!(first > t0);
-    let report = checker.stop().await;
+    let report = traffic.stop().await;
     println!("{report}");
     assert_eq!((report.mismatched, report.failed), (0, 0), "{report}");
     assert_eq!(report.served_by.bob.get(&Setup::Hot), Some(&report.matched));
     assert!(!report.served_by.bob.contains_key(&Setup::Warm));
     assert!(report.to_string().starts_with("pairs: matched="));
-    // The checker keeps one connection per side.
+    // The key-pair traffic keeps one connection per side.
     let after = kmes.hot_bob.stats().await.expect("stats");
     assert_eq!(after.connections_accepted - before.connections_accepted, 1);
 }
 
 #[tokio::test]
-async fn checker_sees_mismatches_across_setups() {
-    let kmes = link("checker_mismatch");
-    let checker = Checker::start(checker_config(&kmes.hot_alice, &kmes.warm_bob));
-    let report = checker
+async fn traffic_sees_mismatches_across_setups() {
+    let kmes = link("traffic_mismatch");
+    let traffic = Traffic::start(traffic_config(&kmes.hot_alice, &kmes.warm_bob));
+    let report = traffic
         .wait_until("20 mismatched pairs", T, |r| r.mismatched >= 20)
         .await
         .expect("mismatches");
-    drop(checker);
+    drop(traffic);
     assert_eq!((report.matched, report.failed), (0, 0), "{report}");
     assert_eq!(
         report.served_by.alice.get(&Setup::Hot),
@@ -394,24 +394,24 @@ async fn checker_sees_mismatches_across_setups() {
 }
 
 #[tokio::test]
-async fn checker_measures_an_outage_and_recovers() {
-    let kmes = link("checker_outage");
-    let checker = Checker::start(checker_config(&kmes.hot_alice, &kmes.hot_bob));
-    checker
+async fn traffic_measures_an_outage_and_recovers() {
+    let kmes = link("traffic_outage");
+    let traffic = Traffic::start(traffic_config(&kmes.hot_alice, &kmes.hot_bob));
+    traffic
         .wait_for_matched(20, T)
         .await
         .expect("traffic before the fault");
 
     kmes.hot_bob.set_fault("down", 0).await.expect("down");
-    checker
+    traffic
         .wait_for_more_failed(3, T)
         .await
         .expect("failures while down");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let during = checker.snapshot();
+    let during = traffic.snapshot();
     assert!(during.outage_open, "{during}");
     kmes.hot_bob.set_fault("ok", 0).await.expect("ok");
-    checker
+    traffic
         .wait_for_more_matched(20, T)
         .await
         .expect("traffic after the fault");
@@ -422,27 +422,27 @@ async fn checker_measures_an_outage_and_recovers() {
         .set_fault("unavailable", 0)
         .await
         .expect("unavailable");
-    checker
+    traffic
         .wait_for_more_failed(3, T)
         .await
         .expect("503 failures");
     kmes.hot_alice.set_fault("ok", 0).await.expect("ok");
-    checker
+    traffic
         .wait_for_more_matched(5, T)
         .await
         .expect("traffic after 503s");
     kmes.hot_bob.set_fault("slow", 1500).await.expect("slow");
-    checker
+    traffic
         .wait_for_more_failed(1, T)
         .await
         .expect("timeout failure");
     kmes.hot_bob.set_fault("ok", 0).await.expect("ok");
-    checker
+    traffic
         .wait_for_more_matched(5, T)
         .await
         .expect("traffic after the slow phase");
 
-    let report = checker.stop().await;
+    let report = traffic.stop().await;
     println!("{report}");
     assert_eq!(report.mismatched, 0, "{report}");
     assert!(report.failed >= 7, "{report}");

@@ -6,7 +6,7 @@ use lockstep::proto::{self, Setup as PSetup};
 use lockstep::protocol::{LbTarget, Setup};
 use lockstep_testkit::lab::process::workspace_program;
 use lockstep_testkit::lab::{Lab, LabOptions};
-use lockstep_testkit::traffic::Checker;
+use lockstep_testkit::traffic::Traffic;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -36,8 +36,8 @@ fn fifty_alternating_switchovers_never_mismatch() {
         let lab = Lab::start("fifty", LabOptions::default())
             .await
             .expect("lab");
-        let checker = Checker::start(lab.checker_config());
-        checker
+        let traffic = Traffic::start(lab.traffic_config());
+        traffic
             .wait_for_matched(20, Duration::from_secs(10))
             .await
             .expect("traffic flows on hot before the switches");
@@ -56,7 +56,7 @@ fn fifty_alternating_switchovers_never_mismatch() {
             tokio::time::sleep(Duration::from_millis(30)).await;
             to = to.other();
         }
-        let report = checker.stop().await;
+        let report = traffic.stop().await;
         println!("{report}");
         println!("switches completed: {completed}/50");
         assert_eq!(report.mismatched, 0, "mismatched pairs: {report}");
@@ -91,8 +91,8 @@ fn a_killed_member_is_fenced_by_its_lb_and_the_switch_waits_for_its_lease() {
         let mut lab = Lab::start("kill", LabOptions::default())
             .await
             .expect("lab");
-        let checker = Checker::start(lab.checker_config());
-        checker
+        let traffic = Traffic::start(lab.traffic_config());
+        traffic
             .wait_for_matched(10, Duration::from_secs(10))
             .await
             .expect("traffic on hot");
@@ -188,7 +188,7 @@ fn a_killed_member_is_fenced_by_its_lb_and_the_switch_waits_for_its_lease() {
         lab.wait_serving(Setup::Warm, Duration::from_secs(15))
             .await
             .expect("the restarted member rejoins on warm");
-        let report = checker.stop().await;
+        let report = traffic.stop().await;
         println!("{report}");
         assert_eq!(report.mismatched, 0, "{report}");
     });

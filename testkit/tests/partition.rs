@@ -1,7 +1,7 @@
 //! Network faults on real etcd, HAProxy and sidecars, each member in its own
 //! network namespace (`LabOptions::netns`): a member cut from etcd, sidecars
 //! cut from each other, one-way loss between the leader and a member, and a
-//! slow, lossy link. Throughout, the key-pair checker must see no mismatch
+//! slow, lossy link. Throughout, the key-pair traffic must see no mismatch
 //! and no two LBs may be seen serving different setups; after each heal the
 //! link must serve one setup again within a stated bound.
 
@@ -11,7 +11,7 @@ use lockstep::protocol::{LbTarget, Setup};
 use lockstep_testkit::lab::sidecar::Timing;
 use lockstep_testkit::lab::{Lab, LabOptions};
 use lockstep_testkit::netns::{Impairment, LabNet, Node};
-use lockstep_testkit::traffic::{Checker, CheckerHandle};
+use lockstep_testkit::traffic::Traffic;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -220,15 +220,15 @@ fn options(timing: Timing) -> LabOptions {
     }
 }
 
-async fn start(name: &str, options: LabOptions) -> (Lab, CheckerHandle, Sampler) {
+async fn start(name: &str, options: LabOptions) -> (Lab, Traffic, Sampler) {
     let lab = Lab::start(name, options).await.expect("lab");
-    let checker = Checker::start(lab.checker_config());
-    checker
+    let traffic = Traffic::start(lab.traffic_config());
+    traffic
         .wait_for_matched(10, Duration::from_secs(10))
         .await
         .expect("key pairs flow through the namespaced LBs");
     let sampler = Sampler::start(&lab);
-    (lab, checker, sampler)
+    (lab, traffic, sampler)
 }
 
 async fn leader(lab: &Lab) -> usize {
@@ -278,24 +278,24 @@ async fn switchover(
 
 /// Waits until every LB serves `setup` and key pairs match again; returns
 /// the time that took.
-async fn recovers(lab: &Lab, checker: &CheckerHandle, setup: Setup, bound: Duration) -> Duration {
+async fn recovers(lab: &Lab, traffic: &Traffic, setup: Setup, bound: Duration) -> Duration {
     let start = Instant::now();
     all_lbs(lab, LbTarget::Serve(setup), bound)
         .await
         .unwrap_or_else(|e| panic!("{e}; logs in {}", lab.dir.display()));
-    checker
+    traffic
         .wait_for_more_matched(5, bound.saturating_sub(start.elapsed()))
         .await
         .unwrap_or_else(|e| panic!("{e}; logs in {}", lab.dir.display()));
     start.elapsed()
 }
 
-fn finish(checker_report: lockstep_testkit::traffic::CheckerReport, sampler: Sampler) {
-    println!("{checker_report}");
+fn finish(traffic_report: lockstep_testkit::traffic::TrafficReport, sampler: Sampler) {
+    println!("{traffic_report}");
     sampler.finish();
     assert_eq!(
-        checker_report.mismatched, 0,
-        "mismatched key pairs: {checker_report}"
+        traffic_report.mismatched, 0,
+        "mismatched key pairs: {traffic_report}"
     );
 }
 
@@ -573,7 +573,7 @@ fn a_member_cut_from_etcd_stops_routing_within_its_lease_budget() {
     rt().block_on(async {
         let timing = Timing::default();
         let bound = cut_bound(&timing);
-        let (lab, checker, sampler) = start("part-etcd", options(timing.clone())).await;
+        let (lab, traffic, sampler) = start("part-etcd", options(timing.clone())).await;
         let net = net(&lab);
 
         // At rest: the leader is cut. Its LB stops routing, the other
@@ -590,7 +590,7 @@ fn a_member_cut_from_etcd_stops_routing_within_its_lease_budget() {
         );
         assert_eq!(leader(&lab).await, other, "leadership moved to the reachable member");
         cut.heal().unwrap();
-        let back = recovers(&lab, &checker, Setup::Hot, RECOVERY_BOUND).await;
+        let back = recovers(&lab, &traffic, Setup::Hot, RECOVERY_BOUND).await;
         println!("  healed: every LB serves hot again after {back:?} (bound {RECOVERY_BOUND:?})");
 
         // During a switchover: a member that does not lead is cut, then
@@ -605,7 +605,7 @@ fn a_member_cut_from_etcd_stops_routing_within_its_lease_budget() {
         println!("during a switchover: member {victim} cut from etcd, switch to warm: {reply:?}");
         fenced_within(&lab, &sampler, victim, cut_at, bound).await;
         cut.heal().unwrap();
-        let back = recovers(&lab, &checker, Setup::Warm, RECOVERY_BOUND).await;
+        let back = recovers(&lab, &traffic, Setup::Warm, RECOVERY_BOUND).await;
         println!("  healed: every LB serves warm after {back:?}");
 
         // L1: a member cut from etcd and from its peers holds a switch up
@@ -624,7 +624,7 @@ fn a_member_cut_from_etcd_stops_routing_within_its_lease_budget() {
         assert!(took <= timing.lease_ttl + Duration::from_secs(1), "the switch waited {took:?}");
         fenced_within(&lab, &sampler, victim, asked, bound).await;
         drop(isolated);
-        let back = recovers(&lab, &checker, Setup::Hot, RECOVERY_BOUND).await;
+        let back = recovers(&lab, &traffic, Setup::Hot, RECOVERY_BOUND).await;
         println!("  healed: every LB serves hot after {back:?}");
 
         // The leader cut from etcd mid-switch: an isolated member keeps the
@@ -653,7 +653,7 @@ fn a_member_cut_from_etcd_stops_routing_within_its_lease_budget() {
         cut.heal().unwrap();
         let healed = Instant::now();
         let setup = settled_setup(&lab, RECOVERY_BOUND).await;
-        let back = recovers(&lab, &checker, setup, RECOVERY_BOUND).await;
+        let back = recovers(&lab, &traffic, setup, RECOVERY_BOUND).await;
         println!(
             "  healed: the link settled on {setup} after {:?}; every LB serves it after {back:?}",
             healed.elapsed()
@@ -666,7 +666,7 @@ fn a_member_cut_from_etcd_stops_routing_within_its_lease_budget() {
             );
         }
 
-        finish(checker.stop().await, sampler);
+        finish(traffic.stop().await, sampler);
     });
 }
 
@@ -676,7 +676,7 @@ fn a_member_cut_from_etcd_stops_routing_within_its_lease_budget() {
 #[test]
 fn sidecars_cut_from_each_other_switch_only_safely() {
     rt().block_on(async {
-        let (lab, checker, sampler) = start("part-peers", options(Timing::default())).await;
+        let (lab, traffic, sampler) = start("part-peers", options(Timing::default())).await;
         let net = net(&lab);
         let lead = leader(&lab).await;
         let cut = net.cut_all_peers().unwrap();
@@ -696,7 +696,7 @@ fn sidecars_cut_from_each_other_switch_only_safely() {
             all_lbs(&lab, LbTarget::Serve(to), Duration::from_secs(1))
                 .await
                 .expect("a completed switch serves the target everywhere");
-            checker
+            traffic
                 .wait_for_more_matched(3, Duration::from_secs(5))
                 .await
                 .expect("key pairs flow");
@@ -709,12 +709,12 @@ fn sidecars_cut_from_each_other_switch_only_safely() {
         let asked = Instant::now();
         let reply = switchover(&lab, lead, to, true, SWITCH_BOUND).await;
         assert!(reply.is_ok_and(|r| r.completed), "switch after the heal");
-        let back = recovers(&lab, &checker, to, RECOVERY_BOUND).await;
+        let back = recovers(&lab, &traffic, to, RECOVERY_BOUND).await;
         println!(
             "healed: a switch to {to} completed in {:?}; key pairs flow after {back:?}",
             asked.elapsed()
         );
-        finish(checker.stop().await, sampler);
+        finish(traffic.stop().await, sampler);
     });
 }
 
@@ -724,7 +724,7 @@ fn sidecars_cut_from_each_other_switch_only_safely() {
 #[test]
 fn one_way_loss_between_leader_and_member_never_mismatches() {
     rt().block_on(async {
-        let (lab, checker, sampler) = start("part-oneway", options(Timing::default())).await;
+        let (lab, traffic, sampler) = start("part-oneway", options(Timing::default())).await;
         let net = net(&lab);
         let lead = leader(&lab).await;
         let member = 1 - lead;
@@ -752,7 +752,7 @@ fn one_way_loss_between_leader_and_member_never_mismatches() {
                 all_lbs(&lab, LbTarget::Serve(to), Duration::from_secs(1))
                     .await
                     .unwrap();
-                checker
+                traffic
                     .wait_for_more_matched(3, Duration::from_secs(5))
                     .await
                     .expect("key pairs flow");
@@ -762,10 +762,10 @@ fn one_way_loss_between_leader_and_member_never_mismatches() {
             tokio::time::sleep(Duration::from_millis(1200)).await;
             println!("{}: 2 switches completed in {took:?}", fault.describe());
             fault.heal().unwrap();
-            let back = recovers(&lab, &checker, to.other(), RECOVERY_BOUND).await;
+            let back = recovers(&lab, &traffic, to.other(), RECOVERY_BOUND).await;
             println!("  healed: key pairs on {} after {back:?}", to.other());
         }
-        finish(checker.stop().await, sampler);
+        finish(traffic.stop().await, sampler);
     });
 }
 
@@ -785,11 +785,11 @@ fn switchovers_over_a_slow_lossy_link_never_mismatch() {
             ..Timing::default()
         };
         let lab = Lab::start("part-slow", options(timing)).await.expect("lab");
-        let mut config = lab.checker_config();
+        let mut config = lab.traffic_config();
         // A pair crosses the slow link several times.
         config.request_timeout = Duration::from_secs(5);
-        let checker = Checker::start(config);
-        checker
+        let traffic = Traffic::start(config);
+        traffic
             .wait_for_matched(10, Duration::from_secs(10))
             .await
             .expect("traffic");
@@ -816,7 +816,7 @@ fn switchovers_over_a_slow_lossy_link_never_mismatch() {
                     "switch to {to} over a slow link: {reply:?}; logs in {}",
                     lab.dir.display()
                 );
-                checker
+                traffic
                     .wait_for_more_matched(3, Duration::from_secs(10))
                     .await
                     .expect("key pairs flow over the slow link");
@@ -825,8 +825,8 @@ fn switchovers_over_a_slow_lossy_link_never_mismatch() {
             fault.heal().unwrap();
         }
         println!("switch times over the slow link: {took:?}");
-        let back = recovers(&lab, &checker, to.other(), RECOVERY_BOUND).await;
+        let back = recovers(&lab, &traffic, to.other(), RECOVERY_BOUND).await;
         println!("healed: key pairs flow within {back:?}");
-        finish(checker.stop().await, sampler);
+        finish(traffic.stop().await, sampler);
     });
 }

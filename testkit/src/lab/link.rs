@@ -7,7 +7,7 @@ use super::haproxy::{HaproxyInputs, HaproxyProcess};
 use super::kme::LinkKmes;
 use super::sidecar::{SidecarProcess, SidecarSpec, Timing};
 use crate::netns::LabNet;
-use crate::traffic::CheckerConfig;
+use crate::traffic::TrafficConfig;
 use anyhow::{bail, Context, Result};
 use lockstep::proto::admin_client::AdminClient;
 use lockstep::proto::peer_client::PeerClient;
@@ -33,7 +33,7 @@ pub struct LabOptions {
     pub member_env: BTreeMap<String, Vec<(String, String)>>,
     /// Runs each member (sidecar and HAProxy) in its own network namespace
     /// (see [`LabNet`]), so network faults can be injected; etcd, the KMEs
-    /// and the checker stay in the root namespace.
+    /// and the key-pair traffic stay in the root namespace.
     pub netns: bool,
 }
 
@@ -169,8 +169,8 @@ impl Lab {
         self.lbs[1].frontend
     }
 
-    pub fn checker_config(&self) -> CheckerConfig {
-        CheckerConfig::new(self.alice_lb(), self.bob_lb(), ALICE_SAE, BOB_SAE)
+    pub fn traffic_config(&self) -> TrafficConfig {
+        TrafficConfig::new(self.alice_lb(), self.bob_lb(), ALICE_SAE, BOB_SAE)
     }
 
     pub fn sidecar_index(&self, pred: impl Fn(&str) -> bool) -> Option<usize> {
