@@ -9,9 +9,12 @@
 //!   whole link.
 //! * [`netns`]: lab members in network namespaces, and the network faults
 //!   between them (root only).
+//! * [`http`]: an HTTP/1.1 client on one connection, for the key pairs and
+//!   the mock KMEs' control API.
 //! * [`traffic`]: the end-to-end oracle, continuous key pairs through
 //!   Alice's and Bob's LBs, counting matched, mismatched and failed pairs.
 
+pub mod http;
 pub mod lab;
 pub mod netns;
 pub mod traffic;

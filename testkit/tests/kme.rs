@@ -8,9 +8,10 @@ use bytes::Bytes;
 use hyper::Method;
 use lockstep::protocol::Setup;
 use lockstep_kme_mock::{ErrorBody, KeyContainer, StatusBody, KEY_NOT_FOUND};
+use lockstep_testkit::http::{http_once, HttpConn, HttpReply};
 use lockstep_testkit::lab::kme::{spawn_link, KmeProcess, LinkKmes};
 use lockstep_testkit::lab::process::workspace_program;
-use lockstep_testkit::traffic::{http_once, HttpConn, HttpReply, Traffic, TrafficConfig};
+use lockstep_testkit::traffic::{Traffic, TrafficConfig};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(5);

@@ -13,7 +13,7 @@ use hyper::Method;
 use serde_json::json;
 
 use super::process::{free_port, workspace_program, ChildGuard};
-use crate::traffic::http_once;
+use crate::http::http_once;
 use lockstep_core::{Role, Setup};
 use lockstep_kme_mock::{FaultMode, KmeStats, DEFAULT_MASTER_SAE_ID, DEFAULT_SLAVE_SAE_ID};
 
