@@ -1,21 +1,42 @@
 //! lockstep: moves every load balancer of a QKD link between the hot and the
 //! warm setup together, so Alice and Bob never route to different setups.
+//! This crate is the product: the sidecar beside each LB and the `lockstep`
+//! CLI. The protocol it drives is `lockstep_core` (crate `core/`, pure: no
+//! I/O, no clock); what tests it lives in other crates (`kme-mock/`,
+//! `testkit/`, `chaos/`).
 //!
 //! # Layout
-//! * `lockstep_core` (crate `core/`): the pure protocol state machines.
-//! * [`lb`]: LB adapters (HAProxy over its Runtime API).
-//! * [`lab`]: starting etcd, HAProxy, KMEs and sidecars on free loopback
-//!   ports, for the local lab, tests and benchmarks.
-//! * [`chaos`]: fault scenarios on a lab, their recorded history and the
-//!   history checker (`lockstep-chaos`).
+//! * [`config`]: the sidecar's config, its validation (DESIGN §3's timing
+//!   rule) and loading.
+//! * `sidecar`: the running sidecar, thin drivers around the core's
+//!   `Member` and `Leader`: registration, keep-alive and the member loop
+//!   (`sidecar/member.rs`), election and the leader loop
+//!   (`sidecar/leader.rs`), metrics. Follow a switchover from
+//!   `rpc/admin.rs` (the request) through `sidecar/leader.rs` (drain, wait,
+//!   serve) to `sidecar/member.rs` (the LB change and the ack).
+//! * [`store`]: the link's keys in etcd and the fenced leader writes.
+//! * `rpc`: gRPC, the `Peer` service between sidecars and the `Admin`
+//!   service the CLI calls.
+//! * [`lb`]: the LB adapter trait and HAProxy (config template, Runtime API
+//!   client, adapter).
+//! * [`probe`]: ETSI GS QKD 014 status probes of this member's KMEs.
+//! * `http`: the LB's check endpoint (the dead-man's switch), `/healthz`,
+//!   `/readyz`, `/metrics`.
+//! * [`proto`]: the generated gRPC types.
+//! * [`cli`]: the `lockstep` command's verbs (`src/bin/lockstep.rs` defines
+//!   its arguments).
+//!
+//! Modules and items are crate-private unless another crate uses them: the
+//! binary, the test kit, the chaos suite and the mock KME.
+#![warn(unreachable_pub)]
 
 pub mod cli;
 pub mod config;
-pub mod http;
+mod http;
 pub mod lb;
 pub mod probe;
 pub mod proto;
-pub mod rpc;
+mod rpc;
 pub mod sidecar;
 pub mod store;
 

@@ -589,7 +589,7 @@ fn timing_info(lab: &Lab) -> TimingInfo {
         keepalive_ms: t.keepalive_interval.as_millis() as u64,
         margin_ms: t.margin.as_millis() as u64,
         down_detection_ms: t.down_detection().as_millis() as u64,
-        resend_ms: lockstep::sidecar::leader::RESEND_EVERY.as_millis() as u64,
+        resend_ms: lockstep::sidecar::RESEND_EVERY.as_millis() as u64,
     }
 }
 

@@ -41,7 +41,7 @@ fn applied(a: &Option<proto::Applied>) -> String {
 }
 
 /// A plain text table with aligned columns.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -69,7 +69,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-pub fn format_status(s: &proto::StatusReply) -> String {
+pub(crate) fn format_status(s: &proto::StatusReply) -> String {
     let mut out = String::new();
     out.push_str(&format!("link      {}\n", s.link));
     out.push_str(&format!(
@@ -162,7 +162,7 @@ pub fn format_status(s: &proto::StatusReply) -> String {
     out
 }
 
-pub fn format_history(h: &proto::HistoryReply) -> String {
+pub(crate) fn format_history(h: &proto::HistoryReply) -> String {
     let rows: Vec<Vec<String>> = h
         .records
         .iter()
@@ -209,7 +209,7 @@ pub fn format_history(h: &proto::HistoryReply) -> String {
 }
 
 /// One progress line for `--wait`: the route and every member's state.
-pub fn progress_line(s: &proto::StatusReply) -> String {
+pub(crate) fn progress_line(s: &proto::StatusReply) -> String {
     let route = match &s.route {
         Some(r) => format!(
             "epoch {} {} {}",
@@ -238,10 +238,10 @@ pub fn progress_line(s: &proto::StatusReply) -> String {
 // ---- JSON: the replies with enums as lowercase names ----
 
 #[derive(Serialize)]
-pub struct AppliedJson {
-    pub epoch: u64,
-    pub phase: &'static str,
-    pub setup: &'static str,
+pub(crate) struct AppliedJson {
+    pub(crate) epoch: u64,
+    pub(crate) phase: &'static str,
+    pub(crate) setup: &'static str,
 }
 
 fn applied_json(a: &Option<proto::Applied>) -> Option<AppliedJson> {
@@ -253,53 +253,53 @@ fn applied_json(a: &Option<proto::Applied>) -> Option<AppliedJson> {
 }
 
 #[derive(Serialize)]
-pub struct MemberJson {
-    pub id: String,
-    pub role: &'static str,
-    pub grpc_address: String,
-    pub applied: Option<AppliedJson>,
-    pub lb_routes: String,
-    pub health_hot: String,
-    pub health_warm: String,
-    pub lease_age_ms: u64,
-    pub lease_fresh: bool,
+pub(crate) struct MemberJson {
+    pub(crate) id: String,
+    pub(crate) role: &'static str,
+    pub(crate) grpc_address: String,
+    pub(crate) applied: Option<AppliedJson>,
+    pub(crate) lb_routes: String,
+    pub(crate) health_hot: String,
+    pub(crate) health_warm: String,
+    pub(crate) lease_age_ms: u64,
+    pub(crate) lease_fresh: bool,
 }
 
 #[derive(Serialize)]
-pub struct RouteJson {
-    pub epoch: u64,
-    pub phase: &'static str,
-    pub setup: &'static str,
-    pub token: i64,
-    pub reason: String,
-    pub requested_by: String,
-    pub at: String,
+pub(crate) struct RouteJson {
+    pub(crate) epoch: u64,
+    pub(crate) phase: &'static str,
+    pub(crate) setup: &'static str,
+    pub(crate) token: i64,
+    pub(crate) reason: String,
+    pub(crate) requested_by: String,
+    pub(crate) at: String,
 }
 
 #[derive(Serialize)]
-pub struct HealthJson {
-    pub setup: &'static str,
-    pub alice: String,
-    pub bob: String,
-    pub healthy: bool,
+pub(crate) struct HealthJson {
+    pub(crate) setup: &'static str,
+    pub(crate) alice: String,
+    pub(crate) bob: String,
+    pub(crate) healthy: bool,
 }
 
 #[derive(Serialize)]
-pub struct StatusJson {
-    pub link: String,
-    pub leader: String,
-    pub token: i64,
-    pub route: Option<RouteJson>,
-    pub settled: bool,
-    pub paused: bool,
-    pub paused_reason: String,
-    pub policy: String,
-    pub pending_to: Option<&'static str>,
-    pub health: Vec<HealthJson>,
-    pub members: Vec<MemberJson>,
+pub(crate) struct StatusJson {
+    pub(crate) link: String,
+    pub(crate) leader: String,
+    pub(crate) token: i64,
+    pub(crate) route: Option<RouteJson>,
+    pub(crate) settled: bool,
+    pub(crate) paused: bool,
+    pub(crate) paused_reason: String,
+    pub(crate) policy: String,
+    pub(crate) pending_to: Option<&'static str>,
+    pub(crate) health: Vec<HealthJson>,
+    pub(crate) members: Vec<MemberJson>,
 }
 
-pub fn status_json(s: &proto::StatusReply) -> StatusJson {
+pub(crate) fn status_json(s: &proto::StatusReply) -> StatusJson {
     StatusJson {
         link: s.link.clone(),
         leader: s.leader.clone(),
@@ -347,23 +347,23 @@ pub fn status_json(s: &proto::StatusReply) -> StatusJson {
 }
 
 #[derive(Serialize)]
-pub struct HistoryJson {
-    pub epoch: u64,
-    pub from: &'static str,
-    pub to: &'static str,
-    pub kind: String,
-    pub reason: String,
-    pub requested_by: String,
-    pub leader: String,
-    pub token: i64,
-    pub started_at: String,
-    pub drain_ms: u64,
-    pub total_ms: u64,
-    pub fenced_members: Vec<String>,
-    pub outcome: String,
+pub(crate) struct HistoryJson {
+    pub(crate) epoch: u64,
+    pub(crate) from: &'static str,
+    pub(crate) to: &'static str,
+    pub(crate) kind: String,
+    pub(crate) reason: String,
+    pub(crate) requested_by: String,
+    pub(crate) leader: String,
+    pub(crate) token: i64,
+    pub(crate) started_at: String,
+    pub(crate) drain_ms: u64,
+    pub(crate) total_ms: u64,
+    pub(crate) fenced_members: Vec<String>,
+    pub(crate) outcome: String,
 }
 
-pub fn history_json(h: &proto::HistoryReply) -> Vec<HistoryJson> {
+pub(crate) fn history_json(h: &proto::HistoryReply) -> Vec<HistoryJson> {
     h.records
         .iter()
         .map(|r| HistoryJson {

@@ -22,8 +22,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(path, &text, Some(env))
 }
 
-/// The commented example config (`deploy/local/lockstep.example.toml`).
-pub fn example() -> &'static str {
+/// The commented example config (`deploy/local/lockstep.example.toml`),
+/// for tests.
+#[cfg(test)]
+pub(crate) fn example() -> &'static str {
     include_str!("../../deploy/local/lockstep.example.toml")
 }
 

@@ -10,15 +10,16 @@
 //! * `schema`: [`Config`] and its sections, their defaults and the bounds
 //!   a config implies.
 //! * `validate`: [`Config::validate`], the checks serde cannot make.
-//! * `load`: [`load`], the file plus environment overrides, validated;
-//!   [`example`], the commented example.
+//! * `load`: [`load`], the file plus environment overrides, validated.
 //! * this module: [`ConfigError`], why a config was refused.
 
 mod load;
 mod schema;
 mod validate;
 
-pub use load::{example, load};
+#[cfg(test)]
+pub(crate) use load::example;
+pub use load::load;
 pub use schema::{
     AdminConfig, Config, EtcdConfig, FailoverConfig, GrpcConfig, HttpConfig, LbConfig, ProbeConfig,
 };

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// One sidecar's configuration. See [`example`] for every key with comments.
+/// One sidecar's configuration. See `deploy/local/lockstep.example.toml`
+/// for every key with comments.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -188,7 +189,7 @@ impl Default for FailoverConfig {
 
 impl FailoverConfig {
     /// `failback` parsed; the error says what is accepted.
-    pub fn failback(&self) -> Result<lockstep_core::failover::Failback, String> {
+    pub(crate) fn failback(&self) -> Result<lockstep_core::failover::Failback, String> {
         let f = self.failback.trim();
         if f == "manual" {
             return Ok(lockstep_core::failover::Failback::Manual);
@@ -204,7 +205,10 @@ impl FailoverConfig {
     }
 
     /// The pure policy's parameters; `primary` is where failback returns to.
-    pub fn policy(&self, primary: Setup) -> Result<lockstep_core::failover::PolicyConfig, String> {
+    pub(crate) fn policy(
+        &self,
+        primary: Setup,
+    ) -> Result<lockstep_core::failover::PolicyConfig, String> {
         Ok(lockstep_core::failover::PolicyConfig {
             enabled: self.enabled,
             detection: self.detection,
@@ -310,7 +314,7 @@ impl Config {
     /// the LB marks the sidecar's server down (and kills its sessions):
     /// `check_fall × (check_inter + min(connect timeout, check_inter) +
     /// check_timeout)`, measured on HAProxy 2.6 (see `lb::haproxy`).
-    pub fn lb_down_detection(&self) -> Duration {
+    pub(crate) fn lb_down_detection(&self) -> Duration {
         crate::lb::haproxy::down_detection_bound(
             self.lb.check_inter,
             self.lb.check_fall,
@@ -320,18 +324,18 @@ impl Config {
 
     /// How long after sending its last acknowledged keep-alive a member still
     /// counts its lease as fresh: `lease_ttl − margin`. Past it, it fences.
-    pub fn lease_fresh_budget(&self) -> Duration {
+    pub(crate) fn lease_fresh_budget(&self) -> Duration {
         self.etcd.lease_ttl.saturating_sub(self.etcd.margin)
     }
 
     /// The right side of the timing rule: `lease_ttl` must exceed
     /// `keepalive_interval + D + margin`.
-    pub fn lease_ttl_lower_bound(&self) -> Duration {
+    pub(crate) fn lease_ttl_lower_bound(&self) -> Duration {
         self.etcd.keepalive_interval + self.lb_down_detection() + self.etcd.margin
     }
 
     /// The gRPC `host:port` peers dial: `grpc.advertise`, else `grpc.listen`.
-    pub fn grpc_advertise(&self) -> String {
+    pub(crate) fn grpc_advertise(&self) -> String {
         if self.grpc.advertise.is_empty() {
             self.grpc.listen.to_string()
         } else {

@@ -11,7 +11,7 @@ const ETCD_TLS: bool = false;
 impl Config {
     /// Checks what serde cannot: formats, ranges and the timing rule.
     /// Errors name the key; their origin reads "config" (see [`load`]).
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, message: String| {
             Err(ConfigError::Invalid {
                 origin: "config".into(),

@@ -20,7 +20,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 /// Answers one request. Pure apart from reading the shared view.
-pub fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
+pub(crate) fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
     if let Some(server) = path.strip_prefix("/check/") {
         let (ok, why) = shared.check(server);
         let status = if ok {
@@ -51,7 +51,7 @@ pub fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
     }
 }
 
-pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,

@@ -23,8 +23,8 @@ use tracing::{error, info, warn};
 
 /// Rise/fall debouncing of raw probe results.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Debounce {
-    pub state: Health,
+pub(crate) struct Debounce {
+    pub(crate) state: Health,
     streak_ok: u32,
     streak_bad: u32,
     rise: u32,
@@ -32,7 +32,7 @@ pub struct Debounce {
 }
 
 impl Debounce {
-    pub fn new(rise: u32, fall: u32) -> Debounce {
+    pub(crate) fn new(rise: u32, fall: u32) -> Debounce {
         Debounce {
             state: Health::Unknown,
             streak_ok: 0,
@@ -43,7 +43,7 @@ impl Debounce {
     }
 
     /// Feeds one result; returns the new state if it changed.
-    pub fn observe(&mut self, ok: bool) -> Option<Health> {
+    pub(crate) fn observe(&mut self, ok: bool) -> Option<Health> {
         if ok {
             self.streak_ok += 1;
             self.streak_bad = 0;
@@ -65,8 +65,10 @@ impl Debounce {
     }
 }
 
-/// Checks an ETSI 014 status answer: it must parse and carry the SAE ids.
-pub fn status_ok(body: &[u8], sae_id: &str) -> Result<(), String> {
+/// Checks an ETSI 014 status answer: it must parse and carry the SAE ids
+/// (the first half of [`check_status`]; only its tests call it alone).
+#[cfg(test)]
+fn status_ok(body: &[u8], sae_id: &str) -> Result<(), String> {
     let v = parse_status(body)?;
     names_sae(&v, sae_id)
 }
@@ -103,11 +105,12 @@ impl StatusInfo {
     }
 }
 
-/// The full health rule for one status answer: [`status_ok`], plus, when
+/// The full health rule for one status answer: it must parse and name
+/// `sae_id` as master or slave SAE, and, when
 /// `empty_store_unhealthy`, `stored_key_count` must not be 0. A missing or
 /// odd `stored_key_count` is tolerated: the SAE ids are what ETSI 014
 /// clients depend on, and the count only matters once it reads 0.
-pub fn check_status(
+pub(crate) fn check_status(
     body: &[u8],
     sae_id: &str,
     empty_store_unhealthy: bool,
@@ -180,7 +183,7 @@ fn pem_error(path: &Path, e: &rustls::pki_types::pem::Error) -> String {
 /// The rustls client settings `[probe]` asks for: roots from `ca` (none
 /// without it, so `https://` cannot be verified and fails), and the client
 /// certificate when `client_cert` and `client_key` are set.
-pub fn tls_config(cfg: &ProbeConfig) -> Result<rustls::ClientConfig, TlsSettingError> {
+pub(crate) fn tls_config(cfg: &ProbeConfig) -> Result<rustls::ClientConfig, TlsSettingError> {
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = &cfg.ca {
         let (added, _ignored) =
@@ -259,7 +262,7 @@ impl Client {
 }
 
 /// The status URL of a KME at `base` for `sae_id`.
-pub fn status_url(base: &str, sae_id: &str) -> String {
+pub(crate) fn status_url(base: &str, sae_id: &str) -> String {
     format!(
         "{}/api/v1/keys/{}/status",
         base.trim_end_matches('/'),
@@ -315,7 +318,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-pub async fn run(shared: Arc<Shared>) {
+pub(crate) async fn run(shared: Arc<Shared>) {
     let probe = &shared.config.probe;
     if probe.hot.is_none() && probe.warm.is_none() {
         return;

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use tonic::{Response, Status};
 use tracing::{info, info_span, Instrument};
 
-pub struct AdminService {
-    pub shared: Arc<Shared>,
+pub(crate) struct AdminService {
+    pub(crate) shared: Arc<Shared>,
 }
 
 fn store_status(e: crate::store::StoreError) -> Status {
@@ -34,7 +34,7 @@ fn health_of(s: &Snapshot, setup: Setup) -> lockstep_core::health::SetupHealth {
 
 /// Builds the status from a snapshot, asking each member for its live state
 /// (briefly; the etcd record stands in for a member that does not answer).
-pub async fn build_status(shared: &Shared, s: &Snapshot) -> proto::StatusReply {
+pub(crate) async fn build_status(shared: &Shared, s: &Snapshot) -> proto::StatusReply {
     let mut members = Vec::new();
     let asks = s.members.iter().map(|m| {
         let addr = m.record.grpc.clone();

@@ -1,13 +1,13 @@
 //! gRPC: the `Peer` service between sidecars, the `Admin` service for the
 //! on-call CLI, and conversions between the protocol's types and protos.
 
-pub mod admin;
-pub mod peer;
+pub(crate) mod admin;
+pub(crate) mod peer;
 
 use crate::proto;
 use lockstep_core::{Applied, Phase, Role, Setup};
 
-pub fn setup_to_proto(s: Setup) -> proto::Setup {
+pub(crate) fn setup_to_proto(s: Setup) -> proto::Setup {
     match s {
         Setup::Hot => proto::Setup::Hot,
         Setup::Warm => proto::Setup::Warm,
@@ -16,7 +16,7 @@ pub fn setup_to_proto(s: Setup) -> proto::Setup {
 
 /// `None` for unspecified or unknown values: callers turn that into a clear
 /// InvalidArgument.
-pub fn setup_from_proto(v: i32) -> Option<Setup> {
+pub(crate) fn setup_from_proto(v: i32) -> Option<Setup> {
     match proto::Setup::try_from(v).ok()? {
         proto::Setup::Hot => Some(Setup::Hot),
         proto::Setup::Warm => Some(Setup::Warm),
@@ -24,14 +24,14 @@ pub fn setup_from_proto(v: i32) -> Option<Setup> {
     }
 }
 
-pub fn phase_to_proto(p: Phase) -> proto::Phase {
+pub(crate) fn phase_to_proto(p: Phase) -> proto::Phase {
     match p {
         Phase::Drain => proto::Phase::Drain,
         Phase::Serve => proto::Phase::Serve,
     }
 }
 
-pub fn phase_from_proto(v: i32) -> Option<Phase> {
+pub(crate) fn phase_from_proto(v: i32) -> Option<Phase> {
     match proto::Phase::try_from(v).ok()? {
         proto::Phase::Drain => Some(Phase::Drain),
         proto::Phase::Serve => Some(Phase::Serve),
@@ -39,14 +39,14 @@ pub fn phase_from_proto(v: i32) -> Option<Phase> {
     }
 }
 
-pub fn role_to_proto(r: Role) -> proto::Role {
+pub(crate) fn role_to_proto(r: Role) -> proto::Role {
     match r {
         Role::Alice => proto::Role::Alice,
         Role::Bob => proto::Role::Bob,
     }
 }
 
-pub fn applied_to_proto(a: &Applied) -> proto::Applied {
+pub(crate) fn applied_to_proto(a: &Applied) -> proto::Applied {
     proto::Applied {
         epoch: a.epoch,
         phase: phase_to_proto(a.phase) as i32,
@@ -54,7 +54,7 @@ pub fn applied_to_proto(a: &Applied) -> proto::Applied {
     }
 }
 
-pub fn applied_from_proto(a: &proto::Applied) -> Option<Applied> {
+pub(crate) fn applied_from_proto(a: &proto::Applied) -> Option<Applied> {
     Some(Applied {
         epoch: a.epoch,
         phase: phase_from_proto(a.phase)?,

@@ -13,9 +13,9 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
 
-pub struct PeerService {
-    pub shared: Arc<Shared>,
-    pub input: tokio::sync::mpsc::Sender<Input>,
+pub(crate) struct PeerService {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) input: tokio::sync::mpsc::Sender<Input>,
 }
 
 impl PeerService {

@@ -21,7 +21,7 @@ pub const RESEND_EVERY: Duration = Duration::from_millis(500);
 
 /// Campaigns whenever this member has a lease and no one leads; leads until
 /// it steps down, loses its lease or the sidecar stops.
-pub async fn campaign_loop(shared: Arc<Shared>) {
+pub(crate) async fn campaign_loop(shared: Arc<Shared>) {
     let mut lease_rx = shared.lease.subscribe();
     loop {
         if *shared.stopping.borrow() {
@@ -460,6 +460,6 @@ fn peer(
     Some(client)
 }
 
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }

@@ -13,11 +13,11 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 /// Inputs to the member task from the other tasks.
-pub enum Input {
+pub(crate) enum Input {
     Event(MemberEvent),
     /// An LB read-back, with the apply generation current when the read
     /// started: a read that began before an apply finished says nothing
@@ -35,13 +35,13 @@ pub enum Input {
 }
 
 /// Handles the member task publishes for others.
-pub struct MemberHandles {
-    pub input: mpsc::Sender<Input>,
+pub(crate) struct MemberHandles {
+    pub(crate) input: mpsc::Sender<Input>,
     /// Resolves once the LB is blocked and the lease revoked after `Stop`.
-    pub stopped: oneshot::Receiver<()>,
+    pub(crate) stopped: oneshot::Receiver<()>,
 }
 
-pub fn member_config(shared: &Shared) -> MemberConfig {
+pub(crate) fn member_config(shared: &Shared) -> MemberConfig {
     let c = &shared.config;
     MemberConfig {
         id: c.member_id.clone(),
@@ -55,7 +55,7 @@ pub fn member_config(shared: &Shared) -> MemberConfig {
 
 /// Spawns the member task and its helpers (keep-alive, LB observer,
 /// record writer, registration).
-pub fn spawn<L: LoadBalancer>(shared: Arc<Shared>, lb: Arc<L>) -> MemberHandles {
+pub(crate) fn spawn<L: LoadBalancer>(shared: Arc<Shared>, lb: Arc<L>) -> MemberHandles {
     let (input_tx, input_rx) = mpsc::channel(256);
     let (stopped_tx, stopped_rx) = oneshot::channel();
     let span = info_span!("member", link = %shared.config.link, member = %shared.config.member_id);
@@ -446,11 +446,8 @@ async fn write_records(shared: Arc<Shared>) {
     }
 }
 
-/// Shared view for the check endpoint and status.
-pub type ViewRx = watch::Receiver<lockstep_core::member::MemberView>;
-
 impl Clock {
-    pub fn instant(&self, t: lockstep_core::Time) -> tokio::time::Instant {
+    pub(crate) fn instant(&self, t: lockstep_core::Time) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.origin + Duration::from_millis(t.as_millis()))
     }
 }

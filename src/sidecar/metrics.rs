@@ -16,7 +16,7 @@ struct SetupLabel {
     setup: String,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     epoch: Gauge,
     /// 1 for the setup this member's LB was last confirmed to route to.
@@ -32,7 +32,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(_config: &Config) -> Metrics {
+    pub(crate) fn new(_config: &Config) -> Metrics {
         let mut registry = Registry::with_prefix("lockstep");
         let epoch = Gauge::default();
         let lb_routes = Family::<SetupLabel, Gauge>::default();
@@ -105,18 +105,18 @@ impl Metrics {
         }
     }
 
-    pub fn set_no_healthy_setup(&self, on: bool) {
+    pub(crate) fn set_no_healthy_setup(&self, on: bool) {
         self.no_healthy_setup.set(on as i64);
     }
 
-    pub fn applied(&self, a: Applied) {
+    pub(crate) fn applied(&self, a: Applied) {
         self.epoch.set(a.epoch as i64);
         if a.phase == Phase::Serve {
             self.lb_observed(LbTarget::Serve(a.setup));
         }
     }
 
-    pub fn lb_observed(&self, t: LbTarget) {
+    pub(crate) fn lb_observed(&self, t: LbTarget) {
         for s in ["hot", "warm", "blocked"] {
             let on = match t {
                 LbTarget::Blocked => s == "blocked",
@@ -128,21 +128,21 @@ impl Metrics {
         }
     }
 
-    pub fn member_view(&self, v: &MemberView) {
+    pub(crate) fn member_view(&self, v: &MemberView) {
         self.fenced.set(v.fenced as i64);
     }
 
-    pub fn set_leader(&self, on: bool) {
+    pub(crate) fn set_leader(&self, on: bool) {
         self.leader.set(on as i64);
     }
 
-    pub fn switch_completed(&self, h: &HistoryRecord) {
+    pub(crate) fn switch_completed(&self, h: &HistoryRecord) {
         self.switches.inc();
         self.switch_seconds.observe(h.total_ms as f64 / 1000.0);
         self.drain_seconds.observe(h.drain_ms as f64 / 1000.0);
     }
 
-    pub fn probe(&self, setup: Setup, healthy: bool) {
+    pub(crate) fn probe(&self, setup: Setup, healthy: bool) {
         self.setup_healthy
             .get_or_create(&SetupLabel {
                 setup: setup.as_str().into(),
@@ -150,7 +150,7 @@ impl Metrics {
             .set(healthy as i64);
     }
 
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -6,9 +6,12 @@
 //! (`leader`), the probes, and the gRPC and HTTP servers. They share one
 //! [`Shared`]; shutdown blocks the LB first, then revokes the lease.
 
-pub mod leader;
-pub mod member;
-pub mod metrics;
+pub(crate) mod leader;
+
+pub(crate) mod member;
+mod metrics;
+
+pub use leader::RESEND_EVERY;
 
 use crate::config::Config;
 use crate::lb::LoadBalancer;
@@ -27,18 +30,18 @@ use tracing::{info, warn};
 
 /// Monotonic time for the core: milliseconds since the sidecar started.
 #[derive(Clone, Copy, Debug)]
-pub struct Clock {
+pub(crate) struct Clock {
     origin: Instant,
 }
 
 impl Clock {
-    pub fn new() -> Clock {
+    pub(crate) fn new() -> Clock {
         Clock {
             origin: Instant::now(),
         }
     }
 
-    pub fn now(&self) -> Time {
+    pub(crate) fn now(&self) -> Time {
         Time::from_millis(self.origin.elapsed().as_millis() as u64)
     }
 }
@@ -50,29 +53,29 @@ impl Default for Clock {
 }
 
 /// State shared by the sidecar's tasks.
-pub struct Shared {
-    pub config: Config,
-    pub store: Store,
-    pub clock: Clock,
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    pub(crate) clock: Clock,
     /// The member state machine's latest view (check endpoint, status).
-    pub view: watch::Sender<MemberView>,
+    pub(crate) view: watch::Sender<MemberView>,
     /// The member's current lease, `None` while (re)registering.
-    pub lease: watch::Sender<Option<i64>>,
+    pub(crate) lease: watch::Sender<Option<i64>>,
     /// What this member publishes in its etcd key.
-    pub record: watch::Sender<MemberRecord>,
+    pub(crate) record: watch::Sender<MemberRecord>,
     /// Our token while we lead.
-    pub leader_token: watch::Sender<Option<Token>>,
+    pub(crate) leader_token: watch::Sender<Option<Token>>,
     /// Set once shutdown began, so no new leadership is taken.
-    pub stopping: watch::Sender<bool>,
-    pub metrics: metrics::Metrics,
+    pub(crate) stopping: watch::Sender<bool>,
+    pub(crate) metrics: metrics::Metrics,
     /// Bumped when an LB apply starts and when it ends; see
     /// `member::Input::Observed`.
-    pub lb_apply_gen: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) lb_apply_gen: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
     /// This member's live state, for `Peer.GetState` and status.
-    pub fn member_state(&self) -> proto::MemberState {
+    pub(crate) fn member_state(&self) -> proto::MemberState {
         let view = self.view.borrow().clone();
         let record = self.record.borrow().clone();
         let now = self.clock.now();
@@ -108,7 +111,7 @@ impl Shared {
     }
 
     /// The LB check answer for one HAProxy server name.
-    pub fn check(&self, server: &str) -> (bool, String) {
+    pub(crate) fn check(&self, server: &str) -> (bool, String) {
         let setup = if server == self.config.lb.server_hot {
             lockstep_core::Setup::Hot
         } else if server == self.config.lb.server_warm {
@@ -136,13 +139,13 @@ impl Shared {
 
 /// Runs the sidecar until `shutdown` resolves, then blocks the LB and
 /// revokes the lease before returning.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub(crate) async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let lb = crate::lb::haproxy::Haproxy::from_config(&config);
     run_with(config, Arc::new(lb), shutdown).await
 }
 
 /// [`run`] with any LB adapter.
-pub async fn run_with<L: LoadBalancer>(
+pub(crate) async fn run_with<L: LoadBalancer>(
     config: Config,
     lb: Arc<L>,
     shutdown: impl Future<Output = ()>,

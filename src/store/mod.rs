@@ -49,7 +49,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// etcd says the lease no longer exists (it expired or was revoked).
-    pub fn is_lease_gone(&self) -> bool {
+    pub(crate) fn is_lease_gone(&self) -> bool {
         match self {
             StoreError::Etcd(etcd_client::Error::LeaseKeepAliveError(msg)) => {
                 msg.contains("not found")
@@ -89,7 +89,7 @@ pub struct Snapshot {
 
 /// A change under the link's prefix, as the watch reports it.
 #[derive(Clone, Debug)]
-pub enum Change {
+pub(crate) enum Change {
     Route(Route, Rev),
     Member(Listed),
     MemberGone(MemberId, Rev),
@@ -235,11 +235,11 @@ impl Store {
         Ok(store)
     }
 
-    pub fn key(&self, name: &str) -> String {
+    pub(crate) fn key(&self, name: &str) -> String {
         format!("{}{}", self.base, name)
     }
 
-    pub fn member_key(&self, id: &str) -> String {
+    pub(crate) fn member_key(&self, id: &str) -> String {
         format!("{}members/{}", self.base, id)
     }
 
@@ -319,7 +319,7 @@ impl Store {
 
     // ---- leases ----
 
-    pub async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
+    pub(crate) async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
         let ttl = ttl.as_secs().max(1) as i64;
         let resp = self
             .bounded(|mut c| async move { c.lease_grant(ttl, None).await })
@@ -335,7 +335,7 @@ impl Store {
         Ok(KeepAlive { keeper, stream })
     }
 
-    pub async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
+    pub(crate) async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
         self.bounded_idempotent(|mut c| async move { c.lease_revoke(lease).await })
             .await
             .map(|_| ())
@@ -344,7 +344,7 @@ impl Store {
     // ---- members ----
 
     /// Writes this member's record on its lease.
-    pub async fn put_member(
+    pub(crate) async fn put_member(
         &self,
         id: &str,
         record: &MemberRecord,
@@ -422,7 +422,7 @@ impl Store {
     /// Tries to become leader: creates the leader key on `lease` if there is
     /// none. Returns the token if this member holds the key (also when it
     /// already did, e.g. after a failed resign).
-    pub async fn campaign(&self, id: &str, lease: i64) -> Result<Option<Token>, StoreError> {
+    pub(crate) async fn campaign(&self, id: &str, lease: i64) -> Result<Option<Token>, StoreError> {
         let key = self.key("leader");
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -445,7 +445,7 @@ impl Store {
     }
 
     /// Gives up leadership held under `token` (no-op if already lost).
-    pub async fn resign(&self, token: Token) -> Result<(), StoreError> {
+    pub(crate) async fn resign(&self, token: Token) -> Result<(), StoreError> {
         let key = self.key("leader");
         let txn = Txn::new()
             .when([Compare::create_revision(
@@ -595,7 +595,7 @@ impl Store {
 
     /// Deletes the pending request (if still the one decided on) and
     /// records its outcome.
-    pub async fn resolve_request(
+    pub(crate) async fn resolve_request(
         &self,
         token: Token,
         rev: Rev,
@@ -634,7 +634,7 @@ impl Store {
             .succeeded())
     }
 
-    pub async fn put_history(
+    pub(crate) async fn put_history(
         &self,
         token: Token,
         record: &HistoryRecord,
@@ -673,14 +673,18 @@ impl Store {
     }
 
     /// Leader write: pause the link (the failover policy's cap).
-    pub async fn pause_as_leader(&self, token: Token, pause: &Pause) -> Result<bool, StoreError> {
+    pub(crate) async fn pause_as_leader(
+        &self,
+        token: Token,
+        pause: &Pause,
+    ) -> Result<bool, StoreError> {
         let op = TxnOp::put(self.key("paused"), to_json(pause), None);
         self.guarded(token, vec![], vec![op]).await
     }
 
     /// Leader write: the policy's note, on the leader's lease so it goes
     /// with the leader.
-    pub async fn put_policy_note(
+    pub(crate) async fn put_policy_note(
         &self,
         token: Token,
         lease: i64,
@@ -703,7 +707,7 @@ impl Store {
         Ok(self.txn(txn).await?.succeeded())
     }
 
-    pub async fn set_paused(&self, pause: Option<&Pause>) -> Result<(), StoreError> {
+    pub(crate) async fn set_paused(&self, pause: Option<&Pause>) -> Result<(), StoreError> {
         let key = self.key("paused");
         let key = key.as_str();
         match pause {
@@ -722,7 +726,7 @@ impl Store {
     }
 
     /// The newest `limit` history records, newest first.
-    pub async fn history(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
+    pub(crate) async fn history(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
         let options = GetOptions::new()
             .with_prefix()
             .with_sort(

@@ -32,7 +32,7 @@ use runtime::{
     ServerState, DEFAULT_COMMAND_TIMEOUT,
 };
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::{debug, debug_span, Instrument};
@@ -91,7 +91,7 @@ impl Haproxy {
     }
 
     /// The adapter a sidecar's config describes.
-    pub fn from_config(c: &crate::config::Config) -> Haproxy {
+    pub(crate) fn from_config(c: &crate::config::Config) -> Haproxy {
         Haproxy::new(
             c.lb.socket.clone(),
             c.lb.backend.clone(),
@@ -101,16 +101,8 @@ impl Haproxy {
         .with_timeout(c.lb.command_timeout)
     }
 
-    pub fn socket(&self) -> &Path {
-        self.api.socket()
-    }
-
-    pub fn backend(&self) -> &str {
-        &self.backend
-    }
-
     /// The server that routes to `setup`.
-    pub fn server(&self, setup: Setup) -> &str {
+    pub(crate) fn server(&self, setup: Setup) -> &str {
         match setup {
             Setup::Hot => &self.server_hot,
             Setup::Warm => &self.server_warm,

@@ -5,7 +5,7 @@
 
 use super::super::LbError;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -32,17 +32,13 @@ impl RuntimeApi {
         RuntimeApi { socket, timeout }
     }
 
-    pub(crate) fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     pub(crate) fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
 
     /// Sends one raw Runtime API line (for operators and tests) and returns
     /// HAProxy's answer as is, without judging it.
-    pub async fn command(&self, line: &str) -> Result<String, LbError> {
+    pub(crate) async fn command(&self, line: &str) -> Result<String, LbError> {
         if line.contains(['\n', '\r']) {
             return Err(LbError::Rejected {
                 command: line.to_string(),
@@ -61,7 +57,7 @@ impl RuntimeApi {
     /// Sends `commands` on one line (`;`-separated, one connection) and
     /// returns one answer per command. HAProxy runs every command of a line
     /// even when an earlier one fails.
-    pub async fn exchange(&self, commands: &[String]) -> Result<Vec<String>, LbError> {
+    pub(crate) async fn exchange(&self, commands: &[String]) -> Result<Vec<String>, LbError> {
         let line = commands.join("; ");
         if let Some(bad) = commands.iter().find(|c| c.contains([';', '\n', '\r'])) {
             return Err(LbError::Rejected {
@@ -113,7 +109,7 @@ impl RuntimeApi {
 
 /// True for names HAProxy accepts for proxies and servers (letters, digits,
 /// `-`, `_`, `.`, `:`). Anything else could also split a Runtime API line.
-pub fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .chars()
@@ -129,7 +125,7 @@ const ADMIN_DRAIN: u32 = 0x08 | 0x10;
 
 /// `srv_op_state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpState {
+pub(crate) enum OpState {
     /// Down (by health checks, or because it is in maintenance).
     Stopped,
     /// Up, warming up (slowstart).
@@ -154,34 +150,34 @@ impl OpState {
 
 /// One server's line of `show servers state`, the fields lockstep uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerState {
-    pub backend: String,
-    pub name: String,
-    pub op_state: OpState,
+pub(crate) struct ServerState {
+    pub(crate) backend: String,
+    pub(crate) name: String,
+    pub(crate) op_state: OpState,
     /// `srv_admin_state` bits (see [`ServerState::in_maint`]).
-    pub admin_state: u32,
+    pub(crate) admin_state: u32,
     /// `srv_check_health`: 0 is down; `rise + fall - 1` is fully healthy.
-    pub check_health: Option<u32>,
+    pub(crate) check_health: Option<u32>,
 }
 
 impl ServerState {
     /// In maintenance: takes no sessions whatever its health checks say.
-    pub fn in_maint(&self) -> bool {
+    pub(crate) fn in_maint(&self) -> bool {
         self.admin_state & ADMIN_MAINT != 0
     }
 
-    pub fn in_drain(&self) -> bool {
+    pub(crate) fn in_drain(&self) -> bool {
         self.admin_state & ADMIN_DRAIN != 0
     }
 
     /// Fully serving: enabled, not draining, UP.
-    pub fn serving(&self) -> bool {
+    pub(crate) fn serving(&self) -> bool {
         !self.in_maint() && !self.in_drain() && self.op_state == OpState::Running
     }
 
     /// Might take new sessions (any up state outside maintenance). Errs on
     /// the side of "routes": only `Stopped` or maintenance count as not.
-    pub fn may_route(&self) -> bool {
+    pub(crate) fn may_route(&self) -> bool {
         !self.in_maint() && self.op_state != OpState::Stopped
     }
 }
@@ -214,7 +210,7 @@ impl fmt::Display for ServerState {
 
 /// Splits the answer to a `;`-separated line into one answer per command:
 /// HAProxy ends each command's output with an empty line.
-pub fn split_answers(raw: &str, commands: usize) -> Result<Vec<String>, LbError> {
+pub(crate) fn split_answers(raw: &str, commands: usize) -> Result<Vec<String>, LbError> {
     let mut answers = Vec::with_capacity(commands);
     let mut current: Vec<&str> = Vec::new();
     for line in raw.lines() {
@@ -242,7 +238,7 @@ pub fn split_answers(raw: &str, commands: usize) -> Result<Vec<String>, LbError>
 /// found by the header's names, so a HAProxy that adds columns still parses.
 /// An answer that is not in this format (e.g. "Can't find backend.") is
 /// `Rejected`.
-pub fn parse_servers_state(command: &str, text: &str) -> Result<Vec<ServerState>, LbError> {
+pub(crate) fn parse_servers_state(command: &str, text: &str) -> Result<Vec<ServerState>, LbError> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     if lines.next().map(str::trim) != Some("1") {
         return Err(LbError::Rejected {
@@ -302,14 +298,14 @@ pub fn parse_servers_state(command: &str, text: &str) -> Result<Vec<ServerState>
 
 /// Which HAProxy process answered: a change means it was restarted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcessIdentity {
-    pub pid: u32,
+pub(crate) struct ProcessIdentity {
+    pub(crate) pid: u32,
     /// `Start_time_sec` (HAProxy ≥ 2.6), in seconds since the epoch.
-    pub start_time_sec: Option<u64>,
+    pub(crate) start_time_sec: Option<u64>,
 }
 
 /// Parses `Pid` and `Start_time_sec` out of `show info`.
-pub fn parse_show_info(command: &str, text: &str) -> Result<ProcessIdentity, LbError> {
+pub(crate) fn parse_show_info(command: &str, text: &str) -> Result<ProcessIdentity, LbError> {
     let value = |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))

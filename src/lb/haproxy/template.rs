@@ -3,7 +3,6 @@
 //! dead-man's switch); and D, the down-detection bound its check timing
 //! implies. Pure.
 
-use lockstep_core::Setup;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use std::time::Duration;
 /// `timeout connect` in the rendered config. It also bounds the connect
 /// phase of every health check (HAProxy allows `min(timeout connect, inter)`
 /// before `timeout check` starts), so it is part of D.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// D, the down-detection bound: after the last passing check answer reaches
 /// HAProxy, the longest it takes to mark that server DOWN and kill its
@@ -112,14 +111,6 @@ impl HaproxyTemplate {
             check_rise: 1,
             check_timeout: Duration::from_millis(300),
             stats_socket: stats_socket.into(),
-        }
-    }
-
-    /// The server that routes to `setup`.
-    pub fn server_name(&self, setup: Setup) -> &str {
-        match setup {
-            Setup::Hot => &self.server_hot,
-            Setup::Warm => &self.server_warm,
         }
     }
 
