@@ -3,7 +3,7 @@
 //! **Extension point.** Every fault is a [`LabFault`] variant with a `kind`
 //! (the name in histories and summaries), a target, an `inject` and a
 //! `heal`. Network faults (namespace partitions, one-way loss, `tc netem`
-//! from `src/lab/netns.rs`) are added here as further variants; the
+//! from `testkit/src/netns/`) are added here as further variants; the
 //! verdict needs nothing new, and scenarios use them through
 //! [`super::scenario::Ctx::inject`] like any other fault.
 

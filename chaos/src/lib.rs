@@ -3,11 +3,13 @@
 //! of all of it, and a verdict that fails a run on any mismatched pair or
 //! any instant where two LBs route to different setups (invariant S1), or
 //! when the link does not serve again within a bound after the faults heal.
+//! Labs come from the test kit (`lockstep_testkit`).
 //!
+//! # Layout
 //! * [`history`]: the JSONL history and the recorders that write it.
 //! * [`verdict`]: the verdict, judging a run from its history (why it is
 //!   sound: see there).
-//! * [`fault`]: the faults.
+//! * [`fault`]: the faults a scenario injects into a lab ([`LabFault`]).
 //! * [`net`]: network faults on the lab's member namespaces.
 //! * [`scenario`]: the scenario context, runner and registry.
 //! * [`random`]: seeded random runs and the summary over many runs.

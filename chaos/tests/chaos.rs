@@ -1,4 +1,4 @@
-//! The chaos suite's CI subset: scenarios from `lockstep::chaos` on real
+//! The chaos suite's CI subset: scenarios from `lockstep_chaos` on real
 //! etcd, HAProxy, mock KMEs and sidecars, each judged from its recorded
 //! history; and the broken build (`LOCKSTEP_MUTATION=skip-drain`) whose
 //! mismatch the verdict must see. Needs sidecars built with

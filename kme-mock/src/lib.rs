@@ -1,8 +1,11 @@
 //! ETSI GS QKD 014 (v1.1.1) mock KME: one process is one KME of one setup
 //! (hot or warm) and one role (Alice hands out keys at `enc_keys`, Bob
-//! returns them at `dec_keys`). See `src/bin/kme-mock.rs` for the binary.
+//! returns them at `dec_keys`). The binary is `kme-mock` (`src/main.rs`);
+//! the test kit's lab starts one per setup and role.
 //!
-//! * [`api`]: pure logic (key derivation, parsing, validation, bodies).
+//! # Layout
+//! * [`api`]: pure logic (key derivation, parsing, validation, bodies,
+//!   [`KmeFault`]).
 //! * [`server`]: the hyper listeners, fault injection and counters.
 //!
 //! Choices where the brief left room: `enc_keys` on Bob and `dec_keys` on

@@ -11,7 +11,7 @@
 //! * [`bounds`]: `lockstep check-config`, a config's derived timing bounds.
 //! * [`admin`]: the on-call verbs over gRPC (`status`, `switchover`,
 //!   `failover`, `pause`, `resume`, `history`).
-//! * [`progress`]: `--wait`'s progress lines from the status watch.
+//! * `progress`: `--wait`'s progress lines from the status watch.
 //! * `render`: human tables and JSON from the Admin replies (pure).
 
 pub mod admin;

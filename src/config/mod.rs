@@ -4,12 +4,12 @@
 //!
 //! Validation includes DESIGN §3's timing rule, which self-fencing relies on:
 //! `lease_ttl > keepalive_interval + D + margin`, with D the LB's
-//! down-detection bound ([`Config::lb_down_detection`]).
+//! down-detection bound (`Config::lb_down_detection`).
 //!
 //! # Layout
 //! * `schema`: [`Config`] and its sections, their defaults and the bounds
 //!   a config implies.
-//! * `validate`: [`Config::validate`], the checks serde cannot make.
+//! * `validate`: `Config::validate`, the checks serde cannot make.
 //! * `load`: [`load`], the file plus environment overrides, validated.
 //! * this module: [`ConfigError`], why a config was refused.
 

@@ -236,7 +236,7 @@ pub(crate) fn tls_config(cfg: &ProbeConfig) -> Result<rustls::ClientConfig, TlsS
 }
 
 /// The probe's HTTP client, built once: plain HTTP for `http://` URLs,
-/// rustls (per [`tls_config`]) for `https://` ones. Cheap to clone.
+/// rustls (per `tls_config`) for `https://` ones. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
@@ -271,7 +271,7 @@ pub(crate) fn status_url(base: &str, sae_id: &str) -> String {
 }
 
 /// One probe: `GET {base}/api/v1/keys/{sae_id}/status` within `timeout`,
-/// judged by [`check_status`]. The error says what went wrong.
+/// judged by `check_status`. The error says what went wrong.
 pub async fn check_once(
     client: &Client,
     base: &str,

@@ -4,7 +4,7 @@
 //! Tasks: the member loop (`member`), registration and keep-alive, the LB
 //! read-back, the member-record writer, the election and leader loop
 //! (`leader`), the probes, and the gRPC and HTTP servers. They share one
-//! [`Shared`]; shutdown blocks the LB first, then revokes the lease.
+//! `Shared`; shutdown blocks the LB first, then revokes the lease.
 
 pub(crate) mod leader;
 

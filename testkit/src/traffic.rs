@@ -557,6 +557,16 @@ impl Traffic {
         self.snapshot()
     }
 
+    /// Stops, prints the final report, and asserts that no pair mismatched:
+    /// S1 as the SAEs see it. Returns the report for further checks. For
+    /// tests (it panics on a mismatch).
+    pub async fn stop_and_assert_no_mismatch(self) -> TrafficReport {
+        let report = self.stop().await;
+        println!("{report}");
+        assert_eq!(report.mismatched, 0, "mismatched key pairs: {report}");
+        report
+    }
+
     /// Waits until `pred` holds for the report (checked after every pair).
     pub async fn wait_until(
         &self,

@@ -4,11 +4,9 @@
 use lockstep::proto;
 use lockstep::protocol::{LbTarget, Setup};
 use lockstep_testkit::lab::{Lab, LabOptions};
-use lockstep_testkit::traffic::Traffic;
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{all_lbs, rt, status};
+use lockstep_testkit::rt;
 
 /// One KME of the hot setup dies; both ends move to warm.
 fn kme_death_moves_both_ends(role: &str) {
@@ -16,11 +14,7 @@ fn kme_death_moves_both_ends(role: &str) {
         let mut lab = Lab::start(&format!("death-{role}"), LabOptions::default())
             .await
             .expect("lab");
-        let traffic = Traffic::start(lab.traffic_config());
-        traffic
-            .wait_for_matched(20, Duration::from_secs(10))
-            .await
-            .expect("traffic on hot");
+        let traffic = lab.start_traffic(20).await.expect("traffic on hot");
 
         let died = Instant::now();
         lab.kmes.get_mut(Setup::Hot, role).expect("kme").kill();
@@ -32,19 +26,12 @@ fn kme_death_moves_both_ends(role: &str) {
             "hot-{role} killed: first good pair on warm after {:?}",
             first_good - died
         );
-        all_lbs(&lab, LbTarget::Serve(Setup::Warm), Duration::from_secs(5))
+        lab.wait_all_lbs(LbTarget::Serve(Setup::Warm), Duration::from_secs(5))
             .await
             .expect("both LBs on warm");
-        let report = traffic.stop().await;
-        println!("{report}");
-        assert_eq!(report.mismatched, 0, "{report}");
+        traffic.stop_and_assert_no_mismatch().await;
 
-        let mut admin = lab.admin(0).await.expect("admin");
-        let history = admin
-            .history(proto::HistoryRequest { limit: 3 })
-            .await
-            .expect("history")
-            .into_inner();
+        let history = lab.history(3).await.expect("history");
         let last = &history.records[0];
         assert_eq!(last.kind, "auto-failover");
         assert_eq!(last.to, proto::Setup::Warm as i32);
@@ -73,23 +60,15 @@ fn both_setups_unhealthy_means_no_switch_and_says_so() {
         let lab = Lab::start("both-down", LabOptions::default())
             .await
             .expect("lab");
-        lab.kmes
-            .set_fault(Setup::Warm, "alice", "down", 0)
-            .await
-            .expect("fault");
-        lab.wait_health(Setup::Warm, false, Duration::from_secs(10))
+        lab.set_kme_fault_and_wait(Setup::Warm, "alice", "down", false)
             .await
             .expect("warm down");
-        lab.kmes
-            .set_fault(Setup::Hot, "bob", "down", 0)
-            .await
-            .expect("fault");
-        lab.wait_health(Setup::Hot, false, Duration::from_secs(10))
+        lab.set_kme_fault_and_wait(Setup::Hot, "bob", "down", false)
             .await
             .expect("hot down");
         // Give the policy several chances to (wrongly) act.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let s = status(&lab).await;
+        let s = lab.status().await.expect("status");
         assert_eq!(
             s.route.as_ref().expect("route").setup,
             proto::Setup::Hot as i32
@@ -126,19 +105,15 @@ fn no_failback_by_default() {
             .set_fault(Setup::Hot, "alice", "down", 0)
             .await
             .expect("fault");
-        all_lbs(&lab, LbTarget::Serve(Setup::Warm), Duration::from_secs(10))
+        lab.wait_all_lbs(LbTarget::Serve(Setup::Warm), Duration::from_secs(10))
             .await
             .expect("failed over");
-        lab.kmes
-            .set_fault(Setup::Hot, "alice", "ok", 0)
-            .await
-            .expect("heal");
-        lab.wait_health(Setup::Hot, true, Duration::from_secs(10))
+        lab.set_kme_fault_and_wait(Setup::Hot, "alice", "ok", true)
             .await
             .expect("hot back");
         // Longer than dwell: still on warm.
         tokio::time::sleep(lab.options.timing.failover_dwell + Duration::from_secs(1)).await;
-        let s = status(&lab).await;
+        let s = lab.status().await.expect("status");
         assert_eq!(
             s.route.as_ref().expect("route").setup,
             proto::Setup::Warm as i32
@@ -157,16 +132,12 @@ fn failback_after_a_delay_returns_once() {
         let mut options = LabOptions::default();
         options.timing.failback = "after 5s".into();
         let lab = Lab::start("failback", options).await.expect("lab");
-        let traffic = Traffic::start(lab.traffic_config());
-        traffic
-            .wait_for_matched(10, Duration::from_secs(10))
-            .await
-            .expect("traffic");
+        let traffic = lab.start_traffic(10).await.expect("traffic");
         lab.kmes
             .set_fault(Setup::Hot, "alice", "down", 0)
             .await
             .expect("fault");
-        all_lbs(&lab, LbTarget::Serve(Setup::Warm), Duration::from_secs(10))
+        lab.wait_all_lbs(LbTarget::Serve(Setup::Warm), Duration::from_secs(10))
             .await
             .expect("failed over");
         let healed = Instant::now();
@@ -174,7 +145,8 @@ fn failback_after_a_delay_returns_once() {
             .set_fault(Setup::Hot, "alice", "ok", 0)
             .await
             .expect("heal");
-        let back = all_lbs(&lab, LbTarget::Serve(Setup::Hot), Duration::from_secs(20))
+        let back = lab
+            .wait_all_lbs(LbTarget::Serve(Setup::Hot), Duration::from_secs(20))
             .await
             .expect("failed back");
         println!("failed back {back:?} after hot healed (failback after 5s)");
@@ -184,17 +156,10 @@ fn failback_after_a_delay_returns_once() {
         );
         // Once: nothing more happens.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let mut admin = lab.admin(0).await.expect("admin");
-        let history = admin
-            .history(proto::HistoryRequest { limit: 10 })
-            .await
-            .expect("history")
-            .into_inner();
+        let history = lab.history(10).await.expect("history");
         let kinds: Vec<&str> = history.records.iter().map(|h| h.kind.as_str()).collect();
         assert_eq!(kinds, vec!["auto-failback", "auto-failover", "bootstrap"]);
-        let report = traffic.stop().await;
-        println!("{report}");
-        assert_eq!(report.mismatched, 0, "{report}");
+        traffic.stop_and_assert_no_mismatch().await;
     });
 }
 
@@ -205,15 +170,11 @@ fn a_flapping_kme_is_capped_then_the_link_pauses_itself() {
         options.timing.failover_dwell = Duration::from_millis(500);
         options.timing.failover_max_auto = 2;
         let lab = Lab::start("flap", options).await.expect("lab");
-        let traffic = Traffic::start(lab.traffic_config());
-        traffic
-            .wait_for_matched(10, Duration::from_secs(10))
-            .await
-            .expect("traffic");
+        let traffic = lab.start_traffic(10).await.expect("traffic");
         // Whichever setup serves goes down for a second, then comes back.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let s = status(&lab).await;
+            let s = lab.status().await.expect("status");
             if s.paused {
                 println!("paused: {}", s.paused_reason);
                 assert!(s.paused_reason.contains("cap 2"), "{}", s.paused_reason);
@@ -235,21 +196,14 @@ fn a_flapping_kme_is_capped_then_the_link_pauses_itself() {
                 .expect("heal");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let mut admin = lab.admin(0).await.expect("admin");
-        let history = admin
-            .history(proto::HistoryRequest { limit: 20 })
-            .await
-            .expect("history")
-            .into_inner();
+        let history = lab.history(20).await.expect("history");
         let auto = history
             .records
             .iter()
             .filter(|h| h.kind.starts_with("auto"))
             .count();
         assert_eq!(auto, 2, "exactly the capped number of automatic switches");
-        let report = traffic.stop().await;
-        println!("{report}");
-        assert_eq!(report.mismatched, 0, "{report}");
+        traffic.stop_and_assert_no_mismatch().await;
     });
 }
 

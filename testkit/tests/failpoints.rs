@@ -4,12 +4,10 @@
 use lockstep::proto;
 use lockstep::protocol::{Phase, Setup};
 use lockstep_testkit::lab::{Lab, LabOptions};
-use lockstep_testkit::traffic::Traffic;
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
-mod common;
-use common::rt;
+use lockstep_testkit::rt;
 
 #[test]
 fn a_leader_killed_right_after_its_drain_write_is_finished_by_the_next_leader() {
@@ -24,11 +22,7 @@ fn a_leader_killed_right_after_its_drain_write_is_finished_by_the_next_leader() 
             ..LabOptions::default()
         };
         let mut lab = Lab::start("fp-drain", options).await.expect("lab");
-        let traffic = Traffic::start(lab.traffic_config());
-        traffic
-            .wait_for_matched(10, Duration::from_secs(10))
-            .await
-            .expect("traffic");
+        let traffic = lab.start_traffic(10).await.expect("traffic");
         let store = lab.store().await.expect("store");
         let before = store.snapshot().await.expect("snapshot");
         let (leader_id, _) = before.leader.clone().expect("leader");
@@ -105,8 +99,6 @@ fn a_leader_killed_right_after_its_drain_write_is_finished_by_the_next_leader() 
         lab.wait_serving(Setup::Warm, Duration::from_secs(15))
             .await
             .expect("all members on warm");
-        let report = traffic.stop().await;
-        println!("{report}");
-        assert_eq!(report.mismatched, 0, "{report}");
+        traffic.stop_and_assert_no_mismatch().await;
     });
 }

@@ -2,31 +2,12 @@
 //! within the stated bounds, never to different setups, and the link comes
 //! back by itself once the fault heals.
 
-use lockstep::lb::LoadBalancer;
 use lockstep::protocol::{LbTarget, Setup};
 use lockstep_testkit::lab::{Lab, LabOptions};
-use lockstep_testkit::traffic::Traffic;
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{all_lbs, rt};
-
-/// Polls one LB until it routes to `target`.
-async fn lb_reaches(lab: &Lab, i: usize, target: LbTarget, timeout: Duration) -> Duration {
-    let lb = lab.lbs[i].adapter();
-    let start = Instant::now();
-    loop {
-        if lb.observe().await.map(|o| o.target).ok() == Some(target) {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "LB {i} did not reach {target} within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use lockstep_testkit::rt;
 
 #[test]
 fn a_frozen_sidecar_leaves_its_lb_routing_nowhere_then_recovers() {
@@ -34,11 +15,7 @@ fn a_frozen_sidecar_leaves_its_lb_routing_nowhere_then_recovers() {
         let lab = Lab::start("freeze-sidecar", LabOptions::default())
             .await
             .expect("lab");
-        let traffic = Traffic::start(lab.traffic_config());
-        traffic
-            .wait_for_matched(10, Duration::from_secs(10))
-            .await
-            .expect("traffic");
+        let traffic = lab.start_traffic(10).await.expect("traffic");
         let t = &lab.options.timing;
         let d = t.down_detection();
 
@@ -47,7 +24,10 @@ fn a_frozen_sidecar_leaves_its_lb_routing_nowhere_then_recovers() {
             .signal(Signal::SIGSTOP)
             .expect("SIGSTOP");
         // Its HAProxy's checks time out: the server goes down within D.
-        let blocked = lb_reaches(&lab, 1, LbTarget::Blocked, d + Duration::from_secs(2)).await;
+        let blocked = lab
+            .wait_lb(1, LbTarget::Blocked, d + Duration::from_secs(2))
+            .await
+            .expect("the frozen sidecar's LB routes nowhere");
         println!("frozen sidecar: its LB routes nowhere after {blocked:?} (D = {d:?})");
 
         // Longer than the lease TTL: its lease expires meanwhile.
@@ -56,21 +36,16 @@ fn a_frozen_sidecar_leaves_its_lb_routing_nowhere_then_recovers() {
             .guard
             .signal(Signal::SIGCONT)
             .expect("SIGCONT");
-        let back = lb_reaches(
-            &lab,
-            1,
-            LbTarget::Serve(Setup::Hot),
-            Duration::from_secs(15),
-        )
-        .await;
+        let back = lab
+            .wait_lb(1, LbTarget::Serve(Setup::Hot), Duration::from_secs(15))
+            .await
+            .expect("the thawed sidecar's LB serves hot again");
         println!("thawed sidecar re-registered and serves hot again after {back:?}");
         traffic
             .wait_for_more_matched(10, Duration::from_secs(10))
             .await
             .expect("key pairs flow again");
-        let report = traffic.stop().await;
-        println!("{report}");
-        assert_eq!(report.mismatched, 0, "{report}");
+        traffic.stop_and_assert_no_mismatch().await;
     });
 }
 
@@ -80,11 +55,7 @@ fn a_frozen_etcd_fences_every_member_then_the_link_recovers() {
         let lab = Lab::start("freeze-etcd", LabOptions::default())
             .await
             .expect("lab");
-        let traffic = Traffic::start(lab.traffic_config());
-        traffic
-            .wait_for_matched(10, Duration::from_secs(10))
-            .await
-            .expect("traffic");
+        let traffic = lab.start_traffic(10).await.expect("traffic");
         let t = &lab.options.timing;
 
         let frozen = Instant::now();
@@ -98,7 +69,7 @@ fn a_frozen_etcd_fences_every_member_then_the_link_recovers() {
         // last ack, which is at most one keep-alive interval before the
         // freeze; plus D for HAProxy to act on the failed checks.
         let bound = t.lease_ttl - t.margin + t.down_detection() + Duration::from_secs(1);
-        all_lbs(&lab, LbTarget::Blocked, bound)
+        lab.wait_all_lbs(LbTarget::Blocked, bound)
             .await
             .expect("every LB blocked while etcd is unreachable");
         println!(
@@ -114,7 +85,7 @@ fn a_frozen_etcd_fences_every_member_then_the_link_recovers() {
             .signal(Signal::SIGCONT)
             .expect("SIGCONT etcd");
         let healed = Instant::now();
-        all_lbs(&lab, LbTarget::Serve(Setup::Hot), Duration::from_secs(20))
+        lab.wait_all_lbs(LbTarget::Serve(Setup::Hot), Duration::from_secs(20))
             .await
             .expect("the link serves again once etcd is back");
         println!(
@@ -125,8 +96,6 @@ fn a_frozen_etcd_fences_every_member_then_the_link_recovers() {
             .wait_for_more_matched(10, Duration::from_secs(10))
             .await
             .expect("key pairs flow again");
-        let report = traffic.stop().await;
-        println!("{report}");
-        assert_eq!(report.mismatched, 0, "{report}");
+        traffic.stop_and_assert_no_mismatch().await;
     });
 }

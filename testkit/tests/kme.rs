@@ -443,9 +443,7 @@ async fn traffic_measures_an_outage_and_recovers() {
         .await
         .expect("traffic after the slow phase");
 
-    let report = traffic.stop().await;
-    println!("{report}");
-    assert_eq!(report.mismatched, 0, "{report}");
+    let report = traffic.stop_and_assert_no_mismatch().await;
     assert!(report.failed >= 7, "{report}");
     assert_eq!(report.outages.len(), 3, "{report}");
     assert!(!report.outage_open);

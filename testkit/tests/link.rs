@@ -6,11 +6,9 @@ use lockstep::proto::{self, Setup as PSetup};
 use lockstep::protocol::{LbTarget, Setup};
 use lockstep_testkit::lab::process::workspace_program;
 use lockstep_testkit::lab::{Lab, LabOptions};
-use lockstep_testkit::traffic::Traffic;
 use std::time::{Duration, Instant};
 
-mod common;
-use common::rt;
+use lockstep_testkit::rt;
 
 fn to_proto(s: Setup) -> i32 {
     match s {
@@ -36,9 +34,8 @@ fn fifty_alternating_switchovers_never_mismatch() {
         let lab = Lab::start("fifty", LabOptions::default())
             .await
             .expect("lab");
-        let traffic = Traffic::start(lab.traffic_config());
-        traffic
-            .wait_for_matched(20, Duration::from_secs(10))
+        let traffic = lab
+            .start_traffic(20)
             .await
             .expect("traffic flows on hot before the switches");
         let mut admin = lab.admin(0).await.expect("admin");
@@ -56,10 +53,8 @@ fn fifty_alternating_switchovers_never_mismatch() {
             tokio::time::sleep(Duration::from_millis(30)).await;
             to = to.other();
         }
-        let report = traffic.stop().await;
-        println!("{report}");
+        let report = traffic.stop_and_assert_no_mismatch().await;
         println!("switches completed: {completed}/50");
-        assert_eq!(report.mismatched, 0, "mismatched pairs: {report}");
         assert!(
             report.matched > 100,
             "too little traffic to mean anything: {report}"
@@ -91,11 +86,7 @@ fn a_killed_member_is_fenced_by_its_lb_and_the_switch_waits_for_its_lease() {
         let mut lab = Lab::start("kill", LabOptions::default())
             .await
             .expect("lab");
-        let traffic = Traffic::start(lab.traffic_config());
-        traffic
-            .wait_for_matched(10, Duration::from_secs(10))
-            .await
-            .expect("traffic on hot");
+        let traffic = lab.start_traffic(10).await.expect("traffic on hot");
         let mut admin = lab.admin(0).await.expect("admin");
         let status = admin
             .status(proto::StatusRequest {})
@@ -188,9 +179,7 @@ fn a_killed_member_is_fenced_by_its_lb_and_the_switch_waits_for_its_lease() {
         lab.wait_serving(Setup::Warm, Duration::from_secs(15))
             .await
             .expect("the restarted member rejoins on warm");
-        let report = traffic.stop().await;
-        println!("{report}");
-        assert_eq!(report.mismatched, 0, "{report}");
+        traffic.stop_and_assert_no_mismatch().await;
     });
 }
 
@@ -322,11 +311,7 @@ fn refused_requests_change_nothing() {
             .expect("resume");
 
         // Unhealthy target: warm's Bob KME goes away.
-        lab.kmes
-            .set_fault(Setup::Warm, "bob", "down", 0)
-            .await
-            .expect("fault");
-        lab.wait_health(Setup::Warm, false, Duration::from_secs(10))
+        lab.set_kme_fault_and_wait(Setup::Warm, "bob", "down", false)
             .await
             .expect("warm seen down");
         let e = admin
@@ -471,29 +456,14 @@ fn haproxy_restarts_and_drift_are_repaired() {
             .await
             .expect("lab");
         let lb = lab.lbs[0].adapter();
-        let wait_for = |target: LbTarget| {
-            let lb = lb.clone();
-            async move {
-                let start = Instant::now();
-                loop {
-                    if let Ok(o) = lb.observe().await {
-                        if o.target == target {
-                            return start.elapsed();
-                        }
-                    }
-                    assert!(
-                        start.elapsed() < Duration::from_secs(10),
-                        "LB never reached {target}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        };
         // A restarted HAProxy comes up blocked (servers disabled) ...
         lab.lbs[0].restart().expect("restart haproxy");
         let seen = lb.observe().await.expect("observe").target;
         // ... and the sidecar re-applies hot.
-        let took = wait_for(LbTarget::Serve(Setup::Hot)).await;
+        let took = lab
+            .wait_lb(0, LbTarget::Serve(Setup::Hot), Duration::from_secs(10))
+            .await
+            .expect("LB 0 serves hot");
         println!("restarted HAProxy (first seen {seen}) serves hot again after {took:?}");
 
         // Drift: someone puts hot in maintenance by hand; the sidecar
@@ -505,14 +475,20 @@ fn haproxy_restarts_and_drift_are_repaired() {
             lb.observe().await.expect("observe").target,
             LbTarget::Blocked
         );
-        let took = wait_for(LbTarget::Serve(Setup::Hot)).await;
+        let took = lab
+            .wait_lb(0, LbTarget::Serve(Setup::Hot), Duration::from_secs(10))
+            .await
+            .expect("LB 0 serves hot");
         println!("manual block repaired after {took:?}");
         // Worse drift: warm enabled by hand as well. Never left standing.
         lb.command("set server kme/warm health up; set server kme/warm state ready")
             .await
             .expect("manual change");
         tokio::time::sleep(Duration::from_millis(700)).await;
-        let took = wait_for(LbTarget::Serve(Setup::Hot)).await;
+        let took = lab
+            .wait_lb(0, LbTarget::Serve(Setup::Hot), Duration::from_secs(10))
+            .await
+            .expect("LB 0 serves hot");
         println!("manual enable of warm undone (checked {took:?} after 700ms)");
         let o = lb.observe().await.expect("observe");
         assert_eq!(o.target, LbTarget::Serve(Setup::Hot));

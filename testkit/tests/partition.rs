@@ -15,8 +15,7 @@ use lockstep_testkit::traffic::Traffic;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{all_lbs, rt};
+use lockstep_testkit::rt;
 
 /// After a heal, the link serves one setup on every LB within this.
 const RECOVERY_BOUND: Duration = Duration::from_secs(10);
@@ -222,9 +221,8 @@ fn options(timing: Timing) -> LabOptions {
 
 async fn start(name: &str, options: LabOptions) -> (Lab, Traffic, Sampler) {
     let lab = Lab::start(name, options).await.expect("lab");
-    let traffic = Traffic::start(lab.traffic_config());
-    traffic
-        .wait_for_matched(10, Duration::from_secs(10))
+    let traffic = lab
+        .start_traffic(10)
         .await
         .expect("key pairs flow through the namespaced LBs");
     let sampler = Sampler::start(&lab);
@@ -280,7 +278,7 @@ async fn switchover(
 /// the time that took.
 async fn recovers(lab: &Lab, traffic: &Traffic, setup: Setup, bound: Duration) -> Duration {
     let start = Instant::now();
-    all_lbs(lab, LbTarget::Serve(setup), bound)
+    lab.wait_all_lbs(LbTarget::Serve(setup), bound)
         .await
         .unwrap_or_else(|e| panic!("{e}; logs in {}", lab.dir.display()));
     traffic
@@ -658,7 +656,7 @@ fn a_member_cut_from_etcd_stops_routing_within_its_lease_budget() {
             "  healed: the link settled on {setup} after {:?}; every LB serves it after {back:?}",
             healed.elapsed()
         );
-        for h in common::history(&lab, 10).await.records {
+        for h in lab.history(10).await.expect("history").records {
             let to = PSetup::try_from(h.to).map_or("?", |s| s.as_str_name());
             println!(
                 "  history: epoch {} {} to {to}: {} after {} ms, fenced {:?}",
@@ -693,7 +691,7 @@ fn sidecars_cut_from_each_other_switch_only_safely() {
                 "switch to {to} with peers cut: {reply:?}; logs in {}",
                 lab.dir.display()
             );
-            all_lbs(&lab, LbTarget::Serve(to), Duration::from_secs(1))
+            lab.wait_all_lbs(LbTarget::Serve(to), Duration::from_secs(1))
                 .await
                 .expect("a completed switch serves the target everywhere");
             traffic
@@ -749,7 +747,7 @@ fn one_way_loss_between_leader_and_member_never_mismatches() {
                     fault.describe(),
                     lab.dir.display()
                 );
-                all_lbs(&lab, LbTarget::Serve(to), Duration::from_secs(1))
+                lab.wait_all_lbs(LbTarget::Serve(to), Duration::from_secs(1))
                     .await
                     .unwrap();
                 traffic

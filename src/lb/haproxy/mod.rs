@@ -68,7 +68,7 @@ impl Clone for Haproxy {
 
 impl Haproxy {
     /// An adapter for `backend` on the Runtime API at `socket`, with a
-    /// [`DEFAULT_COMMAND_TIMEOUT`] per exchange.
+    /// `DEFAULT_COMMAND_TIMEOUT` per exchange.
     pub fn new(
         socket: impl Into<PathBuf>,
         backend: impl Into<String>,
@@ -196,7 +196,7 @@ impl Haproxy {
 }
 
 /// Which setups an LB may route new sessions to, as HAProxy reports it
-/// (see [`ServerState::may_route`]: anything up and out of maintenance
+/// (see `ServerState::may_route`: anything up and out of maintenance
 /// counts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Routing {

@@ -7,12 +7,13 @@ use super::haproxy::{HaproxyInputs, HaproxyProcess};
 use super::kme::LinkKmes;
 use super::sidecar::{SidecarProcess, SidecarSpec, Timing};
 use crate::netns::LabNet;
-use crate::traffic::TrafficConfig;
+use crate::traffic::{Traffic, TrafficConfig};
 use anyhow::{bail, Context, Result};
-use lockstep::proto::admin_client::AdminClient;
+use lockstep::lb::LoadBalancer;
 use lockstep::proto::peer_client::PeerClient;
+use lockstep::proto::{self, admin_client::AdminClient};
 use lockstep::store::Store;
-use lockstep_core::Setup;
+use lockstep_core::{LbTarget, Setup};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -251,5 +252,88 @@ impl Lab {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Puts `role`'s KME of `setup` into fault `mode` (`"down"`, `"ok"`
+    /// ...), then waits up to 10 s until the members' aggregated health of
+    /// `setup` is `healthy`: a fault the link has seen.
+    pub async fn set_kme_fault_and_wait(
+        &self,
+        setup: Setup,
+        role: &str,
+        mode: &str,
+        healthy: bool,
+    ) -> Result<()> {
+        self.kmes.set_fault(setup, role, mode, 0).await?;
+        self.wait_health(setup, healthy, Duration::from_secs(10))
+            .await
+    }
+
+    /// Starts key pairs through Alice's and Bob's LBs and returns once
+    /// `matched` pairs have matched (within 10 s): traffic flows before a
+    /// test acts.
+    pub async fn start_traffic(&self, matched: u64) -> Result<Traffic> {
+        let traffic = Traffic::start(self.traffic_config());
+        traffic
+            .wait_for_matched(matched, Duration::from_secs(10))
+            .await?;
+        Ok(traffic)
+    }
+
+    /// Waits until LB `i` routes to `target` (read from HAProxy); returns
+    /// how long it took.
+    pub async fn wait_lb(&self, i: usize, target: LbTarget, timeout: Duration) -> Result<Duration> {
+        let lb = self.lbs[i].adapter();
+        let start = Instant::now();
+        loop {
+            if lb.observe().await.map(|o| o.target).ok() == Some(target) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!("LB {i} did not reach {target} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until every LB routes to `target` (read from HAProxy); returns
+    /// how long it took.
+    pub async fn wait_all_lbs(&self, target: LbTarget, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let mut all = true;
+            for lb in &self.lbs {
+                if lb.adapter().observe().await.map(|o| o.target).ok() != Some(target) {
+                    all = false;
+                }
+            }
+            if all {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!("LBs not all at {target} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The link's status, from member 0's Admin service.
+    pub async fn status(&self) -> Result<proto::StatusReply> {
+        Ok(self
+            .admin(0)
+            .await?
+            .status(proto::StatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// The newest `limit` transitions, from member 0's Admin service.
+    pub async fn history(&self, limit: u32) -> Result<proto::HistoryReply> {
+        Ok(self
+            .admin(0)
+            .await?
+            .history(proto::HistoryRequest { limit })
+            .await?
+            .into_inner())
     }
 }
