@@ -1,6 +1,6 @@
 //! ETSI GS QKD 014 (v1.1.1) mock KME: one process is one KME of one setup
 //! (hot or warm) and one role (Alice hands out keys at `enc_keys`, Bob
-//! returns them at `dec_keys`). The binary is `kme-mock` (`src/main.rs`);
+//! returns them at `dec_keys`). The binary is `kme-mock` (`src/bin/kme-mock.rs`);
 //! the test kit's lab starts one per setup and role.
 //!
 //! # Layout

@@ -1,6 +1,6 @@
 //! The CLI's handling of bad input, with no link running.
 
-use lockstep_testkit::lab::process::workspace_program;
+use lockstep_testkit::lab::process::{run_to_end, workspace_program};
 use std::process::Command;
 
 fn lockstep() -> Command {
@@ -19,17 +19,8 @@ fn run_config(text: &str, verb: &str) -> (i32, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.toml");
     std::fs::write(&path, text).expect("write");
-    let out = lockstep()
-        .args([verb, "--config"])
-        .arg(&path)
-        .output()
-        .expect("run");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let out = run_to_end(lockstep().args([verb, "--config"]).arg(&path)).expect("run");
+    (out.code.unwrap_or(-1), out.text())
 }
 
 #[test]
@@ -52,12 +43,10 @@ fn the_example_config_is_valid_and_check_config_prints_the_bounds() {
 
 #[test]
 fn a_missing_config_file_is_named() {
-    let missing = lockstep()
-        .args(["run", "--config", "/nonexistent/lockstep.toml"])
-        .output()
+    let missing = run_to_end(lockstep().args(["run", "--config", "/nonexistent/lockstep.toml"]))
         .expect("run");
-    assert_eq!(missing.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.code, Some(2));
+    let err = &missing.stderr;
     assert!(
         err.contains("cannot read config /nonexistent/lockstep.toml"),
         "{err}"
@@ -116,37 +105,40 @@ fn environment_overrides_are_applied_and_validated() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.toml");
     std::fs::write(&path, example()).expect("write");
-    let out = lockstep()
-        .args(["check-config", "--json", "--config"])
-        .arg(&path)
-        .env("LOCKSTEP_ETCD__LEASE_TTL", "9s")
-        .output()
-        .expect("run");
-    assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let out = run_to_end(
+        lockstep()
+            .args(["check-config", "--json", "--config"])
+            .arg(&path)
+            .env("LOCKSTEP_ETCD__LEASE_TTL", "9s"),
+    )
+    .expect("run");
+    assert!(out.success());
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
     assert_eq!(v["lease_ttl_ms"], 9000);
-    let out = lockstep()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .env("LOCKSTEP_ETCD__LEASE_TTL", "3s")
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = run_to_end(
+        lockstep()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env("LOCKSTEP_ETCD__LEASE_TTL", "3s"),
+    )
+    .expect("run");
+    assert_eq!(out.code, Some(2));
+    let err = &out.stderr;
     assert!(err.contains("timing rule broken"), "{err}");
     assert!(
         err.contains("overridden by LOCKSTEP_ETCD__LEASE_TTL"),
         "{err}"
     );
     // A bad value in the environment names the variable.
-    let out = lockstep()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .env("LOCKSTEP_ETCD__LEASE_TTL", "5x")
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = run_to_end(
+        lockstep()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env("LOCKSTEP_ETCD__LEASE_TTL", "5x"),
+    )
+    .expect("run");
+    assert_eq!(out.code, Some(2));
+    let err = &out.stderr;
     assert!(
         err.contains("environment variable LOCKSTEP_ETCD__LEASE_TTL"),
         "{err}"
@@ -158,38 +150,33 @@ fn the_cli_s_own_variables_are_not_config_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.toml");
     std::fs::write(&path, example()).expect("write");
-    let out = lockstep()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .env("LOCKSTEP_ENDPOINT", "http://127.0.0.1:1")
-        // Read by test builds of the sidecar (chaos suite), not config.
-        .env("LOCKSTEP_MUTATION", "skip-drain")
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_to_end(
+        lockstep()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env("LOCKSTEP_ENDPOINT", "http://127.0.0.1:1")
+            // Read by test builds of the sidecar (chaos suite), not config.
+            .env("LOCKSTEP_MUTATION", "skip-drain"),
+    )
+    .expect("run");
+    assert!(out.success(), "{}", out.stderr);
 }
 
 #[test]
 fn unknown_setup_is_a_usage_error_and_nothing_is_sent() {
     // The endpoint does not exist: a usage error must come before any call.
-    let out = lockstep()
-        .args([
-            "--endpoint",
-            "http://127.0.0.1:1",
-            "switchover",
-            "--to",
-            "lukewarm",
-            "--reason",
-            "x",
-        ])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = run_to_end(lockstep().args([
+        "--endpoint",
+        "http://127.0.0.1:1",
+        "switchover",
+        "--to",
+        "lukewarm",
+        "--reason",
+        "x",
+    ]))
+    .expect("run");
+    assert_eq!(out.code, Some(2));
+    let err = &out.stderr;
     assert!(err.contains("possible values: hot, warm"), "{err}");
 }
 
@@ -202,13 +189,14 @@ fn usage_errors_exit_2_before_any_call() {
         &["--timeout", "soon", "status"],
     ];
     for args in cases {
-        let out = lockstep()
-            .args(["--endpoint", "http://127.0.0.1:1"])
-            .args(args)
-            .output()
-            .expect("run");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let out = run_to_end(
+            lockstep()
+                .args(["--endpoint", "http://127.0.0.1:1"])
+                .args(args),
+        )
+        .expect("run");
+        let err = &out.stderr;
+        assert_eq!(out.code, Some(2), "{args:?}: {err}");
         assert!(
             err.contains("--reason") || err.contains("--timeout"),
             "{args:?}: {err}"
@@ -227,23 +215,21 @@ fn an_unreachable_endpoint_says_what_to_do() {
             &["status"][..],
             &["switchover", "--to", "warm", "--reason", "test"][..],
         ] {
-            let out = lockstep()
-                .args(["--endpoint", &endpoint])
-                .args(args)
-                .output()
-                .expect("run");
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(3), "{endpoint} {args:?}: {err}");
+            let out =
+                run_to_end(lockstep().args(["--endpoint", &endpoint]).args(args)).expect("run");
+            let err = &out.stderr;
+            assert_eq!(out.code, Some(3), "{endpoint} {args:?}: {err}");
             assert!(err.contains("is a sidecar running at"), "{err}");
             assert!(err.contains("set --endpoint or LOCKSTEP_ENDPOINT"), "{err}");
         }
     }
     // The variable works like the flag.
-    let out = lockstep()
-        .arg("status")
-        .env("LOCKSTEP_ENDPOINT", format!("http://127.0.0.1:{port}"))
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{port}")));
+    let out = run_to_end(
+        lockstep()
+            .arg("status")
+            .env("LOCKSTEP_ENDPOINT", format!("http://127.0.0.1:{port}")),
+    )
+    .expect("run");
+    assert_eq!(out.code, Some(3));
+    assert!(out.stderr.contains(&format!("127.0.0.1:{port}")));
 }

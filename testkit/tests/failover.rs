@@ -95,19 +95,24 @@ fn both_setups_unhealthy_means_no_switch_and_says_so() {
     });
 }
 
+/// Hot's Alice KME goes down; waits until both LBs serve warm.
+async fn hot_alice_down_and_failed_over(lab: &Lab) {
+    lab.kmes
+        .set_fault(Setup::Hot, "alice", "down", 0)
+        .await
+        .expect("fault");
+    lab.wait_all_lbs(LbTarget::Serve(Setup::Warm), Duration::from_secs(10))
+        .await
+        .expect("failed over");
+}
+
 #[test]
 fn no_failback_by_default() {
     rt().block_on(async {
         let lab = Lab::start("no-failback", LabOptions::default())
             .await
             .expect("lab");
-        lab.kmes
-            .set_fault(Setup::Hot, "alice", "down", 0)
-            .await
-            .expect("fault");
-        lab.wait_all_lbs(LbTarget::Serve(Setup::Warm), Duration::from_secs(10))
-            .await
-            .expect("failed over");
+        hot_alice_down_and_failed_over(&lab).await;
         lab.set_kme_fault_and_wait(Setup::Hot, "alice", "ok", true)
             .await
             .expect("hot back");
@@ -133,13 +138,7 @@ fn failback_after_a_delay_returns_once() {
         options.timing.failback = "after 5s".into();
         let lab = Lab::start("failback", options).await.expect("lab");
         let traffic = lab.start_traffic(10).await.expect("traffic");
-        lab.kmes
-            .set_fault(Setup::Hot, "alice", "down", 0)
-            .await
-            .expect("fault");
-        lab.wait_all_lbs(LbTarget::Serve(Setup::Warm), Duration::from_secs(10))
-            .await
-            .expect("failed over");
+        hot_alice_down_and_failed_over(&lab).await;
         let healed = Instant::now();
         lab.kmes
             .set_fault(Setup::Hot, "alice", "ok", 0)

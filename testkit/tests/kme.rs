@@ -18,18 +18,7 @@ const T: Duration = Duration::from_secs(5);
 
 /// `target/kme-tests/<name>`, emptied first; logs stay after a failure.
 fn log_dir(name: &str) -> PathBuf {
-    let base = std::env::current_exe()
-        .ok()
-        .and_then(|p| {
-            p.ancestors()
-                .find(|a| a.ends_with("target"))
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join("kme-tests").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating the log dir");
-    dir
+    lockstep_testkit::lab::process::log_dir("kme-tests", name).expect("creating the log dir")
 }
 
 fn link(name: &str) -> LinkKmes {
@@ -394,6 +383,21 @@ async fn traffic_sees_mismatches_across_setups() {
     assert!(report.last_mismatch.is_some());
 }
 
+/// Puts `kme` into fault `mode` (with its delay) until `failed` more pairs
+/// failed, then back to `ok` until 5 more matched.
+async fn outage(traffic: &Traffic, kme: &KmeProcess, (mode, delay_ms): (&str, u64), failed: u64) {
+    kme.set_fault(mode, delay_ms).await.expect(mode);
+    traffic
+        .wait_for_more_failed(failed, T)
+        .await
+        .unwrap_or_else(|e| panic!("failures while {mode}: {e:#}"));
+    kme.set_fault("ok", 0).await.expect("ok");
+    traffic
+        .wait_for_more_matched(5, T)
+        .await
+        .unwrap_or_else(|e| panic!("traffic after {mode}: {e:#}"));
+}
+
 #[tokio::test]
 async fn traffic_measures_an_outage_and_recovers() {
     let kmes = link("traffic_outage");
@@ -419,29 +423,8 @@ async fn traffic_measures_an_outage_and_recovers() {
 
     // 503s and answers slower than the request timeout are failures too,
     // never mismatches.
-    kmes.hot_alice
-        .set_fault("unavailable", 0)
-        .await
-        .expect("unavailable");
-    traffic
-        .wait_for_more_failed(3, T)
-        .await
-        .expect("503 failures");
-    kmes.hot_alice.set_fault("ok", 0).await.expect("ok");
-    traffic
-        .wait_for_more_matched(5, T)
-        .await
-        .expect("traffic after 503s");
-    kmes.hot_bob.set_fault("slow", 1500).await.expect("slow");
-    traffic
-        .wait_for_more_failed(1, T)
-        .await
-        .expect("timeout failure");
-    kmes.hot_bob.set_fault("ok", 0).await.expect("ok");
-    traffic
-        .wait_for_more_matched(5, T)
-        .await
-        .expect("traffic after the slow phase");
+    outage(&traffic, &kmes.hot_alice, ("unavailable", 0), 3).await;
+    outage(&traffic, &kmes.hot_bob, ("slow", 1500), 1).await;
 
     let report = traffic.stop_and_assert_no_mismatch().await;
     assert!(report.failed >= 7, "{report}");

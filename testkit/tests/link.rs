@@ -4,8 +4,9 @@
 use lockstep::lb::LoadBalancer;
 use lockstep::proto::{self, Setup as PSetup};
 use lockstep::protocol::{LbTarget, Setup};
-use lockstep_testkit::lab::process::workspace_program;
+use lockstep_testkit::lab::process::{run_to_end, workspace_program};
 use lockstep_testkit::lab::{Lab, LabOptions};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lockstep_testkit::rt;
@@ -369,17 +370,13 @@ fn a_sidecar_refuses_to_start_without_etcd() {
     spec.haproxy_socket = dir.path().join("none.sock");
     let config = dir.path().join("c.toml");
     std::fs::write(&config, spec.to_toml()).expect("write");
-    let out = std::process::Command::new(workspace_program("lockstep").expect("lockstep built"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run lockstep");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "must fail: {stderr}");
+    let mut lockstep = Command::new(workspace_program("lockstep").expect("lockstep built"));
+    let out = run_to_end(lockstep.args(["run", "--config"]).arg(&config)).expect("run lockstep");
+    assert!(!out.success(), "must fail: {}", out.stderr);
     assert!(
-        format!("{stdout}{stderr}").contains("etcd"),
-        "the error names etcd: {stdout}{stderr}"
+        out.text().contains("etcd"),
+        "the error names etcd: {}",
+        out.text()
     );
 }
 
@@ -389,19 +386,10 @@ fn the_cli_drives_a_live_link() {
         let lab = Lab::start("cli", LabOptions::default()).await.expect("lab");
         let endpoint = lab.sidecars[1].endpoint();
         let cli = |args: &[&str]| {
+            let mut cmd = Command::new(workspace_program("lockstep").expect("lockstep built"));
             let out =
-                std::process::Command::new(workspace_program("lockstep").expect("lockstep built"))
-                    .arg("--endpoint")
-                    .arg(&endpoint)
-                    .args(args)
-                    .output()
-                    .expect("run lockstep");
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            (out.status.code().unwrap_or(-1), text)
+                run_to_end(cmd.arg("--endpoint").arg(&endpoint).args(args)).expect("run lockstep");
+            (out.code.unwrap_or(-1), out.text())
         };
         let (code, out) = cli(&["status"]);
         assert_eq!(code, 0, "{out}");
@@ -460,10 +448,12 @@ fn haproxy_restarts_and_drift_are_repaired() {
         lab.lbs[0].restart().expect("restart haproxy");
         let seen = lb.observe().await.expect("observe").target;
         // ... and the sidecar re-applies hot.
-        let took = lab
-            .wait_lb(0, LbTarget::Serve(Setup::Hot), Duration::from_secs(10))
-            .await
-            .expect("LB 0 serves hot");
+        let serves_hot = || async {
+            lab.wait_lb(0, LbTarget::Serve(Setup::Hot), Duration::from_secs(10))
+                .await
+                .expect("LB 0 serves hot")
+        };
+        let took = serves_hot().await;
         println!("restarted HAProxy (first seen {seen}) serves hot again after {took:?}");
 
         // Drift: someone puts hot in maintenance by hand; the sidecar
@@ -475,20 +465,14 @@ fn haproxy_restarts_and_drift_are_repaired() {
             lb.observe().await.expect("observe").target,
             LbTarget::Blocked
         );
-        let took = lab
-            .wait_lb(0, LbTarget::Serve(Setup::Hot), Duration::from_secs(10))
-            .await
-            .expect("LB 0 serves hot");
+        let took = serves_hot().await;
         println!("manual block repaired after {took:?}");
         // Worse drift: warm enabled by hand as well. Never left standing.
         lb.command("set server kme/warm health up; set server kme/warm state ready")
             .await
             .expect("manual change");
         tokio::time::sleep(Duration::from_millis(700)).await;
-        let took = lab
-            .wait_lb(0, LbTarget::Serve(Setup::Hot), Duration::from_secs(10))
-            .await
-            .expect("LB 0 serves hot");
+        let took = serves_hot().await;
         println!("manual enable of warm undone (checked {took:?} after 700ms)");
         let o = lb.observe().await.expect("observe");
         assert_eq!(o.target, LbTarget::Serve(Setup::Hot));

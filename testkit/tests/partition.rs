@@ -10,7 +10,7 @@ use lockstep::proto::{self, Setup as PSetup};
 use lockstep::protocol::{LbTarget, Setup};
 use lockstep_testkit::lab::sidecar::Timing;
 use lockstep_testkit::lab::{Lab, LabOptions};
-use lockstep_testkit::netns::{Impairment, LabNet, Node};
+use lockstep_testkit::netns::{Impairment, LabNet, NetFaultGuard, Node};
 use lockstep_testkit::traffic::Traffic;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -286,6 +286,15 @@ async fn recovers(lab: &Lab, traffic: &Traffic, setup: Setup, bound: Duration) -
         .await
         .unwrap_or_else(|e| panic!("{e}; logs in {}", lab.dir.display()));
     start.elapsed()
+}
+
+/// Cuts member `victim` from etcd and from member `lead`, both ways; the
+/// faults heal when the guards drop.
+fn isolate(net: &LabNet, victim: usize, lead: usize) -> (NetFaultGuard, NetFaultGuard) {
+    (
+        net.cut_from_etcd(victim).unwrap(),
+        net.cut(Node::Member(victim), Node::Member(lead)).unwrap(),
+    )
 }
 
 fn finish(traffic_report: lockstep_testkit::traffic::TrafficReport, sampler: Sampler) {
@@ -610,10 +619,7 @@ fn a_member_cut_from_etcd_stops_routing_within_its_lease_budget() {
         // no longer than its lease TTL (then its key is gone).
         let lead = leader(&lab).await;
         let victim = 1 - lead;
-        let isolated = (
-            net.cut_from_etcd(victim).unwrap(),
-            net.cut(Node::Member(victim), Node::Member(lead)).unwrap(),
-        );
+        let isolated = isolate(net, victim, lead);
         let asked = Instant::now();
         let reply = switchover(&lab, lead, Setup::Hot, true, Duration::from_secs(10)).await;
         let took = asked.elapsed();
@@ -631,10 +637,7 @@ fn a_member_cut_from_etcd_stops_routing_within_its_lease_budget() {
         // and the link settles on one setup.
         let lead = leader(&lab).await;
         let victim = 1 - lead;
-        let isolated = (
-            net.cut_from_etcd(victim).unwrap(),
-            net.cut(Node::Member(victim), Node::Member(lead)).unwrap(),
-        );
+        let isolated = isolate(net, victim, lead);
         let asked = Instant::now();
         let request = switchover(&lab, lead, Setup::Warm, false, Duration::from_secs(10)).await;
         tokio::time::sleep(Duration::from_millis(500)).await;

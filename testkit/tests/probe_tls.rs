@@ -18,18 +18,7 @@ const SAE: &str = "SAE_B";
 
 /// `target/probe-tls-tests/<name>`, emptied first; logs stay after a failure.
 fn log_dir(name: &str) -> PathBuf {
-    let base = std::env::current_exe()
-        .ok()
-        .and_then(|p| {
-            p.ancestors()
-                .find(|a| a.ends_with("target"))
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join("probe-tls-tests").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating the log dir");
-    dir
+    lockstep_testkit::lab::process::log_dir("probe-tls-tests", name).expect("creating the log dir")
 }
 
 /// PEM files of two unrelated CAs, a server certificate for 127.0.0.1 and

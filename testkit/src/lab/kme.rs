@@ -158,45 +158,36 @@ impl KmeProcess {
     pub async fn set_fault(&self, mode: &str, delay_ms: u64) -> Result<()> {
         let mode: FaultMode = mode.parse().map_err(anyhow::Error::msg)?;
         let body = Bytes::from(json!({"mode": mode, "delay_ms": delay_ms}).to_string());
-        let reply = http_once(
-            self.admin_addr,
-            Method::POST,
-            "/mock/fault",
-            Some(body),
-            ADMIN_TIMEOUT,
-        )
-        .await
-        .with_context(|| format!("setting fault {mode} on {}", self.name()))?;
+        let what = format!("setting fault {mode} on {}", self.name());
+        self.control(Method::POST, "/mock/fault", Some(body), &what)
+            .await
+            .map(drop)
+    }
+
+    /// One call of the `/mock/` control API that must answer 200; `what`
+    /// names it in errors.
+    async fn control(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        what: &str,
+    ) -> Result<crate::http::HttpReply> {
+        let reply = http_once(self.admin_addr, method, path, body, ADMIN_TIMEOUT)
+            .await
+            .with_context(|| what.to_string())?;
         if reply.status != 200 {
-            bail!(
-                "setting fault {mode} on {}: HTTP {}: {}",
-                self.name(),
-                reply.status,
-                reply.body_excerpt()
-            );
+            bail!("{what}: HTTP {}: {}", reply.status, reply.body_excerpt());
         }
-        Ok(())
+        Ok(reply)
     }
 
     /// The KME's counters (`GET /mock/stats`).
     pub async fn stats(&self) -> Result<KmeStats> {
-        let reply = http_once(
-            self.admin_addr,
-            Method::GET,
-            "/mock/stats",
-            None,
-            ADMIN_TIMEOUT,
-        )
-        .await
-        .with_context(|| format!("reading stats of {}", self.name()))?;
-        if reply.status != 200 {
-            bail!(
-                "stats of {}: HTTP {}: {}",
-                self.name(),
-                reply.status,
-                reply.body_excerpt()
-            );
-        }
+        let what = format!("reading stats of {}", self.name());
+        let reply = self
+            .control(Method::GET, "/mock/stats", None, &what)
+            .await?;
         serde_json::from_slice(&reply.body)
             .with_context(|| format!("parsing stats of {}", self.name()))
     }

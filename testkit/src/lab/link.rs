@@ -15,7 +15,7 @@ use lockstep::proto::{self, admin_client::AdminClient};
 use lockstep::store::Store;
 use lockstep_core::{LbTarget, Setup};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -72,20 +72,7 @@ pub struct Lab {
 
 /// `target/lab/<name>`, emptied first: logs stay after a failed test.
 pub fn lab_dir(name: &str) -> Result<PathBuf> {
-    let base = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::current_exe().ok().and_then(|p| {
-                p.ancestors()
-                    .find(|a| a.ends_with("target"))
-                    .map(Path::to_path_buf)
-            })
-        })
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join("lab").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+    super::process::log_dir("lab", name)
 }
 
 impl Lab {

@@ -215,6 +215,59 @@ fn build_workspace_programs() -> Result<()> {
     Ok(())
 }
 
+/// How a program run to its end went.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    /// Its exit code; `None` when a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Stdout, then stderr: everything it printed.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `cmd` to its end, capturing what it prints.
+pub fn run_to_end(cmd: &mut Command) -> Result<Finished> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    Ok(Finished {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// `target/<kind>/<name>` (`$CARGO_TARGET_DIR`, else the `target` folder
+/// this program runs from, else the temporary folder), emptied first: the
+/// logs of a failed test stay until the next run.
+pub fn log_dir(kind: &str, name: &str) -> Result<PathBuf> {
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe().ok().and_then(|p| {
+                p.ancestors()
+                    .find(|a| a.ends_with("target"))
+                    .map(Path::to_path_buf)
+            })
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(kind).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// A running child in its own process group. Dropping the guard kills the
 /// group with SIGKILL and reaps the child.
 pub struct ChildGuard {
