@@ -87,6 +87,8 @@ enum Command {
         #[arg(long, env = "LOCKSTEP_CONFIG")]
         config: PathBuf,
     },
+    /// Print the HAProxy config that matches this config's timing and names.
+    HaproxyConfig(HaproxyConfigArgs),
     /// Leader, route, health and every member with what its LB routes to.
     Status,
     /// Planned move to a healthy setup (refused while paused).
@@ -422,7 +424,9 @@ async fn call(cli: &Cli, command: &Command) -> Result<String, Failure> {
     let timeout = cli.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let endpoint = cli.endpoint.as_str();
     match command {
-        Command::Run { .. } | Command::CheckConfig { .. } => Ok(String::new()),
+        Command::Run { .. } | Command::CheckConfig { .. } | Command::HaproxyConfig(_) => {
+            Ok(String::new())
+        }
         Command::Status => {
             let mut admin = connect(endpoint, timeout).await?;
             let s = bounded(
@@ -542,6 +546,124 @@ fn check_config(path: &Path, json: bool) -> Result<String, Failure> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// `haproxy-config`: the one source of every shipped HAProxy config
+// (deploy/generate writes deploy/haproxy/haproxy.cfg and the Kubernetes
+// ConfigMaps from it). Self-contained: the variant, this block and one line
+// in `main`.
+// ---------------------------------------------------------------------------
+
+#[derive(clap::Args)]
+struct HaproxyConfigArgs {
+    #[arg(long, env = "LOCKSTEP_CONFIG")]
+    config: PathBuf,
+    /// Where SAEs connect (HAProxy's frontend `bind`).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    bind: std::net::SocketAddr,
+    /// The hot KME's IP:port [default: host and port of probe.hot].
+    #[arg(long)]
+    hot: Option<std::net::SocketAddr>,
+    /// The warm KME's IP:port [default: host and port of probe.warm].
+    #[arg(long)]
+    warm: Option<std::net::SocketAddr>,
+    /// Mode of the Runtime API socket, octal; 660 lets a sidecar in the
+    /// socket's group drive HAProxy (Kubernetes: fsGroup).
+    #[arg(long, default_value = "600")]
+    socket_mode: String,
+    /// Group of the Runtime API socket (HAProxy must be in it).
+    #[arg(long)]
+    socket_gid: Option<u32>,
+}
+
+/// A setup's KME as HAProxy's `server` needs it: `flag`, else the IP and
+/// port of its probe URL (the LB routes to what the sidecar probes).
+fn kme_addr(
+    flag: Option<std::net::SocketAddr>,
+    url: Option<&str>,
+    key: &str,
+) -> Result<std::net::SocketAddr, Failure> {
+    let bad = |why: String| Failure {
+        code: 2,
+        message: format!("{why}; pass --{} IP:PORT", key.trim_start_matches("probe.")),
+    };
+    if let Some(a) = flag {
+        return Ok(a);
+    }
+    let url = url.ok_or_else(|| bad(format!("{key} is not set")))?;
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|_| bad(format!("{key} {url:?} is not a URL")))?;
+    let host = uri.host().unwrap_or_default();
+    let ip: std::net::IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| bad(format!("{key} {url:?}: host {host:?} is not an IP address")))?;
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    Ok(std::net::SocketAddr::new(ip, port))
+}
+
+fn haproxy_config(args: &HaproxyConfigArgs) -> Result<String, Failure> {
+    use lockstep::lb::haproxy::HaproxyTemplate;
+    let c = load_config(&args.config)?;
+    let usage = |message: String| Failure { code: 2, message };
+    let mode = u32::from_str_radix(&args.socket_mode, 8)
+        .ok()
+        .filter(|m| *m <= 0o777 && m & 0o600 == 0o600)
+        .ok_or_else(|| {
+            usage(format!(
+                "--socket-mode {:?} must be octal with owner read and write, e.g. 600 or 660",
+                args.socket_mode
+            ))
+        })?;
+    // HAProxy and the sidecar share a network namespace (one pod, one
+    // host): checks stay on loopback when the sidecar listens on any address.
+    let mut check_addr = c.http.listen;
+    if check_addr.ip().is_unspecified() {
+        check_addr.set_ip(match check_addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let t = HaproxyTemplate {
+        backend: c.lb.backend.clone(),
+        server_hot: c.lb.server_hot.clone(),
+        server_warm: c.lb.server_warm.clone(),
+        check_inter: c.lb.check_inter,
+        check_fall: c.lb.check_fall,
+        check_rise: c.lb.check_rise,
+        check_timeout: c.lb.check_timeout,
+        ..HaproxyTemplate::new(
+            args.bind,
+            kme_addr(args.hot, c.probe.hot.as_deref(), "probe.hot")?,
+            kme_addr(args.warm, c.probe.warm.as_deref(), "probe.warm")?,
+            check_addr,
+            c.lb.socket.clone(),
+        )
+    };
+    let text = t.render();
+    // The template renders `mode 600` and no group; anything else is set on
+    // its socket line (moves into HaproxyTemplate once it has the fields).
+    let from = format!("stats socket {} mode 600 ", c.lb.socket.display());
+    let gid = args
+        .socket_gid
+        .map(|g| format!("gid {g} "))
+        .unwrap_or_default();
+    let to = format!("stats socket {} mode {mode:o} {gid}", c.lb.socket.display());
+    if !text.contains(&from) {
+        return Err(usage(format!(
+            "the rendered config has no line {from:?} to set the socket's mode on"
+        )));
+    }
+    Ok(text.replacen(&from, &to, 1))
+}
+
 /// Resolves on SIGTERM (Kubernetes, systemd) or Ctrl-C.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -595,6 +717,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run { config, log_format } => run_sidecar(config, *log_format).map(|()| None),
         Command::CheckConfig { config } => check_config(config, cli.json).map(Some),
+        Command::HaproxyConfig(args) => haproxy_config(args).map(Some),
         command => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -739,6 +862,48 @@ mod tests {
         assert!(switch_done(&s, warm, 6));
         assert!(!switch_done(&s, warm, 7), "the state before the switch");
         assert!(!switch_done(&s, proto::Setup::Hot as i32, 6), "other setup");
+    }
+
+    #[test]
+    fn haproxy_config_takes_kme_addresses_from_the_probe_urls_and_sets_the_socket_mode() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().expect("addr");
+        let url = |u: &str| kme_addr(None, Some(u), "probe.hot").map_err(|f| f.message);
+        assert_eq!(url("https://10.0.1.10:8443"), Ok(a("10.0.1.10:8443")));
+        assert_eq!(url("https://[fd00::1]"), Ok(a("[fd00::1]:443")));
+        assert_eq!(url("http://127.0.0.1"), Ok(a("127.0.0.1:80")));
+        assert!(url("https://kme-hot:8443").is_err_and(|m| m.contains("--hot IP:PORT")));
+        assert!(kme_addr(None, None, "probe.warm").is_err_and(|f| f.message.contains("--warm")));
+        assert_eq!(
+            kme_addr(Some(a("10.0.0.1:1")), Some("https://x:2"), "probe.hot")
+                .map_err(|f| f.message),
+            Ok(a("10.0.0.1:1"))
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, lockstep::config::example()).expect("write");
+        let args = |mode: &str, gid: Option<u32>| HaproxyConfigArgs {
+            config: path.clone(),
+            bind: a("0.0.0.0:8443"),
+            hot: None,
+            warm: Some(a("10.0.2.10:8443")),
+            socket_mode: mode.into(),
+            socket_gid: gid,
+        };
+        let text = haproxy_config(&args("660", Some(10001)))
+            .map_err(|f| f.message)
+            .expect("renders");
+        assert!(
+            text.contains("stats socket /run/haproxy/admin.sock mode 660 gid 10001 level admin")
+        );
+        assert!(text.contains("server hot 127.0.0.1:8443 check addr 127.0.0.1 port 7401 disabled"));
+        assert!(text.contains("server warm 10.0.2.10:8443 check"));
+        assert!(
+            haproxy_config(&args("600", None)).is_ok_and(|t| t.contains("mode 600 level admin"))
+        );
+        for bad in ["644x", "400", "1777"] {
+            assert!(haproxy_config(&args(bad, None)).is_err(), "{bad}");
+        }
     }
 
     #[test]
