@@ -8,6 +8,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lockstep::cli::admin::{self, Pause, Switch, Verb};
+use lockstep::cli::haproxy::HaproxyConfig;
 use lockstep::cli::{bounds, emit, run::LogFormat, Failure};
 use lockstep::protocol::Setup;
 use std::path::PathBuf;
@@ -60,6 +61,8 @@ enum Command {
         #[arg(long, env = "LOCKSTEP_CONFIG")]
         config: PathBuf,
     },
+    /// Print the HAProxy config that matches this config's timing and names.
+    HaproxyConfig(HaproxyConfigArgs),
     /// Leader, route, health and every member with what its LB routes to.
     Status,
     /// Planned move to a healthy setup (refused while paused).
@@ -80,6 +83,28 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+}
+
+#[derive(clap::Args)]
+struct HaproxyConfigArgs {
+    #[arg(long, env = "LOCKSTEP_CONFIG")]
+    config: PathBuf,
+    /// Where SAEs connect (HAProxy's frontend `bind`).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    bind: std::net::SocketAddr,
+    /// The hot KME's IP:port [default: host and port of probe.hot].
+    #[arg(long)]
+    hot: Option<std::net::SocketAddr>,
+    /// The warm KME's IP:port [default: host and port of probe.warm].
+    #[arg(long)]
+    warm: Option<std::net::SocketAddr>,
+    /// Mode of the Runtime API socket, octal; 660 lets a sidecar in the
+    /// socket's group drive HAProxy (Kubernetes: fsGroup).
+    #[arg(long, default_value = "600")]
+    socket_mode: String,
+    /// Group of the Runtime API socket (HAProxy must be in it).
+    #[arg(long)]
+    socket_gid: Option<u32>,
 }
 
 #[derive(clap::Args)]
@@ -144,6 +169,14 @@ fn main() -> ExitCode {
             lockstep::cli::run::run_sidecar(&config, log_format).map(|()| String::new())
         }
         Command::CheckConfig { config } => bounds::check_config(&config, options.json),
+        Command::HaproxyConfig(a) => lockstep::cli::haproxy::haproxy_config(&HaproxyConfig {
+            config: a.config,
+            bind: a.bind,
+            hot: a.hot,
+            warm: a.warm,
+            socket_mode: a.socket_mode,
+            socket_gid: a.socket_gid,
+        }),
         Command::Status => verb(Verb::Status),
         Command::Switchover(args) => verb(Verb::Switchover(args.switch())),
         Command::Failover { args, force } => verb(Verb::Failover {

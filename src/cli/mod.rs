@@ -9,6 +9,8 @@
 //! # Layout
 //! * [`run`]: `lockstep run`, the sidecar with logging and signal handling.
 //! * [`bounds`]: `lockstep check-config`, a config's derived timing bounds.
+//! * [`haproxy`]: `lockstep haproxy-config`, the HAProxy config that matches
+//!   a sidecar config (every shipped one is generated from it).
 //! * [`admin`]: the on-call verbs over gRPC (`status`, `switchover`,
 //!   `failover`, `pause`, `resume`, `history`).
 //! * `progress`: `--wait`'s progress lines from the status watch.
@@ -16,6 +18,7 @@
 
 pub mod admin;
 pub mod bounds;
+pub mod haproxy;
 mod progress;
 mod render;
 pub mod run;

@@ -506,6 +506,8 @@ fn the_shipped_and_rendered_haproxy_configs_are_valid() {
         check_rise: 1,
         check_timeout: Duration::from_millis(300),
         stats_socket: dir.path().join("s.sock"),
+        socket_mode: 0o600,
+        socket_gid: None,
     };
     assert_eq!(t.down_detection_bound(), Duration::from_millis(2600));
     let cfg = dir.path().join("h.cfg");

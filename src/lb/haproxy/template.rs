@@ -86,6 +86,11 @@ pub struct HaproxyTemplate {
     pub check_timeout: Duration,
     /// The Runtime API socket the sidecar drives (`lb.socket`).
     pub stats_socket: PathBuf,
+    /// The socket's mode (600: HAProxy's user only; 660 lets a sidecar in
+    /// the socket's group drive HAProxy, as Kubernetes' `fsGroup` does).
+    pub socket_mode: u32,
+    /// The socket's group, when not HAProxy's own.
+    pub socket_gid: Option<u32>,
 }
 
 impl HaproxyTemplate {
@@ -111,6 +116,8 @@ impl HaproxyTemplate {
             check_rise: 1,
             check_timeout: Duration::from_millis(300),
             stats_socket: stats_socket.into(),
+            socket_mode: 0o600,
+            socket_gid: None,
         }
     }
 
@@ -132,12 +139,17 @@ impl HaproxyTemplate {
         let check_port = self.check_addr.port();
         let be = &self.backend;
         let socket = self.stats_socket.display();
+        let gid = self
+            .socket_gid
+            .map(|g| format!("gid {g} "))
+            .unwrap_or_default();
+        let mode = self.socket_mode;
         format!(
             r#"# Rendered by lockstep (HaproxyTemplate::render). Both servers start
 # disabled: this HAProxy routes nowhere until its lockstep sidecar enables one.
 # D (down-detection bound) = {d_ms} ms.
 global
-    stats socket {socket} mode 600 level admin expose-fd listeners
+    stats socket {socket} mode {mode:o} {gid}level admin expose-fd listeners
     stats timeout 10s
     log stderr format short local0 notice
     # Keep out: spread-checks (D assumes checks exactly inter apart) and
