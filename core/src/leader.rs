@@ -8,6 +8,14 @@
 //! 3. Write `route = (e+1, serve, Y)`; push `Serve`; the switch completes
 //!    when every live member has applied it.
 //!
+//! Epochs never go backwards: a new route's epoch is above the route's,
+//! every member's applied epoch and the newest history record's. A route
+//! that is missing while members report applied state, or below what they
+//! applied (an old etcd snapshot restored, an operator's delete), is never
+//! built on: the leader re-establishes the link (a full drain, then serve,
+//! at a fresh epoch) to the setup the members serve, and records
+//! `route-lost`.
+//!
 //! The driver feeds [`LeaderEvent`]s (starting with `Start`, a snapshot of
 //! the link read right after winning the election) and carries out
 //! [`LeaderAction`]s. Only one route write is ever in flight. Any failed
@@ -17,14 +25,13 @@
 
 use crate::failover::{Decision, Policy};
 use crate::health::{aggregate, RoleHealth, SetupHealth};
+use crate::link::{link_state, LinkState, MemberLb};
+use crate::member::Behind;
 use crate::policy::{check_request, Pause, Request, RequestKind, Verdict};
 use crate::time::{Duration, Time};
 use crate::types::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-
-/// etcd revision.
-pub type Rev = i64;
 
 /// What a member publishes in its etcd key (bound to its lease).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -33,38 +40,86 @@ pub struct MemberRecord {
     /// Address peers dial for its `Peer` service.
     pub grpc: String,
     pub applied: Option<Applied>,
-    /// What its LB was last confirmed to route to.
+    /// What its LB was last confirmed (read back) to route to; `None`
+    /// while that is not known.
     pub lb: Option<LbTarget>,
     #[serde(default)]
     pub health: RoleHealth,
+    /// etcd's route is below what this member applied (lost or rolled
+    /// back): the member is blocked until the leader re-establishes it.
+    #[serde(default)]
+    pub behind: Option<Behind>,
 }
 
-/// Why a switch happens.
+/// What a history record is about: why a switch happened, or what else
+/// the leader recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SwitchKind {
+#[serde(rename_all = "kebab-case")]
+pub enum HistoryKind {
     /// A brand-new link gets its first route.
     Bootstrap,
     /// A new leader found a switch left in drain and finishes it under a new
     /// epoch of its own.
     Redecide,
+    /// etcd's route was missing or below what members had applied (an old
+    /// snapshot restored, an operator's delete): the link is re-established
+    /// at a fresh epoch.
+    RouteLost,
     Switchover,
     Failover,
     /// Decided by the failover policy: the active setup was unhealthy.
     AutoFailover,
     /// Decided by the failover policy: back to the primary setup.
     AutoFailback,
+    /// A manual request reached its deadline before any leader carried it
+    /// out; nothing moved.
+    RequestExpired,
 }
 
-impl std::fmt::Display for SwitchKind {
+impl HistoryKind {
+    /// Whether a record of this kind is a switch (it has its own epoch).
+    pub fn is_switch(self) -> bool {
+        !matches!(self, HistoryKind::RequestExpired)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryKind::Bootstrap => "bootstrap",
+            HistoryKind::Redecide => "redecide",
+            HistoryKind::RouteLost => "route-lost",
+            HistoryKind::Switchover => "switchover",
+            HistoryKind::Failover => "failover",
+            HistoryKind::AutoFailover => "auto-failover",
+            HistoryKind::AutoFailback => "auto-failback",
+            HistoryKind::RequestExpired => "request-expired",
+        }
+    }
+}
+
+impl std::fmt::Display for HistoryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a switch (or request) recorded in the history ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryOutcome {
+    /// The serve is written; members are applying it.
+    Serving,
+    /// Every live member serves the target.
+    Complete,
+    /// The request expired; nothing moved.
+    Expired,
+}
+
+impl std::fmt::Display for HistoryOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            SwitchKind::Bootstrap => "bootstrap",
-            SwitchKind::Redecide => "redecide",
-            SwitchKind::Switchover => "switchover",
-            SwitchKind::Failover => "failover",
-            SwitchKind::AutoFailover => "auto-failover",
-            SwitchKind::AutoFailback => "auto-failback",
+            HistoryOutcome::Serving => "serving",
+            HistoryOutcome::Complete => "complete",
+            HistoryOutcome::Expired => "expired",
         })
     }
 }
@@ -75,7 +130,7 @@ pub struct HistoryRecord {
     pub epoch: Epoch,
     pub from: Option<Setup>,
     pub to: Setup,
-    pub kind: SwitchKind,
+    pub kind: HistoryKind,
     pub reason: String,
     pub requested_by: String,
     pub leader: MemberId,
@@ -89,10 +144,59 @@ pub struct HistoryRecord {
     pub total_ms: u64,
     /// Members whose lease expired instead of acking the drain.
     pub fenced_members: Vec<MemberId>,
-    /// "serving" when the serve is written, "complete" when all serve.
-    pub outcome: String,
+    pub outcome: HistoryOutcome,
     #[serde(default)]
     pub request_id: Option<String>,
+}
+
+impl HistoryRecord {
+    /// Its key under `history/`: a switch's epoch, zero-padded so keys
+    /// sort by epoch; a record that is no switch sorts after its epoch's
+    /// switch (`.` sorts after the end of a key) and is told apart by its
+    /// request.
+    pub fn key(&self) -> String {
+        if self.kind.is_switch() {
+            format!("{:020}", self.epoch)
+        } else {
+            format!(
+                "{:020}.{}-{}",
+                self.epoch,
+                self.kind,
+                self.request_id.as_deref().unwrap_or("-")
+            )
+        }
+    }
+}
+
+/// What became of a manual request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestStatus {
+    /// A switch to the target started.
+    Started,
+    /// Every LB already serves the target; nothing to do.
+    Already,
+    /// Refused (paused, target unhealthy); `message` says why.
+    Rejected,
+    /// Its deadline passed before any leader carried it out.
+    Expired,
+}
+
+impl RequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Started => "started",
+            RequestStatus::Already => "already",
+            RequestStatus::Rejected => "rejected",
+            RequestStatus::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for RequestStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What happened to a manual request, under `outcome` (one request is
@@ -100,8 +204,7 @@ pub struct HistoryRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RequestOutcome {
     pub id: String,
-    /// "started", "already", "rejected" or "complete".
-    pub status: String,
+    pub status: RequestStatus,
     pub epoch: Epoch,
     pub message: String,
 }
@@ -110,6 +213,9 @@ pub struct RequestOutcome {
 pub struct LeaderConfig {
     pub id: MemberId,
     pub token: Token,
+    /// Wall-clock time (Unix ms) at the leader's creation time `now`, so
+    /// requests' wall-clock deadlines can be judged on the monotonic clock.
+    pub wall_ms_at_start: u64,
     /// What a brand-new link serves first.
     pub initial_setup: Setup,
     /// How often unanswered Drain/Serve pushes are sent again.
@@ -134,6 +240,9 @@ pub enum WriteFailure {
     Unknown(String),
 }
 
+// `Start` is large and comes once per leadership; boxing it would only add
+// noise to every driver and test that builds one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum LeaderEvent {
     /// The link as read right after winning the election, at one revision.
@@ -142,6 +251,8 @@ pub enum LeaderEvent {
         members: Vec<Listed>,
         request: Option<(Request, Rev)>,
         paused: Option<Pause>,
+        /// The epoch of the newest history record.
+        history_epoch: Option<Epoch>,
     },
     /// The pending `WriteRoute` landed at `rev`; for a drain, `members` is
     /// the member list read in the same txn.
@@ -154,6 +265,10 @@ pub enum LeaderEvent {
     /// A route write seen on the watch.
     RouteSeen {
         route: Route,
+        rev: Rev,
+    },
+    /// The route key deleted, seen on the watch.
+    RouteGone {
         rev: Rev,
     },
     MemberPut(Listed),
@@ -196,26 +311,23 @@ pub enum LeaderAction {
     ResolveRequest { rev: Rev, outcome: RequestOutcome },
     /// Guarded put of a history record (completion of a switch).
     WriteHistory(HistoryRecord),
-    SendDrain {
+    /// Push a Drain or Serve to a member (a hint; it acts once etcd's route
+    /// confirms it). Answered, if at all, with `PeerReplied`.
+    Send {
         member: MemberId,
         addr: String,
-        epoch: Epoch,
-        token: Token,
-        setup: Setup,
-    },
-    SendServe {
-        member: MemberId,
-        addr: String,
-        epoch: Epoch,
-        token: Token,
-        setup: Setup,
+        push: Push,
     },
     /// Pause the link (the failover policy hit its cap); guarded by the
     /// token like every leader write.
     PauseLink { reason: String },
     /// What the failover policy would do next and why; the driver publishes
     /// it for `lockstep status` when it changes.
-    PolicyNote(String),
+    PolicyNote {
+        note: String,
+        /// Neither setup is healthy: the link has nowhere to go.
+        no_healthy_setup: bool,
+    },
     /// Stop leading; the driver resigns and campaigns again.
     StepDown { reason: String },
 }
@@ -225,7 +337,7 @@ struct Plan {
     epoch: Epoch,
     setup: Setup,
     from: Option<Setup>,
-    kind: SwitchKind,
+    kind: HistoryKind,
     reason: String,
     requested_by: String,
     request_id: Option<String>,
@@ -264,10 +376,14 @@ struct Switch {
 pub struct Leader {
     config: LeaderConfig,
     now: Time,
+    /// `now` at creation, when the wall clock read `wall_ms_at_start`.
+    started_at: Time,
     started: bool,
     route: Option<Route>,
     route_rev: Rev,
     members: BTreeMap<MemberId, Listed>,
+    /// The epoch of the newest history record read at the start.
+    history_epoch: Option<Epoch>,
     request: Option<(Request, Rev)>,
     /// A request already resolved (or consumed) whose delete has not been
     /// seen yet, so it is not decided twice.
@@ -290,10 +406,12 @@ impl Leader {
         Leader {
             config,
             now,
+            started_at: now,
             started: false,
             route: None,
             route_rev: 0,
             members: BTreeMap::new(),
+            history_epoch: None,
             request: None,
             resolving: None,
             paused: None,
@@ -369,10 +487,31 @@ impl Leader {
             _ => None,
         };
         let policy = self.policy.as_ref().and_then(|p| p.next_deadline(self.now));
-        match (resend, policy) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let expiry = self
+            .request
+            .as_ref()
+            .and_then(|(r, _)| self.deadline_of(r))
+            .filter(|t| *t > self.now);
+        [resend, policy, expiry].into_iter().flatten().min()
+    }
+
+    /// When `request` expires, on the monotonic clock.
+    fn deadline_of(&self, request: &Request) -> Option<Time> {
+        let deadline = request.deadline_ms?;
+        let wall_start = self.config.wall_ms_at_start;
+        Some(self.started_at + Duration::from_millis(deadline.saturating_sub(wall_start)))
+    }
+
+    /// What the link does, judged from every member's LB read-back.
+    pub fn link(&self) -> LinkState {
+        link_state(
+            self.route.as_ref(),
+            self.members.values().map(|l| MemberLb {
+                id: l.id.clone(),
+                applied: l.record.applied,
+                lb: l.record.lb,
+            }),
+        )
     }
 
     pub fn handle(&mut self, now: Time, event: LeaderEvent) {
@@ -386,6 +525,7 @@ impl Leader {
                 members,
                 request,
                 paused,
+                history_epoch,
             } => {
                 self.started = true;
                 if let Some((r, rev)) = route {
@@ -395,6 +535,7 @@ impl Leader {
                 self.members = members.into_iter().map(|l| (l.id.clone(), l)).collect();
                 self.request = request;
                 self.paused = paused;
+                self.history_epoch = history_epoch;
                 if let Some(r) = &self.route {
                     if r.token > self.config.token {
                         self.step_down(format!(
@@ -422,6 +563,12 @@ impl Leader {
                         "route changed at revision {rev} by token {}, not by us",
                         route.token
                     ));
+                    return;
+                }
+            }
+            LeaderEvent::RouteGone { rev } => {
+                if rev > self.route_rev {
+                    self.step_down(format!("route deleted at revision {rev}, not by us"));
                     return;
                 }
             }
@@ -495,21 +642,46 @@ impl Leader {
         }
     }
 
+    /// An ack counts only for the epoch and setup this switch asked for.
     fn on_ack(&mut self, member: &MemberId, applied: Applied) {
-        if let Some(sw) = &mut self.switch {
-            let epoch = sw.plan.epoch;
-            match &mut sw.phase {
-                SwitchPhase::Draining { waiting, .. }
-                    if applied.step() >= Step::new(epoch, Phase::Drain) =>
-                {
-                    waiting.remove(member);
-                }
-                SwitchPhase::Serving { waiting, .. }
-                    if applied.step() >= Step::new(epoch, Phase::Serve) =>
-                {
-                    waiting.remove(member);
-                }
-                _ => {}
+        let Some(sw) = &mut self.switch else {
+            return;
+        };
+        if applied.epoch != sw.plan.epoch || applied.setup != sw.plan.setup {
+            return;
+        }
+        match &mut sw.phase {
+            SwitchPhase::Draining { waiting, .. } => {
+                waiting.remove(member);
+            }
+            SwitchPhase::Serving { waiting, .. } if applied.phase == Phase::Serve => {
+                waiting.remove(member);
+            }
+            _ => {}
+        }
+    }
+
+    /// Members whose record has not reached `step` of the current switch.
+    fn not_at(&self, step: Step, setup: Setup) -> BTreeSet<MemberId> {
+        self.members
+            .values()
+            .filter(|l| {
+                l.record
+                    .applied
+                    .is_none_or(|a| a.epoch != step.epoch || a.setup != setup || a.step() < step)
+            })
+            .map(|l| l.id.clone())
+            .collect()
+    }
+
+    fn push_to(&mut self, waiting: &BTreeSet<MemberId>, push: Push) {
+        for id in waiting {
+            if let Some(l) = self.members.get(id) {
+                self.actions.push_back(LeaderAction::Send {
+                    member: id.clone(),
+                    addr: l.record.grpc.clone(),
+                    push,
+                });
             }
         }
     }
@@ -517,13 +689,14 @@ impl Leader {
     fn on_route_written(&mut self, rev: Rev, listed: Vec<Listed>) {
         self.write_in_flight = false;
         self.route_rev = rev;
-        let Some(sw) = &mut self.switch else {
+        let Some(sw) = &self.switch else {
             return;
         };
         let token = self.config.token;
+        let plan = sw.plan.clone();
         match &sw.phase {
             SwitchPhase::WritingDrain => {
-                self.route = Some(route_of(&sw.plan, Phase::Drain, token));
+                self.route = Some(route_of(&plan, Phase::Drain, token));
                 // The listing is authoritative at `rev`; later watch events
                 // with higher revisions refine it.
                 for l in listed {
@@ -532,62 +705,36 @@ impl Leader {
                         self.members.insert(l.id.clone(), l);
                     }
                 }
-                let drain = Step::new(sw.plan.epoch, Phase::Drain);
+                let push = plan.push(Phase::Drain, token);
                 #[allow(unused_mut)]
-                let mut waiting: BTreeSet<MemberId> = self
-                    .members
-                    .values()
-                    .filter(|l| l.record.applied.is_none_or(|a| a.step() < drain))
-                    .map(|l| l.id.clone())
-                    .collect();
+                let mut waiting = self.not_at(push.step(), plan.setup);
                 #[cfg(feature = "mutations")]
                 if self.mutation == Some(crate::mutation::Mutation::SkipDrain) {
                     waiting.clear();
                 }
-                for id in &waiting {
-                    if let Some(l) = self.members.get(id) {
-                        self.actions.push_back(LeaderAction::SendDrain {
-                            member: id.clone(),
-                            addr: l.record.grpc.clone(),
-                            epoch: sw.plan.epoch,
-                            token,
-                            setup: sw.plan.setup,
-                        });
-                    }
+                self.push_to(&waiting, push);
+                if let Some(sw) = &mut self.switch {
+                    sw.phase = SwitchPhase::Draining {
+                        waiting,
+                        fenced: Vec::new(),
+                        drain_written: self.now,
+                        last_push: self.now,
+                    };
                 }
-                sw.phase = SwitchPhase::Draining {
-                    waiting,
-                    fenced: Vec::new(),
-                    drain_written: self.now,
-                    last_push: self.now,
-                };
             }
             SwitchPhase::WritingServe { history } => {
-                self.route = Some(route_of(&sw.plan, Phase::Serve, token));
                 let history = history.clone();
-                let serve = Step::new(sw.plan.epoch, Phase::Serve);
-                let waiting: BTreeSet<MemberId> = self
-                    .members
-                    .values()
-                    .filter(|l| l.record.applied.is_none_or(|a| a.step() < serve))
-                    .map(|l| l.id.clone())
-                    .collect();
-                for id in &waiting {
-                    if let Some(l) = self.members.get(id) {
-                        self.actions.push_back(LeaderAction::SendServe {
-                            member: id.clone(),
-                            addr: l.record.grpc.clone(),
-                            epoch: sw.plan.epoch,
-                            token,
-                            setup: sw.plan.setup,
-                        });
-                    }
+                self.route = Some(route_of(&plan, Phase::Serve, token));
+                let push = plan.push(Phase::Serve, token);
+                let waiting = self.not_at(push.step(), plan.setup);
+                self.push_to(&waiting, push);
+                if let Some(sw) = &mut self.switch {
+                    sw.phase = SwitchPhase::Serving {
+                        waiting,
+                        history,
+                        last_push: self.now,
+                    };
                 }
-                sw.phase = SwitchPhase::Serving {
-                    waiting,
-                    history,
-                    last_push: self.now,
-                };
             }
             _ => {}
         }
@@ -600,46 +747,21 @@ impl Leader {
         let Some(sw) = &mut self.switch else {
             return;
         };
-        let (waiting, last_push, serve) = match &mut sw.phase {
+        let (waiting, last_push, phase) = match &mut sw.phase {
             SwitchPhase::Draining {
                 waiting, last_push, ..
-            } => (waiting, last_push, false),
+            } => (waiting, last_push, Phase::Drain),
             SwitchPhase::Serving {
                 waiting, last_push, ..
-            } => (waiting, last_push, true),
+            } => (waiting, last_push, Phase::Serve),
             _ => return,
         };
         if now < *last_push + resend_every {
             return;
         }
         *last_push = now;
-        for id in waiting.iter() {
-            if let Some(l) = self.members.get(id) {
-                let (member, addr, epoch, setup) = (
-                    id.clone(),
-                    l.record.grpc.clone(),
-                    sw.plan.epoch,
-                    sw.plan.setup,
-                );
-                self.actions.push_back(if serve {
-                    LeaderAction::SendServe {
-                        member,
-                        addr,
-                        epoch,
-                        token,
-                        setup,
-                    }
-                } else {
-                    LeaderAction::SendDrain {
-                        member,
-                        addr,
-                        epoch,
-                        token,
-                        setup,
-                    }
-                });
-            }
-        }
+        let (waiting, push) = (waiting.clone(), sw.plan.push(phase, token));
+        self.push_to(&waiting, push);
     }
 
     /// Moves a switch on once its wait is over.
@@ -670,7 +792,7 @@ impl Leader {
                     drain_ms: self.now.since(*drain_written).as_millis() as u64,
                     total_ms: 0,
                     fenced_members: fenced.clone(),
-                    outcome: "serving".into(),
+                    outcome: HistoryOutcome::Serving,
                     request_id: sw.plan.request_id.clone(),
                 };
                 let partial = history.clone();
@@ -689,7 +811,7 @@ impl Leader {
             } if waiting.is_empty() => {
                 let mut done = history.clone();
                 done.total_ms = self.now.since(sw.plan.started).as_millis() as u64;
-                done.outcome = "complete".into();
+                done.outcome = HistoryOutcome::Complete;
                 self.actions.push_back(LeaderAction::WriteHistory(done));
                 self.switch = None;
             }
@@ -697,9 +819,116 @@ impl Leader {
         }
     }
 
+    /// The highest epoch anything of this link has reached: a new route
+    /// goes above it.
+    fn epoch_floor(&self) -> Epoch {
+        let members = self
+            .members
+            .values()
+            .filter_map(|l| l.record.applied.map(|a| a.epoch));
+        let route = self.route.as_ref().map(|r| r.epoch);
+        let switch = self.switch.as_ref().map(|s| s.plan.epoch);
+        members
+            .chain(route)
+            .chain(switch)
+            .chain(self.history_epoch)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether etcd's route (or the lack of one) is below what the link
+    /// has applied, and why.
+    fn route_lost(&self) -> Option<String> {
+        #[cfg(feature = "mutations")]
+        if self.mutation == Some(crate::mutation::Mutation::BootstrapOverApplied) {
+            return None;
+        }
+        let above: Vec<String> = self
+            .members
+            .values()
+            .filter_map(|l| {
+                let a = l.record.applied?;
+                let ahead = match &self.route {
+                    None => true,
+                    Some(r) => a.epoch > r.epoch || (a.epoch == r.epoch && a.setup != r.setup),
+                };
+                ahead.then(|| format!("{} at {} {}", l.id, a.step(), a.setup))
+            })
+            .collect();
+        let history_above = self
+            .history_epoch
+            .filter(|h| self.route.as_ref().is_none_or(|r| *h > r.epoch));
+        if above.is_empty() && history_above.is_none() {
+            return None;
+        }
+        let mut why = match &self.route {
+            None => "etcd holds no route".to_string(),
+            Some(r) => format!("etcd's route ({} {}) is below the link", r.step(), r.setup),
+        };
+        if !above.is_empty() {
+            why.push_str(&format!("; members applied: {}", above.join(", ")));
+        }
+        if let Some(h) = history_above {
+            why.push_str(&format!("; history reaches epoch {h}"));
+        }
+        Some(why)
+    }
+
+    /// The setup the members last served, if they agree on one.
+    fn members_setup(&self) -> Option<Setup> {
+        let mut serving = self.members.values().filter_map(|l| {
+            l.record
+                .applied
+                .filter(|a| a.phase == Phase::Serve)
+                .map(|a| a.setup)
+        });
+        let first = serving.next()?;
+        serving.all(|s| s == first).then_some(first)
+    }
+
+    /// A switch is under way whose epoch some member has already passed
+    /// (it applied a later epoch that the leader had not seen when it
+    /// chose this one, e.g. it re-registered after an etcd restore): that
+    /// member refuses the switch, so it must start again above it.
+    fn switch_overtaken(&self) -> bool {
+        let Some(sw) = &self.switch else {
+            return false;
+        };
+        self.members.values().any(|l| {
+            l.record.applied.is_some_and(|a| {
+                a.epoch > sw.plan.epoch || (a.epoch == sw.plan.epoch && a.setup != sw.plan.setup)
+            })
+        })
+    }
+
     /// Starts a switch when one is due and none is being written or drained.
     fn decide(&mut self) {
         if self.write_in_flight || self.stepped_down {
+            return;
+        }
+        if let Some(why) = self
+            .route_lost()
+            .filter(|_| self.switch_overtaken() || self.switch.is_none())
+        {
+            let setup = self.members_setup().unwrap_or(self.config.initial_setup);
+            self.start_switch(
+                setup,
+                HistoryKind::RouteLost,
+                format!("re-establishing the link on {setup}: {why}"),
+                self.config.id.clone(),
+                None,
+            );
+            return;
+        }
+        if self.switch_overtaken() {
+            let setup = self.members_setup().unwrap_or(self.config.initial_setup);
+            self.start_switch(
+                setup,
+                HistoryKind::RouteLost,
+                "a member applied an epoch above this switch's: starting again above it".into(),
+                self.config.id.clone(),
+                None,
+            );
             return;
         }
         let busy = matches!(
@@ -718,7 +947,7 @@ impl Leader {
             let setup = self.config.initial_setup;
             self.start_switch(
                 setup,
-                SwitchKind::Bootstrap,
+                HistoryKind::Bootstrap,
                 "first route of a new link".into(),
                 self.config.id.clone(),
                 None,
@@ -730,7 +959,7 @@ impl Leader {
             // epoch (members that drained already just ack again).
             self.start_switch(
                 route.setup,
-                SwitchKind::Redecide,
+                HistoryKind::Redecide,
                 format!("finishing epoch {} left in drain", route.epoch),
                 self.config.id.clone(),
                 None,
@@ -744,12 +973,18 @@ impl Leader {
         if self.resolving == Some(rev) {
             return;
         }
+        if self.deadline_of(&request).is_some_and(|d| self.now >= d) {
+            self.expire(request, rev, route.epoch);
+            return;
+        }
         let health = self.setup_health(request.to);
-        match check_request(&request, Some(&route), self.paused.as_ref(), &health) {
+        let link = self.link();
+        let (status, message) = match check_request(&request, &link, self.paused.as_ref(), &health)
+        {
             Ok(Verdict::Go) => {
                 let kind = match request.kind {
-                    RequestKind::Switchover => SwitchKind::Switchover,
-                    RequestKind::Failover => SwitchKind::Failover,
+                    RequestKind::Switchover => HistoryKind::Switchover,
+                    RequestKind::Failover => HistoryKind::Failover,
                 };
                 self.start_switch(
                     request.to,
@@ -758,32 +993,57 @@ impl Leader {
                     request.requested_by.clone(),
                     Some((request, rev)),
                 );
+                return;
             }
-            Ok(Verdict::AlreadyActive) => {
-                self.resolving = Some(rev);
-                self.actions.push_back(LeaderAction::ResolveRequest {
-                    rev,
-                    outcome: RequestOutcome {
-                        id: request.id,
-                        status: "already".into(),
-                        epoch: route.epoch,
-                        message: format!("{} already serves", request.to),
-                    },
-                });
-            }
-            Err(refused) => {
-                self.resolving = Some(rev);
-                self.actions.push_back(LeaderAction::ResolveRequest {
-                    rev,
-                    outcome: RequestOutcome {
-                        id: request.id,
-                        status: "rejected".into(),
-                        epoch: route.epoch,
-                        message: refused.to_string(),
-                    },
-                });
-            }
-        }
+            Ok(Verdict::AlreadyActive) => (RequestStatus::Already, link.to_string()),
+            Err(refused) => (RequestStatus::Rejected, refused.to_string()),
+        };
+        self.resolving = Some(rev);
+        self.actions.push_back(LeaderAction::ResolveRequest {
+            rev,
+            outcome: RequestOutcome {
+                id: request.id,
+                status,
+                epoch: route.epoch,
+                message,
+            },
+        });
+    }
+
+    /// Resolves a request whose deadline passed: nothing moves, and the
+    /// history says why.
+    fn expire(&mut self, request: Request, rev: Rev, epoch: Epoch) {
+        let message = format!(
+            "{} to {} expired before any leader carried it out; nothing moved",
+            request.kind, request.to
+        );
+        self.resolving = Some(rev);
+        self.actions.push_back(LeaderAction::ResolveRequest {
+            rev,
+            outcome: RequestOutcome {
+                id: request.id.clone(),
+                status: RequestStatus::Expired,
+                epoch,
+                message: message.clone(),
+            },
+        });
+        self.actions
+            .push_back(LeaderAction::WriteHistory(HistoryRecord {
+                epoch,
+                from: self.route.as_ref().map(|r| r.setup),
+                to: request.to,
+                kind: HistoryKind::RequestExpired,
+                reason: format!("{}; {}", request.reason, message),
+                requested_by: request.requested_by,
+                leader: self.config.id.clone(),
+                token: self.config.token,
+                started_at: String::new(),
+                drain_ms: 0,
+                total_ms: 0,
+                fenced_members: Vec::new(),
+                outcome: HistoryOutcome::Expired,
+                request_id: Some(request.id),
+            }));
     }
 
     /// Asks the failover policy; starts the switch or pauses as it says.
@@ -796,14 +1056,19 @@ impl Leader {
         let warm = self.setup_health(Setup::Warm);
         let decision = policy.evaluate(self.now, active, &hot, &warm, self.paused.is_some());
         self.policy = Some(policy);
-        let note = match &decision {
-            Decision::Hold { why } => why.clone(),
-            Decision::Switch { to, evidence, .. } => format!("switching to {to}: {evidence}"),
-            Decision::PauseSelf { reason } => reason.clone(),
+        let (note, no_healthy_setup) = match &decision {
+            Decision::Hold { why } => (why.clone(), !hot.healthy() && !warm.healthy()),
+            Decision::Switch { to, evidence, .. } => {
+                (format!("switching to {to}: {evidence}"), false)
+            }
+            Decision::PauseSelf { reason } => (reason.clone(), false),
         };
         if note != self.policy_note {
             self.policy_note = note.clone();
-            self.actions.push_back(LeaderAction::PolicyNote(note));
+            self.actions.push_back(LeaderAction::PolicyNote {
+                note,
+                no_healthy_setup,
+            });
         }
         match decision {
             Decision::Hold { .. } => {}
@@ -813,9 +1078,9 @@ impl Leader {
                 evidence,
             } => {
                 let kind = if failback {
-                    SwitchKind::AutoFailback
+                    HistoryKind::AutoFailback
                 } else {
-                    SwitchKind::AutoFailover
+                    HistoryKind::AutoFailover
                 };
                 self.start_switch(to, kind, evidence, "lockstep:auto".into(), None);
             }
@@ -835,12 +1100,12 @@ impl Leader {
     fn start_switch(
         &mut self,
         setup: Setup,
-        kind: SwitchKind,
+        kind: HistoryKind,
         reason: String,
         requested_by: String,
         request: Option<(Request, Rev)>,
     ) {
-        let epoch = self.route.as_ref().map_or(0, |r| r.epoch) + 1;
+        let epoch = self.epoch_floor() + 1;
         let from = self
             .route
             .as_ref()
@@ -863,15 +1128,15 @@ impl Leader {
                 rev,
                 RequestOutcome {
                     id: r.id,
-                    status: "started".into(),
+                    status: RequestStatus::Started,
                     epoch,
                     message: format!("switching to {setup} at epoch {epoch}"),
                 },
             )
         });
         // A link's first route is no flap: it starts no dwell.
-        if let (Some(p), false) = (&mut self.policy, kind == SwitchKind::Bootstrap) {
-            let automatic = matches!(kind, SwitchKind::AutoFailover | SwitchKind::AutoFailback);
+        if let (Some(p), false) = (&mut self.policy, kind == HistoryKind::Bootstrap) {
+            let automatic = matches!(kind, HistoryKind::AutoFailover | HistoryKind::AutoFailback);
             p.switched(self.now, automatic);
         }
         let route = route_of(&plan, Phase::Drain, self.config.token);
@@ -887,6 +1152,17 @@ impl Leader {
             history: None,
             list_members: true,
         });
+    }
+}
+
+impl Plan {
+    fn push(&self, phase: Phase, token: Token) -> Push {
+        Push {
+            phase,
+            epoch: self.epoch,
+            token,
+            setup: self.setup,
+        }
     }
 }
 

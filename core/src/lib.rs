@@ -7,6 +7,9 @@
 //!   one LB routes to.
 //! * [`leader`]: the leader state machine that runs a switch (drain all,
 //!   wait for acks or lease expiry, serve).
+//! * [`link`]: the link judged from every LB's read-back against the
+//!   route: the one definition of "complete", "already there" and "the LBs
+//!   disagree with the route".
 //! * [`failover`]: the automatic failover policy (detection, dwell, cap,
 //!   failback).
 //! * [`health`]: aggregating members' probe results into setup health.
@@ -17,6 +20,7 @@
 pub mod failover;
 pub mod health;
 pub mod leader;
+pub mod link;
 pub mod member;
 #[cfg(feature = "mutations")]
 pub mod mutation;

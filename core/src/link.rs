@@ -75,9 +75,9 @@ impl fmt::Display for LinkState {
                     None => f.write_str("etcd holds no route, but LBs have applied one:")?,
                 }
                 for m in members {
-                    let applied = m
-                        .applied
-                        .map_or("nothing".to_string(), |a| format!("{} {}", a.step(), a.setup));
+                    let applied = m.applied.map_or("nothing".to_string(), |a| {
+                        format!("{} {}", a.step(), a.setup)
+                    });
                     let lb = m.lb.map_or("unknown".to_string(), |t| t.to_string());
                     write!(f, " {} applied {applied}, LB {lb};", m.id)?;
                 }
@@ -204,8 +204,13 @@ mod tests {
         let a = member("alice-0", Some((7, Phase::Serve, Setup::Warm)), serving);
         let fresh = member("bob-0", None, Some(LbTarget::Blocked));
         let lost = link_state(None, [a.clone(), fresh.clone()]);
-        assert!(matches!(&lost, LinkState::Disagrees { route: None, members } if members.len() == 1));
-        assert!(lost.to_string().contains("alice-0 applied 7/serve warm"), "{lost}");
+        assert!(
+            matches!(&lost, LinkState::Disagrees { route: None, members } if members.len() == 1)
+        );
+        assert!(
+            lost.to_string().contains("alice-0 applied 7/serve warm"),
+            "{lost}"
+        );
         let rolled_back = route(2, Phase::Serve, Setup::Hot);
         assert!(matches!(
             link_state(Some(&rolled_back), [a, fresh.clone()]),

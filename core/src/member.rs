@@ -9,13 +9,21 @@
 //! gRPC push), so steps apply in increasing `(epoch, phase)` order only.
 //!
 //! Safety rules kept here:
-//! * the LB is only told to serve while the lease is fresh and the member has
-//!   read the route since it last registered;
+//! * only etcd's route is an authority: a gRPC push never changes what the
+//!   member accepts; it waits until the route (watched, or read once when
+//!   the push is ahead of the watch) confirms its epoch, token and setup,
+//!   and is refused, changing nothing, when the route does not;
+//! * the LB is only told to serve the step it accepted while that step is
+//!   still etcd's route, while the lease is fresh, and after a read of the
+//!   link since it last registered or was fenced. A route below what the
+//!   link has applied (lost, or rolled back by an etcd restore) is never
+//!   served and never moves the member back: it stays blocked (`Behind`)
+//!   until the leader re-establishes the link at a higher epoch;
 //! * a drain is acknowledged only once the LB is confirmed blocked, or once
 //!   the LB's down-detection bound has passed since the check endpoint
 //!   stopped answering "routable" (the dead-man's switch did it);
-//! * messages with a lower token than one already seen, or a step lower than
-//!   the one applied, are rejected.
+//! * pushes with a lower token than etcd's route, or a step lower than the
+//!   one accepted, are refused at once.
 
 use crate::time::{Duration, Time};
 use crate::types::*;
@@ -40,76 +48,101 @@ pub struct MemberConfig {
 /// Identifies a pending gRPC request so its reply can be released later.
 pub type RequestId = u64;
 
+/// Identifies a route read the member asked for (`MemberAction::ReadRoute`).
+pub type ReadId = u64;
+
+/// At most this many pushes wait for etcd at once; more are refused, so a
+/// flood of pushes cannot grow the member without bound.
+pub const MAX_WAITING_PUSHES: usize = 64;
+
 /// Why a peer message was refused.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Refusal {
-    /// The sender's token is lower than one this member has already seen.
-    StaleToken { got: Token, seen: Token },
+    /// The push is older than the route etcd holds (a lower token).
+    StaleToken { got: Token, route: Token },
     /// The step is lower than one this member has already accepted.
     StaleStep { got: Step, current: Step },
+    /// etcd's route does not say what the push says: forged, replayed from
+    /// another leadership, or the route has been lost. Nothing changed.
+    NotConfirmed { rev: Rev, route: Option<Step> },
     /// Serving needs a fresh lease and a route read since registration.
     NotServable { why: &'static str },
-    /// The message names a different setup than the route of that epoch.
-    Inconsistent {
-        epoch: Epoch,
-        route: Setup,
-        got: Setup,
-    },
     /// The member is stopping.
     Stopping,
     /// The request was overtaken by a later step before it could apply.
     Superseded { by: Step },
+    /// Too many pushes are already waiting for etcd to confirm them.
+    Busy,
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::StaleToken { got, seen } => {
-                write!(f, "stale token {got}: a leader with token {seen} exists")
+            Refusal::StaleToken { got, route } => {
+                write!(
+                    f,
+                    "stale token {got}: etcd's route was written under token {route}"
+                )
             }
             Refusal::StaleStep { got, current } => {
                 write!(f, "stale step {got}: already at {current}")
             }
+            Refusal::NotConfirmed { rev, route } => {
+                write!(f, "not confirmed by etcd at revision {rev} (route ")?;
+                match route {
+                    Some(step) => write!(f, "at {step}")?,
+                    None => f.write_str("missing")?,
+                }
+                f.write_str("); nothing changed")
+            }
             Refusal::NotServable { why } => write!(f, "cannot serve: {why}"),
-            Refusal::Inconsistent { epoch, route, got } => write!(
-                f,
-                "epoch {epoch} routes to {route} in etcd, message says {got}"
-            ),
             Refusal::Stopping => f.write_str("member is stopping"),
             Refusal::Superseded { by } => write!(f, "superseded by {by}"),
+            Refusal::Busy => write!(
+                f,
+                "{MAX_WAITING_PUSHES} pushes already wait for etcd; try again"
+            ),
         }
     }
+}
+
+/// The link as one read of etcd saw it: the route and the highest epoch any
+/// member record or history record showed applied, at one revision.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LinkRead {
+    pub route: Option<Route>,
+    pub rev: Rev,
+    /// A route below this epoch has been lost or rolled back (an old etcd
+    /// snapshot restored, an operator's delete): members have applied more.
+    pub floor: Epoch,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum MemberEvent {
     /// The driver registered a (new) lease and member key, then read the
-    /// route (`None`: the link has never been routed). Keep-alive freshness
-    /// starts from `lease_sent_at`, the send time of the grant request.
-    Synced {
+    /// link. Keep-alive freshness starts from `lease_sent_at`, the send
+    /// time of the grant request.
+    Synced { read: LinkRead, lease_sent_at: Time },
+    /// The link read again on the same lease (answer to `Resync`, or the
+    /// route watch was opened again): what it says is the truth now, even
+    /// if it is older than what the member knew (etcd was restored).
+    Resynced(LinkRead),
+    /// A route put, from the etcd watch, at its mod_revision.
+    RouteSeen { route: Route, rev: Rev },
+    /// The route key deleted, from the etcd watch.
+    RouteGone { rev: Rev },
+    /// Answer to `ReadRoute`: the route as one linearizable read saw it.
+    RouteRead {
+        read: ReadId,
         route: Option<Route>,
-        lease_sent_at: Time,
+        rev: Rev,
     },
-    /// A route from the etcd watch.
-    RouteSeen(Route),
     /// A keep-alive sent at `sent_at` was acknowledged with a live lease.
     KeepAliveAcked { sent_at: Time },
     /// etcd says the lease is gone: the member key has been deleted.
     LeaseLost,
-    /// gRPC Drain from the leader.
-    PeerDrain {
-        req: RequestId,
-        epoch: Epoch,
-        token: Token,
-        setup: Setup,
-    },
-    /// gRPC Serve from the leader.
-    PeerServe {
-        req: RequestId,
-        epoch: Epoch,
-        token: Token,
-        setup: Setup,
-    },
+    /// A gRPC Drain or Serve, claiming to come from the leader.
+    Peer { req: RequestId, push: Push },
     /// The LB confirmed it routes to `target` (answer to `ApplyLb`).
     LbConfirmed { target: LbTarget },
     /// The LB could not be set or confirmed (answer to `ApplyLb`).
@@ -150,11 +183,44 @@ pub enum MemberAction {
         req: RequestId,
         result: Result<Applied, Refusal>,
     },
+    /// Read the route once, linearizably, and answer `RouteRead`: a push is
+    /// ahead of the watch and waits for etcd to confirm it.
+    ReadRoute(ReadId),
+    /// Read the link again on the current lease and answer `Resynced`: the
+    /// member was fenced, and what it applied before may no longer be the
+    /// route (etcd may have been restored meanwhile).
+    Resync,
     /// The lease is gone: grant a new one, write the member key, read the
-    /// route and feed `Synced`.
+    /// link and feed `Synced`.
     Register,
     /// The LB is blocked after `Stop`: revoke the lease, then exit.
     RevokeLease,
+}
+
+/// etcd's route is below what this link has applied: it was lost or rolled
+/// back. The member stays blocked until the leader re-establishes the link
+/// at a higher epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Behind {
+    /// The route etcd holds (`None`: no route key).
+    pub route: Option<Step>,
+    /// The epoch this member (or, for a fresh one, the link's member
+    /// records) has applied.
+    pub applied: Epoch,
+}
+
+impl std::fmt::Display for Behind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.route {
+            Some(step) => write!(f, "etcd's route is at {step}")?,
+            None => f.write_str("etcd holds no route")?,
+        }
+        write!(
+            f,
+            ", below epoch {} applied on this link: blocked until the leader re-establishes it",
+            self.applied
+        )
+    }
 }
 
 /// What the LB is known to route to.
@@ -174,6 +240,8 @@ pub enum LbKnown {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MemberView {
     pub applied: Option<Applied>,
+    /// The highest step accepted from etcd (what the LB should reflect).
+    pub accepted: Option<Applied>,
     pub desired: LbTarget,
     pub lb: LbKnown,
     pub synced: bool,
@@ -182,7 +250,10 @@ pub struct MemberView {
     /// Until when the lease is fresh (send time of the last acknowledged
     /// keep-alive + TTL − margin); `None` before the first registration.
     pub lease_fresh_until: Option<Time>,
-    pub max_token: Token,
+    /// The token of the route etcd holds, as this member last read it.
+    pub route_token: Option<Token>,
+    /// etcd's route is below what the link has applied.
+    pub behind: Option<Behind>,
 }
 
 impl MemberView {
@@ -200,10 +271,52 @@ impl MemberView {
     }
 }
 
+/// A push waiting for its answer.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Waiter {
     req: RequestId,
-    step: Step,
+    push: Push,
+    /// The route read that must have answered before the push may be
+    /// refused as unconfirmed (0: the watch had already confirmed it).
+    read: ReadId,
+}
+
+/// What etcd's route says of a push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Confirmation {
+    /// The route is the pushed one, at the pushed phase or past it.
+    Confirmed,
+    /// The route has moved past the push's epoch.
+    Superseded(Step),
+    /// The route holds the push's epoch with another token or setup: the
+    /// push is forged or replayed.
+    Contradicted,
+    /// The route has not reached the push (or is gone): it may be ahead of
+    /// the watch, or forged; only a read tells.
+    Unknown,
+}
+
+fn confirmation(route: Option<&Route>, push: &Push) -> Confirmation {
+    match route {
+        Some(r) if r.confirms(push) => Confirmation::Confirmed,
+        Some(r) if r.epoch > push.epoch => Confirmation::Superseded(r.step()),
+        Some(r) if r.epoch == push.epoch && (r.token != push.token || r.setup != push.setup) => {
+            Confirmation::Contradicted
+        }
+        _ => Confirmation::Unknown,
+    }
+}
+
+/// The member's route reads: one in flight at a time, and at most one more
+/// wanted, however many pushes wait.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct Reads {
+    /// The id of the last read asked for.
+    issued: ReadId,
+    /// The id of the last read answered.
+    answered: ReadId,
+    /// A push arrived while a read was in flight: read once more after it.
+    again: bool,
 }
 
 /// The member state machine. See the module docs for the driving protocol.
@@ -211,15 +324,18 @@ struct Waiter {
 pub struct Member {
     config: MemberConfig,
     now: Time,
-    /// Highest step accepted (from a route or a peer) and its setup: what the
-    /// LB should reflect once the current apply finishes.
+    /// etcd's route as last read or watched (`None`: no route key), valid
+    /// while `synced`, and the revision it was seen at.
+    route: Option<Route>,
+    route_rev: Rev,
+    /// The highest epoch the link is known to have applied: a route below
+    /// it has been lost or rolled back and is never served.
+    floor: Epoch,
+    /// Highest step accepted from etcd and its setup: what the LB should
+    /// reflect once the current apply finishes. Never goes back.
     accepted: Option<Applied>,
     /// Highest step whose LB state was confirmed (and reported to etcd).
     applied: Option<Applied>,
-    /// Routes seen from etcd since the last registration, by epoch, so a
-    /// peer message naming another setup for a known epoch is refused.
-    route_setups: Vec<(Epoch, Setup)>,
-    max_token: Token,
     /// The LB command in flight, if any.
     in_flight: Option<LbTarget>,
     lb: LbKnown,
@@ -230,10 +346,14 @@ pub struct Member {
     retry_at: Option<Time>,
     synced: bool,
     registering: bool,
+    /// A fence was lifted by a late keep-alive; the link is being read
+    /// again before anything is served.
+    resyncing: bool,
     lease_fresh_until: Option<Time>,
     fenced: bool,
     stopping: bool,
     revoked: bool,
+    reads: Reads,
     waiters: Vec<Waiter>,
     actions: VecDeque<MemberAction>,
     /// A deliberate break for the model checker's mutation tests.
@@ -248,20 +368,23 @@ impl Member {
         Member {
             config,
             now,
+            route: None,
+            route_rev: 0,
+            floor: 0,
             accepted: None,
             applied: None,
-            route_setups: Vec::new(),
-            max_token: 0,
-            in_flight: None,
+            in_flight: Some(LbTarget::Blocked),
             lb: LbKnown::Unknown,
             refusing_since: Some(now),
             retry_at: None,
             synced: false,
             registering: true,
+            resyncing: false,
             lease_fresh_until: None,
             fenced: false,
             stopping: false,
             revoked: false,
+            reads: Reads::default(),
             waiters: Vec::new(),
             actions: VecDeque::from([MemberAction::ApplyLb {
                 target: LbTarget::Blocked,
@@ -270,12 +393,6 @@ impl Member {
             #[cfg(feature = "mutations")]
             mutation: None,
         }
-        .with_in_flight(LbTarget::Blocked)
-    }
-
-    fn with_in_flight(mut self, t: LbTarget) -> Self {
-        self.in_flight = Some(t);
-        self
     }
 
     /// Breaks the protocol on purpose (model checker mutation tests only).
@@ -316,13 +433,15 @@ impl Member {
     pub fn view(&self) -> MemberView {
         MemberView {
             applied: self.applied,
+            accepted: self.accepted,
             desired: self.desired(),
             lb: self.lb,
             synced: self.synced,
             fenced: self.fenced,
             stopping: self.stopping,
             lease_fresh_until: self.lease_fresh_until,
-            max_token: self.max_token,
+            route_token: self.route.as_ref().map(|r| r.token),
+            behind: self.behind(),
         }
     }
 
@@ -364,12 +483,37 @@ impl Member {
         self.now = self.now.max(now);
         match event {
             MemberEvent::Synced {
-                route,
+                read,
                 lease_sent_at,
-            } => self.on_synced(route, lease_sent_at),
-            MemberEvent::RouteSeen(route) => {
+            } => self.on_synced(read, lease_sent_at),
+            MemberEvent::Resynced(read) => {
                 if self.synced {
-                    self.accept_route(&route);
+                    self.resyncing = false;
+                    self.learn_link(read);
+                }
+            }
+            MemberEvent::RouteSeen { route, rev } => {
+                if self.synced && rev > self.route_rev {
+                    self.learn(Some(route), rev);
+                }
+            }
+            MemberEvent::RouteGone { rev } => {
+                if self.synced && rev > self.route_rev {
+                    self.learn(None, rev);
+                }
+            }
+            MemberEvent::RouteRead { read, route, rev } => {
+                if read > self.reads.answered && read <= self.reads.issued {
+                    self.reads.answered = read;
+                    // A read older than what the watch has told since says
+                    // nothing new; the pushes are judged on the newer news.
+                    if self.synced && rev >= self.route_rev {
+                        self.learn(route, rev);
+                    }
+                    if std::mem::take(&mut self.reads.again) {
+                        self.issue_read();
+                    }
+                    self.forget_answered_reads();
                 }
             }
             MemberEvent::KeepAliveAcked { sent_at } => {
@@ -379,26 +523,25 @@ impl Member {
                         self.lease_fresh_until = Some(until);
                     }
                     // The lease outlived the gap, so the member key did too:
-                    // the leader kept waiting for this member, and it may
-                    // serve again what it had applied.
+                    // the leader kept waiting for this member. It may serve
+                    // again, but only what etcd's route says now: while it
+                    // could not renew, etcd may have been restored from an
+                    // old snapshot (which brings old leases back to life).
                     if self.fenced && self.synced && self.now < until {
                         self.fenced = false;
+                        #[cfg(feature = "mutations")]
+                        let unread = self.mutated(crate::mutation::Mutation::ServeAfterFenceUnread);
+                        #[cfg(not(feature = "mutations"))]
+                        let unread = false;
+                        if !self.resyncing && !unread {
+                            self.resyncing = true;
+                            self.actions.push_back(MemberAction::Resync);
+                        }
                     }
                 }
             }
             MemberEvent::LeaseLost => self.on_lease_lost(),
-            MemberEvent::PeerDrain {
-                req,
-                epoch,
-                token,
-                setup,
-            } => self.on_peer(req, Step::new(epoch, Phase::Drain), token, setup),
-            MemberEvent::PeerServe {
-                req,
-                epoch,
-                token,
-                setup,
-            } => self.on_peer(req, Step::new(epoch, Phase::Serve), token, setup),
+            MemberEvent::Peer { req, push } => self.on_push(req, push),
             MemberEvent::LbConfirmed { target } => {
                 self.in_flight = None;
                 self.retry_at = None;
@@ -432,19 +575,13 @@ impl Member {
                     self.retry_at = None;
                 }
             }
-            MemberEvent::Stop => {
-                if !self.stopping {
-                    self.stopping = true;
-                    for w in std::mem::take(&mut self.waiters) {
-                        self.actions.push_back(MemberAction::Reply {
-                            req: w.req,
-                            result: Err(Refusal::Stopping),
-                        });
-                    }
-                }
-            }
+            MemberEvent::Stop => self.stopping = true,
             MemberEvent::Tick => {}
         }
+        self.after_event();
+    }
+
+    fn after_event(&mut self) {
         self.check_lease();
         self.settle();
     }
@@ -463,19 +600,42 @@ impl Member {
         }
     }
 
-    fn on_synced(&mut self, route: Option<Route>, lease_sent_at: Time) {
+    fn on_synced(&mut self, read: LinkRead, lease_sent_at: Time) {
         self.registering = false;
         self.synced = true;
         self.fenced = false;
-        self.route_setups.clear();
+        self.resyncing = false;
         self.lease_fresh_until = Some(lease_sent_at + self.config.lease_ttl - self.config.margin);
-        if let Some(route) = route {
-            self.accept_route(&route);
+        self.learn_link(read);
+    }
+
+    /// A whole read of the link is the truth now, whatever was known. It
+    /// was made after every push waiting now arrived (or the driver lost a
+    /// read): those pushes are judged on it, and reads start over.
+    fn learn_link(&mut self, read: LinkRead) {
+        self.floor = self.floor.max(read.floor);
+        self.learn(read.route, read.rev);
+        self.reads = Reads::default();
+        for w in &mut self.waiters {
+            w.read = 0;
         }
     }
 
+    /// etcd's route is `route` at `rev`. A route at or above the floor and
+    /// past the accepted step is accepted; one below what was accepted
+    /// leaves the member blocked (`behind`), never moves it back.
+    fn learn(&mut self, route: Option<Route>, rev: Rev) {
+        self.route_rev = rev;
+        if let Some(r) = &route {
+            if r.epoch >= self.floor && self.accepted.is_none_or(|a| r.step() > a.step()) {
+                self.accepted = Some(r.applied());
+            }
+        }
+        self.route = route;
+    }
+
     fn on_lease_lost(&mut self) {
-        self.fence();
+        self.fenced = true;
         self.synced = false;
         self.lease_fresh_until = None;
         if !self.registering && !self.stopping {
@@ -484,102 +644,101 @@ impl Member {
         }
     }
 
-    fn fence(&mut self) {
-        if !self.fenced {
+    fn check_lease(&mut self) {
+        if self
+            .lease_fresh_until
+            .is_some_and(|until| self.now >= until)
+        {
             self.fenced = true;
         }
     }
 
-    fn check_lease(&mut self) {
-        if let Some(until) = self.lease_fresh_until {
-            if self.now >= until {
-                self.fence();
+    fn issue_read(&mut self) {
+        self.reads.issued += 1;
+        self.actions
+            .push_back(MemberAction::ReadRoute(self.reads.issued));
+    }
+
+    /// With no read in flight, every waiting push has had its read: the
+    /// ids start again from zero (so equal states compare equal).
+    fn forget_answered_reads(&mut self) {
+        if !self.read_in_flight() {
+            self.reads = Reads::default();
+            for w in &mut self.waiters {
+                w.read = 0;
             }
         }
     }
 
-    fn remember_route_setup(&mut self, epoch: Epoch, setup: Setup) {
-        if !self.route_setups.iter().any(|(e, _)| *e == epoch) {
-            self.route_setups.push((epoch, setup));
-            // Only recent epochs matter; keep the list small.
-            if self.route_setups.len() > 8 {
-                self.route_setups.remove(0);
-            }
-        }
+    fn read_in_flight(&self) -> bool {
+        self.reads.answered < self.reads.issued
     }
 
-    fn accept_route(&mut self, route: &Route) {
-        self.remember_route_setup(route.epoch, route.setup);
-        if route.token > self.max_token {
-            self.max_token = route.token;
-        }
-        let next = Applied {
-            epoch: route.epoch,
-            phase: route.phase,
-            setup: route.setup,
-        };
-        if self.accepted.is_none_or(|a| next.step() > a.step()) {
-            self.accepted = Some(next);
-        }
-    }
-
-    fn on_peer(&mut self, req: RequestId, step: Step, token: Token, setup: Setup) {
-        let result = self.check_peer(step, token, setup);
-        match result {
-            Err(refusal) => self.actions.push_back(MemberAction::Reply {
+    /// A push is a hint: it never changes what the member accepts. It waits
+    /// for etcd to confirm it (from the watch, or one read if it is ahead
+    /// of the watch) and is answered once the LB reflects it.
+    fn on_push(&mut self, req: RequestId, push: Push) {
+        if let Err(refusal) = self.precheck(&push) {
+            self.actions.push_back(MemberAction::Reply {
                 req,
                 result: Err(refusal),
-            }),
-            Ok(()) => {
-                self.max_token = self.max_token.max(token);
-                self.remember_route_setup(step.epoch, setup);
-                let next = Applied {
-                    epoch: step.epoch,
-                    phase: step.phase,
-                    setup,
-                };
-                if self.accepted.is_none_or(|a| next.step() > a.step()) {
-                    self.accepted = Some(next);
-                }
-                self.waiters.push(Waiter { req, step });
+            });
+            return;
+        }
+        #[cfg(feature = "mutations")]
+        if self.mutated(crate::mutation::Mutation::TrustPushes) {
+            // The old trust: the push is taken as if etcd had said it.
+            let route = Route {
+                epoch: push.epoch,
+                phase: push.phase,
+                setup: push.setup,
+                token: push.token,
+                reason: String::new(),
+                requested_by: String::new(),
+                at: String::new(),
+            };
+            if self.synced {
+                self.learn(Some(route), self.route_rev);
             }
         }
+        let known = confirmation(self.route.as_ref(), &push) != Confirmation::Unknown;
+        let read = if known || !self.synced {
+            0
+        } else if self.read_in_flight() {
+            self.reads.again = true;
+            self.reads.issued + 1
+        } else {
+            self.issue_read();
+            self.reads.issued
+        };
+        self.waiters.push(Waiter { req, push, read });
     }
 
-    fn check_peer(&self, step: Step, token: Token, setup: Setup) -> Result<(), Refusal> {
+    fn precheck(&self, push: &Push) -> Result<(), Refusal> {
         if self.stopping {
             return Err(Refusal::Stopping);
         }
         #[cfg(feature = "mutations")]
-        let token = if self.mutated(crate::mutation::Mutation::IgnoreToken) {
-            self.max_token
-        } else {
-            token
-        };
-        if token < self.max_token {
-            return Err(Refusal::StaleToken {
-                got: token,
-                seen: self.max_token,
-            });
+        let ignore_token = self.mutated(crate::mutation::Mutation::IgnoreToken);
+        #[cfg(not(feature = "mutations"))]
+        let ignore_token = false;
+        if let Some(route) = &self.route {
+            if push.token < route.token && !ignore_token {
+                return Err(Refusal::StaleToken {
+                    got: push.token,
+                    route: route.token,
+                });
+            }
         }
         if let Some(a) = self.accepted {
-            if step < a.step() {
+            if push.step() < a.step() {
                 return Err(Refusal::StaleStep {
-                    got: step,
+                    got: push.step(),
                     current: a.step(),
                 });
             }
         }
-        if let Some((_, known)) = self.route_setups.iter().find(|(e, _)| *e == step.epoch) {
-            if *known != setup {
-                return Err(Refusal::Inconsistent {
-                    epoch: step.epoch,
-                    route: *known,
-                    got: setup,
-                });
-            }
-        }
-        if step.phase == Phase::Serve {
+        if push.phase == Phase::Serve {
             if !self.synced {
                 return Err(Refusal::NotServable {
                     why: "not registered with etcd (no route read since the lease was granted)",
@@ -591,20 +750,74 @@ impl Member {
                 });
             }
         }
+        if self.waiters.len() >= MAX_WAITING_PUSHES {
+            return Err(Refusal::Busy);
+        }
         Ok(())
     }
 
-    /// What the LB should route to now.
+    /// The answer a waiting push has now, if it has one.
+    fn answer(&self, w: &Waiter, desired: LbTarget) -> Option<Result<Applied, Refusal>> {
+        let p = w.push;
+        if self.stopping {
+            return Some(Err(Refusal::Stopping));
+        }
+        if let Some(a) = self.applied {
+            if a.epoch == p.epoch && a.setup == p.setup && a.phase >= p.phase {
+                return Some(Ok(a));
+            }
+            if a.epoch > p.epoch {
+                return Some(Err(Refusal::Superseded { by: a.step() }));
+            }
+        }
+        match confirmation(self.route.as_ref(), &p) {
+            Confirmation::Confirmed => (p.phase == Phase::Serve
+                && desired == LbTarget::Blocked
+                && self.fenced)
+                .then_some(Err(Refusal::NotServable {
+                    why: "lease not fresh (self-fenced)",
+                })),
+            Confirmation::Superseded(by) => Some(Err(Refusal::Superseded { by })),
+            Confirmation::Unknown if w.read > self.reads.answered || !self.synced => None,
+            Confirmation::Unknown | Confirmation::Contradicted => {
+                Some(Err(Refusal::NotConfirmed {
+                    rev: self.route_rev,
+                    route: self.route.as_ref().map(Route::step),
+                }))
+            }
+        }
+    }
+
+    /// etcd's route is below what the link has applied.
+    fn behind(&self) -> Option<Behind> {
+        if !self.synced {
+            return None;
+        }
+        let applied = self.accepted.map_or(0, |a| a.epoch).max(self.floor);
+        match &self.route {
+            Some(r) if Some(r.applied()) == self.accepted => None,
+            None if applied == 0 => None,
+            route => Some(Behind {
+                route: route.as_ref().map(Route::step),
+                applied,
+            }),
+        }
+    }
+
+    /// What the LB should route to now: the accepted step, while it is
+    /// still etcd's route.
     fn desired(&self) -> LbTarget {
-        if self.fenced || self.stopping || !self.synced {
+        if self.fenced || self.stopping || !self.synced || self.resyncing {
             return LbTarget::Blocked;
         }
         match self.accepted {
-            Some(Applied {
-                phase: Phase::Serve,
-                setup,
-                ..
-            }) => LbTarget::Serve(setup),
+            Some(
+                a @ Applied {
+                    phase: Phase::Serve,
+                    setup,
+                    ..
+                },
+            ) if self.route.as_ref().map(Route::applied) == Some(a) => LbTarget::Serve(setup),
             _ => LbTarget::Blocked,
         }
     }
@@ -677,39 +890,16 @@ impl Member {
             }
         }
 
-        // A drain of a later epoch also answers an earlier request; a serve
-        // request is answered by the same step only.
-        if let Some(applied) = self.applied {
-            let mut still = Vec::new();
-            for w in std::mem::take(&mut self.waiters) {
-                if w.step == applied.step()
-                    || (w.step < applied.step() && w.step.phase == Phase::Drain)
-                {
-                    self.actions.push_back(MemberAction::Reply {
-                        req: w.req,
-                        result: Ok(applied),
-                    });
-                } else if w.step < applied.step() {
-                    self.actions.push_back(MemberAction::Reply {
-                        req: w.req,
-                        result: Err(Refusal::Superseded { by: applied.step() }),
-                    });
-                } else if w.step.phase == Phase::Serve
-                    && desired == LbTarget::Blocked
-                    && self.fenced
-                {
-                    self.actions.push_back(MemberAction::Reply {
-                        req: w.req,
-                        result: Err(Refusal::NotServable {
-                            why: "lease not fresh (self-fenced)",
-                        }),
-                    });
-                } else {
-                    still.push(w);
-                }
+        let mut still = Vec::new();
+        for w in std::mem::take(&mut self.waiters) {
+            match self.answer(&w, desired) {
+                Some(result) => self
+                    .actions
+                    .push_back(MemberAction::Reply { req: w.req, result }),
+                None => still.push(w),
             }
-            self.waiters = still;
         }
+        self.waiters = still;
 
         if self.stopping
             && !self.revoked

@@ -22,4 +22,14 @@ pub enum Mutation {
     /// A serve carries no deadline: a driver paused after the decision may
     /// send it however late (the bug the chaos suite found, `b867c61`).
     NoServeDeadline,
+    /// A member takes a gRPC push as if etcd's route said it (the trust a
+    /// forged `Serve` exploited before pushes were confirmed).
+    TrustPushes,
+    /// A leader that finds no route bootstraps the link at epoch 1 with
+    /// its initial setup, over members that have applied later epochs.
+    BootstrapOverApplied,
+    /// A member whose fence a late keep-alive lifts serves what it had
+    /// accepted without reading the link again (etcd may have been
+    /// restored meanwhile).
+    ServeAfterFenceUnread,
 }

@@ -3,6 +3,7 @@
 //! the link may have changed in between.
 
 use crate::health::SetupHealth;
+use crate::link::LinkState;
 use crate::types::*;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,11 @@ pub struct Request {
     pub requested_by: String,
     #[serde(default)]
     pub at: String,
+    /// Wall-clock deadline (Unix ms): no leader carries the request out
+    /// after it (one stored while no leader existed is not acted on hours
+    /// later). `None` in requests stored before deadlines existed.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
 
 /// The link is paused: nothing automatic, and no switchover.
@@ -67,11 +73,12 @@ pub enum Refused {
     },
 }
 
-/// Decides a request against the link's current state. `route` is the
-/// current route; `target_health` the aggregated health of the target.
+/// Decides a request against the link's current state (judged from what
+/// every LB reads back, not from the route alone); `target_health` is the
+/// aggregated health of the target.
 pub fn check_request(
     request: &Request,
-    route: Option<&Route>,
+    link: &LinkState,
     paused: Option<&Pause>,
     target_health: &SetupHealth,
 ) -> Result<Verdict, Refused> {
@@ -84,10 +91,8 @@ pub fn check_request(
             });
         }
     }
-    if let Some(r) = route {
-        if r.setup == request.to && r.phase == Phase::Serve {
-            return Ok(Verdict::AlreadyActive);
-        }
+    if link.settled() == Some(request.to) {
+        return Ok(Verdict::AlreadyActive);
     }
     if !forced && !target_health.healthy() {
         return Err(Refused::Unhealthy {
@@ -112,6 +117,7 @@ mod tests {
             reason: "test".into(),
             requested_by: "me".into(),
             at: String::new(),
+            deadline_ms: None,
         }
     }
 
@@ -124,47 +130,45 @@ mod tests {
         }
     }
 
-    fn route(setup: Setup, phase: Phase) -> Route {
-        Route {
-            epoch: 3,
-            phase,
-            setup,
-            token: 1,
-            reason: String::new(),
-            requested_by: String::new(),
-            at: String::new(),
+    /// The link as judged when every LB reads back `setup` (or, for a
+    /// drain, while it is switching to it).
+    fn link(setup: Setup, phase: Phase) -> LinkState {
+        match phase {
+            Phase::Serve => LinkState::Settled { epoch: 3, setup },
+            Phase::Drain => LinkState::Switching {
+                step: Step::new(3, phase),
+                setup,
+                waiting: Vec::new(),
+            },
         }
     }
 
     #[test]
     fn switchover_needs_healthy_target_and_no_pause() {
-        let r = route(Setup::Hot, Phase::Serve);
+        let r = link(Setup::Hot, Phase::Serve);
         let p = Pause {
             reason: "maintenance".into(),
             requested_by: "ops".into(),
             at: String::new(),
         };
         let so = req(RequestKind::Switchover, false);
-        assert_eq!(
-            check_request(&so, Some(&r), None, &health(true)),
-            Ok(Verdict::Go)
-        );
+        assert_eq!(check_request(&so, &r, None, &health(true)), Ok(Verdict::Go));
         assert!(matches!(
-            check_request(&so, Some(&r), None, &health(false)),
+            check_request(&so, &r, None, &health(false)),
             Err(Refused::Unhealthy { .. })
         ));
         assert!(matches!(
-            check_request(&so, Some(&r), Some(&p), &health(true)),
+            check_request(&so, &r, Some(&p), &health(true)),
             Err(Refused::Paused { .. })
         ));
         // `force` does nothing for a switchover.
         let so_forced = req(RequestKind::Switchover, true);
-        assert!(check_request(&so_forced, Some(&r), None, &health(false)).is_err());
+        assert!(check_request(&so_forced, &r, None, &health(false)).is_err());
     }
 
     #[test]
     fn forced_failover_overrides_health_and_pause() {
-        let r = route(Setup::Hot, Phase::Serve);
+        let r = link(Setup::Hot, Phase::Serve);
         let p = Pause {
             reason: "x".into(),
             requested_by: "y".into(),
@@ -172,24 +176,24 @@ mod tests {
         };
         let fo = req(RequestKind::Failover, true);
         assert_eq!(
-            check_request(&fo, Some(&r), Some(&p), &health(false)),
+            check_request(&fo, &r, Some(&p), &health(false)),
             Ok(Verdict::Go)
         );
         let fo = req(RequestKind::Failover, false);
-        assert!(check_request(&fo, Some(&r), None, &health(false)).is_err());
+        assert!(check_request(&fo, &r, None, &health(false)).is_err());
     }
 
     #[test]
     fn already_serving_target_is_a_no_op_but_a_drain_to_it_is_not() {
         let so = req(RequestKind::Switchover, false);
-        let serving = route(Setup::Warm, Phase::Serve);
+        let serving = link(Setup::Warm, Phase::Serve);
         assert_eq!(
-            check_request(&so, Some(&serving), None, &health(false)),
+            check_request(&so, &serving, None, &health(false)),
             Ok(Verdict::AlreadyActive)
         );
-        let draining = route(Setup::Warm, Phase::Drain);
+        let draining = link(Setup::Warm, Phase::Drain);
         assert_eq!(
-            check_request(&so, Some(&draining), None, &health(true)),
+            check_request(&so, &draining, None, &health(true)),
             Ok(Verdict::Go)
         );
     }

@@ -47,6 +47,8 @@ enum Unordered {
     Peer(usize, MemberEvent),
     Reply(MemberId, Applied),
     Lb(usize, LbTarget),
+    /// A route read a member asked for (answered with etcd as it is then).
+    Read(usize, ReadId),
 }
 
 pub struct Sim {
@@ -56,7 +58,7 @@ pub struct Sim {
     pub members: Vec<Member>,
     pub lbs: Vec<LbTarget>,
     /// Per member: its etcd watch, in order.
-    member_watch: Vec<VecDeque<Route>>,
+    member_watch: Vec<VecDeque<(Route, Rev)>>,
     /// The leader's etcd watch, in order.
     leader_watch: VecDeque<LeaderEvent>,
     bag: Vec<Unordered>,
@@ -110,12 +112,14 @@ impl Sim {
                     hot: Health::Up,
                     warm: Health::Up,
                 },
+                behind: None,
             };
             sim.etcd.members.insert(id, (record, sim.etcd.rev));
+            let read = sim.link_read();
             m.handle(
                 sim.now,
                 MemberEvent::Synced {
-                    route: sim.etcd.route.as_ref().map(|(r, _)| r.clone()),
+                    read,
                     lease_sent_at: sim.now,
                 },
             );
@@ -139,6 +143,7 @@ impl Sim {
             LeaderConfig {
                 id: "leader".into(),
                 token: self.etcd.leader_token,
+                wall_ms_at_start: 0,
                 initial_setup: Setup::Hot,
                 resend_every: Duration::from_millis(300),
             },
@@ -152,10 +157,26 @@ impl Sim {
                 members,
                 request: self.etcd.request.clone(),
                 paused: None,
+                history_epoch: self.etcd.history.keys().next_back().copied(),
             },
         );
         self.leader = Some(l);
         self.drain_leader_actions();
+    }
+
+    /// The route and the floor, as a member's registration reads them.
+    pub fn link_read(&self) -> LinkRead {
+        let members = self
+            .etcd
+            .members
+            .values()
+            .filter_map(|(r, _)| r.applied.map(|a| a.epoch));
+        let history = self.etcd.history.keys().next_back().copied();
+        LinkRead {
+            route: self.etcd.route.as_ref().map(|(r, _)| r.clone()),
+            rev: self.etcd.rev,
+            floor: members.chain(history).max().unwrap_or(0),
+        }
     }
 
     fn listing(&self) -> Vec<Listed> {
@@ -180,6 +201,7 @@ impl Sim {
             reason: "test".into(),
             requested_by: "sim".into(),
             at: String::new(),
+            deadline_ms: None,
         };
         self.etcd.request = Some((request.clone(), self.etcd.rev));
         self.leader_watch.push_back(LeaderEvent::RequestPut {
@@ -241,7 +263,7 @@ impl Sim {
                         self.etcd.history.insert(h.epoch, h);
                     }
                     for w in &mut self.member_watch {
-                        w.push_back(route.clone());
+                        w.push_back((route.clone(), rev));
                     }
                     self.leader_watch.push_back(LeaderEvent::RouteSeen {
                         route: route.clone(),
@@ -274,51 +296,16 @@ impl Sim {
                     self.etcd.history.insert(h.epoch, h);
                 }
             }
-            LeaderAction::SendDrain {
-                member,
-                epoch,
-                token,
-                setup,
-                ..
-            } => {
+            LeaderAction::Send { member, push, .. } => {
                 if let Some(i) = self.member_index(&member) {
                     let req = self.next_req;
                     self.next_req += 1;
                     self.reqs.insert(req, i);
-                    self.bag.push(Unordered::Peer(
-                        i,
-                        MemberEvent::PeerDrain {
-                            req,
-                            epoch,
-                            token,
-                            setup,
-                        },
-                    ));
+                    self.bag
+                        .push(Unordered::Peer(i, MemberEvent::Peer { req, push }));
                 }
             }
-            LeaderAction::SendServe {
-                member,
-                epoch,
-                token,
-                setup,
-                ..
-            } => {
-                if let Some(i) = self.member_index(&member) {
-                    let req = self.next_req;
-                    self.next_req += 1;
-                    self.reqs.insert(req, i);
-                    self.bag.push(Unordered::Peer(
-                        i,
-                        MemberEvent::PeerServe {
-                            req,
-                            epoch,
-                            token,
-                            setup,
-                        },
-                    ));
-                }
-            }
-            LeaderAction::PauseLink { .. } | LeaderAction::PolicyNote(_) => {}
+            LeaderAction::PauseLink { .. } | LeaderAction::PolicyNote { .. } => {}
             LeaderAction::StepDown { .. } => {
                 self.leader = None;
             }
@@ -334,6 +321,10 @@ impl Sim {
                     if let Some((record, rev)) = self.etcd.members.get_mut(&id) {
                         self.etcd.rev += 1;
                         record.applied = Some(a);
+                        record.lb = Some(match a.phase {
+                            Phase::Drain => LbTarget::Blocked,
+                            Phase::Serve => LbTarget::Serve(a.setup),
+                        });
                         *rev = self.etcd.rev;
                         let listed = Listed {
                             id,
@@ -350,6 +341,11 @@ impl Sim {
                             self.bag.push(Unordered::Reply(id, applied));
                         }
                     }
+                }
+                MemberAction::ReadRoute(read) => self.bag.push(Unordered::Read(i, read)),
+                MemberAction::Resync => {
+                    let read = self.link_read();
+                    self.members[i].handle(self.now, MemberEvent::Resynced(read));
                 }
                 MemberAction::Register | MemberAction::RevokeLease => {}
             }
@@ -394,8 +390,8 @@ impl Sim {
         }
         let pick = choices[self.rng.below(choices.len())];
         if pick < n {
-            if let Some(route) = self.member_watch[pick].pop_front() {
-                self.members[pick].handle(self.now, MemberEvent::RouteSeen(route));
+            if let Some((route, rev)) = self.member_watch[pick].pop_front() {
+                self.members[pick].handle(self.now, MemberEvent::RouteSeen { route, rev });
                 self.drain_member_actions(pick);
             }
         } else if pick == n {
@@ -415,6 +411,14 @@ impl Sim {
                     if let Some(l) = self.leader.as_mut() {
                         l.handle(self.now, LeaderEvent::PeerReplied { member, applied });
                     }
+                }
+                Unordered::Read(i, read) => {
+                    let (route, rev) = (
+                        self.etcd.route.as_ref().map(|(r, _)| r.clone()),
+                        self.etcd.rev,
+                    );
+                    self.members[i].handle(self.now, MemberEvent::RouteRead { read, route, rev });
+                    self.drain_member_actions(i);
                 }
                 Unordered::Lb(i, target) => {
                     self.lbs[i] = target;

@@ -18,6 +18,91 @@ fn route(epoch: Epoch, phase: Phase, setup: Setup, token: Token) -> Route {
     }
 }
 
+/// A revision that grows with the route's step, as etcd's would.
+fn rev_of(r: &Route) -> Rev {
+    r.epoch as Rev * 10 + r.phase as Rev
+}
+
+/// A link read at the route's revision, nothing applied elsewhere.
+fn read(route: Option<Route>) -> LinkRead {
+    let rev = route.as_ref().map_or(1, rev_of);
+    LinkRead {
+        route,
+        rev,
+        floor: 0,
+    }
+}
+
+/// The route as the etcd watch delivers it.
+fn seen(r: Route) -> MemberEvent {
+    let rev = rev_of(&r);
+    MemberEvent::RouteSeen { route: r, rev }
+}
+
+fn push(req: RequestId, phase: Phase, epoch: Epoch, token: Token, setup: Setup) -> MemberEvent {
+    MemberEvent::Peer {
+        req,
+        push: Push {
+            phase,
+            epoch,
+            token,
+            setup,
+        },
+    }
+}
+
+fn leader_config() -> LeaderConfig {
+    LeaderConfig {
+        id: "l".into(),
+        token: 10,
+        wall_ms_at_start: 0,
+        initial_setup: Setup::Hot,
+        resend_every: Duration::from_millis(300),
+    }
+}
+
+fn record(role: Role, applied: Option<Applied>) -> MemberRecord {
+    MemberRecord {
+        role,
+        grpc: "addr".into(),
+        applied,
+        lb: applied.map(|a| match a.phase {
+            Phase::Drain => LbTarget::Blocked,
+            Phase::Serve => LbTarget::Serve(a.setup),
+        }),
+        health: crate::health::RoleHealth {
+            hot: Health::Up,
+            warm: Health::Up,
+        },
+        behind: None,
+    }
+}
+
+fn listed(id: &str, role: Role, applied: Option<Applied>, rev: Rev) -> Listed {
+    Listed {
+        id: id.into(),
+        record: record(role, applied),
+        rev,
+    }
+}
+
+fn request(kind: crate::policy::RequestKind, to: Setup) -> crate::policy::Request {
+    crate::policy::Request {
+        id: "r".into(),
+        kind,
+        to,
+        force: kind == crate::policy::RequestKind::Failover,
+        reason: "go".into(),
+        requested_by: "u".into(),
+        at: String::new(),
+        deadline_ms: None,
+    }
+}
+
+fn leader_actions(l: &mut Leader) -> Vec<LeaderAction> {
+    std::iter::from_fn(|| l.poll_action()).collect()
+}
+
 fn actions(m: &mut Member) -> Vec<MemberAction> {
     std::iter::from_fn(|| m.poll_action()).collect()
 }
@@ -45,7 +130,7 @@ fn synced_member(route_now: Option<Route>) -> Member {
     m.handle(
         Time(1),
         MemberEvent::Synced {
-            route: route_now,
+            read: read(route_now),
             lease_sent_at: Time(1),
         },
     );
@@ -88,7 +173,7 @@ fn member_starts_blocked_and_serves_the_route_it_reads() {
     m.handle(
         Time(2),
         MemberEvent::Synced {
-            route: Some(route(3, Phase::Serve, Setup::Hot, 7)),
+            read: read(Some(route(3, Phase::Serve, Setup::Hot, 7))),
             lease_sent_at: Time(2),
         },
     );
@@ -117,13 +202,21 @@ fn member_starts_blocked_and_serves_the_route_it_reads() {
 #[test]
 fn drain_is_acked_only_after_the_lb_confirms_the_block() {
     let mut m = synced_member(Some(route(1, Phase::Serve, Setup::Hot, 5)));
+    // The push is ahead of the watch: one read confirms it.
+    m.handle(Time(10), push(1, Phase::Drain, 2, 5, Setup::Warm));
+    assert_eq!(actions(&mut m), vec![MemberAction::ReadRoute(1)]);
+    assert_eq!(
+        m.view().desired,
+        LbTarget::Serve(Setup::Hot),
+        "a push alone changes nothing"
+    );
+    let drain = route(2, Phase::Drain, Setup::Warm, 5);
     m.handle(
         Time(10),
-        MemberEvent::PeerDrain {
-            req: 1,
-            epoch: 2,
-            token: 5,
-            setup: Setup::Warm,
+        MemberEvent::RouteRead {
+            read: 1,
+            rev: rev_of(&drain),
+            route: Some(drain),
         },
     );
     let acts = actions(&mut m);
@@ -155,15 +248,8 @@ fn drain_is_acked_only_after_the_lb_confirms_the_block() {
 #[test]
 fn drain_acks_after_down_bound_when_the_lb_cannot_confirm() {
     let mut m = synced_member(Some(route(1, Phase::Serve, Setup::Hot, 5)));
-    m.handle(
-        Time(100),
-        MemberEvent::PeerDrain {
-            req: 9,
-            epoch: 2,
-            token: 5,
-            setup: Setup::Warm,
-        },
-    );
+    m.handle(Time(100), seen(route(2, Phase::Drain, Setup::Warm, 5)));
+    m.handle(Time(100), push(9, Phase::Drain, 2, 5, Setup::Warm));
     assert_eq!(actions(&mut m), vec![apply_block()]);
     m.handle(
         Time(110),
@@ -195,31 +281,15 @@ fn drain_acks_after_down_bound_when_the_lb_cannot_confirm() {
 #[test]
 fn stale_tokens_and_steps_are_rejected() {
     let mut m = synced_member(Some(route(4, Phase::Serve, Setup::Hot, 20)));
-    m.handle(
-        Time(5),
-        MemberEvent::PeerDrain {
-            req: 1,
-            epoch: 5,
-            token: 19,
-            setup: Setup::Warm,
-        },
-    );
+    m.handle(Time(5), push(1, Phase::Drain, 5, 19, Setup::Warm));
     assert_eq!(
         actions(&mut m),
         vec![MemberAction::Reply {
             req: 1,
-            result: Err(Refusal::StaleToken { got: 19, seen: 20 })
+            result: Err(Refusal::StaleToken { got: 19, route: 20 })
         }]
     );
-    m.handle(
-        Time(6),
-        MemberEvent::PeerServe {
-            req: 2,
-            epoch: 3,
-            token: 20,
-            setup: Setup::Warm,
-        },
-    );
+    m.handle(Time(6), push(2, Phase::Serve, 3, 20, Setup::Warm));
     assert_eq!(
         actions(&mut m),
         vec![MemberAction::Reply {
@@ -237,22 +307,118 @@ fn stale_tokens_and_steps_are_rejected() {
 #[test]
 fn a_serve_naming_another_setup_than_the_route_is_refused() {
     let mut m = synced_member(Some(route(4, Phase::Drain, Setup::Warm, 20)));
+    m.handle(Time(5), push(1, Phase::Serve, 4, 20, Setup::Hot));
+    assert!(matches!(
+        actions(&mut m).as_slice(),
+        [MemberAction::Reply {
+            result: Err(Refusal::NotConfirmed { route: Some(_), .. }),
+            ..
+        }]
+    ));
+}
+
+/// The attack that split a link: one plain-gRPC Serve with a made-up
+/// epoch, a large token and the other setup. etcd does not confirm it, so
+/// nothing changes: not the LB, not the epoch the member accepts next.
+#[test]
+fn a_forged_serve_is_refused_once_etcd_does_not_confirm_it() {
+    let hot = route(3, Phase::Serve, Setup::Hot, 7);
+    let mut m = synced_member(Some(hot.clone()));
+    m.handle(Time(5), push(1, Phase::Serve, 1003, 1 << 40, Setup::Warm));
+    assert_eq!(actions(&mut m), vec![MemberAction::ReadRoute(1)]);
     m.handle(
-        Time(5),
-        MemberEvent::PeerServe {
+        Time(6),
+        MemberEvent::RouteRead {
+            read: 1,
+            rev: rev_of(&hot),
+            route: Some(hot.clone()),
+        },
+    );
+    assert_eq!(
+        actions(&mut m),
+        vec![MemberAction::Reply {
             req: 1,
-            epoch: 4,
-            token: 20,
-            setup: Setup::Hot,
+            result: Err(Refusal::NotConfirmed {
+                rev: rev_of(&hot),
+                route: Some(hot.step())
+            })
+        }]
+    );
+    let view = m.view();
+    assert_eq!(view.desired, LbTarget::Serve(Setup::Hot));
+    assert_eq!(view.accepted, Some(hot.applied()));
+    // A forged Drain with a huge epoch does not raise the epoch accepted
+    // next either: the leader's next switch is still taken.
+    m.handle(Time(7), push(2, Phase::Drain, 5000, 1 << 40, Setup::Warm));
+    m.handle(
+        Time(8),
+        MemberEvent::RouteRead {
+            read: 1,
+            rev: rev_of(&hot),
+            route: Some(hot),
         },
     );
     assert!(matches!(
         actions(&mut m).as_slice(),
-        [MemberAction::Reply {
-            result: Err(Refusal::Inconsistent { .. }),
-            ..
-        }]
+        [
+            MemberAction::ReadRoute(1),
+            MemberAction::Reply {
+                req: 2,
+                result: Err(Refusal::NotConfirmed { .. })
+            }
+        ]
     ));
+    let next = route(4, Phase::Drain, Setup::Warm, 7);
+    m.handle(Time(9), seen(next));
+    assert_eq!(actions(&mut m), vec![apply_block()]);
+}
+
+/// Pushes that arrive while a read is in flight need a read issued after
+/// them (the one in flight may predate the leader's write); however many
+/// arrive, one more read is enough.
+#[test]
+fn pushes_during_a_read_wait_for_one_more_read() {
+    let hot = route(1, Phase::Serve, Setup::Hot, 5);
+    let mut m = synced_member(Some(hot.clone()));
+    m.handle(Time(5), push(1, Phase::Drain, 2, 5, Setup::Warm));
+    m.handle(Time(5), push(2, Phase::Drain, 2, 5, Setup::Warm));
+    m.handle(Time(5), push(3, Phase::Drain, 2, 5, Setup::Warm));
+    assert_eq!(actions(&mut m), vec![MemberAction::ReadRoute(1)]);
+    // The first read predates the write: it refuses push 1 only.
+    m.handle(
+        Time(6),
+        MemberEvent::RouteRead {
+            read: 1,
+            rev: rev_of(&hot),
+            route: Some(hot),
+        },
+    );
+    let acts = actions(&mut m);
+    assert!(acts.contains(&MemberAction::ReadRoute(2)), "{acts:?}");
+    assert!(
+        acts.iter()
+            .filter(|a| matches!(a, MemberAction::Reply { .. }))
+            .all(|a| matches!(a, MemberAction::Reply { req: 1, .. })),
+        "{acts:?}"
+    );
+    let drain = route(2, Phase::Drain, Setup::Warm, 5);
+    m.handle(
+        Time(7),
+        MemberEvent::RouteRead {
+            read: 2,
+            rev: rev_of(&drain),
+            route: Some(drain),
+        },
+    );
+    let acts = confirm_all(&mut m, Time(8));
+    let acked: Vec<RequestId> = acts
+        .iter()
+        .filter_map(|a| match a {
+            MemberAction::Reply { req, result: Ok(_) } => Some(*req),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acked, vec![2, 3]);
 }
 
 #[test]
@@ -276,15 +442,7 @@ fn member_fences_itself_when_keepalives_stop() {
     assert!(m.view().fenced);
     assert_eq!(actions(&mut m), vec![apply_block()]);
     // A serve push is refused while fenced.
-    m.handle(
-        fresh_until,
-        MemberEvent::PeerServe {
-            req: 3,
-            epoch: 2,
-            token: 5,
-            setup: Setup::Hot,
-        },
-    );
+    m.handle(fresh_until, push(3, Phase::Serve, 2, 5, Setup::Hot));
     assert!(actions(&mut m).iter().any(|a| matches!(
         a,
         MemberAction::Reply {
@@ -308,15 +466,7 @@ fn lease_loss_blocks_and_reregisters_and_late_serves_are_refused() {
         },
     );
     // While re-registering, a serve (even a current one) is refused.
-    m.handle(
-        Time(12),
-        MemberEvent::PeerServe {
-            req: 4,
-            epoch: 2,
-            token: 6,
-            setup: Setup::Warm,
-        },
-    );
+    m.handle(Time(12), push(4, Phase::Serve, 2, 6, Setup::Warm));
     assert!(actions(&mut m).iter().any(|a| matches!(
         a,
         MemberAction::Reply {
@@ -327,21 +477,13 @@ fn lease_loss_blocks_and_reregisters_and_late_serves_are_refused() {
     m.handle(
         Time(20),
         MemberEvent::Synced {
-            route: Some(route(3, Phase::Drain, Setup::Warm, 6)),
+            read: read(Some(route(3, Phase::Drain, Setup::Warm, 6))),
             lease_sent_at: Time(20),
         },
     );
     confirm_all(&mut m, Time(21));
     // A delayed serve of an older epoch is refused after the sync.
-    m.handle(
-        Time(22),
-        MemberEvent::PeerServe {
-            req: 5,
-            epoch: 2,
-            token: 6,
-            setup: Setup::Warm,
-        },
-    );
+    m.handle(Time(22), push(5, Phase::Serve, 2, 6, Setup::Warm));
     assert!(actions(&mut m).iter().any(|a| matches!(
         a,
         MemberAction::Reply {
@@ -401,7 +543,7 @@ fn a_link_bootstraps_then_switches_both_ways() {
             let (r, _) = sim.etcd.route.clone().expect("route");
             assert_eq!((r.phase, r.setup), (Phase::Serve, to));
             let h = &sim.etcd.history[&r.epoch];
-            assert_eq!(h.outcome, "complete", "seed {seed}");
+            assert_eq!(h.outcome, HistoryOutcome::Complete, "seed {seed}");
         }
     }
 }
@@ -469,6 +611,7 @@ fn a_stale_leader_cannot_write_and_steps_down() {
                 reason: "r".into(),
                 requested_by: "u".into(),
                 at: String::new(),
+                deadline_ms: None,
             },
             rev: 999,
         },
@@ -491,40 +634,15 @@ fn a_stale_leader_cannot_write_and_steps_down() {
 
 #[test]
 fn leader_waits_for_a_missing_ack_until_the_member_key_is_gone() {
-    let mut l = Leader::new(
-        LeaderConfig {
-            id: "l".into(),
-            token: 10,
-            initial_setup: Setup::Hot,
-            resend_every: Duration::from_millis(300),
-        },
-        Time(0),
-    );
-    let rec = |role| MemberRecord {
-        role,
-        grpc: "addr".into(),
-        applied: Some(Applied {
-            epoch: 1,
-            phase: Phase::Serve,
-            setup: Setup::Hot,
-        }),
-        lb: None,
-        health: crate::health::RoleHealth {
-            hot: Health::Up,
-            warm: Health::Up,
-        },
-    };
+    let mut l = Leader::new(leader_config(), Time(0));
+    let served = Some(Applied {
+        epoch: 1,
+        phase: Phase::Serve,
+        setup: Setup::Hot,
+    });
     let members = vec![
-        Listed {
-            id: "a".into(),
-            record: rec(Role::Alice),
-            rev: 3,
-        },
-        Listed {
-            id: "b".into(),
-            record: rec(Role::Bob),
-            rev: 4,
-        },
+        listed("a", Role::Alice, served, 3),
+        listed("b", Role::Bob, served, 4),
     ];
     l.handle(
         Time(0),
@@ -532,18 +650,11 @@ fn leader_waits_for_a_missing_ack_until_the_member_key_is_gone() {
             route: Some((route(1, Phase::Serve, Setup::Hot, 10), 5)),
             members: members.clone(),
             request: Some((
-                crate::policy::Request {
-                    id: "r".into(),
-                    kind: crate::policy::RequestKind::Switchover,
-                    to: Setup::Warm,
-                    force: false,
-                    reason: "go".into(),
-                    requested_by: "u".into(),
-                    at: String::new(),
-                },
+                request(crate::policy::RequestKind::Switchover, Setup::Warm),
                 6,
             )),
             paused: None,
+            history_epoch: Some(1),
         },
     );
     assert!(matches!(
@@ -572,7 +683,7 @@ fn leader_waits_for_a_missing_ack_until_the_member_key_is_gone() {
     // Resends to b only.
     l.handle(Time(400), LeaderEvent::Tick);
     let resent: Vec<_> = std::iter::from_fn(|| l.poll_action()).collect();
-    assert!(matches!(resent.as_slice(), [LeaderAction::SendDrain { member, .. }] if member == "b"));
+    assert!(matches!(resent.as_slice(), [LeaderAction::Send { member, .. }] if member == "b"));
     // b's lease expires: its key is deleted. Now the serve may be written.
     l.handle(
         Time(5000),
@@ -606,7 +717,93 @@ fn a_late_keepalive_ack_lifts_self_fencing() {
         MemberEvent::KeepAliveAcked { sent_at: until },
     );
     assert!(!m.view().fenced);
+    // Served again only once the link is read again: etcd may have been
+    // restored from an old snapshot while the member could not renew.
+    assert_eq!(actions(&mut m), vec![MemberAction::Resync]);
+    assert_eq!(m.view().desired, LbTarget::Blocked);
+    m.handle(
+        until + Duration::from_millis(11),
+        MemberEvent::Resynced(read(Some(route(1, Phase::Serve, Setup::Hot, 5)))),
+    );
     assert_eq!(m.view().desired, LbTarget::Serve(Setup::Hot));
+}
+
+/// The same, but etcd came back from an old snapshot: its route is below
+/// what the member applied. The member stays blocked and says why.
+#[test]
+fn a_member_behind_a_rolled_back_route_stays_blocked() {
+    let mut m = synced_member(Some(route(5, Phase::Serve, Setup::Warm, 9)));
+    let cfg = m.config().clone();
+    let until = Time(1) + cfg.lease_ttl - cfg.margin;
+    m.handle(until, MemberEvent::Tick);
+    confirm_all(&mut m, until);
+    m.handle(until, MemberEvent::KeepAliveAcked { sent_at: until });
+    let old = route(2, Phase::Serve, Setup::Hot, 4);
+    m.handle(until, MemberEvent::Resynced(read(Some(old.clone()))));
+    let view = m.view();
+    assert_eq!(view.desired, LbTarget::Blocked);
+    assert_eq!(
+        view.behind,
+        Some(Behind {
+            route: Some(old.step()),
+            applied: 5
+        })
+    );
+    assert_eq!(view.accepted.map(|a| a.epoch), Some(5), "never moves back");
+    // The leader re-establishes above it: drain, then serve.
+    m.handle(until, seen(route(6, Phase::Drain, Setup::Hot, 11)));
+    m.handle(until, seen(route(6, Phase::Serve, Setup::Hot, 11)));
+    assert_eq!(m.view().behind, None);
+    assert_eq!(m.view().desired, LbTarget::Serve(Setup::Hot));
+}
+
+/// An operator deletes the route (or restores a backup without it): the
+/// member blocks rather than serve a link etcd no longer describes.
+#[test]
+fn a_deleted_route_blocks_until_the_link_is_re_established() {
+    let warm = route(4, Phase::Serve, Setup::Warm, 9);
+    let mut m = synced_member(Some(warm.clone()));
+    m.handle(
+        Time(5),
+        MemberEvent::RouteGone {
+            rev: rev_of(&warm) + 1,
+        },
+    );
+    assert_eq!(m.view().desired, LbTarget::Blocked);
+    assert_eq!(
+        m.view().behind,
+        Some(Behind {
+            route: None,
+            applied: 4
+        })
+    );
+    // A stale watch event from before the delete changes nothing.
+    m.handle(Time(6), seen(warm));
+    assert_eq!(m.view().desired, LbTarget::Blocked);
+}
+
+/// A member without memory (just started) learns from the member records
+/// what the link applied: a route below that is not served.
+#[test]
+fn a_fresh_member_does_not_serve_a_route_below_the_links_floor() {
+    let mut m = Member::new(member_config("bob-0", Role::Bob), Time::ZERO);
+    confirm_all(&mut m, Time(0));
+    let old = route(2, Phase::Serve, Setup::Hot, 4);
+    m.handle(
+        Time(1),
+        MemberEvent::Synced {
+            read: LinkRead {
+                rev: rev_of(&old),
+                route: Some(old),
+                floor: 5,
+            },
+            lease_sent_at: Time(1),
+        },
+    );
+    assert!(confirm_all(&mut m, Time(1)).is_empty());
+    assert_eq!(m.view().desired, LbTarget::Blocked);
+    assert_eq!(m.view().accepted, None);
+    assert!(m.view().behind.is_some());
 }
 
 #[test]
@@ -624,7 +821,7 @@ fn restarted_and_synced_to_hot() -> Member {
     m.handle(
         Time(1),
         MemberEvent::Synced {
-            route: Some(route(1, Phase::Serve, Setup::Hot, 5)),
+            read: read(Some(route(1, Phase::Serve, Setup::Hot, 5))),
             lease_sent_at: Time(1),
         },
     );
@@ -638,15 +835,8 @@ fn restarted_and_synced_to_hot() -> Member {
 fn member_with_serve_in_flight_then_drained() -> Member {
     let mut m = restarted_and_synced_to_hot();
     assert_eq!(actions(&mut m), vec![apply_serve(Setup::Hot, Time(1))]);
-    m.handle(
-        Time(2),
-        MemberEvent::PeerDrain {
-            req: 7,
-            epoch: 2,
-            token: 5,
-            setup: Setup::Warm,
-        },
-    );
+    m.handle(Time(2), seen(route(2, Phase::Drain, Setup::Warm, 5)));
+    m.handle(Time(2), push(7, Phase::Drain, 2, 5, Setup::Warm));
     m
 }
 
@@ -739,35 +929,12 @@ fn the_dead_mans_countdown_restarts_when_a_serve_ends() {
 /// old delete. That delete must not count as bob being fenced.
 #[test]
 fn a_stale_member_delete_does_not_end_the_wait_for_its_new_key() {
-    let mut l = Leader::new(
-        LeaderConfig {
-            id: "l".into(),
-            token: 10,
-            initial_setup: Setup::Hot,
-            resend_every: Duration::from_millis(300),
-        },
-        Time(0),
-    );
-    let rec = |role, applied| MemberRecord {
-        role,
-        grpc: "addr".into(),
-        applied,
-        lb: None,
-        health: crate::health::RoleHealth {
-            hot: Health::Up,
-            warm: Health::Up,
-        },
-    };
+    let mut l = Leader::new(leader_config(), Time(0));
     let served = Some(Applied {
         epoch: 1,
         phase: Phase::Serve,
         setup: Setup::Hot,
     });
-    let listed = |id: &str, role, applied, rev| Listed {
-        id: id.into(),
-        record: rec(role, applied),
-        rev,
-    };
     l.handle(
         Time(0),
         LeaderEvent::Start {
@@ -777,18 +944,11 @@ fn a_stale_member_delete_does_not_end_the_wait_for_its_new_key() {
                 listed("b", Role::Bob, served, 4),
             ],
             request: Some((
-                crate::policy::Request {
-                    id: "r".into(),
-                    kind: crate::policy::RequestKind::Failover,
-                    to: Setup::Warm,
-                    force: true,
-                    reason: "go".into(),
-                    requested_by: "u".into(),
-                    at: String::new(),
-                },
+                request(crate::policy::RequestKind::Failover, Setup::Warm),
                 6,
             )),
             paused: None,
+            history_epoch: Some(1),
         },
     );
     assert!(matches!(
@@ -870,4 +1030,269 @@ fn a_serve_must_land_while_the_check_still_calls_it_routable() {
     let retry = deadline + cfg.lb_retry;
     m.handle(retry, MemberEvent::Tick);
     assert_eq!(actions(&mut m), vec![apply_serve(Setup::Hot, deadline)]);
+}
+
+fn served(epoch: Epoch, setup: Setup) -> Option<Applied> {
+    Some(Applied {
+        epoch,
+        phase: Phase::Serve,
+        setup,
+    })
+}
+
+/// The first route write of a leader that started on `start`.
+fn first_write(start: LeaderEvent) -> (Route, Option<RequestOutcome>) {
+    let mut l = Leader::new(leader_config(), Time(0));
+    l.handle(Time(0), start);
+    match l.poll_action() {
+        Some(LeaderAction::WriteRoute { route, consume, .. }) => (route, consume.map(|(_, o)| o)),
+        other => panic!("expected a route write, got {other:?}"),
+    }
+}
+
+/// The lost-route attack: the route deleted while both LBs serve warm at
+/// epoch 7. The leader does not bootstrap "hot at epoch 1": it drains and
+/// serves warm again at epoch 8, and says why in the history.
+#[test]
+fn a_lost_route_is_re_established_above_every_applied_epoch() {
+    let (route, _) = first_write(LeaderEvent::Start {
+        route: None,
+        members: vec![
+            listed("alice-0", Role::Alice, served(7, Setup::Warm), 3),
+            listed("bob-0", Role::Bob, served(7, Setup::Warm), 4),
+        ],
+        request: None,
+        paused: None,
+        history_epoch: Some(7),
+    });
+    assert_eq!(
+        (route.epoch, route.phase, route.setup),
+        (8, Phase::Drain, Setup::Warm)
+    );
+    assert!(
+        route.reason.contains("etcd holds no route"),
+        "{}",
+        route.reason
+    );
+    assert!(
+        route.reason.contains("alice-0 at 7/serve warm"),
+        "{}",
+        route.reason
+    );
+}
+
+/// Members that disagree (one restarted onto a rolled-back route) get the
+/// initial setup; the epoch still goes above all of them.
+#[test]
+fn a_rolled_back_route_is_re_established_to_the_initial_setup_when_members_disagree() {
+    let (route, _) = first_write(LeaderEvent::Start {
+        route: Some((route(2, Phase::Serve, Setup::Warm, 4), 5)),
+        members: vec![
+            listed("alice-0", Role::Alice, served(2, Setup::Warm), 3),
+            listed("bob-0", Role::Bob, served(9, Setup::Hot), 4),
+        ],
+        request: None,
+        paused: None,
+        history_epoch: Some(2),
+    });
+    assert_eq!(
+        (route.epoch, route.phase, route.setup),
+        (10, Phase::Drain, Setup::Hot)
+    );
+}
+
+/// A new link (no route, nothing applied) bootstraps, but above the
+/// newest history record: epochs never go backwards.
+#[test]
+fn epochs_continue_above_the_history() {
+    let (route, _) = first_write(LeaderEvent::Start {
+        route: None,
+        members: vec![listed("alice-0", Role::Alice, None, 3)],
+        request: None,
+        paused: None,
+        history_epoch: None,
+    });
+    assert_eq!((route.epoch, route.setup), (1, Setup::Hot));
+    let (route, _) = first_write(LeaderEvent::Start {
+        route: None,
+        members: vec![listed("alice-0", Role::Alice, None, 3)],
+        request: None,
+        paused: None,
+        history_epoch: Some(41),
+    });
+    assert_eq!(route.epoch, 42);
+}
+
+/// An ack counts only from the member asked, for the epoch and setup
+/// asked: a reply naming another setup, or an older epoch, does not let
+/// the serve be written.
+#[test]
+fn an_ack_for_another_epoch_or_setup_does_not_count() {
+    let mut l = Leader::new(leader_config(), Time(0));
+    l.handle(
+        Time(0),
+        LeaderEvent::Start {
+            route: Some((route(1, Phase::Serve, Setup::Hot, 10), 5)),
+            members: vec![listed("a", Role::Alice, served(1, Setup::Hot), 3)],
+            request: Some((
+                request(crate::policy::RequestKind::Failover, Setup::Warm),
+                6,
+            )),
+            paused: None,
+            history_epoch: Some(1),
+        },
+    );
+    leader_actions(&mut l);
+    l.handle(
+        Time(1),
+        LeaderEvent::RouteWritten {
+            rev: 7,
+            members: vec![listed("a", Role::Alice, served(1, Setup::Hot), 3)],
+        },
+    );
+    leader_actions(&mut l);
+    for applied in [
+        Applied {
+            epoch: 2,
+            phase: Phase::Drain,
+            setup: Setup::Hot,
+        },
+        Applied {
+            epoch: 1,
+            phase: Phase::Serve,
+            setup: Setup::Warm,
+        },
+    ] {
+        l.handle(
+            Time(2),
+            LeaderEvent::PeerReplied {
+                member: "a".into(),
+                applied,
+            },
+        );
+        assert_eq!(leader_actions(&mut l), vec![], "{applied:?} must not count");
+    }
+    l.handle(
+        Time(3),
+        LeaderEvent::PeerReplied {
+            member: "a".into(),
+            applied: Applied {
+                epoch: 2,
+                phase: Phase::Drain,
+                setup: Setup::Warm,
+            },
+        },
+    );
+    let acts = leader_actions(&mut l);
+    assert!(
+        matches!(
+            acts.as_slice(),
+            [LeaderAction::WriteRoute { route, .. }] if route.phase == Phase::Serve
+        ),
+        "{acts:?}"
+    );
+}
+
+/// A request stored while no leader existed, found by a leader elected
+/// after its deadline: nothing moves, and the history says why.
+#[test]
+fn an_orphaned_request_expires_instead_of_running() {
+    let mut l = Leader::new(
+        LeaderConfig {
+            wall_ms_at_start: 100_000,
+            ..leader_config()
+        },
+        Time(0),
+    );
+    let mut late = request(crate::policy::RequestKind::Switchover, Setup::Warm);
+    late.deadline_ms = Some(90_000);
+    l.handle(
+        Time(0),
+        LeaderEvent::Start {
+            route: Some((route(1, Phase::Serve, Setup::Hot, 10), 5)),
+            members: vec![listed("a", Role::Alice, served(1, Setup::Hot), 3)],
+            request: Some((late, 6)),
+            paused: None,
+            history_epoch: Some(1),
+        },
+    );
+    let acts = leader_actions(&mut l);
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, LeaderAction::WriteRoute { .. })),
+        "{acts:?}"
+    );
+    assert!(acts.iter().any(|a| matches!(
+        a,
+        LeaderAction::ResolveRequest { outcome, .. } if outcome.status == RequestStatus::Expired
+    )));
+    assert!(acts.iter().any(|a| matches!(
+        a,
+        LeaderAction::WriteHistory(h) if h.kind == HistoryKind::RequestExpired && h.outcome == HistoryOutcome::Expired
+    )));
+
+    // One still within its deadline runs, and expires on the clock if it
+    // has to wait.
+    let mut l = Leader::new(
+        LeaderConfig {
+            wall_ms_at_start: 100_000,
+            ..leader_config()
+        },
+        Time(0),
+    );
+    let mut soon = request(crate::policy::RequestKind::Switchover, Setup::Warm);
+    soon.deadline_ms = Some(100_500);
+    l.handle(
+        Time(0),
+        LeaderEvent::Start {
+            route: Some((route(1, Phase::Serve, Setup::Hot, 10), 5)),
+            members: vec![listed("a", Role::Alice, served(1, Setup::Hot), 3)],
+            request: None,
+            paused: Some(crate::policy::Pause {
+                reason: "x".into(),
+                requested_by: "y".into(),
+                at: String::new(),
+            }),
+            history_epoch: Some(1),
+        },
+    );
+    leader_actions(&mut l);
+    assert_eq!(l.poll_timeout(), None);
+    l.handle(
+        Time(10),
+        LeaderEvent::RequestPut {
+            request: soon,
+            rev: 8,
+        },
+    );
+    // Paused: refused at once, well within the deadline.
+    assert!(leader_actions(&mut l).iter().any(|a| matches!(
+        a,
+        LeaderAction::ResolveRequest { outcome, .. } if outcome.status == RequestStatus::Rejected
+    )));
+}
+
+/// "Already there" is judged from what every LB reads back: with the route
+/// serving warm but bob's LB not reading it back, a switchover to warm
+/// runs a switch instead of answering "already".
+#[test]
+fn already_there_needs_every_lb_to_read_back_the_target() {
+    let mut bob = listed("bob-0", Role::Bob, served(3, Setup::Warm), 4);
+    bob.record.lb = Some(LbTarget::Blocked);
+    let (route, outcome) = first_write(LeaderEvent::Start {
+        route: Some((route(3, Phase::Serve, Setup::Warm, 10), 5)),
+        members: vec![
+            listed("alice-0", Role::Alice, served(3, Setup::Warm), 3),
+            bob,
+        ],
+        request: Some((
+            request(crate::policy::RequestKind::Switchover, Setup::Warm),
+            6,
+        )),
+        paused: None,
+        history_epoch: Some(3),
+    });
+    assert_eq!((route.epoch, route.setup), (4, Setup::Warm));
+    assert_eq!(outcome.map(|o| o.status), Some(RequestStatus::Started));
 }

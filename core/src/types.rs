@@ -117,6 +117,9 @@ pub type Token = i64;
 /// A member's id, unique within a link (the pod name in Kubernetes).
 pub type MemberId = String;
 
+/// etcd revision.
+pub type Rev = i64;
+
 /// A point in the route's total order: (epoch, phase).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Step {
@@ -153,6 +156,41 @@ pub struct Route {
 }
 
 impl Route {
+    pub fn step(&self) -> Step {
+        Step::new(self.epoch, self.phase)
+    }
+
+    /// The step and setup this route names, as a member applies them.
+    pub fn applied(&self) -> Applied {
+        Applied {
+            epoch: self.epoch,
+            phase: self.phase,
+            setup: self.setup,
+        }
+    }
+
+    /// Whether this route is the one `push` claims (its epoch, token and
+    /// setup) at the pushed phase or past it.
+    pub fn confirms(&self, push: &Push) -> bool {
+        self.epoch == push.epoch
+            && self.token == push.token
+            && self.setup == push.setup
+            && self.phase >= push.phase
+    }
+}
+
+/// A Drain or Serve the leader pushes to a member over gRPC: a hint that
+/// the route has reached this step, never an authority of its own (a
+/// member acts on it only once etcd's route confirms it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Push {
+    pub phase: Phase,
+    pub epoch: Epoch,
+    pub token: Token,
+    pub setup: Setup,
+}
+
+impl Push {
     pub fn step(&self) -> Step {
         Step::new(self.epoch, self.phase)
     }

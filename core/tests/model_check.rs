@@ -80,9 +80,13 @@ fn ci_model(mutation: Option<Mutation>) -> LinkModel {
             // takes a second fault to leave a stale one in flight (the
             // `paused_sidecar_*` tests).
             pause: 0,
+            forge: 1,
+            route_lost: 1,
+            restore: 1,
         },
         mutation,
         restarted_at_start: false,
+        delayed_reads: false,
     }
 }
 
@@ -274,6 +278,9 @@ fn explore_from_env() {
             leader_crash: on("lcrash"),
             leader_lease: on("llease"),
             pause: on("pause"),
+            forge: on("forge"),
+            route_lost: on("lost"),
+            restore: on("restore"),
         };
     }
     let limit: usize = std::env::var("LOCKSTEP_MODEL_STATES")

@@ -86,11 +86,7 @@ pub(crate) fn format_status(s: &proto::StatusReply) -> String {
             r.epoch,
             phase_name(r.phase),
             setup_name(r.setup),
-            if s.settled {
-                ", settled"
-            } else {
-                ", SWITCHING"
-            },
+            if s.settled { ", settled" } else { "" },
             r.reason,
             r.requested_by,
             r.at
@@ -98,6 +94,9 @@ pub(crate) fn format_status(s: &proto::StatusReply) -> String {
         None => {
             out.push_str("route     none yet (the leader routes a new link to its initial setup)\n")
         }
+    }
+    if !s.settled && !s.state.is_empty() {
+        out.push_str(&format!("state     {}\n", s.state));
     }
     if s.paused {
         out.push_str(&format!("paused    YES: {}\n", s.paused_reason));
@@ -159,6 +158,9 @@ pub(crate) fn format_status(s: &proto::StatusReply) -> String {
         ],
         &members,
     ));
+    for m in s.members.iter().filter(|m| !m.behind.is_empty()) {
+        out.push_str(&format!("BEHIND    {}: {}\n", m.id, m.behind));
+    }
     out
 }
 
@@ -263,6 +265,7 @@ pub(crate) struct MemberJson {
     pub(crate) health_warm: String,
     pub(crate) lease_age_ms: u64,
     pub(crate) lease_fresh: bool,
+    pub(crate) behind: String,
 }
 
 #[derive(Serialize)]
@@ -291,6 +294,7 @@ pub(crate) struct StatusJson {
     pub(crate) token: i64,
     pub(crate) route: Option<RouteJson>,
     pub(crate) settled: bool,
+    pub(crate) state: String,
     pub(crate) paused: bool,
     pub(crate) paused_reason: String,
     pub(crate) policy: String,
@@ -314,6 +318,7 @@ pub(crate) fn status_json(s: &proto::StatusReply) -> StatusJson {
             at: r.at.clone(),
         }),
         settled: s.settled,
+        state: s.state.clone(),
         paused: s.paused,
         paused_reason: s.paused_reason.clone(),
         policy: s.policy.clone(),
@@ -341,6 +346,7 @@ pub(crate) fn status_json(s: &proto::StatusReply) -> StatusJson {
                 health_warm: m.health.as_ref().map_or(String::new(), |h| h.warm.clone()),
                 lease_age_ms: m.lease_age_ms,
                 lease_fresh: m.lease_fresh,
+                behind: m.behind.clone(),
             })
             .collect(),
     }
@@ -415,6 +421,7 @@ mod tests {
                 health: None,
                 lease_age_ms: 120,
                 lease_fresh: true,
+                behind: String::new(),
             }],
             paused: true,
             paused_reason: "maintenance".into(),
@@ -427,6 +434,7 @@ mod tests {
             }],
             settled: true,
             policy: "serving warm, healthy".into(),
+            state: "every LB serves warm (epoch 7)".into(),
         }
     }
 
@@ -445,6 +453,21 @@ mod tests {
             member.contains("7/serve/warm") && member.contains("120 ms"),
             "{member}"
         );
+    }
+
+    #[test]
+    fn status_says_when_lbs_disagree_with_the_route() {
+        let mut s = status();
+        s.settled = false;
+        s.state = "etcd holds no route, but LBs have applied one: bob-0 applied 7/serve warm, LB warm; the leader re-establishes the link".into();
+        s.members[0].behind = "etcd holds no route, below epoch 7 applied on this link: blocked until the leader re-establishes it".into();
+        let text = format_status(&s);
+        assert!(text.contains("state     etcd holds no route"), "{text}");
+        assert!(
+            text.contains("BEHIND    bob-0: etcd holds no route"),
+            "{text}"
+        );
+        assert!(!text.contains("settled"), "{text}");
     }
 
     #[test]

@@ -8,7 +8,8 @@ use crate::sidecar::Shared;
 use crate::store::{Change, Snapshot, Store, Watch, Watched};
 use futures::Stream;
 use lockstep_core::health::aggregate;
-use lockstep_core::leader::{HistoryRecord, RequestOutcome};
+use lockstep_core::leader::{HistoryRecord, RequestOutcome, RequestStatus};
+use lockstep_core::link::LinkState;
 use lockstep_core::policy::{check_request, Pause, Request, RequestKind, Verdict};
 use lockstep_core::Setup;
 use std::pin::Pin;
@@ -73,6 +74,7 @@ pub(crate) async fn build_status(shared: &Shared, s: &Snapshot) -> proto::Status
             }),
             lease_age_ms: 0,
             lease_fresh: false,
+            behind: m.record.behind.map_or(String::new(), |b| b.to_string()),
         }));
     }
     proto::StatusReply {
@@ -118,6 +120,7 @@ pub(crate) async fn build_status(shared: &Shared, s: &Snapshot) -> proto::Status
             .collect(),
         settled: s.settled(),
         policy: s.policy.clone().unwrap_or_default(),
+        state: s.link().to_string(),
     }
 }
 
@@ -136,6 +139,11 @@ impl AdminService {
                 "a reason is required: it is recorded in the history",
             ));
         }
+        let timeout = if req.timeout_ms > 0 {
+            Duration::from_millis(req.timeout_ms)
+        } else {
+            self.shared.config.admin.switch_timeout
+        };
         let store = &self.shared.store;
         let snap = store.snapshot().await.map_err(store_status)?;
         let request = Request {
@@ -150,17 +158,19 @@ impl AdminService {
                 req.requested_by.clone()
             },
             at: crate::sidecar::leader::now_rfc3339(),
+            // No leader carries it out after the caller has given up on it.
+            deadline_ms: Some(crate::sidecar::leader::wall_ms() + timeout.as_millis() as u64),
         };
-        let route = snap.route.as_ref().map(|(r, _)| r);
-        let epoch_now = route.map_or(0, |r| r.epoch);
-        match check_request(&request, route, snap.paused.as_ref(), &health_of(&snap, to)) {
+        let epoch_now = snap.route.as_ref().map_or(0, |(r, _)| r.epoch);
+        let link = snap.link();
+        match check_request(&request, &link, snap.paused.as_ref(), &health_of(&snap, to)) {
             Err(refused) => return Err(Status::failed_precondition(refused.to_string())),
             Ok(Verdict::AlreadyActive) => {
                 return Ok(Response::new(proto::SwitchReply {
                     request_id: String::new(),
                     epoch: epoch_now,
                     already_active: true,
-                    completed: snap.settled(),
+                    completed: true,
                     elapsed_ms: started.elapsed().as_millis() as u64,
                 }))
             }
@@ -179,11 +189,6 @@ impl AdminService {
             }
         };
         info!(id = %request.id, %kind, %to, by = %request.requested_by, reason = %request.reason, "request stored");
-        let timeout = if req.timeout_ms > 0 {
-            Duration::from_millis(req.timeout_ms)
-        } else {
-            self.shared.config.admin.switch_timeout
-        };
         let outcome = wait_outcome(&mut outcomes, &request.id, timeout).await;
         let outcome = match outcome {
             Some(o) => o,
@@ -198,9 +203,10 @@ impl AdminService {
                 }));
             }
         };
-        match outcome.status.as_str() {
-            "rejected" => return Err(Status::failed_precondition(outcome.message)),
-            "already" => {
+        match outcome.status {
+            RequestStatus::Rejected => return Err(Status::failed_precondition(outcome.message)),
+            RequestStatus::Expired => return Err(Status::deadline_exceeded(outcome.message)),
+            RequestStatus::Already => {
                 return Ok(Response::new(proto::SwitchReply {
                     request_id: request.id,
                     epoch: outcome.epoch,
@@ -209,7 +215,7 @@ impl AdminService {
                     elapsed_ms: started.elapsed().as_millis() as u64,
                 }))
             }
-            _ => {}
+            RequestStatus::Started => {}
         }
         let mut completed = false;
         if req.wait {
@@ -248,15 +254,15 @@ async fn wait_outcome(watch: &mut Watch, id: &str, timeout: Duration) -> Option<
     tokio::time::timeout(timeout, fut).await.ok().flatten()
 }
 
-/// Waits until every live member serves `to` at `epoch` (or later): the
-/// leader's "complete" history record (written once every member's gRPC
-/// reply confirmed its LB) or, failing that, the members' own records.
+/// Waits until every member's LB reads back `to` at `epoch` or later (or a
+/// later switch has moved the link on): the link state, the one
+/// definition of "complete".
 async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -> bool {
     let check = |s: &Snapshot| {
-        s.route
-            .as_ref()
-            .is_some_and(|(r, _)| r.epoch > epoch || (r.epoch == epoch && r.setup == to))
-            && s.settled()
+        let moved_on = s.route.as_ref().is_some_and(|(r, _)| r.epoch > epoch);
+        let settled =
+            matches!(s.link(), LinkState::Settled { epoch: e, setup } if e >= epoch && setup == to);
+        !s.members.is_empty() && (settled || (moved_on && s.settled()))
     };
     let fut = async {
         let (mut watch, snap) = store.watch_then_snapshot(Watched::Link).await.ok()?;
@@ -266,12 +272,8 @@ async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -
         loop {
             let mut look = false;
             for change in watch.next().await.ok()?? {
-                match change {
-                    Ok(Change::History(h)) if h.epoch >= epoch && h.outcome == "complete" => {
-                        return Some(());
-                    }
-                    Ok(Change::Member(_) | Change::Route(..)) => look = true,
-                    _ => {}
+                if let Ok(Change::Member(_) | Change::Route(..) | Change::MemberGone(..)) = change {
+                    look = true;
                 }
             }
             if look && check(&store.snapshot().await.ok()?) {
@@ -300,7 +302,7 @@ fn history_to_proto(h: &HistoryRecord) -> proto::HistoryRecord {
         drain_ms: h.drain_ms,
         total_ms: h.total_ms,
         fenced_members: h.fenced_members.clone(),
-        outcome: h.outcome.clone(),
+        outcome: h.outcome.to_string(),
     }
 }
 

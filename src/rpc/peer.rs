@@ -6,8 +6,8 @@ use super::{applied_to_proto, setup_from_proto};
 use crate::proto::{self, peer_server::Peer};
 use crate::sidecar::member::Input;
 use crate::sidecar::Shared;
-use lockstep_core::member::{MemberEvent, Refusal};
-use lockstep_core::Phase;
+use lockstep_core::member::Refusal;
+use lockstep_core::{Phase, Push};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
@@ -19,10 +19,10 @@ pub(crate) struct PeerService {
 }
 
 impl PeerService {
-    async fn push(&self, event: MemberEvent) -> Result<Response<proto::ApplyReply>, Status> {
+    async fn push(&self, push: Push) -> Result<Response<proto::ApplyReply>, Status> {
         let (tx, rx) = oneshot::channel();
         self.input
-            .send(Input::Peer(event, tx))
+            .send(Input::Peer(push, tx))
             .await
             .map_err(|_| Status::unavailable("member is shutting down"))?;
         match rx.await {
@@ -48,21 +48,13 @@ impl PeerService {
         let setup = setup_from_proto(setup)
             .ok_or_else(|| Status::invalid_argument("setup must be hot or warm"))?;
         let span = info_span!("peer_apply", %link, %phase, epoch, token, %setup, member = %self.shared.config.member_id);
-        let event = match phase {
-            Phase::Drain => MemberEvent::PeerDrain {
-                req: 0,
-                epoch,
-                token,
-                setup,
-            },
-            Phase::Serve => MemberEvent::PeerServe {
-                req: 0,
-                epoch,
-                token,
-                setup,
-            },
+        let push = Push {
+            phase,
+            epoch,
+            token,
+            setup,
         };
-        self.push(event).instrument(span).await
+        self.push(push).instrument(span).await
     }
 
     fn check_link(&self, link: &str) -> Result<(), Status> {
@@ -76,15 +68,17 @@ impl PeerService {
     }
 }
 
+/// A refusal as a gRPC status. A push etcd does not confirm has its own:
+/// `PERMISSION_DENIED` ("not confirmed by etcd at revision R"), since it
+/// claims an authority it does not have; it changed nothing.
 fn refusal_status(r: &Refusal) -> Status {
     match r {
         Refusal::StaleToken { .. } | Refusal::StaleStep { .. } | Refusal::Superseded { .. } => {
             Status::aborted(r.to_string())
         }
-        Refusal::Inconsistent { .. } | Refusal::NotServable { .. } => {
-            Status::failed_precondition(r.to_string())
-        }
-        Refusal::Stopping => Status::unavailable(r.to_string()),
+        Refusal::NotConfirmed { .. } => Status::permission_denied(r.to_string()),
+        Refusal::NotServable { .. } => Status::failed_precondition(r.to_string()),
+        Refusal::Stopping | Refusal::Busy => Status::unavailable(r.to_string()),
     }
 }
 

@@ -6,8 +6,10 @@ use super::Shared;
 use crate::proto::peer_client::PeerClient;
 use crate::proto::{DrainRequest, ServeRequest};
 use crate::store::{Change, StoreError, Watched};
-use lockstep_core::leader::{Leader, LeaderAction, LeaderConfig, LeaderEvent, WriteFailure};
-use lockstep_core::{Applied, Token};
+use lockstep_core::leader::{
+    HistoryOutcome, Leader, LeaderAction, LeaderConfig, LeaderEvent, WriteFailure,
+};
+use lockstep_core::{Applied, Phase, Push, Token};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,6 +124,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
         LeaderConfig {
             id: shared.config.member_id.clone(),
             token,
+            wall_ms_at_start: wall_ms(),
             initial_setup: shared.config.initial_setup,
             resend_every: RESEND_EVERY,
         },
@@ -142,6 +145,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
             members: snapshot.members.clone(),
             request: snapshot.request.clone(),
             paused: snapshot.paused.clone(),
+            history_epoch: snapshot.history_epoch,
         },
     );
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(64);
@@ -206,10 +210,15 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                 }
                 LeaderAction::WriteHistory(mut record) => {
                     let store = shared.store.clone();
-                    shared.metrics.switch_completed(&record);
-                    info!(epoch = record.epoch, to = %record.to, drain_ms = record.drain_ms, total_ms = record.total_ms, fenced = ?record.fenced_members, "switch complete");
-                    record.started_at = started_at.remove(&record.epoch).unwrap_or_default();
-                    started_at.retain(|e, _| *e > record.epoch);
+                    if record.outcome == HistoryOutcome::Complete {
+                        shared.metrics.switch_completed(&record);
+                        info!(epoch = record.epoch, to = %record.to, drain_ms = record.drain_ms, total_ms = record.total_ms, fenced = ?record.fenced_members, "switch complete");
+                        record.started_at = started_at.remove(&record.epoch).unwrap_or_default();
+                        started_at.retain(|e, _| *e > record.epoch);
+                    } else {
+                        warn!(epoch = record.epoch, kind = %record.kind, reason = %record.reason, "recorded in the history");
+                        record.started_at = now_rfc3339();
+                    }
                     tokio::spawn(
                         async move {
                             if let Err(e) = store.put_history(token, &record).await {
@@ -219,44 +228,14 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                         .in_current_span(),
                     );
                 }
-                LeaderAction::SendDrain {
-                    member,
-                    addr,
-                    epoch,
-                    token,
-                    setup,
-                } => {
+                LeaderAction::Send { member, addr, push } => {
                     let client = peer(&mut peers, &addr);
-                    let link = shared.config.link.clone();
-                    push(
+                    send(
                         client,
                         done_tx.clone(),
                         member,
-                        Push::Drain,
-                        link,
-                        epoch,
-                        token,
-                        setup,
-                    );
-                }
-                LeaderAction::SendServe {
-                    member,
-                    addr,
-                    epoch,
-                    token,
-                    setup,
-                } => {
-                    let client = peer(&mut peers, &addr);
-                    let link = shared.config.link.clone();
-                    push(
-                        client,
-                        done_tx.clone(),
-                        member,
-                        Push::Serve,
-                        link,
-                        epoch,
-                        token,
-                        setup,
+                        shared.config.link.clone(),
+                        push,
                     );
                 }
                 LeaderAction::PauseLink { reason } => {
@@ -276,14 +255,16 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                         .in_current_span(),
                     );
                 }
-                LeaderAction::PolicyNote(note) => {
-                    if note.starts_with("BOTH SETUPS UNHEALTHY") {
+                LeaderAction::PolicyNote {
+                    note,
+                    no_healthy_setup,
+                } => {
+                    if no_healthy_setup {
                         warn!(%note, "no healthy setup to fail over to");
-                        shared.metrics.set_no_healthy_setup(true);
                     } else {
                         info!(%note, "failover policy");
-                        shared.metrics.set_no_healthy_setup(false);
                     }
+                    shared.metrics.set_no_healthy_setup(no_healthy_setup);
                     let store = shared.store.clone();
                     tokio::spawn(
                         async move {
@@ -315,6 +296,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                         };
                         let event = match change {
                             Change::Route(route, rev) => LeaderEvent::RouteSeen { route, rev },
+                            Change::RouteGone(rev) => LeaderEvent::RouteGone { rev },
                             Change::Member(listed) => LeaderEvent::MemberPut(listed),
                             Change::MemberGone(id, rev) => {
                                 info!(member = %id, "member key gone (lease expired or revoked)");
@@ -329,7 +311,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                                 }
                                 continue;
                             }
-                            Change::Outcome(_) | Change::History(_) | Change::Other => continue,
+                            Change::Outcome(_) | Change::Other => continue,
                         };
                         core.handle(clock.now(), event);
                     }
@@ -370,33 +352,25 @@ fn route_write_failpoint(after: bool, phase: lockstep_core::Phase) {
     let _ = name;
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Push {
-    Drain,
-    Serve,
-}
-
 /// Sends one Drain or Serve; a reply is the member's ack. A failure is only
 /// logged: the member also learns the route from etcd, and the leader
 /// pushes again on its resend timer.
-#[allow(clippy::too_many_arguments)]
-fn push(
+fn send(
     client: Option<PeerClient<Channel>>,
     done: mpsc::Sender<Done>,
     member: String,
-    kind: Push,
     link: String,
-    epoch: u64,
-    token: Token,
-    setup: lockstep_core::Setup,
+    push: Push,
 ) {
-    let span = info_span!("push", ?kind, %member, epoch, token);
+    let span =
+        info_span!("push", phase = %push.phase, %member, epoch = push.epoch, token = push.token);
     tokio::spawn(
         async move {
             let Some(mut client) = client else { return };
-            let setup = crate::rpc::setup_to_proto(setup) as i32;
-            let reply = match kind {
-                Push::Drain => {
+            let (epoch, token) = (push.epoch, push.token);
+            let setup = crate::rpc::setup_to_proto(push.setup) as i32;
+            let reply = match push.phase {
+                Phase::Drain => {
                     client
                         .drain(DrainRequest {
                             link,
@@ -406,7 +380,7 @@ fn push(
                         })
                         .await
                 }
-                Push::Serve => {
+                Phase::Serve => {
                     client
                         .serve(ServeRequest {
                             link,
@@ -434,6 +408,13 @@ fn push(
         }
         .instrument(span),
     );
+}
+
+/// Unix time in milliseconds (requests' deadlines are wall-clock).
+pub(crate) fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn peer(

@@ -1,14 +1,21 @@
 //! Driver of the member state machine: feeds it events from etcd (route
-//! watch, lease keep-alives), gRPC (Drain/Serve) and the LB, and carries out
-//! what it decides. It decides nothing itself.
+//! watch and reads, lease keep-alives), gRPC (Drain/Serve) and the LB, and
+//! carries out what it decides. It decides nothing itself.
+//!
+//! Every route the member learns comes through one task (`route_task`), in
+//! order: the watch's events, the reads the member asks for to confirm a
+//! push, and the whole-link reads after the watch is opened again or the
+//! member asks to resync. A read that task does is never older than an
+//! event it has already forwarded.
 
 use super::{Clock, Shared};
 use crate::lb::LoadBalancer;
-use crate::store::{Change, StoreError, Watched};
-use backon::{ExponentialBuilder, Retryable};
+use crate::store::{Change, RegisterError, StoreError, Watched};
 use lockstep_core::leader::MemberRecord;
-use lockstep_core::member::{Member, MemberAction, MemberConfig, MemberEvent, Refusal, RequestId};
-use lockstep_core::{Applied, LbTarget, Route};
+use lockstep_core::member::{
+    LbKnown, LinkRead, Member, MemberAction, MemberConfig, MemberEvent, ReadId, Refusal, RequestId,
+};
+use lockstep_core::{Applied, Push};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,15 +30,22 @@ pub(crate) enum Input {
     /// started: a read that began before an apply finished says nothing
     /// about the LB after it, so it is dropped.
     Observed(MemberEvent, u64),
-    /// A gRPC Drain or Serve: the event (with a placeholder request id) and
-    /// where to send the answer.
-    Peer(MemberEvent, oneshot::Sender<Result<Applied, Refusal>>),
-    /// A new lease and the route read after registering with it.
+    /// A gRPC Drain or Serve and where to send the answer.
+    Peer(Push, oneshot::Sender<Result<Applied, Refusal>>),
+    /// A new lease and the link read after registering with it.
     Registered {
         lease: i64,
-        route: Option<Route>,
+        read: LinkRead,
         lease_sent_at: lockstep_core::Time,
     },
+}
+
+/// What the member asks of the route task.
+enum RouteJob {
+    /// Read the route once (`MemberAction::ReadRoute`).
+    Read(ReadId),
+    /// Read the whole link again (`MemberAction::Resync`).
+    Resync,
 }
 
 /// Handles the member task publishes for others.
@@ -59,17 +73,20 @@ pub(crate) fn spawn<L: LoadBalancer>(shared: Arc<Shared>, lb: Arc<L>) -> MemberH
     let (input_tx, input_rx) = mpsc::channel(256);
     let (stopped_tx, stopped_rx) = oneshot::channel();
     let span = info_span!("member", link = %shared.config.link, member = %shared.config.member_id);
+    let (jobs_tx, jobs_rx) = mpsc::channel(16);
     tokio::spawn(
         run(
             shared.clone(),
             lb.clone(),
             input_tx.clone(),
             input_rx,
+            jobs_tx,
             stopped_tx,
         )
         .instrument(span.clone()),
     );
     tokio::spawn(keep_alive(shared.clone(), input_tx.clone()).instrument(span.clone()));
+    tokio::spawn(route_task(shared.clone(), input_tx.clone(), jobs_rx).instrument(span.clone()));
     tokio::spawn(observe_lb(shared.clone(), lb, input_tx.clone()).instrument(span.clone()));
     tokio::spawn(write_records(shared.clone()).instrument(span));
     MemberHandles {
@@ -83,6 +100,7 @@ async fn run<L: LoadBalancer>(
     lb: Arc<L>,
     input_tx: mpsc::Sender<Input>,
     mut input: mpsc::Receiver<Input>,
+    jobs: mpsc::Sender<RouteJob>,
     stopped: oneshot::Sender<()>,
 ) {
     let clock = shared.clock;
@@ -94,7 +112,6 @@ async fn run<L: LoadBalancer>(
     let mut replies: HashMap<RequestId, oneshot::Sender<Result<Applied, Refusal>>> = HashMap::new();
     let mut next_req: RequestId = 1;
     let mut stopped = Some(stopped);
-    let mut route_watch: Option<tokio::task::JoinHandle<()>> = None;
     let apply_gen = shared.lb_apply_gen.clone();
     spawn_registration(shared.clone(), input_tx.clone());
 
@@ -132,14 +149,18 @@ async fn run<L: LoadBalancer>(
                 }
                 MemberAction::WriteApplied(applied) => {
                     info!(epoch = applied.epoch, phase = %applied.phase, setup = %applied.setup, "applied");
-                    shared.record.send_modify(|r| {
-                        r.applied = Some(applied);
-                        r.lb = match applied.phase {
-                            lockstep_core::Phase::Drain => Some(LbTarget::Blocked),
-                            lockstep_core::Phase::Serve => Some(LbTarget::Serve(applied.setup)),
-                        };
-                    });
+                    shared.record.send_modify(|r| r.applied = Some(applied));
                     shared.metrics.applied(applied);
+                }
+                MemberAction::ReadRoute(read) => {
+                    // The route task is always there; a full queue means
+                    // etcd is not answering, and the pushes waiting on the
+                    // read time out at the leader.
+                    let _ = jobs.try_send(RouteJob::Read(read));
+                }
+                MemberAction::Resync => {
+                    info!("fence lifted: reading the link again before serving");
+                    let _ = jobs.send(RouteJob::Resync).await;
                 }
                 MemberAction::Reply { req, result } => {
                     if let Some(tx) = replies.remove(&req) {
@@ -167,6 +188,7 @@ async fn run<L: LoadBalancer>(
         }
         let view = core.view();
         shared.metrics.member_view(&view);
+        publish(&shared, &view);
         shared.view.send_replace(view);
 
         let timeout = core.poll_timeout();
@@ -186,26 +208,15 @@ async fn run<L: LoadBalancer>(
                             core.handle(clock.now(), ev);
                         }
                     }
-                    Input::Peer(mut ev, reply) => {
+                    Input::Peer(push, reply) => {
                         let req = next_req;
                         next_req += 1;
-                        match &mut ev {
-                            MemberEvent::PeerDrain { req: r, .. } | MemberEvent::PeerServe { req: r, .. } => *r = req,
-                            _ => {}
-                        }
                         replies.insert(req, reply);
-                        core.handle(clock.now(), ev);
+                        core.handle(clock.now(), MemberEvent::Peer { req, push });
                     }
-                    Input::Registered { lease, route, lease_sent_at } => {
+                    Input::Registered { lease, read, lease_sent_at } => {
                         shared.lease.send_replace(Some(lease));
-                        core.handle(clock.now(), MemberEvent::Synced { route, lease_sent_at });
-                        if let Some(h) = route_watch.take() {
-                            h.abort();
-                        }
-                        route_watch = Some(tokio::spawn(
-                            watch_route(shared.clone(), input_tx.clone())
-                                .instrument(tracing::Span::current()),
-                        ));
+                        core.handle(clock.now(), MemberEvent::Synced { read, lease_sent_at });
                     }
                 }
             }
@@ -220,91 +231,186 @@ async fn run<L: LoadBalancer>(
     }
 }
 
-/// Registers with etcd: lease, then member key, then route read (that order
-/// guarantees a leader writing a drain either lists us or we read it).
+/// What the member publishes in its key besides what it applied: what its
+/// LB reads back and whether etcd's route is behind the link. Logged when
+/// the member falls behind.
+fn publish(shared: &Shared, view: &lockstep_core::member::MemberView) {
+    let lb = match view.lb {
+        LbKnown::Confirmed(t) => Some(t),
+        LbKnown::AssumedBlocked | LbKnown::Unknown => None,
+    };
+    shared.record.send_if_modified(|r| {
+        if r.behind != view.behind {
+            match &view.behind {
+                Some(b) => warn!(behind = %b, "route below what this link applied"),
+                None => info!("route caught up with what this link applied"),
+            }
+        }
+        let changed = r.lb != lb || r.behind != view.behind;
+        r.lb = lb;
+        r.behind = view.behind;
+        changed
+    });
+}
+
+/// Registers with etcd: waits until no other lease holds the member id,
+/// then lease, member key and a read of the link (that order guarantees a
+/// leader writing a drain either lists us or we read it). A member id held
+/// by another lease is never merged into: after a crash the old lease
+/// expires within one TTL; one still renewed after twice the TTL belongs to
+/// another live sidecar with the same id, and the sidecar stops with an
+/// error naming it.
 fn spawn_registration(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
     tokio::spawn(
         async move {
-            let attempt = || async {
-                let sent_at = shared.clock.now();
-                let lease = shared.store.grant(shared.config.etcd.lease_ttl).await?;
-                let record = shared.record.borrow().clone();
-                shared
-                    .store
-                    .put_member(&shared.config.member_id, &record, lease)
-                    .await?;
-                let (route, _) = shared.store.read_route().await?;
-                Ok::<_, crate::store::StoreError>((lease, route, sent_at))
-            };
-            let result = attempt
-                .retry(
-                    ExponentialBuilder::default()
-                        .with_min_delay(Duration::from_millis(100))
-                        .with_max_delay(Duration::from_secs(2))
-                        .without_max_times(),
-                )
-                .notify(|e, after| warn!(error = %e, retry_in = ?after, "registration with etcd failed"))
-                .await;
-            if let Ok((lease, route, lease_sent_at)) = result {
-                info!(lease, route = ?route.as_ref().map(|r| (r.epoch, r.phase, r.setup)), "registered");
-                let _ = input
-                    .send(Input::Registered {
-                        lease,
-                        route,
-                        lease_sent_at,
-                    })
-                    .await;
+            let bound = shared.config.etcd.lease_ttl * 2;
+            let mut taken_since: Option<(std::time::Instant, i64)> = None;
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match register_once(&shared).await {
+                    Ok((lease, read, lease_sent_at)) => {
+                        info!(lease, route = ?read.route.as_ref().map(|r| (r.epoch, r.phase, r.setup)), floor = read.floor, "registered");
+                        let _ = input
+                            .send(Input::Registered {
+                                lease,
+                                read,
+                                lease_sent_at,
+                            })
+                            .await;
+                        return;
+                    }
+                    Err(RegisterError::Taken { id, lease, grpc }) => {
+                        let since = match taken_since {
+                            Some((t, l)) if l == lease => t,
+                            _ => {
+                                warn!(member = %id, holder = %grpc, "member id held by another lease: staying blocked until it expires");
+                                let now = std::time::Instant::now();
+                                taken_since = Some((now, lease));
+                                now
+                            }
+                        };
+                        if since.elapsed() > bound {
+                            let msg = format!(
+                                "member id {id:?} is still registered by the live sidecar at {grpc} after {bound:?}: two sidecars share one member_id; give each its own (e.g. the pod name)"
+                            );
+                            shared.fatal.send_replace(Some(msg));
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(RegisterError::Store(e)) => {
+                        warn!(error = %e, retry_in = ?backoff, "registration with etcd failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
             }
         }
         .instrument(tracing::Span::current()),
     );
 }
 
-/// Forwards route changes. Each round opens the watch and then reads the
-/// route (forwarding it; the member ignores steps it has seen), so nothing
-/// written in between is missed.
-async fn watch_route(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
+/// One registration attempt. The lease is granted only once the member id
+/// is free, so it is not left to expire while the sidecar waits.
+async fn register_once(
+    shared: &Shared,
+) -> Result<(i64, LinkRead, lockstep_core::Time), RegisterError> {
+    let id = &shared.config.member_id;
+    if let Some(holder) = shared.store.member(id).await? {
+        return Err(RegisterError::Taken {
+            id: id.clone(),
+            lease: holder.0,
+            grpc: holder.1,
+        });
+    }
+    let sent_at = shared.clock.now();
+    let lease = shared.store.grant(shared.config.etcd.lease_ttl).await?;
+    let record = shared.record.borrow().clone();
+    if let Err(e) = shared.store.register_member(id, &record, lease).await {
+        let _ = shared.store.revoke(lease).await;
+        return Err(e);
+    }
+    let read = shared.store.snapshot().await?.link_read();
+    Ok((lease, read, sent_at))
+}
+
+/// Forwards what the member learns of the route, in order: each round opens
+/// the watch from now, then reads the whole link (`Resynced`: the truth now,
+/// even when older than what the member knew, as after an etcd restore),
+/// then forwards the watch's changes and answers the member's reads.
+async fn route_task(
+    shared: Arc<Shared>,
+    input: mpsc::Sender<Input>,
+    mut jobs: mpsc::Receiver<RouteJob>,
+) {
+    let send = |ev: MemberEvent| input.send(Input::Event(ev));
     loop {
         match shared.store.watch_then_snapshot(Watched::Route).await {
             Ok((mut watch, snapshot)) => {
-                if let Some((route, _)) = snapshot.route {
-                    if input
-                        .send(Input::Event(MemberEvent::RouteSeen(route)))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+                if send(MemberEvent::Resynced(snapshot.link_read()))
+                    .await
+                    .is_err()
+                {
+                    return;
                 }
                 loop {
-                    match watch.next().await {
-                        Ok(Some(changes)) => {
-                            for change in changes {
-                                if let Ok(Change::Route(route, _)) = change {
-                                    if input
-                                        .send(Input::Event(MemberEvent::RouteSeen(route)))
-                                        .await
-                                        .is_err()
-                                    {
+                    tokio::select! {
+                        batch = watch.next() => match batch {
+                            Ok(Some(changes)) => {
+                                for change in changes {
+                                    let ev = match change {
+                                        Ok(Change::Route(route, rev)) => MemberEvent::RouteSeen { route, rev },
+                                        Ok(Change::RouteGone(rev)) => MemberEvent::RouteGone { rev },
+                                        Ok(_) => continue,
+                                        Err(e) => {
+                                            warn!(error = %e, "unreadable route on the watch");
+                                            continue;
+                                        }
+                                    };
+                                    if send(ev).await.is_err() {
                                         return;
                                     }
                                 }
                             }
-                        }
-                        Ok(None) => break,
-                        Err(StoreError::WatchCanceled(reason)) => {
-                            warn!(%reason, "route watch canceled");
-                            break;
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "route watch broke");
-                            break;
+                            Ok(None) => break,
+                            Err(StoreError::WatchCanceled(reason)) => {
+                                warn!(%reason, "route watch canceled");
+                                break;
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "route watch broke");
+                                break;
+                            }
+                        },
+                        job = jobs.recv() => {
+                            let Some(job) = job else { return };
+                            let ev = match job {
+                                RouteJob::Read(read) => match shared.store.read_route().await {
+                                    Ok((route, rev)) => MemberEvent::RouteRead { read, route, rev },
+                                    Err(e) => {
+                                        warn!(error = %e, "cannot read the route to confirm a push");
+                                        break;
+                                    }
+                                },
+                                RouteJob::Resync => match shared.store.snapshot().await {
+                                    Ok(s) => MemberEvent::Resynced(s.link_read()),
+                                    Err(e) => {
+                                        warn!(error = %e, "cannot read the link to resync");
+                                        break;
+                                    }
+                                },
+                            };
+                            if send(ev).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }
             }
             Err(e) => warn!(error = %e, "cannot watch and read the route"),
         }
+        // A read that failed is answered by the next round's whole read:
+        // the member re-judges every waiting push on it.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -430,7 +536,13 @@ async fn write_records(shared: Arc<Shared>) {
                     .put_member(&shared.config.member_id, &record, lease)
                     .await
                 {
-                    Ok(_) => last = Some((lease, record)),
+                    Ok(true) => last = Some((lease, record)),
+                    // The key is no longer on our lease: the keep-alive
+                    // reports the lease's loss and we register again.
+                    Ok(false) => {
+                        warn!(lease, "member key not on our lease; not written");
+                        last = Some((lease, record));
+                    }
                     Err(e) => {
                         warn!(error = %e, "cannot write member record; retrying");
                         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -67,6 +67,9 @@ pub(crate) struct Shared {
     pub(crate) leader_token: watch::Sender<Option<Token>>,
     /// Set once shutdown began, so no new leadership is taken.
     pub(crate) stopping: watch::Sender<bool>,
+    /// Why the sidecar cannot go on (e.g. its member id belongs to another
+    /// live sidecar): it stops as on shutdown and exits with this error.
+    pub(crate) fatal: watch::Sender<Option<String>>,
     pub(crate) metrics: metrics::Metrics,
     /// Bumped when an LB apply starts and when it ends; see
     /// `member::Input::Observed`.
@@ -107,6 +110,7 @@ impl Shared {
             }),
             lease_age_ms,
             lease_fresh: !view.fenced && view.lease_fresh_until.is_some_and(|u| now < u),
+            behind: view.behind.map_or(String::new(), |b| b.to_string()),
         }
     }
 
@@ -178,6 +182,7 @@ pub(crate) async fn run_with<L: LoadBalancer>(
         applied: None,
         lb: None,
         health: RoleHealth::default(),
+        behind: None,
     };
     let grpc_listen = config.grpc.listen;
     let http_listen = config.http.listen;
@@ -191,6 +196,7 @@ pub(crate) async fn run_with<L: LoadBalancer>(
         record: watch::Sender::new(record),
         leader_token: watch::Sender::new(None),
         stopping: watch::Sender::new(false),
+        fatal: watch::Sender::new(None),
         lb_apply_gen: Arc::default(),
     });
     info!(
@@ -246,7 +252,14 @@ pub(crate) async fn run_with<L: LoadBalancer>(
             ),
     );
 
-    shutdown.await;
+    let mut fatal = shared.fatal.subscribe();
+    let failure = tokio::select! {
+        () = shutdown => None,
+        _ = fatal.wait_for(Option::is_some) => shared.fatal.borrow().clone(),
+    };
+    if let Some(why) = &failure {
+        tracing::error!(%why, "cannot go on");
+    }
     info!("stopping: blocking the LB, then revoking the lease");
     shared.stopping.send_replace(true);
     campaign.abort();
@@ -260,7 +273,10 @@ pub(crate) async fn run_with<L: LoadBalancer>(
     }
     let _ = grpc_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(1), grpc).await;
-    Ok(())
+    match failure {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
 }
 
 /// The deliberate protocol break named by `LOCKSTEP_MUTATION` (builds with
@@ -274,6 +290,9 @@ fn mutation() -> Option<lockstep_core::mutation::Mutation> {
         "ack-before-lb-blocked" => Mutation::AckBeforeLbBlocked,
         "ignore-token" => Mutation::IgnoreToken,
         "no-serve-deadline" => Mutation::NoServeDeadline,
+        "trust-pushes" => Mutation::TrustPushes,
+        "bootstrap-over-applied" => Mutation::BootstrapOverApplied,
+        "serve-after-fence-unread" => Mutation::ServeAfterFenceUnread,
         other => {
             warn!(mutation = other, "unknown LOCKSTEP_MUTATION ignored");
             return None;

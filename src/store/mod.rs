@@ -7,21 +7,25 @@
 //! * `request`: the one pending manual request; `outcome`: what became of
 //!   the last one.
 //! * `paused`: present while the link is paused.
-//! * `history/<epoch, zero-padded>`: one record per transition.
+//! * `history/<epoch, zero-padded>[.<what>]`: one record per transition
+//!   (`HistoryRecord::key`).
+//!
+//! One unreadable member or history record is skipped with a WARN: it is
+//! never a reason to step down or to fail `status`.
 
 use backon::{ExponentialBuilder, Retryable};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
     LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
-use lockstep_core::leader::{
-    HistoryRecord, Listed, MemberRecord, RequestOutcome, Rev, WriteFailure,
-};
+use lockstep_core::leader::{HistoryRecord, Listed, MemberRecord, RequestOutcome, WriteFailure};
+use lockstep_core::link::{link_state, LinkState, MemberLb};
+use lockstep_core::member::LinkRead;
 use lockstep_core::policy::{Pause, Request};
-use lockstep_core::{MemberId, Phase, Route, Token};
+use lockstep_core::{Epoch, MemberId, Rev, Route, Token};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
-use tracing::debug;
+use tracing::{debug, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -45,6 +49,23 @@ pub enum StoreError {
     WatchCanceled(String),
     #[error("bad value under {key}: {reason}")]
     Corrupt { key: String, reason: String },
+}
+
+/// Why a member id could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RegisterError {
+    /// Another lease holds the id: a previous incarnation that has not
+    /// expired yet, or another live sidecar configured with the same id.
+    #[error(
+        "member id {id:?} is registered under another lease ({lease:x}) by the sidecar at {grpc}"
+    )]
+    Taken {
+        id: String,
+        lease: i64,
+        grpc: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl StoreError {
@@ -85,12 +106,15 @@ pub struct Snapshot {
     pub paused: Option<Pause>,
     /// The leader's failover policy: what it would do next, and why.
     pub policy: Option<String>,
+    /// The epoch of the newest history record.
+    pub history_epoch: Option<Epoch>,
 }
 
 /// A change under the link's prefix, as the watch reports it.
 #[derive(Clone, Debug)]
 pub(crate) enum Change {
     Route(Route, Rev),
+    RouteGone(Rev),
     Member(Listed),
     MemberGone(MemberId, Rev),
     Request(Request, Rev),
@@ -98,23 +122,40 @@ pub(crate) enum Change {
     Outcome(RequestOutcome),
     Paused(Option<Pause>),
     Leader(Option<(MemberId, Token)>),
-    History(HistoryRecord),
     Other,
 }
 
 impl Snapshot {
-    /// True when the route serves and every live member applied exactly it.
+    /// The link judged from every member's LB read-back against the route
+    /// (`lockstep_core::link`: the one definition of "complete").
+    pub fn link(&self) -> LinkState {
+        link_state(
+            self.route.as_ref().map(|(r, _)| r),
+            self.members.iter().map(|m| MemberLb {
+                id: m.id.clone(),
+                applied: m.record.applied,
+                lb: m.record.lb,
+            }),
+        )
+    }
+
+    /// True when every member's LB reads back the route's serve.
     pub fn settled(&self) -> bool {
-        let Some((route, _)) = &self.route else {
-            return false;
-        };
-        route.phase == Phase::Serve
-            && !self.members.is_empty()
-            && self.members.iter().all(|m| {
-                m.record.applied.is_some_and(|a| {
-                    a.epoch == route.epoch && a.phase == Phase::Serve && a.setup == route.setup
-                })
-            })
+        !self.members.is_empty() && self.link().settled().is_some()
+    }
+
+    /// The link as a member's registration reads it: the route, and the
+    /// highest epoch any member record or the history shows applied.
+    pub(crate) fn link_read(&self) -> LinkRead {
+        let applied = self
+            .members
+            .iter()
+            .filter_map(|m| m.record.applied.map(|a| a.epoch));
+        LinkRead {
+            route: self.route.as_ref().map(|(r, _)| r.clone()),
+            rev: self.rev,
+            floor: applied.chain(self.history_epoch).max().unwrap_or(0),
+        }
     }
 }
 
@@ -243,8 +284,8 @@ impl Store {
         format!("{}members/{}", self.base, id)
     }
 
-    fn history_key(&self, epoch: u64) -> String {
-        format!("{}history/{:020}", self.base, epoch)
+    fn history_key(&self, record: &HistoryRecord) -> String {
+        format!("{}history/{}", self.base, record.key())
     }
 
     /// Runs one unary request against etcd within `timeout`. A request
@@ -343,23 +384,77 @@ impl Store {
 
     // ---- members ----
 
-    /// Writes this member's record on its lease.
+    /// Who holds member `id`'s key, if anyone: the lease and the gRPC
+    /// address its record names.
+    pub(crate) async fn member(&self, id: &str) -> Result<Option<(i64, String)>, StoreError> {
+        let key = self.member_key(id);
+        Ok(self.get_raw(&key).await?.map(|kv| {
+            let grpc = from_json::<MemberRecord>(&key, kv.value())
+                .map_or_else(|_| "an unreadable address".into(), |r| r.grpc);
+            (kv.lease(), grpc)
+        }))
+    }
+
+    /// Registers member `id` on `lease`: creates its key unless another
+    /// lease holds it. A sidecar never merges into a member id that another
+    /// lease holds (`RegisterError::Taken`, naming who holds it).
+    pub(crate) async fn register_member(
+        &self,
+        id: &str,
+        record: &MemberRecord,
+        lease: i64,
+    ) -> Result<Rev, RegisterError> {
+        let key = self.member_key(id);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                to_json(record),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(resp.header().map_or(0, |h| h.revision()));
+        }
+        let holder = resp.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        });
+        match holder {
+            Some(kv) if kv.lease() == lease => Ok(kv.mod_revision()),
+            Some(kv) => Err(RegisterError::Taken {
+                id: id.to_string(),
+                lease: kv.lease(),
+                grpc: from_json::<MemberRecord>(&key, kv.value())
+                    .map_or_else(|_| "an unreadable address".into(), |r| r.grpc),
+            }),
+            // Deleted between the compare and the get: try again.
+            None => Err(RegisterError::Store(StoreError::Corrupt {
+                key,
+                reason: "member key vanished during registration; retrying".into(),
+            })),
+        }
+    }
+
+    /// Writes this member's record, only while its key is on `lease` (it
+    /// never overwrites a key another sidecar registered). Returns whether
+    /// it was written.
     pub(crate) async fn put_member(
         &self,
         id: &str,
         record: &MemberRecord,
         lease: i64,
-    ) -> Result<Rev, StoreError> {
+    ) -> Result<bool, StoreError> {
         let key = self.member_key(id);
-        let value = to_json(record);
-        let (key, value) = (key.as_str(), value.as_str());
-        let resp = self
-            .bounded_idempotent(|mut c| async move {
-                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
-                    .await
-            })
-            .await?;
-        Ok(resp.header().map_or(0, |h| h.revision()))
+        let txn = Txn::new()
+            .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+            .and_then([TxnOp::put(
+                key,
+                to_json(record),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     /// The route and the revision it was read at (watch from `rev + 1`).
@@ -459,25 +554,61 @@ impl Store {
 
     // ---- reading the whole link ----
 
+    /// The whole link at one revision, with the newest history record's
+    /// epoch (the rest of `history/` grows with every switch and is left
+    /// out).
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        // Everything but `history/`, which grows with every switch: keys
-        // from "history0" ('0' sorts right after '/') to the prefix's end.
+        // Keys from "history0" ('0' sorts right after '/') to the prefix's
+        // end: everything but `history/`.
         let from = format!("{}history0", self.base);
         let mut end = self.base.clone().into_bytes();
         if let Some(last) = end.last_mut() {
             *last += 1;
         }
-        let (from, end) = (from.as_str(), end.as_slice());
+        let newest_history = GetOptions::new()
+            .with_prefix()
+            .with_sort(
+                etcd_client::SortTarget::Key,
+                etcd_client::SortOrder::Descend,
+            )
+            // The newest readable one: a few, in case one is unreadable.
+            .with_limit(8);
+        let txn = Txn::new().and_then([
+            TxnOp::get(from, Some(GetOptions::new().with_range(end))),
+            TxnOp::get(self.key("history/"), Some(newest_history)),
+        ]);
+        let txn = &txn;
         let resp = self
-            .bounded_idempotent(|mut c| async move {
-                c.get(from, Some(GetOptions::new().with_range(end))).await
+            .bounded_idempotent(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
             })
             .await?;
         let mut snap = Snapshot {
             rev: resp.header().map_or(0, |h| h.revision()),
             ..Snapshot::default()
         };
-        for kv in resp.kvs() {
+        let mut gets = resp.op_responses().into_iter().filter_map(|op| match op {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        });
+        let (Some(link), Some(history)) = (gets.next(), gets.next()) else {
+            return Err(StoreError::Corrupt {
+                key: self.base.clone(),
+                reason: "etcd answered the link read without its two ranges".into(),
+            });
+        };
+        for kv in history.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).to_string();
+            match from_json::<HistoryRecord>(&key, kv.value()) {
+                Ok(h) => {
+                    snap.history_epoch = Some(h.epoch);
+                    break;
+                }
+                Err(e) => warn!(error = %e, "unreadable history record skipped"),
+            }
+        }
+        for kv in link.kvs() {
             let key = String::from_utf8_lossy(kv.key()).to_string();
             let Some(name) = key.strip_prefix(&self.base) else {
                 continue;
@@ -496,11 +627,16 @@ impl Store {
                 }
                 n => {
                     if let Some(id) = n.strip_prefix("members/") {
-                        snap.members.push(Listed {
-                            id: id.to_string(),
-                            record: from_json(&key, kv.value())?,
-                            rev: kv.mod_revision(),
-                        });
+                        match from_json(&key, kv.value()) {
+                            Ok(record) => snap.members.push(Listed {
+                                id: id.to_string(),
+                                record,
+                                rev: kv.mod_revision(),
+                            }),
+                            // Its lease bounds how long it can matter, like
+                            // any dead member's.
+                            Err(e) => warn!(error = %e, "unreadable member record skipped"),
+                        }
                     }
                 }
             }
@@ -537,7 +673,7 @@ impl Store {
             ops.push(TxnOp::put(self.key("outcome"), to_json(outcome), None));
         }
         if let Some(h) = history {
-            ops.push(TxnOp::put(self.history_key(h.epoch), to_json(h), None));
+            ops.push(TxnOp::put(self.history_key(h), to_json(h), None));
         }
         if list_members {
             ops.push(TxnOp::get(
@@ -585,7 +721,7 @@ impl Store {
                         }),
                         // A member we cannot read cannot ack either; its
                         // lease bounds the wait like any dead member's.
-                        Err(e) => tracing::warn!(error = %e, "unreadable member record"),
+                        Err(e) => warn!(error = %e, "unreadable member record skipped"),
                     }
                 }
             }
@@ -639,7 +775,7 @@ impl Store {
         token: Token,
         record: &HistoryRecord,
     ) -> Result<bool, StoreError> {
-        let op = TxnOp::put(self.history_key(record.epoch), to_json(record), None);
+        let op = TxnOp::put(self.history_key(record), to_json(record), None);
         self.guarded(token, vec![], vec![op]).await
     }
 
@@ -742,10 +878,15 @@ impl Store {
                 async move { c.get(key, Some(options)).await }
             })
             .await?;
-        resp.kvs()
+        Ok(resp
+            .kvs()
             .iter()
-            .map(|kv| from_json(&String::from_utf8_lossy(kv.key()), kv.value()))
-            .collect()
+            .filter_map(|kv| {
+                from_json(&String::from_utf8_lossy(kv.key()), kv.value())
+                    .map_err(|e| warn!(error = %e, "unreadable history record skipped"))
+                    .ok()
+            })
+            .collect())
     }
 }
 
@@ -762,6 +903,7 @@ fn decode(base: &str, event: &etcd_client::Event) -> Result<Change, StoreError> 
     let put = event.event_type() == EventType::Put;
     Ok(match name {
         "route" if put => Change::Route(from_json(&key, kv.value())?, rev),
+        "route" => Change::RouteGone(rev),
         "request" if put => Change::Request(from_json(&key, kv.value())?, rev),
         "request" => Change::RequestGone(rev),
         "outcome" if put => Change::Outcome(from_json(&key, kv.value())?),
@@ -772,7 +914,6 @@ fn decode(base: &str, event: &etcd_client::Event) -> Result<Change, StoreError> 
             kv.create_revision(),
         ))),
         "leader" => Change::Leader(None),
-        n if put && n.starts_with("history/") => Change::History(from_json(&key, kv.value())?),
         n => match n.strip_prefix("members/") {
             Some(id) if put => Change::Member(Listed {
                 id: id.to_string(),

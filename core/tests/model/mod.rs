@@ -26,8 +26,15 @@
 //! loss and duplication, an LB command failing (landed or not), a route
 //! txn whose outcome the leader cannot learn (landed or not), member crash
 //! (restarts are free), a member cut off from etcd (heals are free), leader
-//! crash, a leader losing its lease while it keeps running, and a member's
-//! sidecar paused (SIGSTOP) with a serve in flight.
+//! crash, a leader losing its lease while it keeps running, a member's
+//! sidecar paused (SIGSTOP) with a serve in flight, and state the link did
+//! not create: an adversary's Drain or Serve with any epoch, token and
+//! setup sent to any member at any time, the route key deleted (an
+//! operator's mistake), and etcd restored from the snapshot taken right
+//! after the link's bootstrap (revisions, leases, the leader key, member
+//! records and the route all go back). A restore takes etcd down for at
+//! least the lease TTL (the documented procedure); the model lets that
+//! time pass in one step, without counting it against the horizon.
 //!
 //! A paused sidecar does nothing and answers nothing (no keep-alives, no
 //! check answers, no gRPC) while time passes; its LB command is held and
@@ -46,8 +53,8 @@ use lockstep_core::member::*;
 use lockstep_core::mutation::Mutation;
 use lockstep_core::policy::{Request, RequestKind};
 use lockstep_core::{
-    Applied, Duration, Epoch, Health, LbTarget, MemberId, Phase, Role, Route, Setup, Step, Time,
-    Token,
+    Applied, Duration, Epoch, Health, LbTarget, MemberId, Phase, Push, Rev, Role, Route, Setup,
+    Time, Token,
 };
 use stateright::{Model, Property};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -79,6 +86,9 @@ pub struct Faults {
     pub leader_crash: u8,
     pub leader_lease: u8,
     pub pause: u8,
+    pub forge: u8,
+    pub route_lost: u8,
+    pub restore: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -92,6 +102,9 @@ pub enum Fault {
     LeaderCrash,
     LeaderLease,
     Pause,
+    Forge,
+    RouteLost,
+    Restore,
 }
 
 impl Fault {
@@ -106,6 +119,9 @@ impl Fault {
             Fault::LeaderCrash => f.leader_crash,
             Fault::LeaderLease => f.leader_lease,
             Fault::Pause => f.pause,
+            Fault::Forge => f.forge,
+            Fault::RouteLost => f.route_lost,
+            Fault::Restore => f.restore,
         }
     }
 }
@@ -125,6 +141,12 @@ pub struct LinkModel {
     /// the old setup in flight once it registers) as the request arrives:
     /// the stage a pause needs, without spending a fault on it.
     pub restarted_at_start: bool,
+    /// Route reads a member asks for are answered at any later point
+    /// (`ReadDone`), not in the step that asks: every order of a read's
+    /// answer against watch events and pushes. Costs a large factor in
+    /// states; configurations without it answer each read at once, with
+    /// etcd as it is then (one of the orders this explores).
+    pub delayed_reads: bool,
 }
 
 /// What an LB routes to.
@@ -170,6 +192,13 @@ impl LbCmd {
     }
 }
 
+/// One event of a member's route watch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Watched {
+    Put(Route, Rev),
+    Gone(Rev),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MemberSlot {
     /// `None` while the sidecar is down.
@@ -183,7 +212,11 @@ pub struct MemberSlot {
     /// A registration (lease, key, route read) is pending.
     pub registering: bool,
     /// Route events of this member's etcd watch, not yet delivered.
-    pub watch: VecDeque<Route>,
+    pub watch: VecDeque<Watched>,
+    /// Route reads asked for: their id and what etcd held when asked.
+    pub reads: VecDeque<(ReadId, Option<Route>, Rev)>,
+    /// The member asked to read the link again (`Resync`).
+    pub resync: bool,
     /// The LB command in flight.
     pub lb_cmd: Option<LbCmd>,
     /// What the driver wants in the member key, and whether it is unwritten.
@@ -221,11 +254,8 @@ pub struct Txn {
 pub enum Msg {
     Push {
         from: usize,
-        token: Token,
         to: usize,
-        phase: Phase,
-        epoch: Epoch,
-        setup: Setup,
+        push: Push,
     },
     Reply {
         to: usize,
@@ -251,6 +281,14 @@ pub struct Etcd {
     pub request: Option<(Request, Rev)>,
     /// Highest epoch whose history record says "complete".
     pub completed: Option<Epoch>,
+    /// Epoch of the newest history record.
+    pub history_epoch: Option<Epoch>,
+    /// How many times the route was put or deleted: the revision members
+    /// see for it (watch events, reads). It orders route changes exactly as
+    /// etcd's revisions do, without telling apart states that differ only
+    /// in how many unrelated writes (member records) came between them;
+    /// the leader, whose txns compare revisions, sees the real ones.
+    pub route_changed: Rev,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -264,8 +302,16 @@ pub struct State {
     /// Faults used, by kind.
     pub used: BTreeMap<Fault, u8>,
     /// The first S2 violation seen (a fenced write landed, a stale push
-    /// accepted).
+    /// accepted, a member accepting a route etcd never held).
     pub s2: Option<String>,
+    /// etcd as it was right after the bootstrap, for the restore fault.
+    pub snapshot: Option<Etcd>,
+    /// Every route a txn ever wrote (epoch, phase, setup), also those a
+    /// restore undid.
+    pub written: BTreeSet<(Epoch, Phase, Setup)>,
+    /// Time that passed while etcd was down for a restore; not counted
+    /// against the horizon.
+    pub skipped: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -275,6 +321,10 @@ pub enum Action {
     /// served from the moment it is sent.)
     LbDone(usize),
     MemberWatch(usize),
+    /// The oldest route read a member asked for is answered.
+    ReadDone(usize),
+    /// A member reads the link again, as it asked.
+    Resync(usize),
     Register(usize),
     RecordWrite(usize),
     LeaderWatch(usize),
@@ -311,6 +361,16 @@ pub enum Action {
     Pause(usize),
     CrashLeader(usize),
     LeaderLeaseLost(usize),
+    /// An adversary sends `push` to a member.
+    Forge {
+        to: usize,
+        push: Push,
+    },
+    /// Someone deletes the route key.
+    DeleteRoute,
+    /// etcd goes down for longer than the lease TTL and comes back from
+    /// the snapshot taken after the bootstrap.
+    Restore,
 }
 
 impl Action {
@@ -320,6 +380,8 @@ impl Action {
             self,
             Action::LbDone(_)
                 | Action::MemberWatch(_)
+                | Action::ReadDone(_)
+                | Action::Resync(_)
                 | Action::Register(_)
                 | Action::RecordWrite(_)
                 | Action::LeaderWatch(_)
@@ -349,6 +411,11 @@ fn req_id(cand: usize, token: Token, phase: Phase) -> RequestId {
 fn req_sender(req: RequestId) -> (usize, Token) {
     (((req >> 1) & 0x7f) as usize, (req >> 8) as Token)
 }
+
+/// The candidate index forged pushes claim; replies to it go nowhere.
+const FORGER: usize = 0x7f;
+/// The token forged pushes carry: far above any real one.
+const FORGED_TOKEN: Token = 1000;
 
 impl LinkModel {
     pub fn member_id(&self, i: usize) -> MemberId {
@@ -392,6 +459,7 @@ impl LinkModel {
                 hot: Health::Up,
                 warm: Health::Up,
             },
+            behind: None,
         }
     }
 
@@ -523,14 +591,15 @@ impl LinkModel {
         s.etcd.rev += 1;
         let rev = s.etcd.rev;
         s.etcd.route = Some((route.clone(), rev));
+        s.etcd.route_changed += 1;
+        let seen_rev = s.etcd.route_changed;
+        s.written.insert((route.epoch, route.phase, route.setup));
         if consume.is_some() {
             s.etcd.request = None;
             Self::notify_leaders(s, LeaderWatch::Event(LeaderEvent::RequestDeleted { rev }));
         }
         if let Some(h) = history {
-            if h.outcome == "complete" {
-                s.etcd.completed = s.etcd.completed.max(Some(h.epoch));
-            }
+            Self::record_history(s, h);
         }
         let members = if *list_members {
             Self::listing(s)
@@ -551,41 +620,54 @@ impl LinkModel {
         }
         for slot in &mut s.members {
             if slot.m.is_some() && slot.lease.is_some() {
-                slot.watch.push_back(route.clone());
+                slot.watch.push_back(Watched::Put(route.clone(), seen_rev));
             }
         }
         LeaderEvent::RouteWritten { rev, members }
+    }
+
+    fn record_history(s: &mut State, h: &HistoryRecord) {
+        if h.outcome == HistoryOutcome::Complete {
+            s.etcd.completed = s.etcd.completed.max(Some(h.epoch));
+        }
+        s.etcd.history_epoch = s.etcd.history_epoch.max(Some(h.epoch));
+    }
+
+    /// The link as a member's registration (or resync) reads it.
+    fn link_read(s: &State) -> LinkRead {
+        let records = s
+            .etcd
+            .members
+            .values()
+            .filter_map(|(r, _, _)| r.applied.map(|a| a.epoch));
+        LinkRead {
+            route: s.etcd.route.as_ref().map(|(r, _)| r.clone()),
+            rev: s.etcd.route_changed,
+            floor: records.chain(s.etcd.history_epoch).max().unwrap_or(0),
+        }
     }
 
     // ---- machines ----
 
     fn feed_member(&self, s: &mut State, i: usize, ev: MemberEvent) {
         let now = s.now;
-        // S2: a push under a stale token or below the applied step must be
-        // refused on the spot.
+        // S2: a push under a token below etcd's route, or below the applied
+        // step, must be refused on the spot.
         let stale = match &ev {
-            MemberEvent::PeerDrain {
-                req, epoch, token, ..
-            }
-            | MemberEvent::PeerServe {
-                req, epoch, token, ..
-            } => {
-                let phase = if matches!(ev, MemberEvent::PeerDrain { .. }) {
-                    Phase::Drain
-                } else {
-                    Phase::Serve
-                };
+            MemberEvent::Peer { req, push } => {
                 let view = s.members[i].m.as_ref().map(|m| m.view());
                 view.and_then(|v| {
-                    let step = Step::new(*epoch, phase);
+                    let step = push.step();
                     let below = v.applied.is_some_and(|a| step < a.step());
-                    (*token < v.max_token || below).then(|| {
+                    let token_below = v.route_token.is_some_and(|t| push.token < t);
+                    (token_below || below).then(|| {
                         (
                             *req,
                             format!(
-                                "{} accepted {step} from token {token} after seeing token {} and applying {:?}",
+                                "{} accepted {step} from token {} after reading a route of token {:?} and applying {:?}",
                                 self.member_id(i),
-                                v.max_token,
+                                push.token,
+                                v.route_token,
                                 v.applied.map(|a| a.step())
                             ),
                         )
@@ -600,6 +682,7 @@ impl LinkModel {
         m.handle(Time(now), ev);
         let actions: Vec<MemberAction> = std::iter::from_fn(|| m.poll_action()).collect();
         let mut refused = false;
+        let mut instant_reads = false;
         for action in actions {
             match action {
                 MemberAction::ApplyLb {
@@ -616,6 +699,15 @@ impl LinkModel {
                         enable_before: enable_before.map(Time::as_millis),
                     });
                 }
+                MemberAction::ReadRoute(read) => {
+                    let route = s.etcd.route.as_ref().map(|(r, _)| r.clone());
+                    let rev = s.etcd.route_changed;
+                    s.members[i].reads.push_back((read, route, rev));
+                    if !self.delayed_reads && s.members[i].connected {
+                        instant_reads = true;
+                    }
+                }
+                MemberAction::Resync => s.members[i].resync = true,
                 MemberAction::WriteApplied(a) => {
                     let r = &mut s.members[i].record;
                     r.applied = Some(a);
@@ -639,6 +731,9 @@ impl LinkModel {
                     }
                     if let Ok(a) = result {
                         let (to, token) = req_sender(req);
+                        if to == FORGER {
+                            continue;
+                        }
                         s.net.insert(Msg::Reply {
                             to,
                             token,
@@ -660,6 +755,23 @@ impl LinkModel {
         if let Some((_, what)) = stale {
             if !refused && s.s2.is_none() {
                 s.s2 = Some(what);
+            }
+        }
+        if instant_reads {
+            while let Some((read, route, rev)) = s.members[i].reads.pop_front() {
+                self.feed_member(s, i, MemberEvent::RouteRead { read, route, rev });
+            }
+        }
+        // S2: a member accepts only routes some leader's txn wrote.
+        if let Some(a) = s.members[i].m.as_ref().and_then(|m| m.view().accepted) {
+            let held = s.written.contains(&(a.epoch, a.phase, a.setup));
+            if !held && s.s2.is_none() {
+                s.s2 = Some(format!(
+                    "{} accepted {} {} that no route write held",
+                    self.member_id(i),
+                    a.step(),
+                    a.setup
+                ));
             }
         }
     }
@@ -696,25 +808,12 @@ impl LinkModel {
                 }
                 LeaderAction::WriteHistory(h) => {
                     let ours = s.etcd.leader.map(|(_, t)| t) == Some(token);
-                    if ours && h.outcome == "complete" {
-                        s.etcd.completed = s.etcd.completed.max(Some(h.epoch));
+                    if ours {
+                        Self::record_history(s, &h);
                     }
                 }
-                LeaderAction::SendDrain {
-                    member,
-                    epoch,
-                    token,
-                    setup,
-                    ..
-                } => self.push(s, c, &member, Phase::Drain, epoch, token, setup),
-                LeaderAction::SendServe {
-                    member,
-                    epoch,
-                    token,
-                    setup,
-                    ..
-                } => self.push(s, c, &member, Phase::Serve, epoch, token, setup),
-                LeaderAction::PauseLink { .. } | LeaderAction::PolicyNote(_) => {}
+                LeaderAction::Send { member, push, .. } => self.push(s, c, &member, push),
+                LeaderAction::PauseLink { .. } | LeaderAction::PolicyNote { .. } => {}
                 LeaderAction::StepDown { .. } => {
                     s.leaders[c].l = None;
                     s.leaders[c].watch.clear();
@@ -727,28 +826,11 @@ impl LinkModel {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn push(
-        &self,
-        s: &mut State,
-        from: usize,
-        member: &str,
-        phase: Phase,
-        epoch: Epoch,
-        token: Token,
-        setup: Setup,
-    ) {
+    fn push(&self, s: &mut State, from: usize, member: &str, push: Push) {
         // A push to a sidecar that is down fails to connect: lost.
         if let Some(to) = self.member_index(member) {
             if s.members[to].m.is_some() {
-                s.net.insert(Msg::Push {
-                    from,
-                    token,
-                    to,
-                    phase,
-                    epoch,
-                    setup,
-                });
+                s.net.insert(Msg::Push { from, to, push });
             }
         }
     }
@@ -790,18 +872,23 @@ impl LinkModel {
     /// Whether letting time pass can change anything other than a leader
     /// resending.
     fn time_matters(&self, s: &State) -> bool {
+        // A member key on a lease nobody renews runs out (a dead sidecar's,
+        // or a restarted one's old key it waits to expire).
+        let orphaned = s
+            .etcd
+            .members
+            .values()
+            .any(|(_, _, l)| s.etcd.leases.contains_key(l) && !self.lease_kept(s, *l));
+        if orphaned {
+            return true;
+        }
         s.members.iter().any(|slot| {
             if slot.lb.down_by.is_some() {
                 return true;
             }
             let lease_alive = slot.lease.is_some_and(|l| s.etcd.leases.contains_key(&l));
             match &slot.m {
-                // A dead sidecar's lease runs out.
-                None => s
-                    .etcd
-                    .members
-                    .values()
-                    .any(|(_, _, l)| s.etcd.leases.contains_key(l) && !self.lease_kept(s, *l)),
+                None => false,
                 Some(m) => {
                     if (!slot.connected || slot.paused) && lease_alive {
                         return true;
@@ -916,7 +1003,15 @@ impl LinkModel {
                 if !slot.watch.is_empty() {
                     out.push(Action::MemberWatch(i));
                 }
-                if slot.registering {
+                if !slot.reads.is_empty() {
+                    out.push(Action::ReadDone(i));
+                }
+                if slot.resync {
+                    out.push(Action::Resync(i));
+                }
+                // A member id registered under another (older) lease is
+                // never merged into: the sidecar waits for it to expire.
+                if slot.registering && !s.etcd.members.contains_key(&self.member_id(i)) {
                     out.push(Action::Register(i));
                 }
                 if slot.record_dirty && self.key_ours(s, i).is_some() {
@@ -962,6 +1057,33 @@ impl LinkModel {
                     out.push(Action::LeaderLeaseLost(c));
                 }
             }
+        }
+        if self.fault_left(s, Fault::Forge) {
+            let epoch = s.etcd.route.as_ref().map_or(0, |(r, _)| r.epoch) + 1;
+            for (to, slot) in s.members.iter().enumerate() {
+                if slot.m.is_none() || slot.paused {
+                    continue;
+                }
+                for phase in [Phase::Drain, Phase::Serve] {
+                    for setup in Setup::ALL {
+                        out.push(Action::Forge {
+                            to,
+                            push: Push {
+                                phase,
+                                epoch,
+                                token: FORGED_TOKEN,
+                                setup,
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        if s.etcd.route.is_some() && self.fault_left(s, Fault::RouteLost) {
+            out.push(Action::DeleteRoute);
+        }
+        if s.snapshot.is_some() && self.fault_left(s, Fault::Restore) {
+            out.push(Action::Restore);
         }
         // Candidates are interchangeable (same leader id, fresh machine), so
         // only the first one not leading campaigns: symmetry reduction.
@@ -1012,7 +1134,7 @@ impl LinkModel {
         // once nothing else can happen (the pushes were lost); duplicates
         // in flight are the `Duplicate` fault's business.
         let busy = out.iter().any(|a| a.is_progress());
-        if s.now < self.horizon
+        if s.now - s.skipped < self.horizon
             && !overdue
             && (self.time_matters(s) || (!busy && Self::resend_armed(s)))
         {
@@ -1055,9 +1177,47 @@ impl LinkModel {
                 self.feed_member(s, i, MemberEvent::LbFailed { target: cmd.target });
             }
             Action::MemberWatch(i) => {
-                let route = s.members[i].watch.pop_front().expect("watch event");
-                self.feed_member(s, i, MemberEvent::RouteSeen(route));
+                let ev = match s.members[i].watch.pop_front().expect("watch event") {
+                    Watched::Put(route, rev) => MemberEvent::RouteSeen { route, rev },
+                    Watched::Gone(rev) => MemberEvent::RouteGone { rev },
+                };
+                self.feed_member(s, i, ev);
             }
+            Action::ReadDone(i) => {
+                let (read, route, rev) = s.members[i].reads.pop_front().expect("read");
+                self.feed_member(s, i, MemberEvent::RouteRead { read, route, rev });
+            }
+            Action::Resync(i) => {
+                // The driver opens the watch from now and reads the link; it
+                // writes its record again (etcd may hold an older one).
+                s.members[i].resync = false;
+                s.members[i].watch.clear();
+                if let Some(lease) = self.key_ours(s, i) {
+                    self.put_member(s, i, lease);
+                }
+                let read = Self::link_read(s);
+                self.feed_member(s, i, MemberEvent::Resynced(read));
+            }
+            Action::Forge { to, push } => {
+                Self::use_fault(s, Fault::Forge);
+                let req = req_id(FORGER, push.token, push.phase);
+                self.feed_member(s, to, MemberEvent::Peer { req, push });
+            }
+            Action::DeleteRoute => {
+                Self::use_fault(s, Fault::RouteLost);
+                s.etcd.rev += 1;
+                let rev = s.etcd.rev;
+                s.etcd.route = None;
+                s.etcd.route_changed += 1;
+                let seen_rev = s.etcd.route_changed;
+                Self::notify_leaders(s, LeaderWatch::Event(LeaderEvent::RouteGone { rev }));
+                for slot in &mut s.members {
+                    if slot.m.is_some() && slot.lease.is_some() {
+                        slot.watch.push_back(Watched::Gone(seen_rev));
+                    }
+                }
+            }
+            Action::Restore => self.restore(s),
             Action::Register(i) => {
                 // Lease, then member key, then route read: one linearizable
                 // step here (a leader's drain lands before it, and the
@@ -1069,14 +1229,15 @@ impl LinkModel {
                 s.members[i].registering = false;
                 s.members[i].record_dirty = false;
                 s.members[i].watch.clear();
+                s.members[i].resync = false;
                 self.put_member(s, i, lease);
-                let route = s.etcd.route.as_ref().map(|(r, _)| r.clone());
+                let read = Self::link_read(s);
                 let now = s.now;
                 self.feed_member(
                     s,
                     i,
                     MemberEvent::Synced {
-                        route,
+                        read,
                         lease_sent_at: Time(now),
                     },
                 );
@@ -1144,6 +1305,7 @@ impl LinkModel {
                     LeaderConfig {
                         id: "leader".into(),
                         token,
+                        wall_ms_at_start: 0,
                         initial_setup: Setup::Hot,
                         resend_every: ms(self.timing.resend),
                     },
@@ -1160,6 +1322,7 @@ impl LinkModel {
                     members: Self::listing(s),
                     request: s.etcd.request.clone(),
                     paused: None,
+                    history_epoch: s.etcd.history_epoch,
                 };
                 self.feed_leader(s, c, start);
             }
@@ -1207,6 +1370,8 @@ impl LinkModel {
                 slot.connected = true;
                 slot.registering = true;
                 slot.watch.clear();
+                slot.reads.clear();
+                slot.resync = false;
                 slot.record = self.fresh_record(i);
                 slot.record_dirty = false;
                 // Collect the start-up action (block the LB).
@@ -1229,6 +1394,8 @@ impl LinkModel {
                     }
                 }
                 slot.watch.clear();
+                slot.reads.clear();
+                slot.resync = false;
                 slot.registering = false;
                 s.net
                     .retain(|m| !matches!(m, Msg::Push { to, .. } if *to == i));
@@ -1269,9 +1436,16 @@ impl LinkModel {
         let now = Time(s.now);
         for slot in &mut s.members {
             let Some(m) = &slot.m else { continue };
-            while let Some(r) = slot.watch.front() {
+            while let Some(w) = slot.watch.front() {
                 let mut probe = m.clone();
-                probe.handle(now, MemberEvent::RouteSeen(r.clone()));
+                let ev = match w {
+                    Watched::Put(route, rev) => MemberEvent::RouteSeen {
+                        route: route.clone(),
+                        rev: *rev,
+                    },
+                    Watched::Gone(rev) => MemberEvent::RouteGone { rev: *rev },
+                };
+                probe.handle(now, ev);
                 if probe != *m {
                     break;
                 }
@@ -1341,6 +1515,70 @@ impl LinkModel {
         }
     }
 
+    /// etcd is down for longer than the lease TTL, then comes back from the
+    /// snapshot taken after the bootstrap.
+    fn restore(&self, s: &mut State) {
+        Self::use_fault(s, Fault::Restore);
+        let down = self.timing.ttl + self.timing.down;
+        s.now += down;
+        s.skipped += down;
+        let now = s.now;
+        // Leaders lose their watch and stop; txns in flight never land.
+        s.txns.clear();
+        for slot in &mut s.leaders {
+            slot.l = None;
+            slot.watch.clear();
+        }
+        s.net.retain(|m| !matches!(m, Msg::Reply { .. }));
+        // No keep-alive was answered: every member has fenced itself, and
+        // the LBs' checks have marked what they served down.
+        for i in 0..self.members {
+            if !s.members[i].paused {
+                self.feed_member(s, i, MemberEvent::Tick);
+            }
+        }
+        let d = ms(self.timing.down);
+        for slot in &mut s.members {
+            if let LbTarget::Serve(setup) = slot.lb.admin {
+                let routable = !slot.paused
+                    && slot
+                        .m
+                        .as_ref()
+                        .is_some_and(|m| m.view().routable(setup, Time(now), d));
+                if !routable {
+                    slot.lb.check_down = true;
+                    slot.lb.down_by = None;
+                }
+            }
+        }
+        // etcd comes back as it was: its leases run for another TTL (lease
+        // ids are random in etcd: none granted since is reused).
+        let Some(mut snap) = s.snapshot.take() else {
+            return;
+        };
+        for exp in snap.leases.values_mut() {
+            *exp = now + self.timing.ttl;
+        }
+        snap.next_lease = s.etcd.next_lease;
+        s.etcd = snap;
+        // Every watch broke: each member's driver opens it again and reads
+        // the link; reads in flight are answered by the restored etcd.
+        let (route, rev) = (
+            s.etcd.route.as_ref().map(|(r, _)| r.clone()),
+            s.etcd.route_changed,
+        );
+        for slot in &mut s.members {
+            slot.watch.clear();
+            for read in &mut slot.reads {
+                read.1 = route.clone();
+                read.2 = rev;
+            }
+            if slot.m.is_some() && slot.lease.is_some() && !slot.registering {
+                slot.resync = true;
+            }
+        }
+    }
+
     /// An LB command takes effect. `state ready` (with health forced up)
     /// makes the server UP at once, whatever its checks said before.
     fn land(lb: &mut Lb, target: LbTarget) {
@@ -1362,30 +1600,9 @@ impl LinkModel {
 
     fn deliver(&self, s: &mut State, msg: Msg) {
         match msg {
-            Msg::Push {
-                from,
-                token,
-                to,
-                phase,
-                epoch,
-                setup,
-            } => {
-                let req = req_id(from, token, phase);
-                let ev = match phase {
-                    Phase::Drain => MemberEvent::PeerDrain {
-                        req,
-                        epoch,
-                        token,
-                        setup,
-                    },
-                    Phase::Serve => MemberEvent::PeerServe {
-                        req,
-                        epoch,
-                        token,
-                        setup,
-                    },
-                };
-                self.feed_member(s, to, ev);
+            Msg::Push { from, to, push } => {
+                let req = req_id(from, push.token, push.phase);
+                self.feed_member(s, to, MemberEvent::Peer { req, push });
             }
             Msg::Reply {
                 to,
@@ -1430,6 +1647,8 @@ impl LinkModel {
                 next_lease: 1,
                 request: None,
                 completed: None,
+                history_epoch: None,
+                route_changed: 0,
             },
             members: (0..self.members)
                 .map(|i| MemberSlot {
@@ -1439,6 +1658,8 @@ impl LinkModel {
                     paused: false,
                     registering: false,
                     watch: VecDeque::new(),
+                    reads: VecDeque::new(),
+                    resync: false,
                     lb_cmd: None,
                     record: self.fresh_record(i),
                     record_dirty: false,
@@ -1460,6 +1681,9 @@ impl LinkModel {
             net: BTreeSet::new(),
             used: BTreeMap::new(),
             s2: None,
+            snapshot: None,
+            written: BTreeSet::new(),
+            skipped: 0,
         };
         for i in 0..self.members {
             self.step(&mut s, Action::RestartMember(i));
@@ -1490,13 +1714,20 @@ impl LinkModel {
             reason: "model".into(),
             requested_by: "model".into(),
             at: String::new(),
+            deadline_ms: None,
         };
         s.etcd.request = Some((request.clone(), rev));
         Self::notify_leaders(
             &mut s,
             LeaderWatch::Event(LeaderEvent::RequestPut { request, rev }),
         );
+        if self.faults.restore > 0 {
+            s.snapshot = Some(s.etcd.clone());
+        }
         if self.restarted_at_start {
+            // A restart after a graceful stop: the stop blocked alice's LB,
+            // then revoked her lease, so her key is gone and she registers
+            // at once.
             self.step(
                 &mut s,
                 Action::CrashMember {
@@ -1504,6 +1735,11 @@ impl LinkModel {
                     landed: false,
                 },
             );
+            Self::land(&mut s.members[0].lb, LbTarget::Blocked);
+            if let Some(lease) = s.members[0].lease.take() {
+                s.etcd.leases.insert(lease, s.now);
+                self.expire_leases(&mut s);
+            }
             self.step(&mut s, Action::RestartMember(0));
             s.used.clear();
         }
@@ -1546,7 +1782,7 @@ impl LinkModel {
         if acts.iter().any(|a| a.is_progress()) || self.complete(s) {
             return true;
         }
-        if s.now < self.horizon {
+        if s.now - s.skipped < self.horizon {
             return false;
         }
         let mut t = s.clone();

@@ -158,20 +158,93 @@ impl EtcdCluster {
         }
     }
 
+    /// `etcdctl` against this cluster (API v3), for what the product never
+    /// does itself: snapshots, raw puts and deletes of the link's keys.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new(find_program("etcdctl")?);
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints().join(",")))
+            .args(args);
+        let out = super::process::run_to_end(&mut cmd)?;
+        if !out.success() {
+            bail!("etcdctl {args:?} failed: {}", out.stderr);
+        }
+        Ok(out.stdout)
+    }
+
+    /// Saves a snapshot of node 0's data to `path`.
+    pub fn snapshot_save(&self, path: &Path) -> Result<()> {
+        let mut cmd = Command::new(find_program("etcdctl")?);
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.nodes[0].client))
+            .args(["snapshot", "save"])
+            .arg(path);
+        let out = super::process::run_to_end(&mut cmd)?;
+        if !out.success() {
+            bail!("etcdctl snapshot save failed: {}", out.stderr);
+        }
+        Ok(())
+    }
+
+    /// Stops a one-node cluster, waits `down` (the restore procedure keeps
+    /// etcd down for longer than the members' lease TTL), restores
+    /// `snapshot` into a new data directory and starts the node again on
+    /// the same ports: etcd as it was when the snapshot was taken.
+    pub fn restore(&mut self, snapshot: &Path, down: Duration) -> Result<()> {
+        if self.nodes.len() != 1 {
+            bail!("restore is written for a one-node cluster");
+        }
+        let stopped = std::time::Instant::now();
+        let node = &mut self.nodes[0];
+        node.guard.kill();
+        let restored = node.data_dir.with_extension("restored");
+        let _ = std::fs::remove_dir_all(&restored);
+        let mut cmd = Command::new(find_program("etcdctl")?);
+        cmd.env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(snapshot)
+            .arg("--data-dir")
+            .arg(&restored)
+            .args(["--name", &node.name])
+            .args(["--initial-cluster", &node.initial_cluster])
+            .args(["--initial-cluster-token", "lockstep-lab"])
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://{}",
+                node.peer
+            ));
+        let out = super::process::run_to_end(&mut cmd)?;
+        if !out.success() {
+            bail!("etcdctl snapshot restore failed: {}", out.stderr);
+        }
+        std::fs::remove_dir_all(&node.data_dir)
+            .with_context(|| format!("removing {}", node.data_dir.display()))?;
+        std::fs::rename(&restored, &node.data_dir).context("moving the restored data in place")?;
+        if let Some(rest) = down.checked_sub(stopped.elapsed()) {
+            std::thread::sleep(rest);
+        }
+        node.guard = spawn_existing(node)?;
+        wait_for_tcp(node.client, Duration::from_secs(20))
+    }
+
     /// Restarts a killed node with its old data.
     pub fn restart(&mut self, i: usize) -> Result<()> {
         let node = &mut self.nodes[i];
         node.guard.kill();
-        node.guard = spawn(
-            &node.name,
-            node.client,
-            node.peer.port(),
-            &node.data_dir,
-            &node.initial_cluster,
-            &node.log,
-        )?;
+        node.guard = spawn_existing(node)?;
         wait_for_tcp(node.client, Duration::from_secs(20))
     }
+}
+
+/// Starts `node` again on its ports and data directory.
+fn spawn_existing(node: &EtcdNode) -> Result<ChildGuard> {
+    spawn(
+        &node.name,
+        node.client,
+        node.peer.port(),
+        &node.data_dir,
+        &node.initial_cluster,
+        &node.log,
+    )
 }
 
 fn spawn(

@@ -1,0 +1,524 @@
+//! The link never mismatches because of state it did not create (issue 9),
+//! on the real stack: etcd, HAProxy, mock KMEs, `lockstep run` sidecars and
+//! the key-pair traffic. Each test asserts 0 mismatched pairs over a
+//! non-trivial number of matched ones, and samples every LB every 5 ms for
+//! an instant on different setups.
+
+use lockstep::lb::LoadBalancer;
+use lockstep::proto::{self, Setup as PSetup};
+use lockstep::protocol::policy::{Request, RequestKind};
+use lockstep::protocol::{LbTarget, Setup};
+use lockstep_testkit::lab::process::{run_to_end, workspace_program};
+use lockstep_testkit::lab::{Lab, LabOptions};
+use lockstep_testkit::rt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn to_proto(s: Setup) -> i32 {
+    match s {
+        Setup::Hot => PSetup::Hot as i32,
+        Setup::Warm => PSetup::Warm as i32,
+    }
+}
+
+fn switch(to: Setup, reason: &str) -> proto::SwitchRequest {
+    proto::SwitchRequest {
+        to: to_proto(to),
+        reason: reason.into(),
+        requested_by: "test".into(),
+        force: false,
+        wait: true,
+        timeout_ms: 20_000,
+    }
+}
+
+/// Reads every LB back every 5 ms; counts the samples in which two LBs
+/// route to different setups (S1 broken) until dropped.
+struct SplitSampler {
+    stop: Arc<AtomicBool>,
+    split: Arc<AtomicU64>,
+    samples: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SplitSampler {
+    fn start(lab: &Lab) -> SplitSampler {
+        let adapters: Vec<_> = lab.lbs.iter().map(|lb| lb.adapter()).collect();
+        let (stop, split, samples) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (s, sp, n) = (stop.clone(), split.clone(), samples.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                let mut serving = Vec::new();
+                for a in &adapters {
+                    if let Ok(o) = a.observe().await {
+                        if let Some(setup) = o.target.serving() {
+                            serving.push(setup);
+                        }
+                    }
+                }
+                n.fetch_add(1, Ordering::Relaxed);
+                if serving.windows(2).any(|w| w[0] != w[1]) {
+                    sp.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        SplitSampler {
+            stop,
+            split,
+            samples,
+            task,
+        }
+    }
+
+    /// Stops and asserts no sample saw the LBs on different setups.
+    async fn stop_and_assert_never_split(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        let (split, samples) = (
+            self.split.load(Ordering::Relaxed),
+            self.samples.load(Ordering::Relaxed),
+        );
+        println!("LB samples: {samples}, split: {split}");
+        assert!(samples > 20, "too few LB samples: {samples}");
+        assert_eq!(
+            split, 0,
+            "{split} of {samples} samples saw the LBs on different setups"
+        );
+    }
+}
+
+async fn route(lab: &Lab) -> lockstep::protocol::Route {
+    let store = lab.store().await.expect("store");
+    store
+        .read_route()
+        .await
+        .expect("read route")
+        .0
+        .expect("a route")
+}
+
+/// Waits until the link is settled on `setup` at an epoch above `above`.
+async fn wait_settled_above(lab: &Lab, setup: Setup, above: u64, timeout: Duration) -> u64 {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = lab.status().await {
+            if let Some(r) = &s.route {
+                if s.settled && r.setup == to_proto(setup) && r.epoch > above {
+                    return r.epoch;
+                }
+            }
+            if start.elapsed() > timeout {
+                panic!("not settled on {setup} above epoch {above} within {timeout:?}: {s:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kills member `i`'s sidecar and starts it again; returns once its LB has
+/// been blocked by its checks and serves `setup` under the new process
+/// (which waits for its old key to expire first).
+async fn restart_and_wait_serving(lab: &mut Lab, i: usize, setup: Setup) {
+    let ttl = lab.options.timing.lease_ttl;
+    lab.sidecars[i].restart().expect("restart");
+    lab.wait_lb(i, LbTarget::Blocked, ttl * 2)
+        .await
+        .expect("a dead sidecar's LB is blocked by its checks");
+    lab.wait_lb(i, LbTarget::Serve(setup), ttl * 4)
+        .await
+        .expect("the restarted member serves again");
+}
+
+fn bob(lab: &Lab) -> usize {
+    lab.sidecar_index(|id| id.starts_with("bob")).expect("bob")
+}
+
+/// The attack that split a link: one plain-gRPC Serve to bob with the
+/// link's name, epoch = current + 1000, a huge token and the other setup.
+/// etcd does not confirm it: refused, nothing changes, and the link's next
+/// switch is still taken (the epoch the member accepts was not raised).
+/// A forged Drain with a huge epoch is refused the same way.
+#[test]
+fn a_forged_push_is_refused_and_changes_nothing() {
+    rt().block_on(async {
+        let lab = Lab::start("forged", LabOptions::default())
+            .await
+            .expect("lab");
+        let traffic = lab.start_traffic(20).await.expect("traffic on hot");
+        let sampler = SplitSampler::start(&lab);
+        let current = route(&lab).await;
+        assert_eq!(current.setup, Setup::Hot);
+        let mut peer = lab.peer(bob(&lab)).await.expect("peer client");
+        let forged = peer
+            .serve(proto::ServeRequest {
+                link: lab.link.clone(),
+                epoch: current.epoch + 1000,
+                token: 1 << 40,
+                setup: PSetup::Warm as i32,
+            })
+            .await
+            .expect_err("a forged serve must be refused");
+        assert_eq!(forged.code(), tonic::Code::PermissionDenied, "{forged:?}");
+        assert!(
+            forged
+                .message()
+                .contains("not confirmed by etcd at revision"),
+            "{}",
+            forged.message()
+        );
+        let forged = peer
+            .drain(proto::DrainRequest {
+                link: lab.link.clone(),
+                epoch: current.epoch + 5000,
+                token: 1 << 40,
+                setup: PSetup::Hot as i32,
+            })
+            .await
+            .expect_err("a forged drain must be refused");
+        assert_eq!(forged.code(), tonic::Code::PermissionDenied, "{forged:?}");
+        // Both LBs keep serving hot.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (i, lb) in lab.lbs.iter().enumerate() {
+            let o = lb.adapter().observe().await.expect("observe");
+            assert_eq!(o.target, LbTarget::Serve(Setup::Hot), "LB {i}");
+        }
+        // The next real switch is taken at the next epoch, by everyone.
+        let mut admin = lab.admin(0).await.expect("admin");
+        let reply = admin
+            .switchover(switch(Setup::Warm, "after a forged push"))
+            .await
+            .expect("switchover")
+            .into_inner();
+        assert!(reply.completed);
+        assert_eq!(reply.epoch, current.epoch + 1);
+        lab.wait_all_lbs(LbTarget::Serve(Setup::Warm), Duration::from_secs(5))
+            .await
+            .expect("every LB on warm");
+        sampler.stop_and_assert_never_split().await;
+        let report = traffic.stop_and_assert_no_mismatch().await;
+        assert!(report.matched > 100, "too little traffic: {report}");
+    });
+}
+
+/// The lost-route scenario: the link on warm, the route key deleted. The
+/// leader does not bootstrap "hot at epoch 1": it re-establishes warm above
+/// the applied epoch and records route-lost; a switchover to hot then
+/// really switches (no "already on hot"); a restarted member (a rolling
+/// update) never serves a setup the other end does not.
+#[test]
+fn a_lost_route_is_re_established_and_nothing_mismatches() {
+    rt().block_on(async {
+        let mut lab = Lab::start("lost-route", LabOptions::default())
+            .await
+            .expect("lab");
+        let traffic = lab.start_traffic(20).await.expect("traffic on hot");
+        let sampler = SplitSampler::start(&lab);
+        let mut admin = lab.admin(0).await.expect("admin");
+        let on_warm = admin
+            .switchover(switch(Setup::Warm, "before the loss"))
+            .await
+            .expect("switchover")
+            .into_inner();
+        assert!(on_warm.completed);
+        let key = format!("/lockstep/{}/route", lab.link);
+        lab.etcd.etcdctl(&["del", &key]).expect("delete the route");
+        let epoch =
+            wait_settled_above(&lab, Setup::Warm, on_warm.epoch, Duration::from_secs(10)).await;
+        let history = lab.history(5).await.expect("history");
+        let lost = history
+            .records
+            .iter()
+            .find(|h| h.kind == "route-lost")
+            .expect("a route-lost record");
+        assert_eq!(lost.epoch, epoch);
+        assert!(
+            lost.reason.contains("etcd holds no route"),
+            "{}",
+            lost.reason
+        );
+        let status = lab.status().await.expect("status");
+        assert!(status.settled, "{status:?}");
+        assert!(status.state.contains("warm"), "{}", status.state);
+
+        let to_hot = admin
+            .switchover(switch(Setup::Hot, "after the loss"))
+            .await
+            .expect("switchover")
+            .into_inner();
+        assert!(
+            !to_hot.already_active,
+            "the LBs serve warm: not already on hot"
+        );
+        assert!(to_hot.completed);
+        assert!(to_hot.epoch > epoch);
+        lab.wait_all_lbs(LbTarget::Serve(Setup::Hot), Duration::from_secs(5))
+            .await
+            .expect("every LB on hot");
+
+        // A rolling update: each member restarted in turn.
+        for i in 0..lab.sidecars.len() {
+            restart_and_wait_serving(&mut lab, i, Setup::Hot).await;
+        }
+        sampler.stop_and_assert_never_split().await;
+        let report = traffic.stop_and_assert_no_mismatch().await;
+        assert!(report.matched > 100, "too little traffic: {report}");
+    });
+}
+
+/// An old etcd snapshot restored under running sidecars (etcd kept down for
+/// longer than the lease TTL, as the restore procedure says), then every
+/// member restarted one at a time: 0 mismatched pairs, and epochs continue
+/// above every one applied before the restore.
+#[test]
+fn an_old_snapshot_restored_under_running_sidecars_never_mismatches() {
+    rt().block_on(async {
+        let mut lab = Lab::start("restore", LabOptions::default())
+            .await
+            .expect("lab");
+        let traffic = lab.start_traffic(20).await.expect("traffic on hot");
+        let sampler = SplitSampler::start(&lab);
+        let mut admin = lab.admin(0).await.expect("admin");
+        let mut to = Setup::Warm;
+        for i in 0..3 {
+            assert!(
+                admin
+                    .switchover(switch(to, &format!("before the snapshot {i}")))
+                    .await
+                    .expect("switchover")
+                    .into_inner()
+                    .completed
+            );
+            to = to.other();
+        }
+        let snapshot = lab.dir.join("old.snapshot");
+        lab.etcd.snapshot_save(&snapshot).expect("snapshot");
+        let mut last = 0;
+        for i in 0..3 {
+            let r = admin
+                .switchover(switch(to, &format!("after the snapshot {i}")))
+                .await
+                .expect("switchover")
+                .into_inner();
+            assert!(r.completed);
+            last = r.epoch;
+            to = to.other();
+        }
+        let serving = to.other();
+        let down = lab.options.timing.lease_ttl + Duration::from_secs(1);
+        let t0 = Instant::now();
+        lab.etcd.restore(&snapshot, down).expect("restore");
+        println!("etcd restored after {:?}", t0.elapsed());
+        // The link comes back above every epoch applied before.
+        let epoch = wait_settled_above(&lab, serving, last, Duration::from_secs(30))
+            .await
+            .max(last);
+        println!("settled at epoch {epoch} after {:?}", t0.elapsed());
+        for i in 0..lab.sidecars.len() {
+            restart_and_wait_serving(&mut lab, i, serving).await;
+            println!("member {i} restarted and serving after {:?}", t0.elapsed());
+        }
+        lab.wait_health(serving.other(), true, Duration::from_secs(10))
+            .await
+            .expect("the restarted members report health");
+        let mut admin = lab.admin(0).await.expect("admin");
+        let r = admin
+            .switchover(switch(serving.other(), "after the restore"))
+            .await
+            .expect("switchover")
+            .into_inner();
+        assert!(r.completed);
+        assert!(r.epoch > epoch, "epoch {} after {epoch}", r.epoch);
+        let history = lab.history(20).await.expect("history");
+        assert!(
+            history
+                .records
+                .iter()
+                .any(|h| h.kind == "route-lost" && h.epoch > last),
+            "{:?}",
+            history.records
+        );
+        sampler.stop_and_assert_never_split().await;
+        let report = traffic.stop_and_assert_no_mismatch().await;
+        assert!(report.matched > 100, "too little traffic: {report}");
+    });
+}
+
+/// A second sidecar configured with bob's member id never merges into bob:
+/// it stays blocked, and once bob's lease has been renewed for twice the
+/// TTL it exits with an error naming bob's address. A crash-restart of bob
+/// itself waits at most one TTL for its old key, then serves again.
+#[test]
+fn a_duplicate_member_id_never_merges_into_the_live_member() {
+    rt().block_on(async {
+        let mut lab = Lab::start("duplicate", LabOptions::default())
+            .await
+            .expect("lab");
+        let traffic = lab.start_traffic(20).await.expect("traffic on hot");
+        let sampler = SplitSampler::start(&lab);
+        let b = bob(&lab);
+        let original = lab.sidecars[b].spec.clone();
+        let mut twin = original.clone();
+        twin.grpc = free_addr();
+        twin.http = free_addr();
+        let config = lab.dir.join("twin.toml");
+        std::fs::write(&config, twin.to_toml()).expect("config");
+        let started = Instant::now();
+        let out = run_to_end(
+            std::process::Command::new(workspace_program("lockstep").expect("lockstep"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "info"),
+        )
+        .expect("run the twin");
+        let ttl = lab.options.timing.lease_ttl;
+        assert!(!out.success(), "the twin must exit with an error");
+        assert!(
+            started.elapsed() >= ttl * 2,
+            "it waited {:?}",
+            started.elapsed()
+        );
+        let text = out.text();
+        assert!(
+            text.contains(&original.grpc.to_string()) && text.contains("share one member_id"),
+            "{text}"
+        );
+        // The twin never wrote bob's key: bob still advertises itself.
+        let status = lab.status().await.expect("status");
+        let member = status
+            .members
+            .iter()
+            .find(|m| m.id == original.member_id)
+            .expect("bob listed");
+        assert_eq!(member.grpc_address, original.grpc.to_string());
+        assert!(status.settled);
+
+        // Bob crashes and restarts at once: it waits for its old key.
+        lab.sidecars[b]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGKILL)
+            .expect("kill");
+        let killed = Instant::now();
+        lab.sidecars[b].restart().expect("restart");
+        lab.wait_lb(b, LbTarget::Serve(Setup::Hot), ttl * 3)
+            .await
+            .expect("bob serves again");
+        println!("bob serves again {:?} after the crash", killed.elapsed());
+        sampler.stop_and_assert_never_split().await;
+        let report = traffic.stop_and_assert_no_mismatch().await;
+        assert!(report.matched > 100, "too little traffic: {report}");
+    });
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        lockstep_testkit::lab::process::free_port().expect("port"),
+    ))
+}
+
+/// A request stored while no leader exists, a leader elected after its
+/// deadline: nothing moves, and the history says why.
+#[test]
+fn an_orphaned_request_expires_without_moving_the_link() {
+    rt().block_on(async {
+        let mut lab = Lab::start("orphaned", LabOptions::default())
+            .await
+            .expect("lab");
+        let before = route(&lab).await;
+        for s in &mut lab.sidecars {
+            s.guard.kill();
+        }
+        let store = lab.store().await.expect("store");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        let request = Request {
+            id: "orphan".into(),
+            kind: RequestKind::Switchover,
+            to: Setup::Warm,
+            force: false,
+            reason: "stored while no sidecar ran".into(),
+            requested_by: "test".into(),
+            at: String::new(),
+            deadline_ms: Some(now_ms + 500),
+        };
+        store
+            .put_request(&request)
+            .await
+            .expect("put")
+            .expect("no request pending");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for s in &mut lab.sidecars {
+            s.restart().expect("restart");
+        }
+        let start = Instant::now();
+        let expired = loop {
+            let history = lab.history(10).await;
+            if let Some(h) = history
+                .ok()
+                .and_then(|h| h.records.into_iter().find(|r| r.kind == "request-expired"))
+            {
+                break h;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no expiry recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(expired.reason.contains("expired"), "{}", expired.reason);
+        assert_eq!(expired.outcome, "expired");
+        let after = route(&lab).await;
+        assert_eq!(
+            (after.epoch, after.setup),
+            (before.epoch, before.setup),
+            "nothing moved"
+        );
+        lab.wait_all_lbs(LbTarget::Serve(before.setup), Duration::from_secs(10))
+            .await
+            .expect("the LBs serve what they served");
+    });
+}
+
+/// One unreadable record under `members/` or `history/` is skipped with a
+/// WARN: status answers, the leader keeps leading and a switch completes.
+#[test]
+fn unreadable_records_are_skipped() {
+    rt().block_on(async {
+        let lab = Lab::start("unreadable", LabOptions::default())
+            .await
+            .expect("lab");
+        let leader = lab.status().await.expect("status").leader;
+        let base = format!("/lockstep/{}", lab.link);
+        lab.etcd
+            .etcdctl(&["put", &format!("{base}/members/garbage"), "{not json"])
+            .expect("put");
+        lab.etcd
+            .etcdctl(&[
+                "put",
+                &format!("{base}/history/99999999999999999999"),
+                "\u{1}",
+            ])
+            .expect("put");
+        let status = lab.status().await.expect("status answers");
+        assert_eq!(status.leader, leader, "the leader did not step down");
+        let history = lab.history(10).await.expect("history answers");
+        assert!(!history.records.is_empty());
+        let mut admin = lab.admin(0).await.expect("admin");
+        assert!(
+            admin
+                .switchover(switch(Setup::Warm, "with garbage around"))
+                .await
+                .expect("switchover")
+                .into_inner()
+                .completed
+        );
+    });
+}
