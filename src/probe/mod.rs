@@ -359,6 +359,7 @@ async fn probe_one(shared: Arc<Shared>, client: Client, setup: Setup, base: Stri
             cfg.empty_store_unhealthy,
         )
         .await;
+        shared.metrics.probe_result(setup, &result);
         if let Ok(info) = &result {
             if info.empty_store() != empty_store {
                 empty_store = info.empty_store();

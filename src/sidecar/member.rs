@@ -2,6 +2,7 @@
 //! watch, lease keep-alives), gRPC (Drain/Serve) and the LB, and carries out
 //! what it decides. It decides nothing itself.
 
+use super::health::Task;
 use super::{Clock, Shared};
 use crate::lb::LoadBalancer;
 use crate::store::{Change, StoreError, Watched};
@@ -86,6 +87,7 @@ async fn run<L: LoadBalancer>(
     stopped: oneshot::Sender<()>,
 ) {
     let clock = shared.clock;
+    let beat = shared.liveness.start(Task::MemberLoop, clock);
     let core = Member::new(member_config(&shared), clock.now());
     #[cfg(feature = "mutations")]
     let core = core.with_mutation(super::mutation());
@@ -176,6 +178,7 @@ async fn run<L: LoadBalancer>(
                 None => std::future::pending().await,
             }
         };
+        beat.park();
         tokio::select! {
             msg = input.recv() => {
                 let Some(msg) = msg else { return };
@@ -215,6 +218,7 @@ async fn run<L: LoadBalancer>(
             }
             _ = sleep => core.handle(clock.now(), MemberEvent::Tick),
         }
+        beat.beat();
         // Drop replies whose callers gave up, so the map stays small.
         replies.retain(|_, tx| !tx.is_closed());
     }
@@ -314,12 +318,13 @@ async fn watch_route(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
 async fn keep_alive(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
     let mut lease_rx = shared.lease.subscribe();
     let interval = shared.config.etcd.keepalive_interval;
+    let beat = shared.liveness.start(Task::KeepAlive, shared.clock);
     loop {
         let lease = loop {
             if let Some(l) = *lease_rx.borrow_and_update() {
                 break l;
             }
-            if lease_rx.changed().await.is_err() {
+            if beat.parked(lease_rx.changed()).await.is_err() {
                 return;
             }
         };
@@ -329,7 +334,7 @@ async fn keep_alive(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
                 warn!(lease, "lease expired in etcd");
                 let _ = input.send(Input::Event(MemberEvent::LeaseLost)).await;
                 while *shared.lease.borrow() == Some(lease) {
-                    if lease_rx.changed().await.is_err() {
+                    if beat.parked(lease_rx.changed()).await.is_err() {
                         return;
                     }
                 }
@@ -345,6 +350,8 @@ async fn keep_alive(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            beat.beat();
+            fail::fail_point!("keep-alive-stop", |_| ());
             if *shared.lease.borrow() != Some(lease) {
                 break;
             }
@@ -364,7 +371,7 @@ async fn keep_alive(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
                     let _ = input.send(Input::Event(MemberEvent::LeaseLost)).await;
                     // Wait for the registration to publish a new lease.
                     while *shared.lease.borrow() == Some(lease) {
-                        if lease_rx.changed().await.is_err() {
+                        if beat.parked(lease_rx.changed()).await.is_err() {
                             return;
                         }
                     }
