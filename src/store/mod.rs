@@ -187,6 +187,16 @@ pub(crate) struct KeepAlive {
     keeper: LeaseKeeper,
     stream: LeaseKeepAliveStream,
     failures: Arc<AtomicU64>,
+    /// A keep-alive was sent and not answered yet: dropped so, it failed.
+    unanswered: bool,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        if self.unanswered {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl KeepAlive {
@@ -195,13 +205,16 @@ impl KeepAlive {
         self.keeper
             .keep_alive()
             .await
-            .map_err(|e| count(&self.failures, StoreError::Etcd(e)))
+            .map_err(|e| count(&self.failures, StoreError::Etcd(e)))?;
+        self.unanswered = true;
+        Ok(())
     }
 
     /// The next answer: the lease's remaining TTL in seconds (0 or less:
     /// the lease is gone); `None` once the stream has ended.
     pub(crate) async fn answer(&mut self) -> Result<Option<i64>, StoreError> {
         let answer = self.stream.message().await;
+        self.unanswered = false;
         let answer = answer.map_err(|e| count(&self.failures, StoreError::Etcd(e)))?;
         Ok(answer.map(|resp| resp.ttl()))
     }
@@ -355,6 +368,7 @@ impl Store {
             keeper,
             stream,
             failures: self.failures.clone(),
+            unanswered: false,
         })
     }
 
