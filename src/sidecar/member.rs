@@ -320,6 +320,9 @@ async fn keep_alive(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
     let interval = shared.config.etcd.keepalive_interval;
     let beat = shared.liveness.start(Task::KeepAlive, shared.clock);
     loop {
+        // Each round (open the stream, keep alive until it fails) is
+        // progress, also while etcd stays unreachable.
+        beat.beat();
         let lease = loop {
             if let Some(l) = *lease_rx.borrow_and_update() {
                 break l;

@@ -344,6 +344,26 @@ fn a_member_cut_from_etcd_is_not_ready_while_fenced_and_ready_again_after() {
         .await
         .expect("the fenced member's LB routes nowhere");
 
+        // Fenced is not broken: a member that cannot reach etcd for longer
+        // than /healthz's stall bound (2 × (lease_ttl + keep-alive interval
+        // + etcd request timeout 2 s), 11 s in the lab) stays live, so its
+        // pod is not restarted (it could not start without etcd).
+        let stall_bound = 2 * (t.lease_ttl + t.keepalive_interval + Duration::from_secs(2));
+        let cut_at = Instant::now() - fenced;
+        while cut_at.elapsed() < stall_bound + Duration::from_secs(1) {
+            let live = lab.sidecars[victim]
+                .http_get("/healthz")
+                .await
+                .expect("healthz");
+            assert_eq!(
+                live.status,
+                200,
+                "{:?} into the cut: {}",
+                cut_at.elapsed(),
+                String::from_utf8_lossy(&live.body)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         cut.heal().expect("heal");
         let back = until_serving(
             &lab,
