@@ -264,7 +264,12 @@ pub(crate) async fn run_with<L: LoadBalancer>(
     match &refused {
         None => info!("stopping: blocking the LB, then revoking the lease"),
         Some(why) => {
-            error!(%why, "stopping: the LB's settings break D; blocking the LB, then revoking the lease")
+            error!(
+                link = %shared.config.link,
+                member = %shared.config.member_id,
+                %why,
+                "stopping: the LB's settings break D; blocking the LB, then revoking the lease"
+            )
         }
     }
     shared.stopping.send_replace(true);
