@@ -11,14 +11,17 @@
 //! * `sidecar`: the running sidecar, thin drivers around the core's
 //!   `Member` and `Leader`: registration, keep-alive and the member loop
 //!   (`sidecar/member.rs`), election and the leader loop
-//!   (`sidecar/leader.rs`), metrics. Follow a switchover from
-//!   `rpc/admin.rs` (the request) through `sidecar/leader.rs` (drain, wait,
-//!   serve) to `sidecar/member.rs` (the LB change and the ack).
+//!   (`sidecar/leader.rs`), metrics (`sidecar/metrics.rs`), what
+//!   `/healthz`, `/readyz` and gRPC health answer (`sidecar/health.rs`).
+//!   Follow a switchover from `rpc/admin.rs` (the request) through
+//!   `sidecar/leader.rs` (drain, wait, serve) to `sidecar/member.rs` (the
+//!   LB change and the ack).
 //! * [`store`]: the link's keys in etcd and the fenced leader writes.
 //! * `rpc`: gRPC, the `Peer` service between sidecars and the `Admin`
 //!   service the CLI calls.
 //! * [`lb`]: the LB adapter trait and HAProxy (config template, Runtime API
-//!   client, adapter).
+//!   client, adapter, and the check settings HAProxy reports compared with
+//!   the config's).
 //! * [`probe`]: ETSI GS QKD 014 status probes of this member's KMEs.
 //! * `http`: the LB's check endpoint (the dead-man's switch), `/healthz`,
 //!   `/readyz`, `/metrics`.

@@ -2,7 +2,7 @@
 """Keeps deploy/monitoring consistent with the docs:
 
 * every metric an alert rule or the dashboard queries is listed in
-  docs/metrics.md (exported today or marked planned);
+  docs/metrics.md;
 * dashboard.json is what make_dashboard.py writes;
 * every alert has a unit test in alerts_test.yaml, a section in
   docs/runbook.md, and a `runbook` annotation pointing at that section.

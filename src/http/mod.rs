@@ -10,13 +10,25 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    typed(status, body, "text/plain; charset=utf-8")
+}
+
+fn typed(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
     resp
+}
+
+/// 200 with `Ok`'s body, 503 with `Err`'s.
+fn verdict(v: Result<String, String>) -> Response<Full<Bytes>> {
+    match v {
+        Ok(body) => text(StatusCode::OK, body),
+        Err(body) => text(StatusCode::SERVICE_UNAVAILABLE, body),
+    }
 }
 
 /// Answers one request. Pure apart from reading the shared view.
@@ -31,19 +43,13 @@ pub(crate) fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
         return text(status, why + "\n");
     }
     match path {
-        "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => {
-            let view = shared.view.borrow();
-            if view.synced && !view.fenced {
-                text(StatusCode::OK, "ready\n".into())
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: not registered with etcd or lease not fresh\n".into(),
-                )
-            }
-        }
-        "/metrics" => text(StatusCode::OK, shared.metrics.encode()),
+        "/healthz" => verdict(crate::sidecar::health::healthz(shared)),
+        "/readyz" => verdict(crate::sidecar::health::readyz(shared)),
+        "/metrics" => typed(
+            StatusCode::OK,
+            shared.metrics.encode(shared.store.request_errors()),
+            crate::sidecar::metrics::CONTENT_TYPE,
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /check/<server>, /healthz, /readyz, /metrics\n".into(),

@@ -35,6 +35,11 @@ pub enum LbError {
     Parse(String),
     #[error("LB did not reach {wanted} (it routes to {seen})")]
     NotConfirmed { wanted: LbTarget, seen: String },
+    /// The LB's own settings break what lockstep assumes (e.g. HAProxy's
+    /// health checks would take longer than D to block a dead sidecar): the
+    /// sidecar refuses to start, or to keep routing through this LB.
+    #[error("LB settings differ from what lockstep's config assumes: {0}")]
+    Misconfigured(String),
     #[error(
         "not enabling {wanted}: its deadline passed before the command could be sent \
          (the sidecar was paused or slow, so its lease may have lapsed); the other \
@@ -64,4 +69,19 @@ pub trait LoadBalancer: Send + Sync + 'static {
 
     /// One line saying which of S1's guarantees this adapter keeps.
     fn guarantees(&self) -> &'static str;
+
+    /// Checks, before the sidecar starts, that the LB's own settings keep
+    /// the bounds the config assumes (DESIGN §3's D). `Misconfigured`
+    /// refuses the start; other errors (LB not reachable yet) do not, and
+    /// the adapter checks again before it enables anything.
+    fn preflight(&self) -> impl Future<Output = Result<(), LbError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Set once the adapter found the LB's settings unsafe while running
+    /// (e.g. after an LB restart): why. From then on it enables nothing,
+    /// and the sidecar stops.
+    fn refusal(&self) -> Option<String> {
+        None
+    }
 }

@@ -19,7 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 /// Rise/fall debouncing of raw probe results.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -338,7 +338,8 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             Setup::Warm => probe.warm.clone(),
         };
         let Some(url) = url else { continue };
-        tokio::spawn(probe_one(shared.clone(), client.clone(), setup, url));
+        let span = tracing::info_span!("probe", link = %shared.config.link, member = %shared.config.member_id, %setup);
+        tokio::spawn(probe_one(shared.clone(), client.clone(), setup, url).instrument(span));
     }
 }
 
@@ -359,6 +360,7 @@ async fn probe_one(shared: Arc<Shared>, client: Client, setup: Setup, base: Stri
             cfg.empty_store_unhealthy,
         )
         .await;
+        shared.metrics.probe_result(setup, &result);
         if let Ok(info) = &result {
             if info.empty_store() != empty_store {
                 empty_store = info.empty_store();

@@ -138,6 +138,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
         Ok(p) => core = core.with_policy(lockstep_core::failover::Policy::new(p)),
         Err(e) => warn!(error = %e, "automatic failover off: bad policy"),
     }
+    shared.metrics.set_paused(snapshot.paused.is_some());
     core.handle(
         clock.now(),
         LeaderEvent::Start {
@@ -165,6 +166,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                     list_members,
                 } => {
                     route.at = now_rfc3339();
+                    shared.metrics.route_write_started(route.epoch, route.phase);
                     let start = started_at
                         .entry(route.epoch)
                         .or_insert_with(|| route.at.clone())
@@ -304,7 +306,10 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                             }
                             Change::Request(request, rev) => LeaderEvent::RequestPut { request, rev },
                             Change::RequestGone(rev) => LeaderEvent::RequestDeleted { rev },
-                            Change::Paused(p) => LeaderEvent::PauseChanged(p),
+                            Change::Paused(p) => {
+                                shared.metrics.set_paused(p.is_some());
+                                LeaderEvent::PauseChanged(p)
+                            }
                             Change::Leader(l) => {
                                 if l.as_ref().is_none_or(|(_, t)| *t != token) {
                                     return "leader key changed".into();

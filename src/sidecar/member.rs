@@ -8,6 +8,7 @@
 //! member asks to resync. A read that task does is never older than an
 //! event it has already forwarded.
 
+use super::health::Task;
 use super::{Clock, Shared};
 use crate::lb::LoadBalancer;
 use crate::store::{Change, RegisterError, StoreError, Watched};
@@ -104,6 +105,7 @@ async fn run<L: LoadBalancer>(
     stopped: oneshot::Sender<()>,
 ) {
     let clock = shared.clock;
+    let beat = shared.liveness.start(Task::MemberLoop, clock);
     let core = Member::new(member_config(&shared), clock.now());
     #[cfg(feature = "mutations")]
     let core = core.with_mutation(super::mutation());
@@ -198,6 +200,7 @@ async fn run<L: LoadBalancer>(
                 None => std::future::pending().await,
             }
         };
+        beat.park();
         tokio::select! {
             msg = input.recv() => {
                 let Some(msg) = msg else { return };
@@ -226,6 +229,7 @@ async fn run<L: LoadBalancer>(
             }
             _ = sleep => core.handle(clock.now(), MemberEvent::Tick),
         }
+        beat.beat();
         // Drop replies whose callers gave up, so the map stays small.
         replies.retain(|_, tx| !tx.is_closed());
     }
@@ -420,12 +424,16 @@ async fn route_task(
 async fn keep_alive(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
     let mut lease_rx = shared.lease.subscribe();
     let interval = shared.config.etcd.keepalive_interval;
+    let beat = shared.liveness.start(Task::KeepAlive, shared.clock);
     loop {
+        // Each round (open the stream, keep alive until it fails) is
+        // progress, also while etcd stays unreachable.
+        beat.beat();
         let lease = loop {
             if let Some(l) = *lease_rx.borrow_and_update() {
                 break l;
             }
-            if lease_rx.changed().await.is_err() {
+            if beat.parked(lease_rx.changed()).await.is_err() {
                 return;
             }
         };
@@ -435,7 +443,7 @@ async fn keep_alive(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
                 warn!(lease, "lease expired in etcd");
                 let _ = input.send(Input::Event(MemberEvent::LeaseLost)).await;
                 while *shared.lease.borrow() == Some(lease) {
-                    if lease_rx.changed().await.is_err() {
+                    if beat.parked(lease_rx.changed()).await.is_err() {
                         return;
                     }
                 }
@@ -451,6 +459,8 @@ async fn keep_alive(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            beat.beat();
+            fail::fail_point!("keep-alive-stop", |_| ());
             if *shared.lease.borrow() != Some(lease) {
                 break;
             }
@@ -470,7 +480,7 @@ async fn keep_alive(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
                     let _ = input.send(Input::Event(MemberEvent::LeaseLost)).await;
                     // Wait for the registration to publish a new lease.
                     while *shared.lease.borrow() == Some(lease) {
-                        if lease_rx.changed().await.is_err() {
+                        if beat.parked(lease_rx.changed()).await.is_err() {
                             return;
                         }
                     }

@@ -4,12 +4,14 @@
 //! Tasks: the member loop (`member`), registration and keep-alive, the LB
 //! read-back, the member-record writer, the election and leader loop
 //! (`leader`), the probes, and the gRPC and HTTP servers. They share one
-//! `Shared`; shutdown blocks the LB first, then revokes the lease.
+//! `Shared`; shutdown blocks the LB first, then revokes the lease. What
+//! `/healthz`, `/readyz` and gRPC health say: `health`.
 
+pub(crate) mod health;
 pub(crate) mod leader;
 
 pub(crate) mod member;
-mod metrics;
+pub(crate) mod metrics;
 
 pub use leader::RESEND_EVERY;
 
@@ -26,7 +28,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, info_span, warn, Instrument};
 
 /// Monotonic time for the core: milliseconds since the sidecar started.
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +73,8 @@ pub(crate) struct Shared {
     /// live sidecar): it stops as on shutdown and exits with this error.
     pub(crate) fatal: watch::Sender<Option<String>>,
     pub(crate) metrics: metrics::Metrics,
+    /// Whether the member loop and the keep-alive task run (`/healthz`).
+    pub(crate) liveness: health::Liveness,
     /// Bumped when an LB apply starts and when it ends; see
     /// `member::Input::Observed`.
     pub(crate) lb_apply_gen: Arc<std::sync::atomic::AtomicU64>,
@@ -154,6 +158,7 @@ pub(crate) async fn run_with<L: LoadBalancer>(
     lb: Arc<L>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    preflight(&config, lb.as_ref()).await?;
     let store = Store::connect(
         &config.etcd.endpoints,
         &config.etcd.prefix,
@@ -187,7 +192,8 @@ pub(crate) async fn run_with<L: LoadBalancer>(
     let grpc_listen = config.grpc.listen;
     let http_listen = config.http.listen;
     let shared = Arc::new(Shared {
-        metrics: metrics::Metrics::new(&config),
+        metrics: metrics::Metrics::new(&config, clock),
+        liveness: health::Liveness::new(health::Liveness::stall_bound_for(&config)),
         config,
         store,
         clock,
@@ -215,16 +221,21 @@ pub(crate) async fn run_with<L: LoadBalancer>(
         .await
         .with_context(|| format!("cannot listen for HTTP on {http_listen}"))?;
 
-    let handles = member::spawn(shared.clone(), lb);
+    let handles = member::spawn(shared.clone(), lb.clone());
     let input = handles.input.clone();
     tokio::spawn(crate::http::serve(shared.clone(), http_listener));
     tokio::spawn(crate::probe::run(shared.clone()));
     let campaign = tokio::spawn(leader::campaign_loop(shared.clone()));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // NOT_SERVING until `drive_grpc_health` finds the member ready.
     health_reporter
-        .set_serving::<proto::admin_server::AdminServer<crate::rpc::admin::AdminService>>()
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
+    tokio::spawn(
+        health::drive_grpc_health(shared.clone(), health_reporter, Duration::from_secs(1))
+            .instrument(info_span!("grpc_health", link = %shared.config.link, member = %shared.config.member_id)),
+    );
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -254,13 +265,21 @@ pub(crate) async fn run_with<L: LoadBalancer>(
 
     let mut fatal = shared.fatal.subscribe();
     let failure = tokio::select! {
-        () = shutdown => None,
+        _ = shutdown => None,
         _ = fatal.wait_for(Option::is_some) => shared.fatal.borrow().clone(),
+        why = lb_refusal(lb.as_ref()) => Some(format!(
+            "refusing to run: {why}. The LB was blocked; fix the configs and start the sidecar again"
+        )),
     };
-    if let Some(why) = &failure {
-        tracing::error!(%why, "cannot go on");
+    match &failure {
+        None => info!("stopping: blocking the LB, then revoking the lease"),
+        Some(why) => error!(
+            link = %shared.config.link,
+            member = %shared.config.member_id,
+            %why,
+            "cannot go on: blocking the LB, then revoking the lease"
+        ),
     }
-    info!("stopping: blocking the LB, then revoking the lease");
     shared.stopping.send_replace(true);
     campaign.abort();
     if let Some(token) = *shared.leader_token.borrow() {
@@ -274,8 +293,36 @@ pub(crate) async fn run_with<L: LoadBalancer>(
     let _ = grpc_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(1), grpc).await;
     match failure {
-        Some(why) => Err(anyhow::anyhow!(why)),
         None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!(why)),
+    }
+}
+
+/// Refuses to start on LB settings that break D (`LoadBalancer::preflight`);
+/// an LB not reachable yet is checked later, before anything is enabled.
+async fn preflight<L: LoadBalancer>(config: &Config, lb: &L) -> anyhow::Result<()> {
+    let span = info_span!("preflight", link = %config.link, member = %config.member_id);
+    match lb.preflight().instrument(span.clone()).await {
+        Ok(()) => Ok(()),
+        Err(e @ crate::lb::LbError::Misconfigured(_)) => {
+            Err(anyhow::anyhow!("refusing to start: {e}"))
+        }
+        Err(e) => {
+            warn!(parent: &span, error = %e, "cannot read the LB's check settings now; they are compared before the LB is enabled");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves once the LB adapter refuses to route (see
+/// `LoadBalancer::refusal`), with why.
+async fn lb_refusal<L: LoadBalancer>(lb: &L) -> String {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        if let Some(why) = lb.refusal() {
+            return why;
+        }
     }
 }
 

@@ -24,6 +24,8 @@ use lockstep_core::member::LinkRead;
 use lockstep_core::policy::{Pause, Request};
 use lockstep_core::{Epoch, MemberId, Rev, Route, Token};
 use serde::de::DeserializeOwned;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, warn};
 
@@ -92,6 +94,8 @@ pub struct Store {
     base: String,
     /// Bound on every unary request, so a hung etcd turns into an error.
     timeout: Duration,
+    /// Requests that failed, shared by clones (`request_errors`).
+    failures: Arc<AtomicU64>,
 }
 
 /// The whole link read at one revision.
@@ -189,6 +193,7 @@ pub(crate) struct Watch {
     stream: WatchStream,
     /// `<prefix>/<link>/`, to decode keys with.
     base: String,
+    failures: Arc<AtomicU64>,
 }
 
 impl Watch {
@@ -202,7 +207,7 @@ impl Watch {
             .stream
             .message()
             .await
-            .map_err(StoreError::WatchBroke)?
+            .map_err(|e| count(&self.failures, StoreError::WatchBroke(e)))?
         else {
             return Ok(None);
         };
@@ -222,18 +227,37 @@ impl Watch {
 pub(crate) struct KeepAlive {
     keeper: LeaseKeeper,
     stream: LeaseKeepAliveStream,
+    failures: Arc<AtomicU64>,
+    /// A keep-alive was sent and not answered yet: dropped so, it failed.
+    unanswered: bool,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        if self.unanswered {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl KeepAlive {
     /// Sends one keep-alive.
     pub(crate) async fn send(&mut self) -> Result<(), StoreError> {
-        self.keeper.keep_alive().await.map_err(StoreError::Etcd)
+        self.keeper
+            .keep_alive()
+            .await
+            .map_err(|e| count(&self.failures, StoreError::Etcd(e)))?;
+        self.unanswered = true;
+        Ok(())
     }
 
     /// The next answer: the lease's remaining TTL in seconds (0 or less:
     /// the lease is gone); `None` once the stream has ended.
     pub(crate) async fn answer(&mut self) -> Result<Option<i64>, StoreError> {
-        Ok(self.stream.message().await?.map(|resp| resp.ttl()))
+        let answer = self.stream.message().await;
+        self.unanswered = false;
+        let answer = answer.map_err(|e| count(&self.failures, StoreError::Etcd(e)))?;
+        Ok(answer.map(|resp| resp.ttl()))
     }
 }
 
@@ -261,6 +285,7 @@ impl Store {
             client,
             base: format!("{}/{}/", prefix.trim_end_matches('/'), link),
             timeout,
+            failures: Arc::default(),
         };
         // Fail now, with a clear message, rather than on the first write.
         store
@@ -336,10 +361,17 @@ impl Store {
             .notify(
                 |e, after| debug!(error = %e, retry_in = ?after, "etcd request did not get through; sending it again"),
             );
-        tokio::time::timeout(self.timeout, attempts)
+        let result = tokio::time::timeout(self.timeout, attempts)
             .await
-            .map_err(|_| StoreError::Timeout(self.timeout))?
-            .map_err(StoreError::Etcd)
+            .map_err(|_| StoreError::Timeout(self.timeout))
+            .and_then(|r| r.map_err(StoreError::Etcd));
+        result.map_err(|e| count(&self.failures, e))
+    }
+
+    /// etcd requests of this store (and its clones) that failed: unary
+    /// requests (after their retries), keep-alives, broken watches.
+    pub(crate) fn request_errors(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     async fn get_raw(&self, key: &str) -> Result<Option<etcd_client::KeyValue>, StoreError> {
@@ -373,7 +405,12 @@ impl Store {
         let (keeper, stream) = self
             .bounded_idempotent(|mut c| async move { c.lease_keep_alive(lease).await })
             .await?;
-        Ok(KeepAlive { keeper, stream })
+        Ok(KeepAlive {
+            keeper,
+            stream,
+            failures: self.failures.clone(),
+            unanswered: false,
+        })
     }
 
     pub(crate) async fn revoke(&self, lease: i64) -> Result<(), StoreError> {
@@ -494,6 +531,7 @@ impl Store {
         Ok(Watch {
             stream,
             base: self.base.clone(),
+            failures: self.failures.clone(),
         })
     }
 
@@ -957,6 +995,12 @@ fn connection_lost(e: &etcd_client::Error) -> bool {
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     // Our own plain data types always serialize.
     serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Counts a failed request and passes its error on.
+fn count(failures: &AtomicU64, e: StoreError) -> StoreError {
+    failures.fetch_add(1, Ordering::Relaxed);
+    e
 }
 
 fn from_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {

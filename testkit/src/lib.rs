@@ -11,11 +11,13 @@
 //!   between them (root only).
 //! * [`http`]: an HTTP/1.1 client on one connection, for the key pairs and
 //!   the mock KMEs' control API.
+//! * [`metrics`]: a sidecar's `/metrics`, parsed.
 //! * [`traffic`]: the end-to-end oracle, continuous key pairs through
 //!   Alice's and Bob's LBs, counting matched, mismatched and failed pairs.
 
 pub mod http;
 pub mod lab;
+pub mod metrics;
 pub mod netns;
 pub mod traffic;
 

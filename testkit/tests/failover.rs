@@ -87,10 +87,12 @@ fn both_setups_unhealthy_means_no_switch_and_says_so() {
         let leader = lab
             .sidecar_index(|id| id == s.leader)
             .expect("leader is a lab member");
-        let metrics = http_get(lab.sidecars[leader].spec.http, "/metrics").await;
-        assert!(
-            metrics.contains("lockstep_no_healthy_setup 1"),
-            "metric: {metrics}"
+        let metrics = lab.sidecars[leader].scrape().await.expect("metrics");
+        assert_eq!(
+            metrics.get("lockstep_no_healthy_setup", &[]),
+            Some(1.0),
+            "metric: {}",
+            metrics.text
         );
     });
 }
@@ -204,15 +206,4 @@ fn a_flapping_kme_is_capped_then_the_link_pauses_itself() {
         assert_eq!(auto, 2, "exactly the capped number of automatic switches");
         traffic.stop_and_assert_no_mismatch().await;
     });
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    out
 }

@@ -2,7 +2,7 @@
 //! sidecar (`--features failpoints`; `scripts/test` runs this target).
 
 use lockstep::proto;
-use lockstep::protocol::{Phase, Setup};
+use lockstep::protocol::{LbTarget, Phase, Setup};
 use lockstep_testkit::lab::{Lab, LabOptions};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
@@ -100,5 +100,58 @@ fn a_leader_killed_right_after_its_drain_write_is_finished_by_the_next_leader() 
             .await
             .expect("all members on warm");
         traffic.stop_and_assert_no_mismatch().await;
+    });
+}
+
+#[test]
+fn a_stopped_keep_alive_task_fails_healthz_and_its_member_fences() {
+    rt().block_on(async {
+        // bob-0's keep-alive task returns after 30 ticks (15 s at the lab's
+        // 500 ms interval), as a task that died would.
+        let mut options = LabOptions::default();
+        options.member_env.insert(
+            "bob-0".into(),
+            vec![("FAILPOINTS".into(), "keep-alive-stop=30*off->return".into())],
+        );
+        let started = Instant::now();
+        let lab = Lab::start("fp-keep-alive", options).await.expect("lab");
+        let t = lab.options.timing.clone();
+        let (alice, bob) = (&lab.sidecars[0], &lab.sidecars[1]);
+        let live = bob.http_get("/healthz").await.expect("healthz");
+        assert_eq!(
+            live.status,
+            200,
+            "bob is live before its keep-alive stops ({:?} after the lab started; it stops 15 s after registering)",
+            started.elapsed()
+        );
+
+        let start = Instant::now();
+        let body = loop {
+            let reply = bob.http_get("/healthz").await.expect("healthz");
+            if reply.status == 503 {
+                break String::from_utf8_lossy(&reply.body).to_string();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "/healthz still {} after the keep-alive task should have stopped; logs in {}",
+                reply.status,
+                lab.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(body.contains("keep-alive task stopped"), "{body}");
+        println!("bob's /healthz: {}", body.trim());
+        // Only bob.
+        assert_eq!(alice.http_get("/healthz").await.expect("healthz").status, 200);
+        // Its lease is no longer renewed: it fences, its LB stops routing,
+        // and it is not ready.
+        lab.wait_lb(
+            1,
+            LbTarget::Blocked,
+            t.lease_ttl - t.margin + t.down_detection() + Duration::from_secs(1),
+        )
+        .await
+        .expect("bob's LB routes nowhere once its lease went stale");
+        assert_eq!(bob.http_get("/readyz").await.expect("readyz").status, 503);
     });
 }

@@ -4,7 +4,7 @@
 //! sidecar's check endpoint (200 for the server names a test allows) and can
 //! die or freeze. Timing figures are printed, not asserted, except D.
 
-use lockstep::lb::haproxy::{Haproxy, HaproxyTemplate};
+use lockstep::lb::haproxy::{ExpectedChecks, Haproxy, HaproxyTemplate};
 use lockstep::lb::{LbError, LoadBalancer};
 use lockstep::protocol::{LbTarget, Setup};
 use lockstep_testkit::lab::haproxy::{HaproxyInputs, HaproxyProcess};
@@ -488,6 +488,137 @@ async fn errors_carry_haproxys_answer() {
         Err(e @ LbError::Timeout { .. }) => println!("frozen HAProxy: {e}"),
         other => panic!("expected Timeout: {other:?}"),
     }
+}
+
+/// What the sidecar's config would assume of `rig`'s checks, with `fall`.
+fn expecting(rig: &Rig, timing: &Timing, fall: u32) -> ExpectedChecks {
+    ExpectedChecks {
+        fall,
+        rise: timing.check_rise,
+        inter: timing.check_inter,
+        timeout: timing.check_timeout,
+        target: rig.check.addr,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_larger_fall_than_the_config_assumes_is_refused_when_haproxy_shows_it() {
+    // HAProxy runs with fall 5; the sidecar's config says 2.
+    let timing = Timing {
+        check_fall: 5,
+        ..Timing::default()
+    };
+    let rig = Rig::start_with("fall", &timing).await;
+    rig.check.allow(&["hot", "warm"]);
+    let assumes_2 = rig.lb().with_expected_checks(expecting(&rig, &timing, 2));
+
+    // Both servers start `disabled`: HAProxy 2.6 shows no fall or rise for
+    // servers in maintenance, only where the checks go, and those match.
+    let v = assumes_2
+        .verify_checks(&expecting(&rig, &timing, 2))
+        .await
+        .expect("read");
+    assert_eq!(v.refusal(), None, "{v:?}");
+    assert_eq!(
+        v.unshown,
+        vec![
+            "kme/hot: fall",
+            "kme/hot: rise",
+            "kme/warm: fall",
+            "kme/warm: rise"
+        ]
+    );
+    assumes_2
+        .preflight()
+        .await
+        .expect("nothing unsafe shown yet");
+
+    // Enabling hot shows fall 5 on the same Runtime API line: hot goes back
+    // into maintenance at once and the adapter refuses from then on.
+    let why = match assumes_2.apply(HOT, None).await {
+        Err(LbError::Misconfigured(why)) => why,
+        other => panic!("expected Misconfigured, got {other:?}"),
+    };
+    println!("refused: {why}");
+    for want in [
+        "server kme/hot",
+        "HAProxy reports fall 5",
+        "the config assumes 2 (lb.check_fall)",
+    ] {
+        assert!(why.contains(want), "missing {want:?} in {why}");
+    }
+    assert_eq!(observed(&rig.lb()).await, LbTarget::Blocked);
+    assert_eq!(rig.who().await, None, "nothing routes");
+    assert_eq!(assumes_2.refusal().as_deref(), Some(why.as_str()));
+    assert!(matches!(
+        assumes_2.apply(WARM, None).await,
+        Err(LbError::Misconfigured(_))
+    ));
+    assert_eq!(
+        observed(&rig.lb()).await,
+        LbTarget::Blocked,
+        "warm stayed disabled"
+    );
+    assert!(
+        assumes_2.apply(LbTarget::Blocked, None).await.is_ok(),
+        "blocking is always allowed"
+    );
+
+    // An adapter whose config agrees (fall 5) serves, and then sees fall 5.
+    let assumes_5 = rig.lb().with_expected_checks(expecting(&rig, &timing, 5));
+    assert_eq!(
+        assumes_5.apply(HOT, None).await.expect("serve hot").target,
+        HOT
+    );
+    let v = assumes_5
+        .verify_checks(&expecting(&rig, &timing, 5))
+        .await
+        .expect("read");
+    assert_eq!((v.refusal(), v.differences.len()), (None, 0), "{v:?}");
+    assert_eq!(v.unshown, vec!["kme/warm: fall", "kme/warm: rise"]);
+    // With hot out of maintenance, a sidecar assuming fall 2 refuses to
+    // start.
+    let late = rig.lb().with_expected_checks(expecting(&rig, &timing, 2));
+    match late.preflight().await {
+        Err(LbError::Misconfigured(why)) => assert!(why.contains("fall 5"), "{why}"),
+        other => panic!("expected Misconfigured, got {other:?}"),
+    }
+    // A smaller fall than assumed makes D shorter: only reported.
+    let assumes_7 = rig.lb().with_expected_checks(expecting(&rig, &timing, 7));
+    assumes_7.preflight().await.expect("fall 5 < 7 is safe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_aimed_elsewhere_are_refused_before_anything_is_enabled() {
+    let timing = Timing::default();
+    let rig = Rig::start("target").await;
+    rig.check.allow(&["hot", "warm"]);
+    // The sidecar listens on another port than the one HAProxy checks.
+    let mut elsewhere = expecting(&rig, &timing, timing.check_fall);
+    elsewhere
+        .target
+        .set_port(rig.check.addr.port().wrapping_add(1).max(1));
+    let lb = rig.lb().with_expected_checks(elsewhere);
+    let why = match lb.preflight().await {
+        Err(LbError::Misconfigured(why)) => why,
+        other => panic!("expected Misconfigured, got {other:?}"),
+    };
+    assert!(
+        why.contains(&format!("check target {}", rig.check.addr)),
+        "{why}"
+    );
+    assert!(matches!(lb.observe().await, Err(LbError::Misconfigured(_))));
+    assert!(matches!(
+        lb.apply(HOT, None).await,
+        Err(LbError::Misconfigured(_))
+    ));
+    assert_eq!(observed(&rig.lb()).await, LbTarget::Blocked);
+    // The same HAProxy with the right target passes.
+    let right = rig
+        .lb()
+        .with_expected_checks(expecting(&rig, &timing, timing.check_fall));
+    right.preflight().await.expect("matching settings");
+    assert_eq!(right.apply(HOT, None).await.expect("serve").target, HOT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,14 +15,24 @@
 //!   so a break and its make never share a line;
 //! * `shutdown sessions server` closes established TCP sessions at once.
 //!
+//! The health-check settings D rests on are compared with what HAProxy
+//! reports ([`checks`]): before the sidecar starts ([`LoadBalancer::preflight`]),
+//! on every read-back (check enabled, check target) and with every enable
+//! (`fall` and `rise`, which HAProxy 2.6 shows only for servers out of
+//! maintenance). An unsafe difference refuses the start, or blocks the
+//! server again at once and makes the adapter refuse everything after.
+//!
 //! # Layout
 //! * [`template`]: the config lockstep drives, and D (pure).
 //! * `runtime`: the Runtime API client and its answers' parsing.
+//! * [`checks`]: reported check settings against the config (pure).
 //! * this module: [`Haproxy`], the [`LoadBalancer`] adapter.
 
+pub mod checks;
 mod runtime;
 pub mod template;
 
+pub use checks::{Difference, ExpectedChecks, Verdict};
 pub use template::{down_detection_bound, HaproxyTemplate};
 
 use super::{LbError, LoadBalancer, Observed};
@@ -35,7 +45,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tracing::{debug, debug_span, Instrument};
+use tracing::{debug, debug_span, error, info, warn, Instrument};
 
 /// Drives one HAProxy backend with one server per setup. A clone tracks
 /// restarts on its own (each reports a restart to its own caller).
@@ -51,17 +61,30 @@ pub struct Haproxy {
     server_warm: String,
     /// The HAProxy process `observe` last saw, to notice restarts.
     identity: Mutex<Option<ProcessIdentity>>,
+    /// What the sidecar's config assumes of the servers' health checks;
+    /// `None`: not compared (observers such as the test kit's).
+    expected: Option<ExpectedChecks>,
+    /// Why this adapter refuses to enable anything, once it found HAProxy's
+    /// check settings unsafe.
+    refused: Mutex<Option<String>>,
 }
 
 impl Clone for Haproxy {
     fn clone(&self) -> Haproxy {
         let last = *self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Haproxy {
             api: self.api.clone(),
             backend: self.backend.clone(),
             server_hot: self.server_hot.clone(),
             server_warm: self.server_warm.clone(),
             identity: Mutex::new(last),
+            expected: self.expected.clone(),
+            refused: Mutex::new(refused),
         }
     }
 }
@@ -81,7 +104,16 @@ impl Haproxy {
             server_hot: server_hot.into(),
             server_warm: server_warm.into(),
             identity: Mutex::new(None),
+            expected: None,
+            refused: Mutex::new(None),
         }
+    }
+
+    /// Compares HAProxy's check settings with `expected` (see [`checks`]):
+    /// in `preflight`, on every read-back and with every enable.
+    pub fn with_expected_checks(mut self, expected: ExpectedChecks) -> Haproxy {
+        self.expected = Some(expected);
+        self
     }
 
     /// Bounds each exchange with HAProxy (connect, send, read) by `timeout`.
@@ -99,6 +131,57 @@ impl Haproxy {
             c.lb.server_warm.clone(),
         )
         .with_timeout(c.lb.command_timeout)
+        .with_expected_checks(ExpectedChecks {
+            fall: c.lb.check_fall,
+            rise: c.lb.check_rise,
+            inter: c.lb.check_inter,
+            timeout: c.lb.check_timeout,
+            target: c.http.listen,
+        })
+    }
+
+    /// Reads HAProxy's check settings (`show servers state`, `show stat`)
+    /// and compares them with `expected`, changing nothing.
+    pub async fn verify_checks(&self, expected: &ExpectedChecks) -> Result<Verdict, LbError> {
+        self.check_names()?;
+        let commands = [self.show_state(), self.show_stat()];
+        let answers = self.api.exchange(&commands).await?;
+        let pair = self.pair(&commands[0], &answers[0])?;
+        let stat = checks::parse_stat(&commands[1], &answers[1])?;
+        Ok(checks::compare(
+            expected,
+            &[&pair.hot, &pair.warm],
+            &stat,
+            &checks::is_local_address,
+        ))
+    }
+
+    /// From now on this adapter enables nothing: `why`.
+    fn refuse(&self, why: String) -> LbError {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.is_none() {
+            error!(backend = %self.backend, %why, "HAProxy's health-check settings break D: refusing to route through it");
+            *refused = Some(why.clone());
+        }
+        LbError::Misconfigured(why)
+    }
+
+    fn refused(&self) -> Result<(), LbError> {
+        match &*self.refused.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(why) => Err(LbError::Misconfigured(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses on an unsafe difference; says what differs harmlessly.
+    fn judge(&self, verdict: &Verdict) -> Result<(), LbError> {
+        if let Some(why) = verdict.refusal() {
+            return Err(self.refuse(why));
+        }
+        for d in verdict.benign() {
+            warn!(backend = %self.backend, difference = %d, "HAProxy's check settings differ from the config (harmless for D)");
+        }
+        Ok(())
     }
 
     /// The server that routes to `setup`.
@@ -150,6 +233,11 @@ impl Haproxy {
         format!("show servers state {}", self.backend)
     }
 
+    /// `show stat` of the backend's servers (type 4).
+    fn show_stat(&self) -> String {
+        format!("show stat {} 4 -1", self.backend)
+    }
+
     /// Finds both servers in a `show servers state` answer.
     fn pair(&self, command: &str, answer: &str) -> Result<Pair, LbError> {
         let all = parse_servers_state(command, answer)?;
@@ -176,14 +264,28 @@ impl Haproxy {
     /// Runs state-changing commands followed by `show servers state`: any
     /// answer to a change other than an empty line is a rejection.
     async fn change_and_read(&self, changes: Vec<String>) -> Result<Pair, LbError> {
+        Ok(self.change_and_read_with(changes, false).await?.0)
+    }
+
+    /// `change_and_read`, with `show stat` read on the same line (after the
+    /// changes) when `stat`.
+    async fn change_and_read_with(
+        &self,
+        changes: Vec<String>,
+        stat: bool,
+    ) -> Result<(Pair, Vec<checks::StatRow>), LbError> {
+        let n = changes.len();
         let mut commands = changes;
+        if stat {
+            commands.push(self.show_stat());
+        }
         commands.push(self.show_state());
         let answers = self.api.exchange(&commands).await?;
         let (show, answer) = match (commands.last(), answers.last()) {
             (Some(c), Some(a)) => (c, a),
             _ => return Err(LbError::Parse("HAProxy sent no answer".into())),
         };
-        for (command, answer) in commands.iter().zip(&answers).take(commands.len() - 1) {
+        for (command, answer) in commands.iter().zip(&answers).take(n) {
             if !answer.trim().is_empty() {
                 return Err(LbError::Rejected {
                     command: command.clone(),
@@ -191,7 +293,12 @@ impl Haproxy {
                 });
             }
         }
-        self.pair(show, answer)
+        let rows = if stat {
+            checks::parse_stat(&commands[n], &answers[n])?
+        } else {
+            Vec::new()
+        };
+        Ok((self.pair(show, answer)?, rows))
     }
 }
 
@@ -306,10 +413,14 @@ impl LoadBalancer for Haproxy {
                     // Checked as late as possible: `ready` is UP at once and
                     // overrides the health checks that blocked a silent
                     // sidecar, so a late make would outlive the lease.
+                    self.refused()?;
                     if enable_before.is_some_and(|d| Instant::now() >= d) {
                         return Err(LbError::Expired { wanted: target });
                     }
-                    let pair = self.change_and_read(vec![self.set_state(y, "ready")]).await?;
+                    let pair = match &self.expected {
+                        None => self.change_and_read(vec![self.set_state(y, "ready")]).await?,
+                        Some(expected) => self.enable_and_verify(y, expected).await?,
+                    };
                     if !(pair.get(y).serving() && pair.get(x).in_maint()) {
                         let why = if pair.get(y).op_state == OpState::Stopped && !pair.get(y).in_maint() {
                             format!(
@@ -339,6 +450,19 @@ impl LoadBalancer for Haproxy {
         let answers = self.api.exchange(&commands).await?;
         let identity = parse_show_info(&commands[0], &answers[0])?;
         let pair = self.pair(&commands[1], &answers[1])?;
+        if let Some(expected) = &self.expected {
+            // What `show servers state` says of the checks, on every read
+            // (also of a restarted HAProxy): enabled, aimed at us.
+            let verdict = checks::compare(
+                expected,
+                &[&pair.hot, &pair.warm],
+                &[],
+                &checks::is_local_address,
+            );
+            if let Some(why) = verdict.refusal() {
+                return Err(self.refuse(why));
+            }
+        }
         let target = pair.target().ok_or_else(|| {
             not_confirmed(
                 LbTarget::Blocked,
@@ -358,6 +482,67 @@ impl LoadBalancer for Haproxy {
 
     fn guarantees(&self) -> &'static str {
         "HAProxy: break-before-make within this LB (old server in maintenance with sessions shut, confirmed, before the new one is enabled), every change read back, and a dead-man's switch (health checks on the sidecar) bounded by D"
+    }
+
+    async fn preflight(&self) -> Result<(), LbError> {
+        let Some(expected) = &self.expected else {
+            return Ok(());
+        };
+        let verdict = self.verify_checks(expected).await?;
+        self.judge(&verdict)?;
+        if verdict.unshown.is_empty() {
+            info!(backend = %self.backend, "HAProxy's check settings match the config");
+        } else {
+            info!(
+                backend = %self.backend,
+                unshown = %verdict.unshown.join(", "),
+                "HAProxy's check settings match the config as far as it shows them; HAProxy shows fall and rise only for servers out of maintenance, so those are compared when a server is enabled"
+            );
+        }
+        Ok(())
+    }
+
+    fn refusal(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Haproxy {
+    /// Enables `y` and, on the same Runtime API line, reads the check
+    /// settings HAProxy shows only now that `y` is out of maintenance.
+    /// On an unsafe difference `y` goes back into maintenance at once
+    /// (with its sessions shut) and the adapter refuses from then on.
+    async fn enable_and_verify(
+        &self,
+        y: Setup,
+        expected: &ExpectedChecks,
+    ) -> Result<Pair, LbError> {
+        let (pair, stat) = self
+            .change_and_read_with(vec![self.set_state(y, "ready")], true)
+            .await?;
+        let verdict = checks::compare(
+            expected,
+            &[&pair.hot, &pair.warm],
+            &stat,
+            &checks::is_local_address,
+        );
+        if verdict.refusal().is_some() {
+            let block = vec![self.set_state(y, "maint"), self.shutdown_sessions(y)];
+            match self.change_and_read(block).await {
+                Ok(p) if p.get(y).in_maint() => {}
+                Ok(p) => {
+                    error!(state = %p, "could not put {y} back into maintenance; its health checks must block it")
+                }
+                Err(e) => {
+                    error!(error = %e, "could not put {y} back into maintenance; its health checks must block it")
+                }
+            }
+        }
+        self.judge(&verdict)?;
+        Ok(pair)
     }
 }
 

@@ -158,6 +158,15 @@ pub(crate) struct ServerState {
     pub(crate) admin_state: u32,
     /// `srv_check_health`: 0 is down; `rise + fall - 1` is fully healthy.
     pub(crate) check_health: Option<u32>,
+    /// `srv_addr` and `srv_port`: where the server is.
+    pub(crate) addr: Option<String>,
+    pub(crate) port: Option<u16>,
+    /// `srv_check_state` bits (see `checks`).
+    pub(crate) check_state: Option<u32>,
+    /// `srv_check_addr` (`-`: the server's own) and `srv_check_port` (0:
+    /// the server's own).
+    pub(crate) check_addr: Option<String>,
+    pub(crate) check_port: Option<u16>,
 }
 
 impl ServerState {
@@ -179,6 +188,19 @@ impl ServerState {
     /// the side of "routes": only `Stopped` or maintenance count as not.
     pub(crate) fn may_route(&self) -> bool {
         !self.in_maint() && self.op_state != OpState::Stopped
+    }
+
+    /// Where HAProxy sends this server's health checks, if it says.
+    pub(crate) fn check_target(&self) -> Option<(String, u16)> {
+        let addr = match self.check_addr.as_deref()? {
+            "-" => self.addr.clone()?,
+            a => a.to_string(),
+        };
+        let port = match self.check_port? {
+            0 => self.port?,
+            p => p,
+        };
+        Some((addr, port))
     }
 }
 
@@ -291,6 +313,13 @@ pub(crate) fn parse_servers_state(command: &str, text: &str) -> Result<Vec<Serve
                 .ok_or_else(|| LbError::Parse(format!("unknown srv_op_state {op} in {line:?}")))?,
             admin_state: number("srv_admin_state")?,
             check_health: number("srv_check_health").ok(),
+            addr: field("srv_addr").ok().map(String::from),
+            port: number("srv_port").ok().and_then(|p| u16::try_from(p).ok()),
+            check_state: number("srv_check_state").ok(),
+            check_addr: field("srv_check_addr").ok().map(String::from),
+            check_port: number("srv_check_port")
+                .ok()
+                .and_then(|p| u16::try_from(p).ok()),
         });
     }
     Ok(out)
@@ -422,6 +451,11 @@ pub(super) mod tests {
                 op_state: OpState::Running,
                 admin_state: admin,
                 check_health: None,
+                addr: None,
+                port: None,
+                check_state: None,
+                check_addr: None,
+                check_port: None,
             };
             assert_eq!(
                 (s.in_maint(), s.in_drain()),

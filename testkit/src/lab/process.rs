@@ -341,6 +341,13 @@ impl ChildGuard {
         self.kill();
     }
 
+    /// How the child exited; `None` while it runs (or once killed).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// True while the child has not exited.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {

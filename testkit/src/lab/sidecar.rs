@@ -245,6 +245,37 @@ impl SidecarProcess {
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.spec.grpc)
     }
+
+    /// `GET path` on the sidecar's HTTP listener (`/healthz`, `/readyz`,
+    /// `/metrics`, `/check/<server>`).
+    pub async fn http_get(&self, path: &str) -> Result<crate::http::HttpReply> {
+        crate::http::http_once(
+            self.spec.http,
+            hyper::Method::GET,
+            path,
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+    }
+
+    /// `/metrics`, parsed.
+    pub async fn scrape(&self) -> Result<crate::metrics::Scrape> {
+        let reply = self.http_get("/metrics").await?;
+        if reply.status != 200 {
+            bail!(
+                "/metrics of {} answered {}",
+                self.spec.member_id,
+                reply.status
+            );
+        }
+        crate::metrics::Scrape::parse(&String::from_utf8_lossy(&reply.body))
+    }
+
+    /// The sidecar's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 fn start(spec: &SidecarSpec, config: &Path, log: &Path) -> Result<ChildGuard> {
