@@ -109,6 +109,8 @@ pub(crate) struct Metrics {
     /// 1 for the setup this member's LB was last confirmed to route to.
     lb_routes: Family<SetupLabel, Gauge>,
     fenced: Gauge,
+    /// 1 while etcd's route is below what this member or the link applied.
+    route_behind: Gauge,
     leader: Gauge,
     switches: Counter,
     switch_seconds: Histogram,
@@ -144,6 +146,7 @@ impl Metrics {
             epoch: Gauge::default(),
             lb_routes: Family::default(),
             fenced: Gauge::default(),
+            route_behind: Gauge::default(),
             leader: Gauge::default(),
             switches: Counter::default(),
             switch_seconds: Histogram::new(BUCKETS),
@@ -175,6 +178,11 @@ impl Metrics {
             "fenced",
             "1 while this member has fenced itself (lease not fresh)",
             m.fenced.clone(),
+        );
+        r.register(
+            "route_behind",
+            "1 while etcd's route is below what this link applied (lost or rolled back): the member stays blocked until the leader re-establishes it",
+            m.route_behind.clone(),
         );
         r.register(
             "is_leader",
@@ -292,6 +300,7 @@ impl Metrics {
 
     pub(crate) fn member_view(&self, v: &MemberView) {
         self.fenced.set(v.fenced as i64);
+        self.route_behind.set(v.behind.is_some() as i64);
         if let Some(until) = v.lease_fresh_until {
             let acked = until
                 .as_millis()

@@ -929,20 +929,30 @@ impl LinkModel {
 
     /// The requested switch is done: the route serves the target, the
     /// request is consumed, and every member with a live key serves it.
+    ///
+    /// Once the route has been deleted, a switch in flight is lost with it
+    /// (the request was consumed by its drain txn, and no record says where
+    /// it was going): then the link settling on whatever setup the leader
+    /// re-established counts.
     pub fn complete(&self, s: &State) -> bool {
         let Some((route, _)) = &s.etcd.route else {
             return false;
         };
-        if route.phase != Phase::Serve || route.setup != TARGET || s.etcd.request.is_some() {
+        let target_lost = s.used.contains_key(&Fault::RouteLost);
+        if route.phase != Phase::Serve
+            || (route.setup != TARGET && !target_lost)
+            || s.etcd.request.is_some()
+        {
             return false;
         }
+        let target = route.setup;
         (0..self.members).all(|i| {
             let id = self.member_id(i);
             if !s.etcd.members.contains_key(&id) {
                 return true;
             }
             let slot = &s.members[i];
-            slot.m.is_some() && slot.lb.serving() == Some(TARGET)
+            slot.m.is_some() && slot.lb.serving() == Some(target)
         })
     }
 
@@ -1521,7 +1531,10 @@ impl LinkModel {
         Self::use_fault(s, Fault::Restore);
         let down = self.timing.ttl + self.timing.down;
         s.now += down;
-        s.skipped += down;
+        // What follows needs time only for leases to run out: two more
+        // units, whenever the restore came (it costs a large factor in
+        // states otherwise); a fair continuation checks L1 beyond them.
+        s.skipped = s.now.saturating_sub(self.horizon.saturating_sub(2));
         let now = s.now;
         // Leaders lose their watch and stop; txns in flight never land.
         s.txns.clear();
@@ -1529,7 +1542,10 @@ impl LinkModel {
             slot.l = None;
             slot.watch.clear();
         }
-        s.net.retain(|m| !matches!(m, Msg::Reply { .. }));
+        // Pushes from before the restore reach members only as stale hints
+        // of a route etcd no longer holds: the forged-pushes configurations
+        // cover such pushes at any time, so they are dropped here.
+        s.net.clear();
         // No keep-alive was answered: every member has fenced itself, and
         // the LBs' checks have marked what they served down.
         for i in 0..self.members {
