@@ -304,6 +304,7 @@ impl Ctx {
             force: false,
             wait,
             timeout_ms: SWITCH_REQUEST_TIMEOUT.as_millis() as u64,
+            grace_ms: 0,
         };
         let (tx, rx) = oneshot::channel();
         let history = self.history.clone();

@@ -8,6 +8,13 @@
 //! 3. Write `route = (e+1, serve, Y)`; push `Serve`; the switch completes
 //!    when every live member has applied it.
 //!
+//! A planned switch with a handover starts with `route = (e+1, hold, Y)`:
+//! the issuing end's members block (no new keys) while the receiving end
+//! keeps the old setup; once every issuing member has *confirmed* its block
+//! (or its lease expired) and the grace has passed, the drain follows, so
+//! keys issued just before the switch can still be fetched at the
+//! receiving end.
+//!
 //! Epochs never go backwards: a new route's epoch is above the route's,
 //! every member's applied epoch and the newest history record's. A route
 //! that is missing while members report applied state, or below what they
@@ -140,6 +147,13 @@ pub struct HistoryRecord {
     pub started_at: String,
     /// From the drain write to the serve write: the outage of this switch.
     pub drain_ms: u64,
+    /// From the hold write to the drain write (handover only): how much
+    /// longer the issuing end was blocked than the receiving end.
+    #[serde(default)]
+    pub hold_ms: u64,
+    /// The handover's grace (0: no handover).
+    #[serde(default)]
+    pub grace_ms: u64,
     /// From the start to every live member serving; 0 until complete.
     pub total_ms: u64,
     /// Members whose lease expired instead of acking the drain.
@@ -209,6 +223,15 @@ pub struct RequestOutcome {
     pub message: String,
 }
 
+/// Handover for planned switches: which end issues keys, and how long the
+/// receiving end stays on the old setup after every issuing LB confirmed
+/// its block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HandoverConfig {
+    pub issuer: Role,
+    pub grace: Duration,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LeaderConfig {
     pub id: MemberId,
@@ -220,6 +243,9 @@ pub struct LeaderConfig {
     pub initial_setup: Setup,
     /// How often unanswered Drain/Serve pushes are sent again.
     pub resend_every: Duration,
+    /// `None`: both ends issue keys (or handover is off): planned switches
+    /// drain everyone at once.
+    pub handover: Option<HandoverConfig>,
 }
 
 /// A member as the driver lists or watches it, with its key's mod_revision.
@@ -342,14 +368,34 @@ struct Plan {
     requested_by: String,
     request_id: Option<String>,
     started: Time,
+    handover: Option<Handover>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum SwitchPhase {
-    WritingDrain,
+    WritingHold,
+    /// Waiting for the issuing end's confirmed blocks.
+    Holding {
+        waiting: BTreeSet<MemberId>,
+        fenced: Vec<MemberId>,
+        hold_written: Time,
+        last_push: Time,
+    },
+    /// Every issuing LB confirmed its block; the receiving end keeps the
+    /// old setup until `until`.
+    Grace {
+        until: Time,
+        fenced: Vec<MemberId>,
+        hold_written: Time,
+    },
+    WritingDrain {
+        fenced: Vec<MemberId>,
+        hold_written: Option<Time>,
+    },
     Draining {
         waiting: BTreeSet<MemberId>,
         fenced: Vec<MemberId>,
+        hold_written: Option<Time>,
         drain_written: Time,
         last_push: Time,
     },
@@ -481,9 +527,18 @@ impl Leader {
         let resend = match &self.switch {
             Some(Switch {
                 phase:
-                    SwitchPhase::Draining { last_push, .. } | SwitchPhase::Serving { last_push, .. },
+                    SwitchPhase::Holding { last_push, .. }
+                    | SwitchPhase::Draining { last_push, .. }
+                    | SwitchPhase::Serving { last_push, .. },
                 ..
             }) => Some(*last_push + self.config.resend_every),
+            _ => None,
+        };
+        let grace = match &self.switch {
+            Some(Switch {
+                phase: SwitchPhase::Grace { until, .. },
+                ..
+            }) => Some(*until),
             _ => None,
         };
         let policy = self.policy.as_ref().and_then(|p| p.next_deadline(self.now));
@@ -492,7 +547,7 @@ impl Leader {
             .as_ref()
             .and_then(|(r, _)| self.deadline_of(r))
             .filter(|t| *t > self.now);
-        [resend, policy, expiry].into_iter().flatten().min()
+        [resend, grace, policy, expiry].into_iter().flatten().min()
     }
 
     /// When `request` expires, on the monotonic clock.
@@ -508,6 +563,7 @@ impl Leader {
             self.route.as_ref(),
             self.members.values().map(|l| MemberLb {
                 id: l.id.clone(),
+                role: l.record.role,
                 applied: l.record.applied,
                 lb: l.record.lb,
             }),
@@ -630,6 +686,9 @@ impl Leader {
             match &mut sw.phase {
                 SwitchPhase::Draining {
                     waiting, fenced, ..
+                }
+                | SwitchPhase::Holding {
+                    waiting, fenced, ..
                 } if waiting.contains(&id) => {
                     waiting.remove(&id);
                     fenced.push(id);
@@ -651,7 +710,7 @@ impl Leader {
             return;
         }
         match &mut sw.phase {
-            SwitchPhase::Draining { waiting, .. } => {
+            SwitchPhase::Holding { waiting, .. } | SwitchPhase::Draining { waiting, .. } => {
                 waiting.remove(member);
             }
             SwitchPhase::Serving { waiting, .. } if applied.phase == Phase::Serve => {
@@ -661,10 +720,12 @@ impl Leader {
         }
     }
 
-    /// Members whose record has not reached `step` of the current switch.
-    fn not_at(&self, step: Step, setup: Setup) -> BTreeSet<MemberId> {
+    /// Members whose record has not reached `step` of the current switch
+    /// (at a hold: only the issuing end's).
+    fn not_at(&self, step: Step, setup: Setup, issuer: Option<Role>) -> BTreeSet<MemberId> {
         self.members
             .values()
+            .filter(|l| issuer.is_none_or(|r| l.record.role == r))
             .filter(|l| {
                 l.record
                     .applied
@@ -695,8 +756,12 @@ impl Leader {
         let token = self.config.token;
         let plan = sw.plan.clone();
         match &sw.phase {
-            SwitchPhase::WritingDrain => {
-                self.route = Some(route_of(&plan, Phase::Drain, token));
+            SwitchPhase::WritingHold | SwitchPhase::WritingDrain { .. } => {
+                let (phase, issuer) = match &sw.phase {
+                    SwitchPhase::WritingHold => (Phase::Hold, plan.handover.map(|h| h.issuer)),
+                    _ => (Phase::Drain, None),
+                };
+                self.route = Some(route_of(&plan, phase, token));
                 // The listing is authoritative at `rev`; later watch events
                 // with higher revisions refine it.
                 for l in listed {
@@ -705,20 +770,33 @@ impl Leader {
                         self.members.insert(l.id.clone(), l);
                     }
                 }
-                let push = plan.push(Phase::Drain, token);
+                let push = plan.push(phase, token);
                 #[allow(unused_mut)]
-                let mut waiting = self.not_at(push.step(), plan.setup);
+                let mut waiting = self.not_at(push.step(), plan.setup, issuer);
                 #[cfg(feature = "mutations")]
                 if self.mutation == Some(crate::mutation::Mutation::SkipDrain) {
                     waiting.clear();
                 }
                 self.push_to(&waiting, push);
+                let now = self.now;
                 if let Some(sw) = &mut self.switch {
-                    sw.phase = SwitchPhase::Draining {
-                        waiting,
-                        fenced: Vec::new(),
-                        drain_written: self.now,
-                        last_push: self.now,
+                    sw.phase = match std::mem::replace(&mut sw.phase, SwitchPhase::WritingHold) {
+                        SwitchPhase::WritingDrain {
+                            fenced,
+                            hold_written,
+                        } => SwitchPhase::Draining {
+                            waiting,
+                            fenced,
+                            hold_written,
+                            drain_written: now,
+                            last_push: now,
+                        },
+                        _ => SwitchPhase::Holding {
+                            waiting,
+                            fenced: Vec::new(),
+                            hold_written: now,
+                            last_push: now,
+                        },
                     };
                 }
             }
@@ -726,7 +804,7 @@ impl Leader {
                 let history = history.clone();
                 self.route = Some(route_of(&plan, Phase::Serve, token));
                 let push = plan.push(Phase::Serve, token);
-                let waiting = self.not_at(push.step(), plan.setup);
+                let waiting = self.not_at(push.step(), plan.setup, None);
                 self.push_to(&waiting, push);
                 if let Some(sw) = &mut self.switch {
                     sw.phase = SwitchPhase::Serving {
@@ -748,6 +826,9 @@ impl Leader {
             return;
         };
         let (waiting, last_push, phase) = match &mut sw.phase {
+            SwitchPhase::Holding {
+                waiting, last_push, ..
+            } => (waiting, last_push, Phase::Hold),
             SwitchPhase::Draining {
                 waiting, last_push, ..
             } => (waiting, last_push, Phase::Drain),
@@ -766,57 +847,117 @@ impl Leader {
 
     /// Moves a switch on once its wait is over.
     fn progress(&mut self) {
+        let now = self.now;
         let Some(sw) = &mut self.switch else {
             return;
         };
         match &sw.phase {
-            SwitchPhase::Draining {
+            SwitchPhase::Holding {
                 waiting,
                 fenced,
-                drain_written,
+                hold_written,
                 ..
-            } if waiting.is_empty() && !self.write_in_flight => {
-                let route = route_of(&sw.plan, Phase::Serve, self.config.token);
-                // The serve txn carries the history record, so every serve
-                // in etcd has its record.
-                let history = HistoryRecord {
-                    epoch: sw.plan.epoch,
-                    from: sw.plan.from,
-                    to: sw.plan.setup,
-                    kind: sw.plan.kind,
-                    reason: sw.plan.reason.clone(),
-                    requested_by: sw.plan.requested_by.clone(),
-                    leader: self.config.id.clone(),
-                    token: self.config.token,
-                    started_at: String::new(),
-                    drain_ms: self.now.since(*drain_written).as_millis() as u64,
-                    total_ms: 0,
-                    fenced_members: fenced.clone(),
-                    outcome: HistoryOutcome::Serving,
-                    request_id: sw.plan.request_id.clone(),
+            } if waiting.is_empty() => {
+                // Every issuing LB confirmed its block (or its member's lease
+                // expired): the grace starts now.
+                let grace = Duration::from_millis(sw.plan.handover.map_or(0, |h| h.grace_ms));
+                #[cfg(feature = "mutations")]
+                let grace = if self.mutation == Some(crate::mutation::Mutation::NoGrace) {
+                    Duration::ZERO
+                } else {
+                    grace
                 };
-                let partial = history.clone();
-                sw.phase = SwitchPhase::WritingServe { history };
+                sw.phase = SwitchPhase::Grace {
+                    until: now + grace,
+                    fenced: fenced.clone(),
+                    hold_written: *hold_written,
+                };
+                self.progress();
+            }
+            SwitchPhase::Grace {
+                until,
+                fenced,
+                hold_written,
+            } if now >= *until && !self.write_in_flight => {
+                #[cfg(feature = "mutations")]
+                if self.mutation == Some(crate::mutation::Mutation::ServeAfterHold) {
+                    // Straight to serve: the receiving end never blocks.
+                    let fenced = fenced.clone();
+                    let hold = Some(*hold_written);
+                    return self.write_serve(fenced, hold, now);
+                }
+                let route = route_of(&sw.plan, Phase::Drain, self.config.token);
+                sw.phase = SwitchPhase::WritingDrain {
+                    fenced: fenced.clone(),
+                    hold_written: Some(*hold_written),
+                };
                 self.write_in_flight = true;
                 self.actions.push_back(LeaderAction::WriteRoute {
                     route,
                     expect_route_rev: self.route_rev,
                     consume: None,
-                    history: Some(partial),
-                    list_members: false,
+                    history: None,
+                    list_members: true,
                 });
+            }
+            SwitchPhase::Draining {
+                waiting,
+                fenced,
+                hold_written,
+                drain_written,
+                ..
+            } if waiting.is_empty() && !self.write_in_flight => {
+                let (fenced, hold, drained) = (fenced.clone(), *hold_written, *drain_written);
+                self.write_serve(fenced, hold, drained);
             }
             SwitchPhase::Serving {
                 waiting, history, ..
             } if waiting.is_empty() => {
                 let mut done = history.clone();
-                done.total_ms = self.now.since(sw.plan.started).as_millis() as u64;
+                done.total_ms = now.since(sw.plan.started).as_millis() as u64;
                 done.outcome = HistoryOutcome::Complete;
                 self.actions.push_back(LeaderAction::WriteHistory(done));
                 self.switch = None;
             }
             _ => {}
         }
+    }
+
+    /// Writes the serve, with the switch's history record in the same txn
+    /// (so every serve in etcd has its record).
+    fn write_serve(&mut self, fenced: Vec<MemberId>, hold: Option<Time>, drained: Time) {
+        let Some(sw) = &mut self.switch else {
+            return;
+        };
+        let route = route_of(&sw.plan, Phase::Serve, self.config.token);
+        let history = HistoryRecord {
+            epoch: sw.plan.epoch,
+            from: sw.plan.from,
+            to: sw.plan.setup,
+            kind: sw.plan.kind,
+            reason: sw.plan.reason.clone(),
+            requested_by: sw.plan.requested_by.clone(),
+            leader: self.config.id.clone(),
+            token: self.config.token,
+            started_at: String::new(),
+            drain_ms: self.now.since(drained).as_millis() as u64,
+            hold_ms: hold.map_or(0, |h| drained.since(h).as_millis() as u64),
+            grace_ms: sw.plan.handover.map_or(0, |h| h.grace_ms),
+            total_ms: 0,
+            fenced_members: fenced,
+            outcome: HistoryOutcome::Serving,
+            request_id: sw.plan.request_id.clone(),
+        };
+        let partial = history.clone();
+        sw.phase = SwitchPhase::WritingServe { history };
+        self.write_in_flight = true;
+        self.actions.push_back(LeaderAction::WriteRoute {
+            route,
+            expect_route_rev: self.route_rev,
+            consume: None,
+            history: Some(partial),
+            list_members: false,
+        });
     }
 
     /// The highest epoch anything of this link has reached: a new route
@@ -921,6 +1062,7 @@ impl Leader {
                 format!("re-establishing the link on {setup}: {why}"),
                 self.config.id.clone(),
                 None,
+                None,
             );
             return;
         }
@@ -932,13 +1074,17 @@ impl Leader {
                 "a member applied an epoch above this switch's: starting again above it".into(),
                 self.config.id.clone(),
                 None,
+                None,
             );
             return;
         }
         let busy = matches!(
             self.switch,
             Some(Switch {
-                phase: SwitchPhase::WritingDrain
+                phase: SwitchPhase::WritingHold
+                    | SwitchPhase::Holding { .. }
+                    | SwitchPhase::Grace { .. }
+                    | SwitchPhase::WritingDrain { .. }
                     | SwitchPhase::Draining { .. }
                     | SwitchPhase::WritingServe { .. },
                 ..
@@ -955,18 +1101,22 @@ impl Leader {
                 "first route of a new link".into(),
                 self.config.id.clone(),
                 None,
+                None,
             );
             return;
         };
-        if route.phase == Phase::Drain {
-            // Left in drain by a previous leader: finish it under our own
-            // epoch (members that drained already just ack again).
+        if route.phase != Phase::Serve {
+            // Left in hold or drain by a previous leader: finish it under
+            // our own epoch (members that blocked already just ack again; a
+            // hold keeps its handover and grace).
+            let handover = route.handover.filter(|_| route.phase == Phase::Hold);
             self.start_switch(
                 route.setup,
                 HistoryKind::Redecide,
-                format!("finishing epoch {} left in drain", route.epoch),
+                format!("finishing epoch {} left in {}", route.epoch, route.phase),
                 self.config.id.clone(),
                 None,
+                handover,
             );
             return;
         }
@@ -990,12 +1140,15 @@ impl Leader {
                     RequestKind::Switchover => HistoryKind::Switchover,
                     RequestKind::Failover => HistoryKind::Failover,
                 };
+                let grace = request.grace_ms.map(Duration::from_millis);
+                let handover = self.handover_for(kind, request.to, grace);
                 self.start_switch(
                     request.to,
                     kind,
                     request.reason.clone(),
                     request.requested_by.clone(),
                     Some((request, rev)),
+                    handover,
                 );
                 return;
             }
@@ -1043,6 +1196,8 @@ impl Leader {
                 token: self.config.token,
                 started_at: String::new(),
                 drain_ms: 0,
+                hold_ms: 0,
+                grace_ms: 0,
                 total_ms: 0,
                 fenced_members: Vec::new(),
                 outcome: HistoryOutcome::Expired,
@@ -1086,7 +1241,8 @@ impl Leader {
                 } else {
                     HistoryKind::AutoFailover
                 };
-                self.start_switch(to, kind, evidence, "lockstep:auto".into(), None);
+                let handover = self.handover_for(kind, to, None);
+                self.start_switch(to, kind, evidence, "lockstep:auto".into(), None, handover);
             }
             Decision::PauseSelf { reason } => {
                 // Paused locally at once so the decision is not repeated
@@ -1101,6 +1257,39 @@ impl Leader {
         }
     }
 
+    /// The handover a switch of `kind` to `to` gets: planned switches
+    /// (switchover, failback) when the link has an issuing end, unless the
+    /// receiving end reports the old setup down (nothing to fetch from it).
+    /// Failovers skip it: the old setup is presumed dead.
+    fn handover_for(
+        &self,
+        kind: HistoryKind,
+        to: Setup,
+        grace: Option<Duration>,
+    ) -> Option<Handover> {
+        let config = self.config.handover?;
+        if !matches!(kind, HistoryKind::Switchover | HistoryKind::AutoFailback) {
+            return None;
+        }
+        let from = self
+            .route
+            .as_ref()
+            .filter(|r| r.phase == Phase::Serve && r.setup != to)?
+            .setup;
+        let receiving = match config.issuer {
+            Role::Alice => Role::Bob,
+            Role::Bob => Role::Alice,
+        };
+        if self.setup_health(from).of_role(receiving) == Health::Down {
+            return None;
+        }
+        Some(Handover {
+            issuer: config.issuer,
+            from,
+            grace_ms: grace.unwrap_or(config.grace).as_millis() as u64,
+        })
+    }
+
     fn start_switch(
         &mut self,
         setup: Setup,
@@ -1108,6 +1297,7 @@ impl Leader {
         reason: String,
         requested_by: String,
         request: Option<(Request, Rev)>,
+        handover: Option<Handover>,
     ) {
         let epoch = self.epoch_floor() + 1;
         let from = self
@@ -1125,6 +1315,7 @@ impl Leader {
             requested_by,
             request_id: request.as_ref().map(|(r, _)| r.id.clone()),
             started: self.now,
+            handover,
         };
         let consume = request.map(|(r, rev)| {
             self.resolving = Some(rev);
@@ -1143,11 +1334,18 @@ impl Leader {
             let automatic = matches!(kind, HistoryKind::AutoFailover | HistoryKind::AutoFailback);
             p.switched(self.now, automatic);
         }
-        let route = route_of(&plan, Phase::Drain, self.config.token);
-        self.switch = Some(Switch {
-            plan,
-            phase: SwitchPhase::WritingDrain,
-        });
+        let (phase, first) = match handover {
+            Some(_) => (SwitchPhase::WritingHold, Phase::Hold),
+            None => (
+                SwitchPhase::WritingDrain {
+                    fenced: Vec::new(),
+                    hold_written: None,
+                },
+                Phase::Drain,
+            ),
+        };
+        let route = route_of(&plan, first, self.config.token);
+        self.switch = Some(Switch { plan, phase });
         self.write_in_flight = true;
         self.actions.push_back(LeaderAction::WriteRoute {
             route,
@@ -1179,5 +1377,6 @@ fn route_of(plan: &Plan, phase: Phase, token: Token) -> Route {
         reason: plan.reason.clone(),
         requested_by: plan.requested_by.clone(),
         at: String::new(),
+        handover: plan.handover.filter(|_| phase == Phase::Hold),
     }
 }

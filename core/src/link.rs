@@ -12,6 +12,7 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MemberLb {
     pub id: MemberId,
+    pub role: Role,
     pub applied: Option<Applied>,
     pub lb: Option<LbTarget>,
 }
@@ -119,13 +120,15 @@ pub fn link_state(route: Option<&Route>, members: impl IntoIterator<Item = Membe
             members: ahead,
         };
     }
-    let wanted = match route.phase {
-        Phase::Drain => LbTarget::Blocked,
-        Phase::Serve => LbTarget::Serve(route.setup),
+    // What a member's LB reads back once it applied the route: at a hold's
+    // receiving end, the old setup is as good as blocked.
+    let reflects = |m: &MemberLb| match (route.phase, route.handover, m.lb) {
+        (Phase::Hold, Some(h), Some(LbTarget::Serve(s))) => h.issuer != m.role && s == h.from,
+        (phase, _, lb) => lb == Some(LbTarget::at(phase, route.setup)),
     };
     let waiting: Vec<MemberId> = members
         .iter()
-        .filter(|m| m.applied != Some(route.applied()) || m.lb != Some(wanted))
+        .filter(|m| m.applied != Some(route.applied()) || !reflects(m))
         .map(|m| m.id.clone())
         .collect();
     if route.phase == Phase::Serve && waiting.is_empty() {
@@ -155,12 +158,18 @@ mod tests {
             reason: String::new(),
             requested_by: String::new(),
             at: String::new(),
+            handover: None,
         }
     }
 
     fn member(id: &str, applied: Option<(Epoch, Phase, Setup)>, lb: Option<LbTarget>) -> MemberLb {
         MemberLb {
             id: id.into(),
+            role: if id.starts_with("alice") {
+                Role::Alice
+            } else {
+                Role::Bob
+            },
             applied: applied.map(|(epoch, phase, setup)| Applied {
                 epoch,
                 phase,

@@ -336,6 +336,9 @@ pub struct Member {
     accepted: Option<Applied>,
     /// Highest step whose LB state was confirmed (and reported to etcd).
     applied: Option<Applied>,
+    /// During a handover's hold, at the receiving end: the old setup this
+    /// member keeps serving (it was serving it when the hold came).
+    held: Option<Setup>,
     /// The LB command in flight, if any.
     in_flight: Option<LbTarget>,
     lb: LbKnown,
@@ -373,6 +376,7 @@ impl Member {
             floor: 0,
             accepted: None,
             applied: None,
+            held: None,
             in_flight: Some(LbTarget::Blocked),
             lb: LbKnown::Unknown,
             refusing_since: Some(now),
@@ -628,6 +632,15 @@ impl Member {
         self.route_rev = rev;
         if let Some(r) = &route {
             if r.epoch >= self.floor && self.accepted.is_none_or(|a| r.step() > a.step()) {
+                // At the receiving end, a hold keeps the old setup, if this
+                // member was serving it.
+                let serving = self.desired().serving();
+                self.held = match (r.phase, r.handover) {
+                    (Phase::Hold, Some(h)) if h.issuer != self.config.role => {
+                        serving.filter(|s| *s == h.from)
+                    }
+                    _ => None,
+                };
                 self.accepted = Some(r.applied());
             }
         }
@@ -696,6 +709,7 @@ impl Member {
                 reason: String::new(),
                 requested_by: String::new(),
                 at: String::new(),
+                handover: None,
             };
             if self.synced {
                 self.learn(Some(route), self.route_rev);
@@ -788,6 +802,17 @@ impl Member {
         }
     }
 
+    /// Whether the accepted step is a hold and this member is at its
+    /// issuing end.
+    fn issuing_at_hold(&self) -> bool {
+        self.accepted.is_some_and(|a| a.phase == Phase::Hold)
+            && self
+                .route
+                .as_ref()
+                .and_then(|r| r.handover)
+                .is_some_and(|h| h.issuer == self.config.role)
+    }
+
     /// etcd's route is below what the link has applied.
     fn behind(&self) -> Option<Behind> {
         if !self.synced {
@@ -805,19 +830,18 @@ impl Member {
     }
 
     /// What the LB should route to now: the accepted step, while it is
-    /// still etcd's route.
+    /// still etcd's route (at a hold's receiving end: the old setup, if it
+    /// was serving it).
     fn desired(&self) -> LbTarget {
         if self.fenced || self.stopping || !self.synced || self.resyncing {
             return LbTarget::Blocked;
         }
         match self.accepted {
-            Some(
-                a @ Applied {
-                    phase: Phase::Serve,
-                    setup,
-                    ..
-                },
-            ) if self.route.as_ref().map(Route::applied) == Some(a) => LbTarget::Serve(setup),
+            Some(a) if self.route.as_ref().map(Route::applied) == Some(a) => match a.phase {
+                Phase::Serve => LbTarget::Serve(a.setup),
+                Phase::Hold => self.held.map_or(LbTarget::Blocked, LbTarget::Serve),
+                Phase::Drain => LbTarget::Blocked,
+            },
             _ => LbTarget::Blocked,
         }
     }
@@ -877,6 +901,14 @@ impl Member {
                 | (Phase::Drain, LbKnown::AssumedBlocked) => true,
                 (Phase::Serve, LbKnown::Confirmed(LbTarget::Serve(s))) => {
                     s == acc.setup && desired == LbTarget::Serve(s)
+                }
+                // A handover's grace starts at a block the LB *confirmed*
+                // (a frozen HAProxy may still hand out keys when it thaws):
+                // the issuing end never acks a hold on the dead-man's
+                // switch alone; the leader waits for its lease instead.
+                (Phase::Hold, LbKnown::Confirmed(t)) => t == desired,
+                (Phase::Hold, LbKnown::AssumedBlocked) => {
+                    self.held.is_none() && !self.issuing_at_hold()
                 }
                 _ => false,
             };

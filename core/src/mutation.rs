@@ -32,4 +32,11 @@ pub enum Mutation {
     /// accepted without reading the link again (etcd may have been
     /// restored meanwhile).
     ServeAfterFenceUnread,
+    /// A handover's drain follows the issuing end's blocks at once: the
+    /// receiving end leaves the old setup before the grace has passed.
+    NoGrace,
+    /// A handover goes from hold straight to serve: the receiving end never
+    /// blocks, and may serve the old setup while the issuing end serves
+    /// the new one.
+    ServeAfterHold,
 }

@@ -42,6 +42,10 @@ pub struct Request {
     /// later). `None` in requests stored before deadlines existed.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// This switch's handover grace, instead of the link's
+    /// (`lockstep switchover --grace`).
+    #[serde(default)]
+    pub grace_ms: Option<u64>,
 }
 
 /// The link is paused: nothing automatic, and no switchover.
@@ -118,6 +122,7 @@ mod tests {
             requested_by: "me".into(),
             at: String::new(),
             deadline_ms: None,
+            grace_ms: None,
         }
     }
 
@@ -135,7 +140,7 @@ mod tests {
     fn link(setup: Setup, phase: Phase) -> LinkState {
         match phase {
             Phase::Serve => LinkState::Settled { epoch: 3, setup },
-            Phase::Drain => LinkState::Switching {
+            Phase::Hold | Phase::Drain => LinkState::Switching {
                 step: Step::new(3, phase),
                 setup,
                 waiting: Vec::new(),

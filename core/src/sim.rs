@@ -67,6 +67,8 @@ pub struct Sim {
     /// Outstanding gRPC requests: id → member index.
     reqs: BTreeMap<u64, usize>,
     pub steps: u64,
+    /// Handover for planned switches, for leaders elected from now on.
+    pub handover: Option<HandoverConfig>,
 }
 
 pub fn member_config(id: &str, role: Role) -> MemberConfig {
@@ -97,6 +99,7 @@ impl Sim {
             next_req: 1,
             reqs: BTreeMap::new(),
             steps: 0,
+            handover: None,
         };
         for i in 0..n {
             let role = if i % 2 == 0 { Role::Alice } else { Role::Bob };
@@ -146,6 +149,7 @@ impl Sim {
                 wall_ms_at_start: 0,
                 initial_setup: Setup::Hot,
                 resend_every: Duration::from_millis(300),
+                handover: self.handover,
             },
             self.now,
         );
@@ -202,6 +206,7 @@ impl Sim {
             requested_by: "sim".into(),
             at: String::new(),
             deadline_ms: None,
+            grace_ms: None,
         };
         self.etcd.request = Some((request.clone(), self.etcd.rev));
         self.leader_watch.push_back(LeaderEvent::RequestPut {
@@ -321,10 +326,7 @@ impl Sim {
                     if let Some((record, rev)) = self.etcd.members.get_mut(&id) {
                         self.etcd.rev += 1;
                         record.applied = Some(a);
-                        record.lb = Some(match a.phase {
-                            Phase::Drain => LbTarget::Blocked,
-                            Phase::Serve => LbTarget::Serve(a.setup),
-                        });
+                        record.lb = Some(LbTarget::at(a.phase, a.setup));
                         *rev = self.etcd.rev;
                         let listed = Listed {
                             id,
@@ -386,7 +388,17 @@ impl Sim {
             choices.push(n + 1 + k);
         }
         if choices.is_empty() {
-            return false;
+            // Nothing to deliver: the leader's timer (a handover's grace, a
+            // resend) is the only thing left to happen.
+            let Some(due) = self.leader.as_ref().and_then(|l| l.poll_timeout()) else {
+                return false;
+            };
+            self.now = self.now.max(due);
+            if let Some(l) = self.leader.as_mut() {
+                l.handle(self.now, LeaderEvent::Tick);
+            }
+            self.drain_leader_actions();
+            return true;
         }
         let pick = choices[self.rng.below(choices.len())];
         if pick < n {

@@ -15,6 +15,7 @@ fn route(epoch: Epoch, phase: Phase, setup: Setup, token: Token) -> Route {
         reason: String::new(),
         requested_by: String::new(),
         at: String::new(),
+        handover: None,
     }
 }
 
@@ -58,6 +59,7 @@ fn leader_config() -> LeaderConfig {
         wall_ms_at_start: 0,
         initial_setup: Setup::Hot,
         resend_every: Duration::from_millis(300),
+        handover: None,
     }
 }
 
@@ -66,10 +68,7 @@ fn record(role: Role, applied: Option<Applied>) -> MemberRecord {
         role,
         grpc: "addr".into(),
         applied,
-        lb: applied.map(|a| match a.phase {
-            Phase::Drain => LbTarget::Blocked,
-            Phase::Serve => LbTarget::Serve(a.setup),
-        }),
+        lb: applied.map(|a| LbTarget::at(a.phase, a.setup)),
         health: crate::health::RoleHealth {
             hot: Health::Up,
             warm: Health::Up,
@@ -96,6 +95,7 @@ fn request(kind: crate::policy::RequestKind, to: Setup) -> crate::policy::Reques
         requested_by: "u".into(),
         at: String::new(),
         deadline_ms: None,
+        grace_ms: None,
     }
 }
 
@@ -612,6 +612,7 @@ fn a_stale_leader_cannot_write_and_steps_down() {
                 requested_by: "u".into(),
                 at: String::new(),
                 deadline_ms: None,
+                grace_ms: None,
             },
             rev: 999,
         },
@@ -1295,4 +1296,274 @@ fn already_there_needs_every_lb_to_read_back_the_target() {
     });
     assert_eq!((route.epoch, route.setup), (4, Setup::Warm));
     assert_eq!(outcome.map(|o| o.status), Some(RequestStatus::Started));
+}
+
+// ---- handover (planned switches) ----
+
+fn hold_route(epoch: Epoch, to: Setup, token: Token) -> Route {
+    Route {
+        handover: Some(Handover {
+            issuer: Role::Alice,
+            from: to.other(),
+            grace_ms: 500,
+        }),
+        ..route(epoch, Phase::Hold, to, token)
+    }
+}
+
+/// At a hold the issuing end (alice) blocks and acks only once its LB
+/// confirmed the block; the receiving end (bob) keeps the old setup.
+#[test]
+fn a_hold_blocks_the_issuing_end_and_keeps_the_receiving_end() {
+    let hot = route(1, Phase::Serve, Setup::Hot, 5);
+    let mut alice = synced_member(Some(hot.clone()));
+    let mut bob = Member::new(member_config("bob-0", Role::Bob), Time::ZERO);
+    bob.handle(
+        Time(1),
+        MemberEvent::Synced {
+            read: read(Some(hot)),
+            lease_sent_at: Time(1),
+        },
+    );
+    confirm_all(&mut bob, Time(2));
+    assert_eq!(bob.view().desired, LbTarget::Serve(Setup::Hot));
+
+    let hold = hold_route(2, Setup::Warm, 5);
+    bob.handle(Time(3), seen(hold.clone()));
+    assert_eq!(
+        bob.view().desired,
+        LbTarget::Serve(Setup::Hot),
+        "bob keeps hot"
+    );
+    let acts = confirm_all(&mut bob, Time(3));
+    assert_eq!(
+        acts,
+        vec![MemberAction::WriteApplied(hold.applied())],
+        "bob is at the hold with hot still served"
+    );
+
+    alice.handle(Time(3), seen(hold.clone()));
+    alice.handle(Time(3), push(9, Phase::Hold, 2, 5, Setup::Warm));
+    assert_eq!(actions(&mut alice), vec![apply_block()]);
+    // The block cannot be confirmed (HAProxy hung): after D the dead-man's
+    // switch has blocked it, but a hold is not acked on that alone.
+    alice.handle(
+        Time(4),
+        MemberEvent::LbFailed {
+            target: LbTarget::Blocked,
+        },
+    );
+    let d = alice.config().lb_down_bound;
+    alice.handle(Time(3) + d + Duration::from_millis(1), MemberEvent::Tick);
+    assert!(
+        !actions(&mut alice).iter().any(|a| matches!(
+            a,
+            MemberAction::Reply { .. } | MemberAction::WriteApplied(_)
+        )),
+        "no hold ack without a confirmed block"
+    );
+    // Confirmed: now it acks.
+    alice.handle(
+        Time(3) + d + Duration::from_millis(2),
+        MemberEvent::LbConfirmed {
+            target: LbTarget::Blocked,
+        },
+    );
+    let acts = actions(&mut alice);
+    assert!(
+        acts.contains(&MemberAction::WriteApplied(hold.applied())),
+        "{acts:?}"
+    );
+    assert!(acts.iter().any(|a| matches!(
+        a,
+        MemberAction::Reply {
+            req: 9,
+            result: Ok(_)
+        }
+    )));
+}
+
+fn handover_leader() -> Leader {
+    Leader::new(
+        LeaderConfig {
+            handover: Some(HandoverConfig {
+                issuer: Role::Alice,
+                grace: Duration::from_millis(500),
+            }),
+            ..leader_config()
+        },
+        Time(0),
+    )
+}
+
+fn hot_link() -> Vec<Listed> {
+    vec![
+        listed("alice-0", Role::Alice, served(1, Setup::Hot), 3),
+        listed("bob-0", Role::Bob, served(1, Setup::Hot), 4),
+    ]
+}
+
+/// A planned switchover: hold (alice blocks) → alice's confirmed block →
+/// 500 ms of grace with bob still on hot → drain → serve.
+#[test]
+fn a_switchover_holds_the_receiving_end_for_the_grace_after_the_issuing_end_blocked() {
+    let mut l = handover_leader();
+    l.handle(
+        Time(0),
+        LeaderEvent::Start {
+            route: Some((route(1, Phase::Serve, Setup::Hot, 10), 5)),
+            members: hot_link(),
+            request: Some((
+                request(crate::policy::RequestKind::Switchover, Setup::Warm),
+                6,
+            )),
+            paused: None,
+            history_epoch: Some(1),
+        },
+    );
+    let Some(LeaderAction::WriteRoute { route: hold, .. }) = l.poll_action() else {
+        panic!("expected the hold write");
+    };
+    assert_eq!(
+        (hold.epoch, hold.phase, hold.setup),
+        (2, Phase::Hold, Setup::Warm)
+    );
+    assert_eq!(
+        hold.handover,
+        Some(Handover {
+            issuer: Role::Alice,
+            from: Setup::Hot,
+            grace_ms: 500
+        })
+    );
+    l.handle(
+        Time(1),
+        LeaderEvent::RouteWritten {
+            rev: 7,
+            members: hot_link(),
+        },
+    );
+    let pushes = leader_actions(&mut l);
+    assert!(
+        matches!(pushes.as_slice(), [LeaderAction::Send { member, push, .. }] if member == "alice-0" && push.phase == Phase::Hold),
+        "only the issuing end is pushed: {pushes:?}"
+    );
+    let held = Applied {
+        epoch: 2,
+        phase: Phase::Hold,
+        setup: Setup::Warm,
+    };
+    l.handle(
+        Time(10),
+        LeaderEvent::PeerReplied {
+            member: "alice-0".into(),
+            applied: held,
+        },
+    );
+    assert_eq!(leader_actions(&mut l), vec![], "the grace runs");
+    assert_eq!(l.poll_timeout().map(|t| t.min(Time(510))), Some(Time(510)));
+    l.handle(Time(509), LeaderEvent::Tick);
+    assert!(
+        !leader_actions(&mut l)
+            .iter()
+            .any(|a| matches!(a, LeaderAction::WriteRoute { .. })),
+        "no drain before the grace ends"
+    );
+    l.handle(Time(510), LeaderEvent::Tick);
+    let acts = leader_actions(&mut l);
+    assert!(
+        matches!(acts.as_slice(), [LeaderAction::WriteRoute { route, .. }] if route.phase == Phase::Drain && route.epoch == 2),
+        "{acts:?}"
+    );
+    l.handle(
+        Time(511),
+        LeaderEvent::RouteWritten {
+            rev: 8,
+            members: hot_link(),
+        },
+    );
+    leader_actions(&mut l);
+    for m in ["alice-0", "bob-0"] {
+        l.handle(
+            Time(520),
+            LeaderEvent::PeerReplied {
+                member: m.into(),
+                applied: Applied {
+                    phase: Phase::Drain,
+                    ..held
+                },
+            },
+        );
+    }
+    match leader_actions(&mut l).as_slice() {
+        [LeaderAction::WriteRoute {
+            route,
+            history: Some(h),
+            ..
+        }] => {
+            assert_eq!(route.phase, Phase::Serve);
+            assert_eq!((h.hold_ms, h.grace_ms, h.drain_ms), (510, 500, 9));
+        }
+        other => panic!("expected the serve write: {other:?}"),
+    }
+}
+
+/// Failover skips the grace (the old setup is presumed dead), and so does
+/// a switchover whose receiving end reports the old setup down.
+#[test]
+fn failover_and_a_dead_old_setup_skip_the_handover() {
+    let start = |kind, members| LeaderEvent::Start {
+        route: Some((route(1, Phase::Serve, Setup::Hot, 10), 5)),
+        members,
+        request: Some((request(kind, Setup::Warm), 6)),
+        paused: None,
+        history_epoch: Some(1),
+    };
+    let first = |event| {
+        let mut l = handover_leader();
+        l.handle(Time(0), event);
+        match l.poll_action() {
+            Some(LeaderAction::WriteRoute { route, .. }) => route.phase,
+            other => panic!("expected a route write, got {other:?}"),
+        }
+    };
+    assert_eq!(
+        first(start(crate::policy::RequestKind::Failover, hot_link())),
+        Phase::Drain
+    );
+    let mut members = hot_link();
+    members[1].record.health.hot = Health::Down;
+    assert_eq!(
+        first(start(crate::policy::RequestKind::Switchover, members)),
+        Phase::Drain
+    );
+    assert_eq!(
+        first(start(crate::policy::RequestKind::Switchover, hot_link())),
+        Phase::Hold
+    );
+}
+
+#[test]
+fn links_with_handover_switch_both_ways_without_mismatch() {
+    for seed in 0..200 {
+        let mut sim = Sim::new(4, seed);
+        sim.handover = Some(HandoverConfig {
+            issuer: Role::Alice,
+            grace: Duration::from_millis(5),
+        });
+        sim.elect();
+        sim.run(20_000)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        for to in [Setup::Warm, Setup::Hot] {
+            sim.request(to);
+            sim.run(20_000)
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert!(sim.all_serve(to), "seed {seed}: {:?}", sim.lbs);
+            let (r, _) = sim.etcd.route.clone().expect("route");
+            assert_eq!(
+                sim.etcd.history[&r.epoch].grace_ms, 5,
+                "seed {seed}: a handover ran"
+            );
+        }
+    }
 }

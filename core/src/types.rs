@@ -90,21 +90,39 @@ impl std::str::FromStr for Role {
     }
 }
 
-/// Within an epoch, drain comes before serve.
+/// Within an epoch: hold (planned switches with a handover only), then
+/// drain, then serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
+    /// The issuing end blocks (no new keys); the receiving end keeps the
+    /// old setup so keys already in transit can still be fetched.
+    Hold,
+    /// Every LB blocks.
     Drain,
+    /// Every LB serves the route's setup.
     Serve,
 }
 
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Phase::Hold => "hold",
             Phase::Drain => "drain",
             Phase::Serve => "serve",
         })
     }
+}
+
+/// A planned switch's handover, carried by its `hold` route: the end whose
+/// SAEs issue keys (`enc_keys`) blocks first; the receiving end stays on
+/// `from` until every issuing LB confirmed its block and `grace_ms` passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Handover {
+    pub issuer: Role,
+    /// The setup the receiving end keeps serving during the hold.
+    pub from: Setup,
+    pub grace_ms: u64,
 }
 
 /// Generation number of the route; every switch takes a new one.
@@ -153,6 +171,9 @@ pub struct Route {
     /// Wall-clock time of the write, RFC 3339; informational only.
     #[serde(default)]
     pub at: String,
+    /// Set on a `hold` route: who blocks first and what the others keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<Handover>,
 }
 
 impl Route {
@@ -219,6 +240,16 @@ pub enum LbTarget {
 }
 
 impl LbTarget {
+    /// What an LB reflects once it applied `step` of a route naming
+    /// `setup`: blocked through hold (issuing end) and drain, `setup` at
+    /// serve.
+    pub fn at(phase: Phase, setup: Setup) -> LbTarget {
+        match phase {
+            Phase::Hold | Phase::Drain => LbTarget::Blocked,
+            Phase::Serve => LbTarget::Serve(setup),
+        }
+    }
+
     pub fn serving(self) -> Option<Setup> {
         match self {
             LbTarget::Blocked => None,

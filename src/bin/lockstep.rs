@@ -121,6 +121,11 @@ struct SwitchArgs {
     /// Show progress and return once every LB serves the target.
     #[arg(long)]
     wait: bool,
+    /// Handover grace for this switch (a planned switch keeps the receiving
+    /// end on the old setup this long after the issuing end blocked), e.g.
+    /// "1s" [default: the link's handover.grace].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    grace: Option<Duration>,
 }
 
 #[derive(clap::Args)]
@@ -139,12 +144,13 @@ impl SwitchArgs {
             SetupArg::Hot => Setup::Hot,
             SetupArg::Warm => Setup::Warm,
         };
-        let (reason, by, wait) = (self.reason, self.by, self.wait);
+        let (reason, by, wait, grace) = (self.reason, self.by, self.wait, self.grace);
         Switch {
             to,
             reason,
             by,
             wait,
+            grace,
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct Switch {
     pub by: Option<String>,
     /// Show progress and return once every LB serves the target.
     pub wait: bool,
+    /// This switch's handover grace, instead of the link's.
+    pub grace: Option<Duration>,
 }
 
 /// A pause or resume.
@@ -286,6 +288,7 @@ async fn switch(options: &Options, args: &Switch, force: Option<bool>) -> Result
         force: force.unwrap_or(false),
         wait: args.wait,
         timeout_ms,
+        grace_ms: args.grace.map_or(0, |g| g.as_millis() as u64),
     };
     let progress = if args.wait && !options.json {
         Progress::start(&mut admin)

@@ -14,6 +14,7 @@ fn setup_name(v: i32) -> &'static str {
 
 fn phase_name(v: i32) -> &'static str {
     match proto::Phase::try_from(v) {
+        Ok(proto::Phase::Hold) => "hold",
         Ok(proto::Phase::Drain) => "drain",
         Ok(proto::Phase::Serve) => "serve",
         _ => "-",
@@ -98,6 +99,9 @@ pub(crate) fn format_status(s: &proto::StatusReply) -> String {
     if !s.settled && !s.state.is_empty() {
         out.push_str(&format!("state     {}\n", s.state));
     }
+    if let Some(h) = handover_line(s) {
+        out.push_str(&format!("handover  {h}\n"));
+    }
     if s.paused {
         out.push_str(&format!("paused    YES: {}\n", s.paused_reason));
     }
@@ -177,6 +181,11 @@ pub(crate) fn format_history(h: &proto::HistoryReply) -> String {
                 r.requested_by.clone(),
                 format!("{}/{}", r.leader, r.token),
                 r.started_at.clone(),
+                if r.grace_ms > 0 {
+                    format!("{} (grace {})", r.hold_ms, r.grace_ms)
+                } else {
+                    "-".into()
+                },
                 r.drain_ms.to_string(),
                 if r.total_ms > 0 {
                     r.total_ms.to_string()
@@ -201,6 +210,7 @@ pub(crate) fn format_history(h: &proto::HistoryReply) -> String {
             "by",
             "leader/token",
             "started",
+            "hold ms",
             "drain ms",
             "total ms",
             "fenced",
@@ -210,8 +220,33 @@ pub(crate) fn format_history(h: &proto::HistoryReply) -> String {
     )
 }
 
+/// At a hold: what the handover does now, in words.
+fn handover_line(s: &proto::StatusReply) -> Option<String> {
+    let r = s
+        .route
+        .as_ref()
+        .filter(|r| r.phase == proto::Phase::Hold as i32)?;
+    Some(format!(
+        "{} blocked (no new keys); {} stays on {} for {} ms after every {} LB confirmed its block",
+        role_name(r.handover_issuer),
+        match proto::Role::try_from(r.handover_issuer) {
+            Ok(proto::Role::Alice) => "bob",
+            _ => "alice",
+        },
+        setup_name(r.handover_from),
+        r.grace_ms,
+        role_name(r.handover_issuer),
+    ))
+}
+
 /// One progress line for `--wait`: the route and every member's state.
 pub(crate) fn progress_line(s: &proto::StatusReply) -> String {
+    if let Some(h) = handover_line(s) {
+        return format!(
+            "epoch {} hold: {h}",
+            s.route.as_ref().map_or(0, |r| r.epoch)
+        );
+    }
     let route = match &s.route {
         Some(r) => format!(
             "epoch {} {} {}",
@@ -367,6 +402,8 @@ pub(crate) struct HistoryJson {
     pub(crate) total_ms: u64,
     pub(crate) fenced_members: Vec<String>,
     pub(crate) outcome: String,
+    pub(crate) hold_ms: u64,
+    pub(crate) grace_ms: u64,
 }
 
 pub(crate) fn history_json(h: &proto::HistoryReply) -> Vec<HistoryJson> {
@@ -386,6 +423,8 @@ pub(crate) fn history_json(h: &proto::HistoryReply) -> Vec<HistoryJson> {
             total_ms: r.total_ms,
             fenced_members: r.fenced_members.clone(),
             outcome: r.outcome.clone(),
+            hold_ms: r.hold_ms,
+            grace_ms: r.grace_ms,
         })
         .collect()
 }
@@ -407,6 +446,9 @@ mod tests {
                 reason: "patch".into(),
                 requested_by: "ops".into(),
                 at: "2026-11-25T07:00:00Z".into(),
+                handover_issuer: 0,
+                handover_from: 0,
+                grace_ms: 0,
             }),
             members: vec![proto::MemberState {
                 id: "bob-0".into(),
@@ -468,6 +510,29 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("settled"), "{text}");
+    }
+
+    #[test]
+    fn a_hold_is_said_in_words() {
+        let mut s = status();
+        s.settled = false;
+        if let Some(r) = s.route.as_mut() {
+            r.phase = proto::Phase::Hold as i32;
+            r.setup = proto::Setup::Warm as i32;
+            r.handover_issuer = proto::Role::Alice as i32;
+            r.handover_from = proto::Setup::Hot as i32;
+            r.grace_ms = 500;
+        }
+        let text = format_status(&s);
+        assert!(
+            text.contains("handover  alice blocked (no new keys); bob stays on hot for 500 ms"),
+            "{text}"
+        );
+        assert!(
+            progress_line(&s).starts_with("epoch 7 hold: alice blocked"),
+            "{}",
+            progress_line(&s)
+        );
     }
 
     #[test]

@@ -44,6 +44,55 @@ pub struct Config {
     /// When the leader switches on its own.
     #[serde(default)]
     pub failover: FailoverConfig,
+    /// Planned switches that strand no key in transit.
+    #[serde(default)]
+    pub handover: HandoverConfig,
+}
+
+/// Handover for planned switches (switchover, failback): the issuing end's
+/// LBs block first; the receiving end stays on the old setup for `grace`
+/// after every issuing LB confirmed its block, so keys in transit between
+/// SAEs can still be fetched. Failovers skip it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandoverConfig {
+    /// The end whose SAEs call `enc_keys`: "alice" (the ETSI 014 master
+    /// side), "bob", or "both" (no handover: with both ends issuing keys,
+    /// only an LB that reads the request path could hold one direction).
+    pub issuer: String,
+    /// How long the receiving end keeps the old setup; cover the longest
+    /// time SAEs take to pass a key_ID from one end to the other.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for HandoverConfig {
+    fn default() -> Self {
+        HandoverConfig {
+            issuer: "alice".into(),
+            grace: Duration::from_millis(500),
+        }
+    }
+}
+
+impl HandoverConfig {
+    /// The protocol's handover, or `None` when both ends issue keys.
+    pub(crate) fn protocol(&self) -> Result<Option<lockstep_core::leader::HandoverConfig>, String> {
+        let issuer = match self.issuer.trim().to_ascii_lowercase().as_str() {
+            "both" => return Ok(None),
+            "alice" => Role::Alice,
+            "bob" => Role::Bob,
+            other => {
+                return Err(format!(
+                    "handover.issuer {other:?} must be \"alice\", \"bob\" or \"both\""
+                ))
+            }
+        };
+        Ok(Some(lockstep_core::leader::HandoverConfig {
+            issuer,
+            grace: self.grace,
+        }))
+    }
 }
 
 /// Election, route and member records.

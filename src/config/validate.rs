@@ -204,6 +204,18 @@ impl Config {
         if let Err(why) = self.failover.failback() {
             return bad("failover.failback", why);
         }
+        if let Err(why) = self.handover.protocol() {
+            return bad("handover.issuer", why);
+        }
+        if self.handover.grace > self.admin.switch_timeout {
+            return bad(
+                "handover.grace",
+                format!(
+                    "{:?} is longer than admin.switch_timeout ({:?}): no planned switch could complete in time",
+                    self.handover.grace, self.admin.switch_timeout
+                ),
+            );
+        }
         if self.failover.max_auto == 0 {
             return bad(
                 "failover.max_auto",

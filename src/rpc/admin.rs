@@ -92,6 +92,9 @@ pub(crate) async fn build_status(shared: &Shared, s: &Snapshot) -> proto::Status
             reason: r.reason.clone(),
             requested_by: r.requested_by.clone(),
             at: r.at.clone(),
+            handover_issuer: r.handover.map_or(0, |h| role_to_proto(h.issuer) as i32),
+            handover_from: r.handover.map_or(0, |h| setup_to_proto(h.from) as i32),
+            grace_ms: r.handover.map_or(0, |h| h.grace_ms),
         }),
         members,
         paused: s.paused.is_some(),
@@ -144,6 +147,12 @@ impl AdminService {
         } else {
             self.shared.config.admin.switch_timeout
         };
+        if Duration::from_millis(req.grace_ms) > timeout {
+            return Err(Status::invalid_argument(format!(
+                "a grace of {:?} is longer than the switch may take ({timeout:?}); give a shorter --grace or a longer --timeout",
+                Duration::from_millis(req.grace_ms)
+            )));
+        }
         let store = &self.shared.store;
         let snap = store.snapshot().await.map_err(store_status)?;
         let request = Request {
@@ -160,6 +169,7 @@ impl AdminService {
             at: crate::sidecar::leader::now_rfc3339(),
             // No leader carries it out after the caller has given up on it.
             deadline_ms: Some(crate::sidecar::leader::wall_ms() + timeout.as_millis() as u64),
+            grace_ms: (req.grace_ms > 0).then_some(req.grace_ms),
         };
         let epoch_now = snap.route.as_ref().map_or(0, |(r, _)| r.epoch);
         let link = snap.link();
@@ -303,6 +313,8 @@ fn history_to_proto(h: &HistoryRecord) -> proto::HistoryRecord {
         total_ms: h.total_ms,
         fenced_members: h.fenced_members.clone(),
         outcome: h.outcome.to_string(),
+        hold_ms: h.hold_ms,
+        grace_ms: h.grace_ms,
     }
 }
 

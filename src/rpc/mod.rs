@@ -26,6 +26,7 @@ pub(crate) fn setup_from_proto(v: i32) -> Option<Setup> {
 
 pub(crate) fn phase_to_proto(p: Phase) -> proto::Phase {
     match p {
+        Phase::Hold => proto::Phase::Hold,
         Phase::Drain => proto::Phase::Drain,
         Phase::Serve => proto::Phase::Serve,
     }
@@ -33,6 +34,7 @@ pub(crate) fn phase_to_proto(p: Phase) -> proto::Phase {
 
 pub(crate) fn phase_from_proto(v: i32) -> Option<Phase> {
     match proto::Phase::try_from(v).ok()? {
+        proto::Phase::Hold => Some(Phase::Hold),
         proto::Phase::Drain => Some(Phase::Drain),
         proto::Phase::Serve => Some(Phase::Serve),
         proto::Phase::Unspecified => None,

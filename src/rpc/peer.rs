@@ -102,6 +102,15 @@ impl Peer for PeerService {
             .await
     }
 
+    async fn hold(
+        &self,
+        request: Request<proto::DrainRequest>,
+    ) -> Result<Response<proto::ApplyReply>, Status> {
+        let r = request.into_inner();
+        self.apply(Phase::Hold, &r.link, r.epoch, r.token, r.setup)
+            .await
+    }
+
     async fn get_state(
         &self,
         _request: Request<proto::GetStateRequest>,

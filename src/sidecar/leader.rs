@@ -127,6 +127,8 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
             wall_ms_at_start: wall_ms(),
             initial_setup: shared.config.initial_setup,
             resend_every: RESEND_EVERY,
+            // Validated at start-up.
+            handover: shared.config.handover.protocol().unwrap_or(None),
         },
         clock.now(),
     );
@@ -348,6 +350,8 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
 /// built with the `failpoints` feature.
 fn route_write_failpoint(after: bool, phase: lockstep_core::Phase) {
     let name = match (after, phase) {
+        (false, lockstep_core::Phase::Hold) => "leader-before-hold-write",
+        (true, lockstep_core::Phase::Hold) => "leader-after-hold-write",
         (false, lockstep_core::Phase::Drain) => "leader-before-drain-write",
         (false, lockstep_core::Phase::Serve) => "leader-before-serve-write",
         (true, lockstep_core::Phase::Drain) => "leader-after-drain-write",
@@ -375,6 +379,16 @@ fn send(
             let (epoch, token) = (push.epoch, push.token);
             let setup = crate::rpc::setup_to_proto(push.setup) as i32;
             let reply = match push.phase {
+                Phase::Hold => {
+                    client
+                        .hold(DrainRequest {
+                            link,
+                            epoch,
+                            token,
+                            setup,
+                        })
+                        .await
+                }
                 Phase::Drain => {
                     client
                         .drain(DrainRequest {

@@ -89,6 +89,7 @@ fn step_histogram() -> Histogram {
 /// A switch this member leads, from its drain write on.
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
+    hold_at: Option<Instant>,
     drain_at: Option<Instant>,
     serve_at: Option<Instant>,
     /// Already counted in `switch_failures` (it outlived its timeout).
@@ -128,6 +129,9 @@ pub(crate) struct Metrics {
     kme_stored_keys: Family<SetupLabel, Gauge>,
     switch_steps: Family<StepLabel, Histogram, fn() -> Histogram>,
     switch_failures: Counter,
+    /// Seconds the receiving end stayed on the old setup for handovers
+    /// (the grace of every completed planned switch with a hold).
+    grace_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     in_flight: Mutex<BTreeMap<u64, InFlight>>,
 }
 
@@ -161,6 +165,7 @@ impl Metrics {
             kme_stored_keys: Family::default(),
             switch_steps: Family::new_with_constructor(step_histogram),
             switch_failures: Counter::default(),
+            grace_seconds: Counter::default(),
             in_flight: Mutex::new(BTreeMap::new()),
         };
         let r = &mut registry;
@@ -206,8 +211,13 @@ impl Metrics {
         );
         r.register(
             "switch_step_seconds",
-            "Steps of a switch this member led: drain (drain write to every member blocked), serve (serve write to every member serving)",
+            "Steps of a switch this member led: hold (hold write to drain write: the issuing end's extra block, grace included), drain (drain write to every member blocked), serve (serve write to every member serving)",
             m.switch_steps.clone(),
+        );
+        r.register(
+            "handover_grace_seconds",
+            "Seconds the receiving end stayed on the old setup during handovers of switches this member led",
+            m.grace_seconds.clone(),
         );
         r.register(
             "switch_failures",
@@ -336,11 +346,13 @@ impl Metrics {
     fn route_write_started_at(&self, epoch: u64, phase: Phase, now: Instant) {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         let s = in_flight.entry(epoch).or_insert(InFlight {
+            hold_at: None,
             drain_at: None,
             serve_at: None,
             failed: false,
         });
         match phase {
+            Phase::Hold => s.hold_at = s.hold_at.or(Some(now)),
             Phase::Drain => s.drain_at = s.drain_at.or(Some(now)),
             Phase::Serve => s.serve_at = s.serve_at.or(Some(now)),
         }
@@ -355,7 +367,14 @@ impl Metrics {
         self.switch_seconds.observe(h.total_ms as f64 / 1000.0);
         self.drain_seconds.observe(h.drain_ms as f64 / 1000.0);
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if h.hold_ms > 0 {
+            self.grace_seconds.inc_by(h.grace_ms as f64 / 1000.0);
+        }
         if let Some(s) = in_flight.remove(&h.epoch) {
+            if let (Some(hold), Some(drain)) = (s.hold_at, s.drain_at) {
+                self.step("hold")
+                    .observe(drain.saturating_duration_since(hold).as_secs_f64());
+            }
             if let (Some(drain), Some(serve)) = (s.drain_at, s.serve_at) {
                 self.step("drain")
                     .observe(serve.saturating_duration_since(drain).as_secs_f64());
@@ -494,6 +513,8 @@ mod tests {
             token: 1,
             started_at: String::new(),
             drain_ms: 20,
+            hold_ms: 0,
+            grace_ms: 0,
             total_ms: 50,
             fenced_members: vec![],
             outcome: HistoryOutcome::Complete,

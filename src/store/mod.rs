@@ -137,6 +137,7 @@ impl Snapshot {
             self.route.as_ref().map(|(r, _)| r),
             self.members.iter().map(|m| MemberLb {
                 id: m.id.clone(),
+                role: m.record.role,
                 applied: m.record.applied,
                 lb: m.record.lb,
             }),

@@ -41,6 +41,7 @@ fn a_leader_killed_right_after_its_drain_write_is_finished_by_the_next_leader() 
                 force: false,
                 wait: false,
                 timeout_ms: 10_000,
+                grace_ms: 0,
             })
             .await
             .expect("switch accepted")

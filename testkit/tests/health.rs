@@ -136,6 +136,7 @@ fn metrics_carry_link_and_member_and_what_on_call_alerts_on() {
                 force: false,
                 wait: true,
                 timeout_ms: 10_000,
+                grace_ms: 0,
             })
             .await
             .expect("switchover to warm");

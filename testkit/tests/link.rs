@@ -26,6 +26,7 @@ fn switch(to: Setup, reason: &str, wait: bool) -> proto::SwitchRequest {
         force: false,
         wait,
         timeout_ms: 20_000,
+        grace_ms: 0,
     }
 }
 

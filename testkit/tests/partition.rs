@@ -268,6 +268,7 @@ async fn switchover(
             force: false,
             wait,
             timeout_ms: timeout.as_millis() as u64,
+            grace_ms: 0,
         })
         .await
         .map(|r| r.into_inner())

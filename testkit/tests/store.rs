@@ -54,6 +54,7 @@ async fn requests_go_through_while_one_etcd_node_is_dead() {
             requested_by: "test".into(),
             at: String::new(),
             deadline_ms: None,
+            grace_ms: None,
         };
         match store.put_request(&request).await {
             Ok(Ok(rev)) => match store.withdraw_request(rev).await {

@@ -30,6 +30,7 @@ fn switch(to: Setup, reason: &str) -> proto::SwitchRequest {
         force: false,
         wait: true,
         timeout_ms: 20_000,
+        grace_ms: 0,
     }
 }
 
@@ -448,6 +449,7 @@ fn an_orphaned_request_expires_without_moving_the_link() {
             requested_by: "test".into(),
             at: String::new(),
             deadline_ms: Some(now_ms + 500),
+            grace_ms: None,
         };
         store
             .put_request(&request)

@@ -147,7 +147,13 @@ pub struct LinkModel {
     /// states; configurations without it answer each read at once, with
     /// etcd as it is then (one of the orders this explores).
     pub delayed_reads: bool,
+    /// The request is a planned switchover with a handover (alice issues
+    /// keys; grace one unit), instead of a forced failover.
+    pub handover: bool,
 }
+
+/// The handover's grace, in model units.
+pub const GRACE: u64 = 1;
 
 /// What an LB routes to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -309,6 +315,12 @@ pub struct State {
     /// Every route a txn ever wrote (epoch, phase, setup), also those a
     /// restore undid.
     pub written: BTreeSet<(Epoch, Phase, Setup)>,
+    /// When each issuing-end member's LB confirmed its block at a hold, by
+    /// epoch (for the handover's ordering property).
+    pub hold_confirmed: BTreeMap<(Epoch, usize), u64>,
+    /// The first violation of the handover's order: the receiving end
+    /// drained before every issuing LB confirmed its block plus the grace.
+    pub order: Option<String>,
     /// Time that passed while etcd was down for a restore; not counted
     /// against the horizon.
     pub skipped: u64,
@@ -594,6 +606,30 @@ impl LinkModel {
         s.etcd.route_changed += 1;
         let seen_rev = s.etcd.route_changed;
         s.written.insert((route.epoch, route.phase, route.setup));
+        // The handover's order: a drain that follows a hold of its epoch
+        // comes only after every issuing member with a live key confirmed
+        // its block, plus the grace.
+        if route.phase == Phase::Drain
+            && s.written.contains(&(route.epoch, Phase::Hold, route.setup))
+            && s.order.is_none()
+        {
+            for i in (0..self.members).filter(|&i| self.role(i) == Role::Alice) {
+                let live = s.etcd.members.contains_key(&self.member_id(i));
+                match s.hold_confirmed.get(&(route.epoch, i)) {
+                    Some(t) if s.now >= t + GRACE => {}
+                    _ if !live => {}
+                    confirmed => {
+                        s.order = Some(format!(
+                            "drain of epoch {} at t={} with {} confirmed blocked at {:?} (grace {GRACE})",
+                            route.epoch,
+                            s.now,
+                            self.member_id(i),
+                            confirmed
+                        ));
+                    }
+                }
+            }
+        }
         if consume.is_some() {
             s.etcd.request = None;
             Self::notify_leaders(s, LeaderWatch::Event(LeaderEvent::RequestDeleted { rev }));
@@ -709,11 +745,18 @@ impl LinkModel {
                 }
                 MemberAction::Resync => s.members[i].resync = true,
                 MemberAction::WriteApplied(a) => {
+                    if a.phase == Phase::Hold && self.role(i) == Role::Alice {
+                        s.hold_confirmed.entry((a.epoch, i)).or_insert(now);
+                    }
+                    let lb = s.members[i]
+                        .lb
+                        .serving()
+                        .map_or(LbTarget::Blocked, LbTarget::Serve);
                     let r = &mut s.members[i].record;
                     r.applied = Some(a);
                     r.lb = Some(match a.phase {
-                        Phase::Drain => LbTarget::Blocked,
-                        Phase::Serve => LbTarget::Serve(a.setup),
+                        Phase::Hold => lb,
+                        phase => LbTarget::at(phase, a.setup),
                     });
                     // Written at once while the key is ours (the leader's
                     // watch queue delays it as much as any delay would);
@@ -1318,6 +1361,10 @@ impl LinkModel {
                         wall_ms_at_start: 0,
                         initial_setup: Setup::Hot,
                         resend_every: ms(self.timing.resend),
+                        handover: self.handover.then_some(HandoverConfig {
+                            issuer: Role::Alice,
+                            grace: ms(GRACE),
+                        }),
                     },
                     Time(s.now),
                 )
@@ -1593,6 +1640,12 @@ impl LinkModel {
                 slot.resync = true;
             }
         }
+        // Keep-alives flow again: a lease the snapshot holds is renewed
+        // (the fence lifts, and the member reads the link again before it
+        // serves); one it does not is lost (the member registers anew).
+        for i in 0..self.members {
+            self.renew_or_lose_lease(s, i);
+        }
     }
 
     /// An LB command takes effect. `state ready` (with health forced up)
@@ -1699,6 +1752,8 @@ impl LinkModel {
             s2: None,
             snapshot: None,
             written: BTreeSet::new(),
+            hold_confirmed: BTreeMap::new(),
+            order: None,
             skipped: 0,
         };
         for i in 0..self.members {
@@ -1724,13 +1779,18 @@ impl LinkModel {
         let rev = s.etcd.rev;
         let request = Request {
             id: REQUEST_ID.into(),
-            kind: RequestKind::Failover,
+            kind: if self.handover {
+                RequestKind::Switchover
+            } else {
+                RequestKind::Failover
+            },
             to: TARGET,
-            force: true,
+            force: !self.handover,
             reason: "model".into(),
             requested_by: "model".into(),
             at: String::new(),
             deadline_ms: None,
+            grace_ms: None,
         };
         s.etcd.request = Some((request.clone(), rev));
         Self::notify_leaders(
@@ -1878,6 +1938,10 @@ impl Model for LinkModel {
             Property::always(
                 "S2 no write or push under a stale token or step",
                 |_, s: &State| s.s2.is_none(),
+            ),
+            Property::always(
+                "H the receiving end drains only after the issuing end's confirmed blocks plus the grace",
+                |_, s: &State| s.order.is_none(),
             ),
             Property::always(
                 "L1 once faults stop, the switch completes",

@@ -129,6 +129,7 @@ async fn run(once: bool) -> Result<()> {
                 force: false,
                 wait: true,
                 timeout_ms: 20_000,
+                grace_ms: 0,
             })
             .await
             .map_err(|s| anyhow::anyhow!("switchover refused: {}", s.message()))?
@@ -231,6 +232,7 @@ async fn bench(switches: usize) -> Result<()> {
                 force: false,
                 wait: true,
                 timeout_ms: 20_000,
+                grace_ms: 0,
             })
             .await
             .map_err(|s| anyhow::anyhow!("switch {i}: {}", s.message()))?

@@ -31,6 +31,10 @@ pub struct Timing {
     pub failover_window: Duration,
     pub failback: String,
     pub failover_enabled: bool,
+    /// `handover.issuer`: "alice", "bob" or "both" (no handover).
+    pub handover_issuer: String,
+    /// `handover.grace`: short in tests (each planned switch waits it).
+    pub handover_grace: Duration,
 }
 
 impl Default for Timing {
@@ -52,6 +56,8 @@ impl Default for Timing {
             failover_window: Duration::from_secs(60),
             failback: "manual".into(),
             failover_enabled: true,
+            handover_issuer: "alice".into(),
+            handover_grace: Duration::from_millis(100),
         }
     }
 }
@@ -183,6 +189,10 @@ max_auto = {fo_max}
 window = "{fo_window}"
 failback = {fo_failback:?}
 
+[handover]
+issuer = {ho_issuer:?}
+grace = "{ho_grace}"
+
 {probe}"#,
             link = self.link,
             id = self.member_id,
@@ -206,6 +216,8 @@ failback = {fo_failback:?}
             fo_max = t.failover_max_auto,
             fo_window = ms(t.failover_window),
             fo_failback = t.failback,
+            ho_issuer = t.handover_issuer,
+            ho_grace = ms(t.handover_grace),
         )
     }
 }
