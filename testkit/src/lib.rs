@@ -14,12 +14,16 @@
 //! * [`metrics`]: a sidecar's `/metrics`, parsed.
 //! * [`traffic`]: the end-to-end oracle, continuous key pairs through
 //!   Alice's and Bob's LBs, counting matched, mismatched and failed pairs.
+//! * [`transit`]: SAE pairs as applications run them, several in parallel
+//!   with a transit gap between `enc_keys` and `dec_keys`, counting keys a
+//!   switch stranded.
 
 pub mod http;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
 pub mod traffic;
+pub mod transit;
 
 /// The runtime the integration tests and the chaos suite's tests run a lab
 /// on: two worker threads, as on the two-core machines CI uses.

@@ -430,7 +430,7 @@ fn decode_key(b64: &str) -> Result<Vec<u8>> {
 }
 
 /// The one key of a successful `enc_keys` answer.
-fn parse_enc(reply: &HttpReply) -> Result<(String, Vec<u8>)> {
+pub(crate) fn parse_enc(reply: &HttpReply) -> Result<(String, Vec<u8>)> {
     if reply.status != 200 {
         bail!("HTTP {}: {}", reply.status, reply.body_excerpt());
     }
@@ -444,7 +444,7 @@ fn parse_enc(reply: &HttpReply) -> Result<(String, Vec<u8>)> {
 
 /// Matched, mismatched (Bob does not know the key or has another one), or
 /// an error meaning the pair failed.
-fn classify_dec(reply: &HttpReply, key_id: &str, key: &[u8]) -> Result<Outcome> {
+pub(crate) fn classify_dec(reply: &HttpReply, key_id: &str, key: &[u8]) -> Result<Outcome> {
     match reply.status {
         200 => {
             let c: KeyContainer = serde_json::from_slice(&reply.body)

@@ -35,6 +35,13 @@ enum Command {
         /// Number of switchovers (alternating hot/warm).
         #[arg(long, default_value_t = 200)]
         switches: usize,
+        /// `handover.issuer` of the lab's sidecars: "both" (no handover,
+        /// the plain switch) or "alice"/"bob" (planned switches hold first).
+        #[arg(long, default_value = "both")]
+        issuer: String,
+        /// `handover.grace` when there is a handover.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
+        grace: Duration,
     },
     /// Automatic failover, side by side with plain HAProxy backup servers:
     /// "only hot-Alice dies" and "hot-Alice and hot-Bob die".
@@ -59,7 +66,11 @@ fn main() -> Result<()> {
     rt.block_on(async {
         match cli.command {
             Command::Run { once } => run(once).await,
-            Command::Bench { switches } => bench(switches).await,
+            Command::Bench {
+                switches,
+                issuer,
+                grace,
+            } => bench(switches, issuer, grace).await,
             Command::FailoverBench { runs } => failover_bench(runs).await,
         }
     })
@@ -210,9 +221,14 @@ fn summary(name: &str, mut v: Vec<f64>) -> String {
     )
 }
 
-async fn bench(switches: usize) -> Result<()> {
-    println!("starting a lab link (1 etcd, 2 members) for {switches} switchovers ...");
-    let lab = Lab::start("bench", LabOptions::default()).await?;
+async fn bench(switches: usize, issuer: String, grace: Duration) -> Result<()> {
+    println!(
+        "starting a lab link (1 etcd, 2 members, handover issuer {issuer}) for {switches} switchovers ..."
+    );
+    let mut options = LabOptions::default();
+    options.timing.handover_issuer = issuer;
+    options.timing.handover_grace = grace;
+    let lab = Lab::start("bench", options).await?;
     let traffic = Traffic::start(lab.traffic_config());
     traffic
         .wait_for_matched(50, Duration::from_secs(10))
