@@ -102,6 +102,9 @@ pub(crate) fn format_status(s: &proto::StatusReply) -> String {
     if s.paused {
         out.push_str(&format!("paused    YES: {}\n", s.paused_reason));
     }
+    if s.insecure {
+        out.push_str("security  INSECURE: gRPC is plaintext without authorization on some member (grpc.insecure = true)\n");
+    }
     if !s.policy.is_empty() {
         out.push_str(&format!("policy    {}\n", s.policy));
     }
@@ -294,6 +297,7 @@ pub(crate) struct StatusJson {
     pub(crate) paused: bool,
     pub(crate) paused_reason: String,
     pub(crate) policy: String,
+    pub(crate) insecure: bool,
     pub(crate) pending_to: Option<&'static str>,
     pub(crate) health: Vec<HealthJson>,
     pub(crate) members: Vec<MemberJson>,
@@ -317,6 +321,7 @@ pub(crate) fn status_json(s: &proto::StatusReply) -> StatusJson {
         paused: s.paused,
         paused_reason: s.paused_reason.clone(),
         policy: s.policy.clone(),
+        insecure: s.insecure,
         pending_to: s.pending.as_ref().map(|p| setup_name(p.to)),
         health: s
             .health
@@ -415,6 +420,7 @@ mod tests {
                 health: None,
                 lease_age_ms: 120,
                 lease_fresh: true,
+                insecure: false,
             }],
             paused: true,
             paused_reason: "maintenance".into(),
@@ -427,6 +433,7 @@ mod tests {
             }],
             settled: true,
             policy: "serving warm, healthy".into(),
+            insecure: false,
         }
     }
 

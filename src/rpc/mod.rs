@@ -1,8 +1,16 @@
 //! gRPC: the `Peer` service between sidecars, the `Admin` service for the
 //! on-call CLI, and conversions between the protocol's types and protos.
+//!
+//! # Layout
+//! * `serve`: the server (TLS or plaintext, bounds, the services).
+//! * `auth`: who may call what (roles by certificate identity), checked
+//!   in front of every service.
+//! * `peer`, `admin`: the services.
 
 pub(crate) mod admin;
+pub(crate) mod auth;
 pub(crate) mod peer;
+pub(crate) mod serve;
 
 use crate::proto;
 use lockstep_core::{Applied, Phase, Role, Setup};

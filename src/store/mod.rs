@@ -9,6 +9,8 @@
 //! * `paused`: present while the link is paused.
 //! * `history/<epoch, zero-padded>`: one record per transition.
 
+pub(crate) mod access;
+
 use backon::{ExponentialBuilder, Retryable};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
@@ -45,6 +47,12 @@ pub enum StoreError {
     WatchCanceled(String),
     #[error("bad value under {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// etcd refused our TLS or credentials; says which setting to fix.
+    #[error("{0}")]
+    Refused(String),
+    /// The `[etcd]` TLS or credential settings cannot be used.
+    #[error("{0}")]
+    Settings(String),
 }
 
 impl StoreError {
@@ -204,21 +212,56 @@ impl Store {
         dial_timeout: Duration,
         timeout: Duration,
     ) -> Result<Store, StoreError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(dial_timeout)
-            .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let config = crate::config::EtcdConfig {
+            endpoints: endpoints.to_vec(),
+            prefix: prefix.to_string(),
+            dial_timeout,
+            request_timeout: timeout,
+            ..crate::config::EtcdConfig::default()
+        };
+        Store::connect_with(&config, link).await
+    }
+
+    /// Connects as `[etcd]` says: endpoints, timeouts, TLS and credentials.
+    /// A refusal (wrong password, no permission on the link's keys, a
+    /// certificate etcd does not trust) is [`StoreError::Refused`], naming
+    /// the setting to fix.
+    pub async fn connect_with(
+        config: &crate::config::EtcdConfig,
+        link: &str,
+    ) -> Result<Store, StoreError> {
+        let (endpoints, dial_timeout, timeout) = (
+            &config.endpoints,
+            config.dial_timeout,
+            config.request_timeout,
+        );
+        let base = format!("{}/{}/", config.prefix.trim_end_matches('/'), link);
+        let access = access::Access {
+            user: config.user.clone(),
+            prefix: base.clone(),
+        };
+        let options = access::connect_options(
+            config,
+            ConnectOptions::new()
+                .with_connect_timeout(dial_timeout)
+                .with_timeout(timeout)
+                .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2)),
+        )
+        .map_err(StoreError::Settings)?;
         let connect = Client::connect(endpoints, Some(options));
         let client = tokio::time::timeout(dial_timeout + timeout, connect)
             .await
             .map_err(|_| StoreError::Timeout(dial_timeout + timeout))?
-            .map_err(|source| StoreError::Unreachable {
-                endpoints: endpoints.join(","),
-                source,
+            .map_err(|source| match access::explain(&source, &access) {
+                Some(why) => StoreError::Refused(why),
+                None => StoreError::Unreachable {
+                    endpoints: endpoints.join(","),
+                    source,
+                },
             })?;
         let store = Store {
             client,
-            base: format!("{}/{}/", prefix.trim_end_matches('/'), link),
+            base,
             timeout,
         };
         // Fail now, with a clear message, rather than on the first write.
@@ -226,9 +269,12 @@ impl Store {
             .get_raw(&store.key("route"))
             .await
             .map_err(|e| match e {
-                StoreError::Etcd(source) => StoreError::Unreachable {
-                    endpoints: endpoints.join(","),
-                    source,
+                StoreError::Etcd(source) => match access::explain(&source, &access) {
+                    Some(why) => StoreError::Refused(why),
+                    None => StoreError::Unreachable {
+                        endpoints: endpoints.join(","),
+                        source,
+                    },
                 },
                 other => other,
             })?;
@@ -643,6 +689,48 @@ impl Store {
         self.guarded(token, vec![], vec![op]).await
     }
 
+    /// Leader write: deletes the oldest history records beyond the newest
+    /// `keep` (one guarded delete of a key range). Returns how many went.
+    pub(crate) async fn trim_history(&self, token: Token, keep: u32) -> Result<u64, StoreError> {
+        let prefix = self.key("history/");
+        let p = prefix.as_str();
+        let count = self
+            .bounded_idempotent(|mut c| async move {
+                c.get(p, Some(GetOptions::new().with_prefix().with_count_only()))
+                    .await
+            })
+            .await?
+            .count()
+            .max(0) as u64;
+        let excess = count.saturating_sub(u64::from(keep));
+        if excess == 0 {
+            return Ok(0);
+        }
+        // The key of the newest record to delete: the `excess`-th oldest.
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_sort(etcd_client::SortTarget::Key, etcd_client::SortOrder::Ascend)
+            .with_limit(excess as i64);
+        let resp = self
+            .bounded_idempotent(|mut c| {
+                let options = options.clone();
+                async move { c.get(p, Some(options)).await }
+            })
+            .await?;
+        let Some(last) = resp.kvs().last() else {
+            return Ok(0);
+        };
+        let mut end = last.key().to_vec();
+        end.push(0);
+        let op = TxnOp::delete(
+            prefix.as_bytes().to_vec(),
+            Some(etcd_client::DeleteOptions::new().with_range(end)),
+        );
+        let done = self.guarded(token, vec![], vec![op]).await?;
+        Ok(if done { excess } else { 0 })
+    }
+
     // ---- admin ----
 
     /// Stores a manual request unless one is already pending; returns the
@@ -746,6 +834,16 @@ impl Store {
             .iter()
             .map(|kv| from_json(&String::from_utf8_lossy(kv.key()), kv.value()))
             .collect()
+    }
+}
+
+/// [`Store::trim_history`] for the leader driver: failures are only logged
+/// (the next switch trims again).
+pub(crate) async fn trim_history_logged(store: &Store, token: Token, keep: u32) {
+    match store.trim_history(token, keep).await {
+        Ok(0) => {}
+        Ok(n) => debug!(deleted = n, keep, "old history records deleted"),
+        Err(e) => tracing::warn!(error = %e, "cannot trim the history"),
     }
 }
 
