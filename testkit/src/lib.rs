@@ -9,6 +9,7 @@
 //!   whole link.
 //! * [`netns`]: lab members in network namespaces, and the network faults
 //!   between them (root only).
+//! * [`pki`]: the lab's CA and certificates (mutual TLS everywhere).
 //! * [`http`]: an HTTP/1.1 client on one connection, for the key pairs and
 //!   the mock KMEs' control API.
 //! * [`traffic`]: the end-to-end oracle, continuous key pairs through
@@ -17,6 +18,7 @@
 pub mod http;
 pub mod lab;
 pub mod netns;
+pub mod pki;
 pub mod traffic;
 
 /// The runtime the integration tests and the chaos suite's tests run a lab
