@@ -391,3 +391,206 @@ fn idle_http_connections_do_not_take_the_serving_server_down() {
         assert!(report.matched > before.matched + 20, "{report}");
     });
 }
+
+#[test]
+fn etcd_over_tls_with_client_certificates_and_rbac() {
+    use lockstep::store::Store;
+    use lockstep_testkit::lab::process::{find_program, free_port, wait_for_tcp, ChildGuard};
+    use lockstep_testkit::lab::sidecar::{SidecarProcess, SidecarSpec, SidecarTls};
+    use lockstep_testkit::pki::{roles_toml, Pki};
+    use std::net::{IpAddr, SocketAddr};
+    use std::process::Command;
+
+    rt().block_on(async {
+        let dir = lockstep_testkit::lab::link::lab_dir("trust-etcd").expect("dir");
+        let link = "lab-trust-etcd";
+        let pki = Pki::create(&dir.join("tls"), "etcd CA").expect("pki");
+        let localhost = IpAddr::from([127, 0, 0, 1]);
+        let server = pki
+            .issue("etcd-server", "", &[localhost])
+            .expect("server cert");
+        // etcd maps a client certificate's CN to a user: "root" here.
+        let root = pki.issue("root", "", &[]).expect("root cert");
+        let client = pki
+            .issue("lockstep-etcd-client", "", &[])
+            .expect("client cert");
+        let (client_port, peer_port) = (free_port().expect("port"), free_port().expect("port"));
+        let data = tempfile::tempdir().expect("data");
+        let client_url = format!("https://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut cmd = Command::new(find_program("etcd").expect("etcd"));
+        cmd.args(["--name", "e0", "--data-dir"])
+            .arg(data.path())
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("e0={peer_url}"),
+                "--log-level",
+                "warn",
+            ])
+            .arg("--cert-file")
+            .arg(&server.cert)
+            .arg("--key-file")
+            .arg(&server.key)
+            .arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(pki.ca());
+        let _etcd = ChildGuard::spawn("etcd-tls", cmd, &dir.join("etcd.log")).expect("etcd");
+        wait_for_tcp(
+            SocketAddr::from(([127, 0, 0, 1], client_port)),
+            Duration::from_secs(20),
+        )
+        .expect("etcd up");
+        let etcdctl = |args: &[&str]| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let out = Command::new(find_program("etcdctl").expect("etcdctl"))
+                    .env("ETCDCTL_API", "3")
+                    .args(["--endpoints", &client_url, "--cacert"])
+                    .arg(pki.ca())
+                    .arg("--cert")
+                    .arg(&root.cert)
+                    .arg("--key")
+                    .arg(&root.key)
+                    .args(args)
+                    .output()
+                    .expect("etcdctl");
+                if out.status.success() {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "etcdctl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        };
+        // The minimal role of docs/security.md: readwrite on the link's
+        // prefix, nothing else.
+        let prefix = format!("/lockstep/{link}/");
+        etcdctl(&["user", "add", "root", "--new-user-password", "rootpw"]);
+        etcdctl(&["user", "grant-role", "root", "root"]);
+        etcdctl(&["role", "add", "lockstep-link"]);
+        etcdctl(&[
+            "role",
+            "grant-permission",
+            "lockstep-link",
+            "--prefix=true",
+            "readwrite",
+            &prefix,
+        ]);
+        etcdctl(&["user", "add", "lockstep", "--new-user-password", "s3cret"]);
+        etcdctl(&["user", "grant-role", "lockstep", "lockstep-link"]);
+        etcdctl(&["auth", "enable"]);
+
+        let password = dir.join("etcd-password");
+        std::fs::write(&password, "s3cret\n").expect("password file");
+        let wrong = dir.join("etcd-wrong-password");
+        std::fs::write(&wrong, "guess\n").expect("password file");
+        let config = |password_file: &std::path::Path| lockstep::config::EtcdConfig {
+            endpoints: vec![client_url.clone()],
+            ca: Some(pki.ca()),
+            cert: Some(client.cert.clone()),
+            key: Some(client.key.clone()),
+            user: Some("lockstep".into()),
+            password_file: Some(password_file.to_path_buf()),
+            ..lockstep::config::EtcdConfig::default()
+        };
+
+        // The right credentials: the link's keys are readable and writable.
+        let store = Store::connect_with(&config(&password), link)
+            .await
+            .expect("connects");
+        store.read_route().await.expect("reads the link");
+        // The role stops at the link's prefix.
+        let e = Store::connect_with(&config(&password), "another-link")
+            .await
+            .err()
+            .expect("another link's keys are off limits");
+        assert!(
+            e.to_string()
+                .contains("may not use /lockstep/another-link/"),
+            "{e}"
+        );
+        // Wrong password: refused, naming the problem.
+        let e = Store::connect_with(&config(&wrong), link)
+            .await
+            .err()
+            .expect("wrong password");
+        assert!(e.to_string().contains("wrong user name or password"), "{e}");
+        // No client certificate: etcd's --client-cert-auth refuses the TLS.
+        let e = Store::connect_with(
+            &lockstep::config::EtcdConfig {
+                cert: None,
+                key: None,
+                ..config(&password)
+            },
+            link,
+        )
+        .await
+        .err()
+        .expect("no client certificate");
+        assert!(e.to_string().contains("etcd"), "{e}");
+
+        // A sidecar with these settings registers; one with a wrong password
+        // does not start and says why.
+        let sidecar = |id: &str, password_file: &std::path::Path| {
+            let mut spec =
+                SidecarSpec::new(link, id, "alice", vec![client_url.clone()]).expect("spec");
+            spec.haproxy_socket = dir.join("no-haproxy.sock");
+            spec.etcd_extra = format!(
+                "ca = {:?}\ncert = {:?}\nkey = {:?}\nuser = \"lockstep\"\npassword_file = {:?}\n",
+                pki.ca(),
+                client.cert,
+                client.key,
+                password_file
+            );
+            spec.tls = Some(SidecarTls {
+                files: pki
+                    .issue(id, &member_uri(link, id), &[localhost])
+                    .expect("issue"),
+                roles_toml: roles_toml(link),
+                reload_interval: Duration::from_secs(1),
+            });
+            SidecarProcess::spawn(spec, &dir)
+        };
+        let _good =
+            sidecar("alice-0", &password).expect("a sidecar with the right credentials starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store
+            .snapshot()
+            .await
+            .expect("snapshot")
+            .members
+            .iter()
+            .any(|m| m.id == "alice-0")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the sidecar did not register over TLS with auth"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            sidecar("alice-1", &wrong).is_err(),
+            "a wrong password must stop the start-up"
+        );
+        let log = std::fs::read_to_string(dir.join("alice-1.log")).expect("log");
+        assert!(
+            log.contains("etcd refused user \"lockstep\": wrong user name or password"),
+            "{log}"
+        );
+    });
+}
