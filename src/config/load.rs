@@ -252,4 +252,38 @@ mod tests {
         }
         assert!(invalid("[etcd]\nmargin = \"1x\"\n").1.contains("\"500ms\""));
     }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(crate::limits::proptest_config())]
+
+        /// Config text is input: any bytes give a config or a typed error.
+        #[test]
+        fn arbitrary_config_text_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
+            let _ = parse(Path::new("t.toml"), &String::from_utf8_lossy(&bytes), None);
+        }
+
+        /// Valid TOML with real keys and arbitrary values.
+        #[test]
+        fn arbitrary_values_of_real_keys_never_panic(
+            section in proptest::prop_oneof![
+                proptest::strategy::Just("etcd"), proptest::strategy::Just("grpc"),
+                proptest::strategy::Just("http"), proptest::strategy::Just("lb"),
+                proptest::strategy::Just("probe"), proptest::strategy::Just("failover"),
+                proptest::strategy::Just("admin"), proptest::strategy::Just("grpc.roles"),
+            ],
+            key in "[a-z_]{1,20}",
+            value in proptest::prop_oneof![
+                "\"[ -~]{0,30}\"",
+                proptest::prelude::any::<i64>().prop_map(|n| n.to_string()),
+                proptest::strategy::Just("true".to_string()),
+                proptest::strategy::Just("[\"*\", \"a*b\"]".to_string()),
+                proptest::strategy::Just("\"18446744073709551615s\"".to_string()),
+            ],
+        ) {
+            let text = format!("link = \"x\"\nmember_id = \"a\"\nrole = \"alice\"\n[{section}]\n{key} = {value}\n");
+            let _ = parse(Path::new("t.toml"), &text, None);
+        }
+    }
 }

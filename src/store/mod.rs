@@ -922,3 +922,48 @@ fn from_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreErr
         reason: e.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_all(bytes: &[u8]) {
+        let _ = from_json::<MemberRecord>("k", bytes);
+        let _ = from_json::<Route>("k", bytes);
+        let _ = from_json::<HistoryRecord>("k", bytes);
+        let _ = from_json::<Request>("k", bytes);
+        let _ = from_json::<RequestOutcome>("k", bytes);
+        let _ = from_json::<Pause>("k", bytes);
+    }
+
+    proptest! {
+        #![proptest_config(crate::limits::proptest_config())]
+
+        /// etcd values are input: anyone with write access to the prefix
+        /// (or a restored old snapshot) may have put anything there.
+        #[test]
+        fn record_values_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            decode_all(&bytes);
+        }
+
+        /// JSON objects with the records' field names and arbitrary values.
+        #[test]
+        fn json_shaped_values_never_panic(
+            keys in proptest::collection::vec(prop_oneof![
+                Just("epoch"), Just("phase"), Just("setup"), Just("token"), Just("reason"),
+                Just("requested_by"), Just("at"), Just("role"), Just("grpc"), Just("applied"),
+                Just("lb"), Just("health"), Just("id"), Just("kind"), Just("to"), Just("force"),
+                Just("outcome"), Just("from"), Just("status"), Just("message"),
+            ], 0..12),
+            values in proptest::collection::vec(prop_oneof![
+                Just("null".to_string()), Just("\"serve\"".to_string()), Just("\"hot\"".to_string()),
+                any::<i64>().prop_map(|n| n.to_string()), any::<u64>().prop_map(|n| n.to_string()),
+                "\"[ -~]{0,10}\"", Just("{}".to_string()), Just("[]".to_string()), Just("1e400".to_string()),
+            ], 12),
+        ) {
+            let body: Vec<String> = keys.iter().zip(&values).map(|(k, v)| format!("{k:?}:{v}")).collect();
+            decode_all(format!("{{{}}}", body.join(",")).as_bytes());
+        }
+    }
+}
