@@ -154,7 +154,7 @@ pub(super) fn check_etcd(e: &EtcdConfig) -> Checked {
         _ => {}
     }
     if tls {
-        crate::store::access::tls_options(e).map_err(|(key, why)| (key, why))?;
+        crate::store::access::tls_options(e)?;
     }
     match (&e.user, &e.password_file) {
         (Some(u), _) if u.is_empty() || u.chars().any(char::is_control) => {

@@ -347,6 +347,9 @@ impl ClientCertVerifier for ClientVerifier {
     }
 }
 
+/// Judges a server certificate's identities: `Err(why)` refuses it.
+pub type AcceptIdentity = Arc<dyn Fn(&CertInfo) -> Result<(), String> + Send + Sync>;
+
 /// What a client requires of the server's certificate beyond chaining to
 /// the CA.
 #[derive(Clone)]
@@ -356,7 +359,7 @@ pub enum ServerCheck {
     /// One of its identities passes `accept` (a sidecar dialing a peer:
     /// peers advertise pod IPs, which certificates rarely name, so the
     /// peer's role is what counts).
-    Identity(Arc<dyn Fn(&CertInfo) -> Result<(), String> + Send + Sync>),
+    Identity(AcceptIdentity),
 }
 
 impl std::fmt::Debug for ServerCheck {
