@@ -594,3 +594,46 @@ fn etcd_over_tls_with_client_certificates_and_rbac() {
         );
     });
 }
+
+#[test]
+fn the_leader_keeps_only_the_newest_history_records() {
+    rt().block_on(async {
+        let options = LabOptions {
+            sidecar_env: vec![("LOCKSTEP_ADMIN__HISTORY_KEEP".into(), "3".into())],
+            probes: false,
+            ..LabOptions::default()
+        };
+        let lab = Lab::start("trust-history", options).await.expect("lab");
+        let mut admin = lab.admin(0).await.expect("admin");
+        let mut to = Setup::Warm;
+        let mut last = 0;
+        for i in 0..6 {
+            let mut req = switch(to, &format!("switch {i}"), "");
+            req.force = true;
+            last = admin
+                .failover(req)
+                .await
+                .expect("switch")
+                .into_inner()
+                .epoch;
+            to = to.other();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let h = admin
+                .history(proto::HistoryRequest { limit: 100 })
+                .await
+                .expect("history")
+                .into_inner();
+            let epochs: Vec<u64> = h.records.iter().map(|r| r.epoch).collect();
+            if epochs.len() == 3 && epochs[0] == last {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "history not trimmed to the newest 3: {epochs:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
