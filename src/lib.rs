@@ -18,7 +18,10 @@
 //!   LB change and the ack).
 //! * [`store`]: the link's keys in etcd and the fenced leader writes.
 //! * `rpc`: gRPC, the `Peer` service between sidecars and the `Admin`
-//!   service the CLI calls.
+//!   service the CLI calls, and who may call what (`rpc/auth.rs`).
+//! * [`tls`]: mutual TLS for gRPC: certificates from PEM files, reloaded
+//!   when they change; the acceptor, the connector, peer channels.
+//! * [`limits`]: bounds on input from outside (reasons, probe bodies).
 //! * [`lb`]: the LB adapter trait and HAProxy (config template, Runtime API
 //!   client, adapter, and the check settings HAProxy reports compared with
 //!   the config's).
@@ -37,10 +40,12 @@ pub mod cli;
 pub mod config;
 mod http;
 pub mod lb;
+pub mod limits;
 pub mod probe;
 pub mod proto;
 mod rpc;
 pub mod sidecar;
 pub mod store;
+pub mod tls;
 
 pub use lockstep_core as protocol;

@@ -32,7 +32,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 /// How a scenario's lab is shaped (etcd nodes, failpoints per member).
 pub type LabFn = fn(&mut StdRng) -> LabOptions;
@@ -287,6 +286,7 @@ impl Ctx {
         self.next_switch += 1;
         let id = self.next_switch;
         let endpoint = self.lab.sidecars[via].endpoint();
+        let tls = self.lab.tls(&self.lab.operator).cloned();
         self.history.record(&Event::Switch(SwitchRecord {
             id,
             by: by.into(),
@@ -309,7 +309,7 @@ impl Ctx {
         let (tx, rx) = oneshot::channel();
         let history = self.history.clone();
         let task = tokio::spawn(async move {
-            let answer = send_switch(endpoint, request).await;
+            let answer = send_switch(endpoint, tls, request).await;
             let (epoch, detail) = match &answer {
                 SwitchAnswer::Done { epoch, .. } | SwitchAnswer::Already { epoch } => {
                     (Some(*epoch), None)
@@ -543,14 +543,16 @@ impl Ctx {
     }
 }
 
-async fn send_switch(endpoint: String, request: proto::SwitchRequest) -> SwitchAnswer {
+async fn send_switch(
+    endpoint: String,
+    tls: Option<lockstep::tls::TlsFiles>,
+    request: proto::SwitchRequest,
+) -> SwitchAnswer {
     let call = async {
-        let channel = Channel::from_shared(endpoint.clone())
-            .map_err(|e| anyhow!("bad endpoint {endpoint}: {e}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {endpoint}"))?;
+        let channel =
+            lockstep::tls::client::connect(&endpoint, tls.as_ref(), Duration::from_secs(1))
+                .await
+                .map_err(|e| anyhow!("connecting to {endpoint}: {e}"))?;
         Ok::<_, anyhow::Error>(
             proto::admin_client::AdminClient::new(channel)
                 .switchover(request)

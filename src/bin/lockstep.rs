@@ -21,14 +21,24 @@ use std::time::Duration;
     about = "Moves every LB of a QKD link between the hot and the warm setup together"
 )]
 struct Cli {
-    /// Any member's gRPC address (`http://host:port`; `host:port` works too).
+    /// Any member's gRPC address (`host:port`).
     #[arg(
         long,
         global = true,
         env = "LOCKSTEP_ENDPOINT",
-        default_value = "http://127.0.0.1:7400"
+        default_value = "127.0.0.1:7400"
     )]
     endpoint: String,
+    /// PEM CA bundle the sidecars' certificates chain to (mutual TLS).
+    #[arg(long, global = true, env = "LOCKSTEP_CA")]
+    ca: Option<PathBuf>,
+    /// Your PEM client certificate; its identity must have a role on the
+    /// link (`grpc.roles`: operator to switch, viewer to look).
+    #[arg(long, global = true, env = "LOCKSTEP_CERT")]
+    cert: Option<PathBuf>,
+    /// The PEM private key of --cert.
+    #[arg(long, global = true, env = "LOCKSTEP_KEY")]
+    key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -115,7 +125,8 @@ struct SwitchArgs {
     /// Why: recorded in the history.
     #[arg(long)]
     reason: String,
-    /// Who: recorded in the history [default: $USER@host].
+    /// A note on who asked, recorded beside your certificate's identity
+    /// [default: $USER@host].
     #[arg(long)]
     by: Option<String>,
     /// Show progress and return once every LB serves the target.
@@ -168,6 +179,11 @@ fn main() -> ExitCode {
         endpoint: cli.endpoint,
         json: cli.json,
         timeout: cli.timeout,
+        tls: admin::TlsArgs {
+            ca: cli.ca,
+            cert: cli.cert,
+            key: cli.key,
+        },
     };
     let verb = |verb: Verb| admin::call(&options, &verb);
     let result: Result<String, Failure> = match cli.command {

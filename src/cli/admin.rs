@@ -6,9 +6,10 @@ use super::render;
 use super::{to_json, Failure};
 use crate::proto::{self, admin_client::AdminClient};
 use crate::rpc::setup_to_proto;
+use crate::tls::TlsFiles;
 use lockstep_core::Setup;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Bound on a call when `--timeout` is not given.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,6 +27,59 @@ pub struct Options {
     /// Bound on each call; `None`: 10 s, or for a switch with `wait` the
     /// sidecar's `admin.switch_timeout`.
     pub timeout: Option<Duration>,
+    /// Mutual TLS: `--ca`, `--cert`, `--key`; all `None`: plaintext (only
+    /// a sidecar with `grpc.insecure = true` accepts that).
+    pub tls: TlsArgs,
+}
+
+/// The CLI's TLS files as given (each may be missing).
+#[derive(Clone, Debug, Default)]
+pub struct TlsArgs {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The three files, none (plaintext), or what is missing.
+    fn files(&self) -> Result<Option<TlsFiles>, Failure> {
+        match (&self.ca, &self.cert, &self.key) {
+            (None, None, None) => Ok(None),
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            _ => {
+                let missing: Vec<&str> = [
+                    ("--ca (LOCKSTEP_CA)", self.ca.is_none()),
+                    ("--cert (LOCKSTEP_CERT)", self.cert.is_none()),
+                    ("--key (LOCKSTEP_KEY)", self.key.is_none()),
+                ]
+                .into_iter()
+                .filter(|(_, m)| *m)
+                .map(|(n, _)| n)
+                .collect();
+                Err(Failure::new(
+                    2,
+                    format!(
+                        "{} missing: mutual TLS needs the link's CA, your certificate and its key together",
+                        missing.join(" and ")
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// A TLS file that does not load, in terms of the option that named it.
+fn tls_file_failure(e: &crate::tls::TlsError) -> Failure {
+    let flag = match e.what {
+        "CA" => "--ca (LOCKSTEP_CA)",
+        "certificate" => "--cert (LOCKSTEP_CERT)",
+        _ => "--key (LOCKSTEP_KEY)",
+    };
+    Failure::new(2, format!("{flag} {}: {}", e.path.display(), e.message))
 }
 
 /// A switchover or failover.
@@ -82,7 +136,7 @@ async fn call_async(options: &Options, verb: &Verb) -> Result<String, Failure> {
     let endpoint = options.endpoint.as_str();
     match verb {
         Verb::Status => {
-            let mut admin = connect(endpoint, timeout).await?;
+            let mut admin = connect(options, timeout).await?;
             let s = bounded(
                 endpoint,
                 Some(timeout),
@@ -98,7 +152,7 @@ async fn call_async(options: &Options, verb: &Verb) -> Result<String, Failure> {
         Verb::Switchover(switch) => self::switch(options, switch, None).await,
         Verb::Failover { switch, force } => self::switch(options, switch, Some(*force)).await,
         Verb::Pause(args) | Verb::Resume(args) => {
-            let mut admin = connect(endpoint, timeout).await?;
+            let mut admin = connect(options, timeout).await?;
             let req = proto::PauseRequest {
                 reason: args.reason.clone(),
                 requested_by: whoami(args.by.clone()),
@@ -117,7 +171,7 @@ async fn call_async(options: &Options, verb: &Verb) -> Result<String, Failure> {
             }
         }
         Verb::History { limit } => {
-            let mut admin = connect(endpoint, timeout).await?;
+            let mut admin = connect(options, timeout).await?;
             let h = bounded(
                 endpoint,
                 Some(timeout),
@@ -182,35 +236,48 @@ fn rpc_failure(s: &tonic::Status, endpoint: &str) -> Failure {
     Failure::new(1, s.message())
 }
 
-/// `host:port` (how members advertise themselves) gets `http://`.
-fn endpoint_url(endpoint: &str) -> String {
-    if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
+async fn connect(options: &Options, timeout: Duration) -> Result<AdminClient<Channel>, Failure> {
+    let endpoint = options.endpoint.as_str();
+    let files = options.tls.files()?;
+    if let Some(files) = &files {
+        // Read the files first: a missing, unreadable or expired
+        // certificate is named here, before any connection.
+        crate::tls::Material::load(files).map_err(|e| tls_file_failure(&e))?;
+    } else if endpoint.starts_with("https://") {
+        return Err(Failure::new(
+            2,
+            format!("{endpoint} is https://: give --ca, --cert and --key (or LOCKSTEP_CA, LOCKSTEP_CERT, LOCKSTEP_KEY)"),
+        ));
     }
-}
-
-async fn connect(endpoint: &str, timeout: Duration) -> Result<AdminClient<Channel>, Failure> {
-    let channel = Endpoint::from_shared(endpoint_url(endpoint))
-        .map_err(|e| {
-            Failure::new(
-                2,
-                format!("bad --endpoint {endpoint:?}: {e}; use http://host:port"),
+    let channel = crate::tls::client::connect(
+        endpoint,
+        files.as_ref(),
+        timeout.min(Duration::from_secs(3)),
+    )
+    .await
+    .map_err(|why| {
+        if why.contains("TLS handshake") {
+            let hint = if why.contains("not signed by our CA") {
+                "; is --ca the CA that signed the sidecars' certificates?"
+            } else if why.contains("does not trust our certificate") || why.contains("refused our certificate") {
+                "; is --cert issued by the link's CA?"
+            } else if why.contains("expired") {
+                "; renew the certificate"
+            } else if why.contains("does not name the host") {
+                "; dial a name the sidecar's certificate lists (--endpoint)"
+            } else {
+                ""
+            };
+            Failure::new(1, format!("cannot connect to {endpoint}: {why}{hint}"))
+        } else if files.is_none() {
+            unreachable(
+                endpoint,
+                &format!("{why} (sidecars speak mutual TLS unless grpc.insecure = true: give --ca, --cert and --key, or LOCKSTEP_CA, LOCKSTEP_CERT, LOCKSTEP_KEY)"),
             )
-        })?
-        .connect_timeout(timeout.min(Duration::from_secs(3)))
-        // A long --wait notices a sidecar that died mid-call.
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| {
-            let why = std::error::Error::source(&e)
-                .map(|s| format!("{e}: {s}"))
-                .unwrap_or_else(|| e.to_string());
+        } else {
             unreachable(endpoint, &why)
-        })?;
+        }
+    })?;
     Ok(AdminClient::new(channel))
 }
 
@@ -278,7 +345,7 @@ fn switch_json(reply: &proto::SwitchReply) -> serde_json::Value {
 /// A switchover (`force: None`) or failover.
 async fn switch(options: &Options, args: &Switch, force: Option<bool>) -> Result<String, Failure> {
     let timeout = options.timeout.unwrap_or(DEFAULT_TIMEOUT);
-    let mut admin = connect(&options.endpoint, timeout).await?;
+    let mut admin = connect(options, timeout).await?;
     let (timeout_ms, bound) = switch_bounds(args.wait, options.timeout);
     let to = setup_to_proto(args.to) as i32;
     let request = proto::SwitchRequest {
@@ -361,12 +428,6 @@ mod tests {
         assert_eq!(f.code, 3);
         assert!(f.message.contains("is a sidecar running at http://x:1?"));
         assert!(f.message.contains("LOCKSTEP_ENDPOINT"));
-    }
-
-    #[test]
-    fn endpoints_without_a_scheme_get_http() {
-        assert_eq!(endpoint_url("10.0.0.5:7400"), "http://10.0.0.5:7400");
-        assert_eq!(endpoint_url("https://a:1"), "https://a:1");
     }
 
     #[test]

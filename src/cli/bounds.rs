@@ -77,8 +77,11 @@ mod tests {
     fn example() -> Config {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, crate::config::example()).expect("write");
-        crate::config::load(&path).expect("example is valid")
+        let (text, pki) = crate::config::example_with_certs();
+        std::fs::write(&path, text).expect("write");
+        let c = crate::config::load(&path).expect("example is valid");
+        drop(pki);
+        c
     }
 
     #[test]

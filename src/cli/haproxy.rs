@@ -125,7 +125,8 @@ mod tests {
     fn the_config_sets_the_sockets_mode_and_group() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, crate::config::example()).expect("write");
+        let (text, pki) = crate::config::example_with_certs();
+        std::fs::write(&path, text).expect("write");
         let args = |mode: &str, gid: Option<u32>| HaproxyConfig {
             config: path.clone(),
             bind: a("0.0.0.0:8443"),
@@ -134,6 +135,7 @@ mod tests {
             socket_mode: mode.into(),
             socket_gid: gid,
         };
+        let _keep = &pki;
         let text = haproxy_config(&args("660", Some(10001)))
             .map_err(|f| f.message)
             .expect("renders");

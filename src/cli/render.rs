@@ -105,6 +105,9 @@ pub(crate) fn format_status(s: &proto::StatusReply) -> String {
     if s.paused {
         out.push_str(&format!("paused    YES: {}\n", s.paused_reason));
     }
+    if s.insecure {
+        out.push_str("security  INSECURE: gRPC is plaintext without authorization on some member (grpc.insecure = true)\n");
+    }
     if !s.policy.is_empty() {
         out.push_str(&format!("policy    {}\n", s.policy));
     }
@@ -333,6 +336,7 @@ pub(crate) struct StatusJson {
     pub(crate) paused: bool,
     pub(crate) paused_reason: String,
     pub(crate) policy: String,
+    pub(crate) insecure: bool,
     pub(crate) pending_to: Option<&'static str>,
     pub(crate) health: Vec<HealthJson>,
     pub(crate) members: Vec<MemberJson>,
@@ -357,6 +361,7 @@ pub(crate) fn status_json(s: &proto::StatusReply) -> StatusJson {
         paused: s.paused,
         paused_reason: s.paused_reason.clone(),
         policy: s.policy.clone(),
+        insecure: s.insecure,
         pending_to: s.pending.as_ref().map(|p| setup_name(p.to)),
         health: s
             .health
@@ -464,6 +469,7 @@ mod tests {
                 lease_age_ms: 120,
                 lease_fresh: true,
                 behind: String::new(),
+                insecure: false,
             }],
             paused: true,
             paused_reason: "maintenance".into(),
@@ -477,6 +483,7 @@ mod tests {
             settled: true,
             policy: "serving warm, healthy".into(),
             state: "every LB serves warm (epoch 7)".into(),
+            insecure: false,
         }
     }
 

@@ -8,9 +8,18 @@ use figment::Figment;
 use std::path::Path;
 
 /// Environment variables under the `LOCKSTEP_` prefix that belong to the CLI
-/// (and `LOCKSTEP_MUTATION`, read by test builds of the sidecar), not to the
-/// config file; without this they would be "unknown keys".
-const CLI_ENV_KEYS: &[&str] = &["endpoint", "config", "mutation"];
+/// (and `LOCKSTEP_MUTATION`, read by test builds of the sidecar, and
+/// `LOCKSTEP_PROPTEST_CASES`, read by property tests), not to the config
+/// file; without this they would be "unknown keys".
+const CLI_ENV_KEYS: &[&str] = &[
+    "endpoint",
+    "config",
+    "mutation",
+    "ca",
+    "cert",
+    "key",
+    "proptest_cases",
+];
 
 /// Loads `path`, applies `LOCKSTEP_<SECTION>__<KEY>` overrides, validates.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -27,6 +36,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 #[cfg(test)]
 pub(crate) fn example() -> &'static str {
     include_str!("../../deploy/local/lockstep.example.toml")
+}
+
+/// [`example`] with its gRPC certificate paths (which exist only in a pod)
+/// pointing at test certificates; keep the `TestPki` while using it.
+#[cfg(test)]
+pub(crate) fn example_with_certs() -> (String, crate::tls::test_pki::TestPki) {
+    let pki = crate::tls::test_pki::TestPki::new();
+    let (cert, key) = pki.leaf("alice-0", "spiffe://lockstep/qkd-1/member/alice-0");
+    let text = example()
+        .replace("/etc/lockstep/grpc/ca.crt", &pki.ca().to_string_lossy())
+        .replace("/etc/lockstep/grpc/tls.crt", &cert.to_string_lossy())
+        .replace("/etc/lockstep/grpc/tls.key", &key.to_string_lossy());
+    (text, pki)
 }
 
 /// The env var that overrides `key` (e.g. `etcd.lease_ttl`).
@@ -153,7 +175,10 @@ mod tests {
 
     #[test]
     fn the_example_is_valid_and_sets_every_section() {
-        let c = parse(Path::new("example.toml"), example(), None).expect("example is valid");
+        let (text, _pki) = example_with_certs();
+        let c = parse(Path::new("example.toml"), &text, None).expect("example is valid");
+        assert!(!c.grpc.insecure);
+        assert_eq!(c.admin.history_keep, 1000);
         assert_eq!(c.role, Role::Alice);
         assert_eq!(c.probe.hot.as_deref(), Some("http://127.0.0.1:8443"));
         assert_eq!(c.admin.switch_timeout, Duration::from_secs(30));
@@ -226,5 +251,39 @@ mod tests {
             assert_eq!(invalid(extra).0, key, "{extra:?}");
         }
         assert!(invalid("[etcd]\nmargin = \"1x\"\n").1.contains("\"500ms\""));
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(crate::limits::proptest_config())]
+
+        /// Config text is input: any bytes give a config or a typed error.
+        #[test]
+        fn arbitrary_config_text_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
+            let _ = parse(Path::new("t.toml"), &String::from_utf8_lossy(&bytes), None);
+        }
+
+        /// Valid TOML with real keys and arbitrary values.
+        #[test]
+        fn arbitrary_values_of_real_keys_never_panic(
+            section in proptest::prop_oneof![
+                proptest::strategy::Just("etcd"), proptest::strategy::Just("grpc"),
+                proptest::strategy::Just("http"), proptest::strategy::Just("lb"),
+                proptest::strategy::Just("probe"), proptest::strategy::Just("failover"),
+                proptest::strategy::Just("admin"), proptest::strategy::Just("grpc.roles"),
+            ],
+            key in "[a-z_]{1,20}",
+            value in proptest::prop_oneof![
+                "\"[ -~]{0,30}\"",
+                proptest::prelude::any::<i64>().prop_map(|n| n.to_string()),
+                proptest::strategy::Just("true".to_string()),
+                proptest::strategy::Just("[\"*\", \"a*b\"]".to_string()),
+                proptest::strategy::Just("\"18446744073709551615s\"".to_string()),
+            ],
+        ) {
+            let text = format!("link = \"x\"\nmember_id = \"a\"\nrole = \"alice\"\n[{section}]\n{key} = {value}\n");
+            let _ = parse(Path::new("t.toml"), &text, None);
+        }
     }
 }

@@ -15,14 +15,17 @@
 
 mod load;
 mod schema;
+mod security;
 mod validate;
 
 #[cfg(test)]
-pub(crate) use load::example;
+pub(crate) use load::example_with_certs;
 pub use load::load;
 pub use schema::{
-    AdminConfig, Config, EtcdConfig, FailoverConfig, GrpcConfig, HttpConfig, LbConfig, ProbeConfig,
+    AdminConfig, Config, EtcdConfig, FailoverConfig, GrpcConfig, GrpcRoles, GrpcTlsConfig,
+    HttpConfig, LbConfig, ProbeConfig,
 };
+pub(crate) use security::read_password;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -94,9 +97,20 @@ mod tests {
         load::parse(Path::new("t.toml"), text, None)
     }
 
-    /// The required keys plus `extra`, without environment overrides.
+    /// The required keys plus `extra`, without environment overrides, with
+    /// plaintext gRPC (`grpc.insecure`), so tests of other sections need no
+    /// certificates.
     pub(super) fn cfg(extra: &str) -> Result<Config, ConfigError> {
-        parse_text(&format!("{BASE}{extra}"))
+        parse_text(&format!("{BASE}{}", with_insecure(extra)))
+    }
+
+    /// `extra` with `grpc.insecure = true` added to its `[grpc]` table.
+    pub(super) fn with_insecure(extra: &str) -> String {
+        if extra.contains("[grpc]\n") {
+            extra.replacen("[grpc]\n", "[grpc]\ninsecure = true\n", 1)
+        } else {
+            format!("{extra}\n[grpc]\ninsecure = true\n")
+        }
     }
 
     /// The key an `Invalid` error names, and its message.

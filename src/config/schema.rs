@@ -120,6 +120,18 @@ pub struct EtcdConfig {
     /// Bound on one etcd request.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// PEM CA bundle etcd's server certificates chain to; required with
+    /// `https://` endpoints.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate for etcd's `--client-cert-auth`; needs `key`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// etcd user (etcd `auth enable`); needs `password_file`.
+    pub user: Option<String>,
+    /// File holding the user's password (never on the command line or in
+    /// the environment, where the process list shows it).
+    pub password_file: Option<PathBuf>,
 }
 
 /// Peer and Admin gRPC services.
@@ -130,6 +142,54 @@ pub struct GrpcConfig {
     pub listen: SocketAddr,
     /// `host:port` peers and the CLI dial; empty means `listen`.
     pub advertise: String,
+    /// Plaintext gRPC without authorization, for labs only: anyone who
+    /// reaches the port can switch the link. Logged as a WARN at start and
+    /// shown in `lockstep status`.
+    pub insecure: bool,
+    /// Mutual TLS (required unless `insecure`).
+    pub tls: GrpcTlsConfig,
+    /// Who may call what, by certificate identity.
+    pub roles: GrpcRoles,
+    /// Bound on one call (a switch with `wait` included: above
+    /// `admin.switch_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Connections open at once; past it new ones are closed.
+    pub max_connections: usize,
+    /// Admin calls in flight at once (peers' calls are not counted).
+    pub max_admin_calls: usize,
+    /// Bound on one TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+/// gRPC mutual TLS: PEM files, reloaded when they change.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcTlsConfig {
+    /// CA bundle every peer's and client's certificate must chain to.
+    pub ca: Option<PathBuf>,
+    /// This sidecar's certificate (chain, leaf first): its server
+    /// certificate and its client certificate towards peers.
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key.
+    pub key: Option<PathBuf>,
+    /// How often the files are checked for a change (cert-manager rotation).
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+/// Who has which role on this link: certificate identities (SAN DNS names,
+/// SAN URIs or the subject CN), each exact or a prefix ending in `*`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcRoles {
+    /// Sidecars of this link (the Peer service: Drain, Serve, GetState).
+    pub peer: Vec<String>,
+    /// On-call: switchover, failover, pause, resume, and what viewers do.
+    pub operator: Vec<String>,
+    /// Status, history, the status watch.
+    pub viewer: Vec<String>,
 }
 
 /// The LB's check endpoint, `/healthz`, `/readyz` and `/metrics`.
@@ -138,6 +198,14 @@ pub struct GrpcConfig {
 pub struct HttpConfig {
     /// Where the HTTP server binds; the LB's `check` points here.
     pub listen: SocketAddr,
+    /// Bound on receiving a request's head; also how long a kept-alive
+    /// connection may sit idle (the timer runs whenever a head is awaited).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Connections open at once for anything but `/check/`; past it only
+    /// `/check/` is answered (then the connection closes), so the LB's
+    /// checks always get through.
+    pub max_connections: usize,
 }
 
 /// The LB this sidecar drives. `check_*` must match the LB's own settings:
@@ -277,6 +345,9 @@ pub struct AdminConfig {
     /// Bound on a switch called with `wait` when the caller gives none.
     #[serde(with = "humantime_serde")]
     pub switch_timeout: Duration,
+    /// The leader keeps this many newest history records and deletes older
+    /// ones.
+    pub history_keep: u32,
 }
 
 fn default_initial_setup() -> Setup {
@@ -293,6 +364,11 @@ impl Default for EtcdConfig {
             margin: Duration::from_secs(1),
             dial_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(2),
+            ca: None,
+            cert: None,
+            key: None,
+            user: None,
+            password_file: None,
         }
     }
 }
@@ -302,6 +378,24 @@ impl Default for GrpcConfig {
         GrpcConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             advertise: String::new(),
+            insecure: false,
+            tls: GrpcTlsConfig::default(),
+            roles: GrpcRoles::default(),
+            call_timeout: Duration::from_secs(60),
+            max_connections: 256,
+            max_admin_calls: 32,
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for GrpcTlsConfig {
+    fn default() -> Self {
+        GrpcTlsConfig {
+            ca: None,
+            cert: None,
+            key: None,
+            reload_interval: Duration::from_secs(5),
         }
     }
 }
@@ -310,6 +404,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            header_timeout: Duration::from_secs(2),
+            max_connections: 128,
         }
     }
 }
@@ -354,6 +450,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             switch_timeout: Duration::from_secs(30),
+            history_keep: 1000,
         }
     }
 }
@@ -381,6 +478,16 @@ impl Config {
     /// `keepalive_interval + D + margin`.
     pub(crate) fn lease_ttl_lower_bound(&self) -> Duration {
         self.etcd.keepalive_interval + self.lb_down_detection() + self.etcd.margin
+    }
+
+    /// The gRPC TLS files, when all three are set.
+    pub(crate) fn grpc_tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        let t = &self.grpc.tls;
+        Some(crate::tls::TlsFiles {
+            ca: t.ca.clone()?,
+            cert: t.cert.clone()?,
+            key: t.key.clone()?,
+        })
     }
 
     /// The gRPC `host:port` peers dial: `grpc.advertise`, else `grpc.listen`.

@@ -4,10 +4,6 @@
 use super::{Config, ConfigError};
 use std::time::Duration;
 
-/// This build's etcd client has no TLS feature: an `https://` endpoint would
-/// only fail once the sidecar runs, so the config refuses it up front.
-const ETCD_TLS: bool = false;
-
 impl Config {
     /// Checks what serde cannot: formats, ranges and the timing rule.
     /// Errors name the key; their origin reads "config" (see [`load`]).
@@ -72,17 +68,12 @@ impl Config {
             );
         }
         for ep in &e.endpoints {
-            if ep.starts_with("https://") && !ETCD_TLS {
-                return bad(
-                    "etcd.endpoints",
-                    format!(
-                        "{ep:?}: this build has no TLS support for etcd; use an http:// endpoint"
-                    ),
-                );
-            }
             if let Err(why) = check_url(ep) {
                 return bad("etcd.endpoints", format!("{ep:?} {why}"));
             }
+        }
+        if let Err((key, why)) = super::security::check_etcd(e) {
+            return bad(key, why);
         }
         if e.lease_ttl.subsec_nanos() != 0 || e.lease_ttl < Duration::from_secs(2) {
             return bad(
@@ -137,6 +128,14 @@ impl Config {
                     self.grpc.advertise
                 ),
             );
+        }
+
+        if let Err((key, why)) = super::security::check_grpc(self) {
+            return bad(key, why);
+        }
+        positive("http.header_timeout", self.http.header_timeout)?;
+        if self.http.max_connections == 0 {
+            return bad("http.max_connections", "must be at least 1".into());
         }
 
         let lb = &self.lb;
@@ -200,6 +199,22 @@ impl Config {
         }
 
         positive("admin.switch_timeout", self.admin.switch_timeout)?;
+        if self.admin.history_keep == 0 {
+            return bad(
+                "admin.history_keep",
+                "must be at least 1 (the history is how a new leader learns the newest epoch)"
+                    .into(),
+            );
+        }
+        if self.grpc.call_timeout <= self.admin.switch_timeout {
+            return bad(
+                "grpc.call_timeout",
+                format!(
+                    "{:?} must exceed admin.switch_timeout ({:?}): a switch with --wait is one call",
+                    self.grpc.call_timeout, self.admin.switch_timeout
+                ),
+            );
+        }
 
         if let Err(why) = self.failover.failback() {
             return bad("failover.failback", why);
@@ -274,9 +289,10 @@ mod tests {
             Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "member_id"),
             other => panic!("{other:?}"),
         }
-        assert!(
-            parse_text("link = \"qkd_1-a\"\nmember_id = \"Alice.0_x-1\"\nrole = \"bob\"\n").is_ok()
-        );
+        assert!(parse_text(
+            "link = \"qkd_1-a\"\nmember_id = \"Alice.0_x-1\"\nrole = \"bob\"\n[grpc]\ninsecure = true\n"
+        )
+        .is_ok());
     }
 
     #[test]
@@ -285,9 +301,10 @@ mod tests {
         assert!(invalid("[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n")
             .1
             .contains("http://"));
-        assert!(invalid("[etcd]\nendpoints = [\"https://etcd:2379\"]\n")
-            .1
-            .contains("no TLS"));
+        assert_eq!(
+            invalid("[etcd]\nendpoints = [\"https://etcd:2379\"]\n").0,
+            "etcd.ca"
+        );
         assert!(invalid("[etcd]\nendpoints = [\"http://\"]\n")
             .1
             .contains("URL"));

@@ -57,7 +57,27 @@ pub(crate) fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
     }
 }
 
+/// The open connections, oldest first, so the oldest can be closed when a
+/// new one arrives at the cap.
+#[derive(Default)]
+struct Open {
+    next_id: u64,
+    conns: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
+}
+
+/// Largest request head read (hyper's minimum buffer): the check, health
+/// and metrics requests are a line and a few headers.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Serves HTTP/1.1 on `listener`. Every connection must send its request
+/// head within `http.header_timeout` (also the idle bound between requests
+/// on a kept-alive connection); at most `http.max_connections` are open:
+/// at the cap the oldest is closed, so a new connection (the LB's next
+/// check) is always answered and idle connections cannot lock it out.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    let cap = shared.config.http.max_connections.max(1);
+    let header_timeout = shared.config.http.header_timeout;
+    let open = Arc::new(std::sync::Mutex::new(Open::default()));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -69,17 +89,38 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        tokio::spawn(async move {
+        let Ok(mut guard) = open.lock() else {
+            continue;
+        };
+        while guard.conns.len() >= cap {
+            if let Some((_, oldest)) = guard.conns.pop_front() {
+                oldest.abort();
+                debug!("HTTP connection cap reached (http.max_connections); closed the oldest connection");
+            }
+        }
+        let id = guard.next_id;
+        guard.next_id += 1;
+        let registry = open.clone();
+        let task = tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let resp = answer(&shared, req.uri().path());
                 async move { Ok::<_, Infallible>(resp) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_HEAD);
+            if let Err(e) = builder
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await
             {
                 debug!(error = %e, "HTTP connection ended");
             }
+            if let Ok(mut open) = registry.lock() {
+                open.conns.retain(|(i, _)| *i != id);
+            }
         });
+        guard.conns.push_back((id, task.abort_handle()));
     }
 }

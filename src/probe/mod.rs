@@ -290,11 +290,20 @@ pub async fn check_once(
             .await
             .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
         let status = resp.status();
-        let body = resp
-            .into_body()
+        // Bounded: a status answer is a few hundred bytes.
+        let body = http_body_util::Limited::new(resp.into_body(), crate::limits::MAX_PROBE_BODY)
             .collect()
             .await
-            .map_err(|e| format!("reading the answer of {url}: {e}"))?
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    format!(
+                        "the answer of {url} exceeds {} bytes; not an ETSI 014 status",
+                        crate::limits::MAX_PROBE_BODY
+                    )
+                } else {
+                    format!("reading the answer of {url}: {e}")
+                }
+            })?
             .to_bytes();
         if status != hyper::StatusCode::OK {
             return Err(format!("GET {url}: HTTP {status}"));
@@ -429,6 +438,25 @@ mod tests {
         // The SAE rule still comes first.
         assert!(check_status(empty, "C", false).is_err());
         assert!(check_status(b"{", "B", false).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::limits::proptest_config())]
+        #[test]
+        fn status_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), empty in proptest::prelude::any::<bool>()) {
+            let _ = check_status(&body, "SAE_B", empty);
+        }
+
+        #[test]
+        fn json_like_status_bodies_never_panic(
+            master in "[ -~]{0,12}",
+            slave in "[ -~]{0,12}",
+            count in proptest::prelude::any::<i64>(),
+            junk in "[ -~]{0,20}",
+        ) {
+            let body = format!(r#"{{"master_SAE_ID":{master:?},"slave_SAE_ID":{slave:?},"stored_key_count":{count}{junk}}}"#);
+            let _ = check_status(body.as_bytes(), "SAE_B", true);
+        }
     }
 
     #[test]

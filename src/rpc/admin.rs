@@ -2,6 +2,7 @@
 //! here against the link's state, stored in etcd (so it survives a leader
 //! change) and carried out by the leader, which checks it again.
 
+use super::auth::{attribute, Caller};
 use super::{applied_to_proto, phase_to_proto, role_to_proto, setup_from_proto, setup_to_proto};
 use crate::proto::{self, admin_server::Admin, peer_client::PeerClient};
 use crate::sidecar::Shared;
@@ -40,13 +41,10 @@ pub(crate) async fn build_status(shared: &Shared, s: &Snapshot) -> proto::Status
     let asks = s.members.iter().map(|m| {
         let addr = m.record.grpc.clone();
         async move {
-            let endpoint = tonic::transport::Channel::from_shared(format!("http://{addr}")).ok()?;
+            // The member's cached channel: no new connection (or TLS
+            // handshake) per status.
+            let channel = shared.channels.get(&addr).ok()?;
             let fut = async {
-                let channel = endpoint
-                    .connect_timeout(Duration::from_millis(300))
-                    .connect()
-                    .await
-                    .ok()?;
                 PeerClient::new(channel)
                     .get_state(proto::GetStateRequest {})
                     .await
@@ -75,8 +73,10 @@ pub(crate) async fn build_status(shared: &Shared, s: &Snapshot) -> proto::Status
             lease_age_ms: 0,
             lease_fresh: false,
             behind: m.record.behind.map_or(String::new(), |b| b.to_string()),
+            insecure: false,
         }));
     }
+    let insecure = shared.config.grpc.insecure || members.iter().any(|m| m.insecure);
     proto::StatusReply {
         link: shared.config.link.clone(),
         leader: s
@@ -124,6 +124,7 @@ pub(crate) async fn build_status(shared: &Shared, s: &Snapshot) -> proto::Status
         settled: s.settled(),
         policy: s.policy.clone().unwrap_or_default(),
         state: s.link().to_string(),
+        insecure,
     }
 }
 
@@ -132,8 +133,11 @@ impl AdminService {
         &self,
         req: proto::SwitchRequest,
         kind: RequestKind,
+        caller: Caller,
     ) -> Result<Response<proto::SwitchReply>, Status> {
         let started = Instant::now();
+        crate::limits::check_admin_text(&req.reason, &req.requested_by)?;
+        let (requested_by, reason) = attribute(&caller, &req.requested_by, &req.reason);
         let to = setup_from_proto(req.to).ok_or_else(|| {
             Status::invalid_argument("unknown target setup: use \"hot\" or \"warm\"")
         })?;
@@ -160,12 +164,8 @@ impl AdminService {
             kind,
             to,
             force: req.force,
-            reason: req.reason.clone(),
-            requested_by: if req.requested_by.is_empty() {
-                "unknown".into()
-            } else {
-                req.requested_by.clone()
-            },
+            reason,
+            requested_by,
             at: crate::sidecar::leader::now_rfc3339(),
             // No leader carries it out after the caller has given up on it.
             deadline_ms: Some(crate::sidecar::leader::wall_ms() + timeout.as_millis() as u64),
@@ -334,9 +334,10 @@ impl Admin for AdminService {
         &self,
         r: tonic::Request<proto::SwitchRequest>,
     ) -> Result<Response<proto::SwitchReply>, Status> {
+        let caller = Caller::of(&r);
         let r = r.into_inner();
-        let span = info_span!("admin_switchover", link = %self.shared.config.link, to = r.to, by = %r.requested_by);
-        self.switch(r, RequestKind::Switchover)
+        let span = info_span!("admin_switchover", link = %self.shared.config.link, member = %self.shared.config.member_id, to = r.to, caller = %caller.name());
+        self.switch(r, RequestKind::Switchover, caller)
             .instrument(span)
             .await
     }
@@ -345,22 +346,28 @@ impl Admin for AdminService {
         &self,
         r: tonic::Request<proto::SwitchRequest>,
     ) -> Result<Response<proto::SwitchReply>, Status> {
+        let caller = Caller::of(&r);
         let r = r.into_inner();
-        let span = info_span!("admin_failover", link = %self.shared.config.link, to = r.to, force = r.force, by = %r.requested_by);
-        self.switch(r, RequestKind::Failover).instrument(span).await
+        let span = info_span!("admin_failover", link = %self.shared.config.link, member = %self.shared.config.member_id, to = r.to, force = r.force, caller = %caller.name());
+        self.switch(r, RequestKind::Failover, caller)
+            .instrument(span)
+            .await
     }
 
     async fn pause(
         &self,
         r: tonic::Request<proto::PauseRequest>,
     ) -> Result<Response<proto::PauseReply>, Status> {
+        let caller = Caller::of(&r);
         let r = r.into_inner();
+        crate::limits::check_admin_text(&r.reason, &r.requested_by)?;
         if r.reason.trim().is_empty() {
             return Err(Status::invalid_argument("a reason is required to pause"));
         }
+        let (requested_by, reason) = attribute(&caller, &r.requested_by, &r.reason);
         let pause = Pause {
-            reason: r.reason,
-            requested_by: r.requested_by,
+            reason,
+            requested_by,
             at: crate::sidecar::leader::now_rfc3339(),
         };
         self.shared
@@ -376,13 +383,16 @@ impl Admin for AdminService {
         &self,
         r: tonic::Request<proto::PauseRequest>,
     ) -> Result<Response<proto::PauseReply>, Status> {
+        let caller = Caller::of(&r);
         let r = r.into_inner();
+        crate::limits::check_admin_text(&r.reason, &r.requested_by)?;
+        let (requested_by, reason) = attribute(&caller, &r.requested_by, &r.reason);
         self.shared
             .store
             .set_paused(None)
             .await
             .map_err(store_status)?;
-        info!(link = %self.shared.config.link, reason = %r.reason, by = %r.requested_by, "resumed");
+        info!(link = %self.shared.config.link, %reason, by = %requested_by, "resumed");
         Ok(Response::new(proto::PauseReply { paused: false }))
     }
 

@@ -1,8 +1,16 @@
 //! gRPC: the `Peer` service between sidecars, the `Admin` service for the
 //! on-call CLI, and conversions between the protocol's types and protos.
+//!
+//! # Layout
+//! * `serve`: the server (TLS or plaintext, bounds, the services).
+//! * `auth`: who may call what (roles by certificate identity), checked
+//!   in front of every service.
+//! * `peer`, `admin`: the services.
 
 pub(crate) mod admin;
+pub(crate) mod auth;
 pub(crate) mod peer;
+pub(crate) mod serve;
 
 use crate::proto;
 use lockstep_core::{Applied, Phase, Role, Setup};
@@ -62,4 +70,35 @@ pub(crate) fn applied_from_proto(a: &proto::Applied) -> Option<Applied> {
         phase: phase_from_proto(a.phase)?,
         setup: setup_from_proto(a.setup)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::limits::proptest_config())]
+
+        /// Request fields are input: enums out of range, any text.
+        #[test]
+        fn request_validation_never_panics(
+            setup in any::<i32>(),
+            phase in any::<i32>(),
+            epoch in any::<u64>(),
+            reason in ".{0,1500}",
+            by in ".{0,300}",
+            path in "[ -~]{0,60}",
+        ) {
+            let _ = setup_from_proto(setup);
+            let _ = phase_from_proto(phase);
+            let _ = applied_from_proto(&proto::Applied { epoch, phase, setup });
+            let _ = crate::limits::check_admin_text(&reason, &by);
+            let _ = auth::required(&path);
+            let caller = auth::Caller::Identity(by.clone());
+            let (who, note) = auth::attribute(&caller, &by, &reason);
+            prop_assert_eq!(who, by);
+            prop_assert!(note.starts_with(&reason));
+        }
+    }
 }

@@ -152,7 +152,6 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
         },
     );
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(64);
-    let mut peers: HashMap<String, PeerClient<Channel>> = HashMap::new();
     let mut lease_rx = shared.lease.subscribe();
     // Wall-clock start of each switch, for its history record.
     let mut started_at: HashMap<u64, String> = HashMap::new();
@@ -214,6 +213,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                 }
                 LeaderAction::WriteHistory(mut record) => {
                     let store = shared.store.clone();
+                    let keep = shared.config.admin.history_keep;
                     if record.outcome == HistoryOutcome::Complete {
                         shared.metrics.switch_completed(&record);
                         info!(epoch = record.epoch, to = %record.to, drain_ms = record.drain_ms, total_ms = record.total_ms, fenced = ?record.fenced_members, "switch complete");
@@ -228,12 +228,13 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                             if let Err(e) = store.put_history(token, &record).await {
                                 warn!(error = %e, "cannot write history");
                             }
+                            crate::store::trim_history_logged(&store, token, keep).await;
                         }
                         .in_current_span(),
                     );
                 }
                 LeaderAction::Send { member, addr, push } => {
-                    let client = peer(&mut peers, &addr);
+                    let client = peer(&shared, &addr);
                     send(
                         client,
                         done_tx.clone(),
@@ -436,28 +437,16 @@ pub(crate) fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn peer(
-    peers: &mut HashMap<String, PeerClient<Channel>>,
-    addr: &str,
-) -> Option<PeerClient<Channel>> {
-    if let Some(c) = peers.get(addr) {
-        return Some(c.clone());
-    }
-    let endpoint = match Channel::from_shared(format!("http://{addr}")) {
-        Ok(e) => e,
+/// The client for the member at `addr`, over the sidecar's shared
+/// (mutual-TLS) channel to it.
+fn peer(shared: &Shared, addr: &str) -> Option<PeerClient<Channel>> {
+    match shared.channels.get(addr) {
+        Ok(channel) => Some(PeerClient::new(channel)),
         Err(e) => {
             warn!(%addr, error = %e, "bad peer address");
-            return None;
+            None
         }
-    };
-    let channel = endpoint
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect_lazy();
-    let client = PeerClient::new(channel);
-    peers.insert(addr.to_string(), client.clone());
-    Some(client)
+    }
 }
 
 pub(crate) fn now_rfc3339() -> String {

@@ -78,6 +78,9 @@ pub(crate) struct Shared {
     /// Bumped when an LB apply starts and when it ends; see
     /// `member::Input::Observed`.
     pub(crate) lb_apply_gen: Arc<std::sync::atomic::AtomicU64>,
+    /// gRPC channels to peers (pushes, status), one per address, over
+    /// mutual TLS unless `grpc.insecure`.
+    pub(crate) channels: crate::tls::client::Channels,
 }
 
 impl Shared {
@@ -115,6 +118,7 @@ impl Shared {
             lease_age_ms,
             lease_fresh: !view.fenced && view.lease_fresh_until.is_some_and(|u| now < u),
             behind: view.behind.map_or(String::new(), |b| b.to_string()),
+            insecure: self.config.grpc.insecure,
         }
     }
 
@@ -159,15 +163,10 @@ pub(crate) async fn run_with<L: LoadBalancer>(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     preflight(&config, lb.as_ref()).await?;
-    let store = Store::connect(
-        &config.etcd.endpoints,
-        &config.etcd.prefix,
-        &config.link,
-        config.etcd.dial_timeout,
-        config.etcd.request_timeout,
-    )
-    .await
-    .context("cannot start without etcd")?;
+    let store = Store::connect_with(&config.etcd, &config.link)
+        .await
+        .context("cannot start without etcd")?;
+    let tls = crate::rpc::serve::Tls::from_config(&config)?;
     let clock = Clock::new();
     let member_cfg_view = lockstep_core::member::Member::new(
         lockstep_core::member::MemberConfig {
@@ -204,6 +203,7 @@ pub(crate) async fn run_with<L: LoadBalancer>(
         stopping: watch::Sender::new(false),
         fatal: watch::Sender::new(None),
         lb_apply_gen: Arc::default(),
+        channels: tls.channels(),
     });
     info!(
         link = %shared.config.link,
@@ -227,41 +227,16 @@ pub(crate) async fn run_with<L: LoadBalancer>(
     tokio::spawn(crate::probe::run(shared.clone()));
     let campaign = tokio::spawn(leader::campaign_loop(shared.clone()));
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    // NOT_SERVING until `drive_grpc_health` finds the member ready.
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    tokio::spawn(
-        health::drive_grpc_health(shared.clone(), health_reporter, Duration::from_secs(1))
-            .instrument(info_span!("grpc_health", link = %shared.config.link, member = %shared.config.member_id)),
-    );
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building gRPC reflection")?;
-    let peer = crate::rpc::peer::PeerService {
-        shared: shared.clone(),
-        input: input.clone(),
-    };
-    let admin = crate::rpc::admin::AdminService {
-        shared: shared.clone(),
-    };
     let (grpc_stop_tx, grpc_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(proto::peer_server::PeerServer::new(peer))
-            .add_service(proto::admin_server::AdminServer::new(admin))
-            .add_service(health_service)
-            .add_service(reflection)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                async {
-                    let _ = grpc_stop_rx.await;
-                },
-            ),
-    );
+    let grpc = tokio::spawn(crate::rpc::serve::serve(
+        shared.clone(),
+        input.clone(),
+        tls,
+        grpc_listener,
+        async {
+            let _ = grpc_stop_rx.await;
+        },
+    ));
 
     let mut fatal = shared.fatal.subscribe();
     let failure = tokio::select! {
@@ -291,7 +266,11 @@ pub(crate) async fn run_with<L: LoadBalancer>(
         warn!("LB not confirmed blocked within {bound:?}; its health checks block it once we are gone");
     }
     let _ = grpc_stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(1), grpc).await;
+    match tokio::time::timeout(Duration::from_secs(1), grpc).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
+        _ => {}
+    }
     match failure {
         None => Ok(()),
         Some(why) => Err(anyhow::anyhow!(why)),

@@ -13,6 +13,8 @@
 //! One unreadable member or history record is skipped with a WARN: it is
 //! never a reason to step down or to fail `status`.
 
+pub(crate) mod access;
+
 use backon::{ExponentialBuilder, Retryable};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
@@ -51,6 +53,12 @@ pub enum StoreError {
     WatchCanceled(String),
     #[error("bad value under {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// etcd refused our TLS or credentials; says which setting to fix.
+    #[error("{0}")]
+    Refused(String),
+    /// The `[etcd]` TLS or credential settings cannot be used.
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// Why a member id could not be registered.
@@ -270,21 +278,56 @@ impl Store {
         dial_timeout: Duration,
         timeout: Duration,
     ) -> Result<Store, StoreError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(dial_timeout)
-            .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let config = crate::config::EtcdConfig {
+            endpoints: endpoints.to_vec(),
+            prefix: prefix.to_string(),
+            dial_timeout,
+            request_timeout: timeout,
+            ..crate::config::EtcdConfig::default()
+        };
+        Store::connect_with(&config, link).await
+    }
+
+    /// Connects as `[etcd]` says: endpoints, timeouts, TLS and credentials.
+    /// A refusal (wrong password, no permission on the link's keys, a
+    /// certificate etcd does not trust) is [`StoreError::Refused`], naming
+    /// the setting to fix.
+    pub async fn connect_with(
+        config: &crate::config::EtcdConfig,
+        link: &str,
+    ) -> Result<Store, StoreError> {
+        let (endpoints, dial_timeout, timeout) = (
+            &config.endpoints,
+            config.dial_timeout,
+            config.request_timeout,
+        );
+        let base = format!("{}/{}/", config.prefix.trim_end_matches('/'), link);
+        let access = access::Access {
+            user: config.user.clone(),
+            prefix: base.clone(),
+        };
+        let options = access::connect_options(
+            config,
+            ConnectOptions::new()
+                .with_connect_timeout(dial_timeout)
+                .with_timeout(timeout)
+                .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2)),
+        )
+        .map_err(StoreError::Settings)?;
         let connect = Client::connect(endpoints, Some(options));
         let client = tokio::time::timeout(dial_timeout + timeout, connect)
             .await
             .map_err(|_| StoreError::Timeout(dial_timeout + timeout))?
-            .map_err(|source| StoreError::Unreachable {
-                endpoints: endpoints.join(","),
-                source,
+            .map_err(|source| match access::explain(&source, &access) {
+                Some(why) => StoreError::Refused(why),
+                None => StoreError::Unreachable {
+                    endpoints: endpoints.join(","),
+                    source,
+                },
             })?;
         let store = Store {
             client,
-            base: format!("{}/{}/", prefix.trim_end_matches('/'), link),
+            base,
             timeout,
             failures: Arc::default(),
         };
@@ -293,9 +336,12 @@ impl Store {
             .get_raw(&store.key("route"))
             .await
             .map_err(|e| match e {
-                StoreError::Etcd(source) => StoreError::Unreachable {
-                    endpoints: endpoints.join(","),
-                    source,
+                StoreError::Etcd(source) => match access::explain(&source, &access) {
+                    Some(why) => StoreError::Refused(why),
+                    None => StoreError::Unreachable {
+                        endpoints: endpoints.join(","),
+                        source,
+                    },
                 },
                 other => other,
             })?;
@@ -818,6 +864,48 @@ impl Store {
         self.guarded(token, vec![], vec![op]).await
     }
 
+    /// Leader write: deletes the oldest history records beyond the newest
+    /// `keep` (one guarded delete of a key range). Returns how many went.
+    pub(crate) async fn trim_history(&self, token: Token, keep: u32) -> Result<u64, StoreError> {
+        let prefix = self.key("history/");
+        let p = prefix.as_str();
+        let count = self
+            .bounded_idempotent(|mut c| async move {
+                c.get(p, Some(GetOptions::new().with_prefix().with_count_only()))
+                    .await
+            })
+            .await?
+            .count()
+            .max(0) as u64;
+        let excess = count.saturating_sub(u64::from(keep));
+        if excess == 0 {
+            return Ok(0);
+        }
+        // The key of the newest record to delete: the `excess`-th oldest.
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_sort(etcd_client::SortTarget::Key, etcd_client::SortOrder::Ascend)
+            .with_limit(excess as i64);
+        let resp = self
+            .bounded_idempotent(|mut c| {
+                let options = options.clone();
+                async move { c.get(p, Some(options)).await }
+            })
+            .await?;
+        let Some(last) = resp.kvs().last() else {
+            return Ok(0);
+        };
+        let mut end = last.key().to_vec();
+        end.push(0);
+        let op = TxnOp::delete(
+            prefix.as_bytes().to_vec(),
+            Some(etcd_client::DeleteOptions::new().with_range(end)),
+        );
+        let done = self.guarded(token, vec![], vec![op]).await?;
+        Ok(if done { excess } else { 0 })
+    }
+
     // ---- admin ----
 
     /// Stores a manual request unless one is already pending; returns the
@@ -929,6 +1017,16 @@ impl Store {
     }
 }
 
+/// [`Store::trim_history`] for the leader driver: failures are only logged
+/// (the next switch trims again).
+pub(crate) async fn trim_history_logged(store: &Store, token: Token, keep: u32) {
+    match store.trim_history(token, keep).await {
+        Ok(0) => {}
+        Ok(n) => debug!(deleted = n, keep, "old history records deleted"),
+        Err(e) => tracing::warn!(error = %e, "cannot trim the history"),
+    }
+}
+
 /// Decodes one watch event under the link's prefix `base`.
 fn decode(base: &str, event: &etcd_client::Event) -> Result<Change, StoreError> {
     let Some(kv) = event.kv() else {
@@ -1009,4 +1107,49 @@ fn from_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreErr
         key: key.to_string(),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_all(bytes: &[u8]) {
+        let _ = from_json::<MemberRecord>("k", bytes);
+        let _ = from_json::<Route>("k", bytes);
+        let _ = from_json::<HistoryRecord>("k", bytes);
+        let _ = from_json::<Request>("k", bytes);
+        let _ = from_json::<RequestOutcome>("k", bytes);
+        let _ = from_json::<Pause>("k", bytes);
+    }
+
+    proptest! {
+        #![proptest_config(crate::limits::proptest_config())]
+
+        /// etcd values are input: anyone with write access to the prefix
+        /// (or a restored old snapshot) may have put anything there.
+        #[test]
+        fn record_values_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            decode_all(&bytes);
+        }
+
+        /// JSON objects with the records' field names and arbitrary values.
+        #[test]
+        fn json_shaped_values_never_panic(
+            keys in proptest::collection::vec(prop_oneof![
+                Just("epoch"), Just("phase"), Just("setup"), Just("token"), Just("reason"),
+                Just("requested_by"), Just("at"), Just("role"), Just("grpc"), Just("applied"),
+                Just("lb"), Just("health"), Just("id"), Just("kind"), Just("to"), Just("force"),
+                Just("outcome"), Just("from"), Just("status"), Just("message"),
+            ], 0..12),
+            values in proptest::collection::vec(prop_oneof![
+                Just("null".to_string()), Just("\"serve\"".to_string()), Just("\"hot\"".to_string()),
+                any::<i64>().prop_map(|n| n.to_string()), any::<u64>().prop_map(|n| n.to_string()),
+                "\"[ -~]{0,10}\"", Just("{}".to_string()), Just("[]".to_string()), Just("1e400".to_string()),
+            ], 12),
+        ) {
+            let body: Vec<String> = keys.iter().zip(&values).map(|(k, v)| format!("{k:?}:{v}")).collect();
+            decode_all(format!("{{{}}}", body.join(",")).as_bytes());
+        }
+    }
 }

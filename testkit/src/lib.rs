@@ -9,6 +9,7 @@
 //!   whole link.
 //! * [`netns`]: lab members in network namespaces, and the network faults
 //!   between them (root only).
+//! * [`pki`]: the lab's CA and certificates (mutual TLS everywhere).
 //! * [`http`]: an HTTP/1.1 client on one connection, for the key pairs and
 //!   the mock KMEs' control API.
 //! * [`metrics`]: a sidecar's `/metrics`, parsed.
@@ -22,6 +23,7 @@ pub mod http;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
+pub mod pki;
 pub mod traffic;
 pub mod transit;
 

@@ -1,18 +1,32 @@
 //! The CLI's handling of bad input, with no link running.
 
 use lockstep_testkit::lab::process::{run_to_end, workspace_program};
+use lockstep_testkit::pki::{member_uri, Pki};
 use std::process::Command;
 
 fn lockstep() -> Command {
     Command::new(workspace_program("lockstep").expect("lockstep built"))
 }
 
-fn example() -> String {
-    std::fs::read_to_string(concat!(
+/// The example config with its gRPC certificate paths (which exist only in
+/// a pod) pointing at certificates made here; keep the directory while
+/// using it.
+fn example() -> (String, tempfile::TempDir) {
+    let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/local/lockstep.example.toml"
     ))
-    .expect("example config")
+    .expect("example config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::create(dir.path(), "cli test CA").expect("pki");
+    let files = pki
+        .issue("alice-0", &member_uri("qkd-1", "alice-0"), &[])
+        .expect("issue");
+    let text = text
+        .replace("/etc/lockstep/grpc/ca.crt", &files.ca.to_string_lossy())
+        .replace("/etc/lockstep/grpc/tls.crt", &files.cert.to_string_lossy())
+        .replace("/etc/lockstep/grpc/tls.key", &files.key.to_string_lossy());
+    (text, dir)
 }
 
 fn run_config(text: &str, verb: &str) -> (i32, String) {
@@ -25,7 +39,8 @@ fn run_config(text: &str, verb: &str) -> (i32, String) {
 
 #[test]
 fn the_example_config_is_valid_and_check_config_prints_the_bounds() {
-    let (code, text) = run_config(&example(), "check-config");
+    let (example, _tls) = example();
+    let (code, text) = run_config(&example, "check-config");
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains(
@@ -80,7 +95,11 @@ fn bad_configs_are_refused_with_the_reason() {
             "etcd.lease_ttl`: 2.5s must be whole seconds",
         ),
         (
-            format!("{BASE}[etcd]\nlease_ttl = \"3s\"\n"),
+            BASE.to_string(),
+            "`grpc.tls.ca`: is unset: gRPC needs mutual TLS",
+        ),
+        (
+            format!("{BASE}[grpc]\ninsecure = true\n[etcd]\nlease_ttl = \"3s\"\n"),
             "timing rule broken: etcd.lease_ttl (3s) must exceed etcd.keepalive_interval (1s) + D (2.6s",
         ),
         (
@@ -104,7 +123,8 @@ fn bad_configs_are_refused_with_the_reason() {
 fn environment_overrides_are_applied_and_validated() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, example()).expect("write");
+    let (example, _tls) = example();
+    std::fs::write(&path, example).expect("write");
     let out = run_to_end(
         lockstep()
             .args(["check-config", "--json", "--config"])
@@ -149,7 +169,8 @@ fn environment_overrides_are_applied_and_validated() {
 fn the_cli_s_own_variables_are_not_config_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, example()).expect("write");
+    let (example, _tls) = example();
+    std::fs::write(&path, example).expect("write");
     let out = run_to_end(
         lockstep()
             .args(["check-config", "--config"])
@@ -232,4 +253,55 @@ fn an_unreachable_endpoint_says_what_to_do() {
     .expect("run");
     assert_eq!(out.code, Some(3));
     assert!(out.stderr.contains(&format!("127.0.0.1:{port}")));
+}
+
+#[test]
+fn missing_half_or_expired_client_certificates_are_named_before_any_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::create(dir.path(), "cli test CA").expect("pki");
+    let good = pki
+        .issue("op", lockstep_testkit::pki::OPERATOR, &[])
+        .expect("issue");
+    let expired = pki
+        .issue_valid("old", lockstep_testkit::pki::OPERATOR, &[], (-30, -1))
+        .expect("issue");
+    // The endpoint does not exist: each error must come before any call.
+    let run = |ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path| {
+        run_to_end(
+            lockstep()
+                .args(["--endpoint", "127.0.0.1:1", "status", "--ca"])
+                .arg(ca)
+                .arg("--cert")
+                .arg(cert)
+                .arg("--key")
+                .arg(key),
+        )
+        .expect("run")
+    };
+    let missing = dir.path().join("nope.pem");
+    let out = run(&good.ca, &missing, &good.key);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--cert (LOCKSTEP_CERT)") && out.stderr.contains("nope.pem"),
+        "{}",
+        out.stderr
+    );
+    let out = run(&good.ca, &expired.cert, &expired.key);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("expired at"), "{}", out.stderr);
+    let out = run(&good.ca, &good.cert, &expired.key);
+    assert!(out.stderr.contains("does not fit"), "{}", out.stderr);
+    let out = run_to_end(
+        lockstep()
+            .args(["--endpoint", "127.0.0.1:1", "status", "--cert"])
+            .arg(&good.cert),
+    )
+    .expect("run");
+    assert_eq!(out.code, Some(2));
+    assert!(
+        out.stderr
+            .contains("--ca (LOCKSTEP_CA) and --key (LOCKSTEP_KEY) missing"),
+        "{}",
+        out.stderr
+    );
 }

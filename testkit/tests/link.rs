@@ -388,8 +388,13 @@ fn the_cli_drives_a_live_link() {
         let endpoint = lab.sidecars[1].endpoint();
         let cli = |args: &[&str]| {
             let mut cmd = Command::new(workspace_program("lockstep").expect("lockstep built"));
-            let out =
-                run_to_end(cmd.arg("--endpoint").arg(&endpoint).args(args)).expect("run lockstep");
+            let out = run_to_end(
+                cmd.envs(lab.cli_env(1))
+                    .arg("--endpoint")
+                    .arg(&endpoint)
+                    .args(args),
+            )
+            .expect("run lockstep");
             (out.code.unwrap_or(-1), out.text())
         };
         let (code, out) = cli(&["status"]);

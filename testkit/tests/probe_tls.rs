@@ -256,7 +256,7 @@ fn https_config_is_validated_and_builds_a_client() {
         std::fs::write(
             &path,
             format!(
-                "link = \"l\"\nmember_id = \"m\"\nrole = \"alice\"\n[probe]\nhot = \"https://127.0.0.1:1\"\nsae_id = \"{SAE}\"\n{probe}"
+                "link = \"l\"\nmember_id = \"m\"\nrole = \"alice\"\n[grpc]\ninsecure = true\n[probe]\nhot = \"https://127.0.0.1:1\"\nsae_id = \"{SAE}\"\n{probe}"
             ),
         )
         .expect("writing the config");

@@ -482,4 +482,34 @@ pub(super) mod tests {
             Err(LbError::Rejected { .. })
         ));
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::limits::proptest_config())]
+
+        /// HAProxy's answers come from a socket: whatever the bytes, the
+        /// parsers answer with a value or a typed error, never a panic.
+        #[test]
+        fn runtime_answers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048), n in 0usize..5) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = split_answers(&text, n);
+            let _ = parse_servers_state("show servers state kme", &text);
+            let _ = parse_show_info("show info", &text);
+        }
+
+        /// Lines shaped like `show servers state` with arbitrary fields.
+        #[test]
+        fn servers_state_like_lines_never_panic(
+            fields in proptest::collection::vec("[-0-9a-z.:]{0,8}", 0..30),
+            rows in 0usize..4,
+        ) {
+            let row = fields.join(" ");
+            let mut text = String::from("1\n");
+            text.push_str(HEADER);
+            for _ in 0..rows {
+                text.push('\n');
+                text.push_str(&row);
+            }
+            let _ = parse_servers_state("show servers state kme", &text);
+        }
+    }
 }

@@ -191,9 +191,14 @@ async fn run(once: bool) -> Result<()> {
         println!("lab ran once; stopping everything.");
         return Ok(());
     }
+    let exports: String = lab
+        .cli_env(0)
+        .iter()
+        .map(|(k, v)| format!("  export {k}={v}\n"))
+        .collect();
     println!(
-        "\nThe lab keeps running. In another terminal:\n  export LOCKSTEP_ENDPOINT=http://{}\n  target/debug/lockstep status\n  target/debug/lockstep switchover --to warm --reason \"trying it\" --wait\n  target/debug/lockstep history\nPress Ctrl-C to stop the lab.",
-        lab.sidecars[0].spec.grpc
+        "\nThe lab keeps running, with mutual TLS (its CA and certificates are in {}). In another terminal, as the lab's operator:\n{exports}  target/debug/lockstep status\n  target/debug/lockstep switchover --to warm --reason \"trying it\" --wait\n  target/debug/lockstep history\nPress Ctrl-C to stop the lab.",
+        lab.pki.dir.display()
     );
     tokio::signal::ctrl_c()
         .await

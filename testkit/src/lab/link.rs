@@ -5,16 +5,19 @@
 use super::etcd::EtcdCluster;
 use super::haproxy::{HaproxyInputs, HaproxyProcess};
 use super::kme::LinkKmes;
-use super::sidecar::{SidecarProcess, SidecarSpec, Timing};
+use super::sidecar::{SidecarProcess, SidecarSpec, SidecarTls, Timing};
 use crate::netns::LabNet;
+use crate::pki::{member_uri, roles_toml, Pki};
 use crate::traffic::{Traffic, TrafficConfig};
 use anyhow::{bail, Context, Result};
 use lockstep::lb::LoadBalancer;
 use lockstep::proto::peer_client::PeerClient;
 use lockstep::proto::{self, admin_client::AdminClient};
 use lockstep::store::Store;
+use lockstep::tls::TlsFiles;
 use lockstep_core::{LbTarget, Setup};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -36,6 +39,11 @@ pub struct LabOptions {
     /// (see [`LabNet`]), so network faults can be injected; etcd, the KMEs
     /// and the key-pair traffic stay in the root namespace.
     pub netns: bool,
+    /// Plaintext gRPC (`grpc.insecure = true`); off: mutual TLS with the
+    /// lab's own CA, as in production.
+    pub insecure_grpc: bool,
+    /// How often sidecars re-read their certificate files.
+    pub tls_reload: Duration,
 }
 
 impl Default for LabOptions {
@@ -48,6 +56,8 @@ impl Default for LabOptions {
             sidecar_env: Vec::new(),
             member_env: BTreeMap::new(),
             netns: false,
+            insecure_grpc: false,
+            tls_reload: Duration::from_millis(500),
         }
     }
 }
@@ -65,6 +75,14 @@ pub struct Lab {
     /// One per member, in the same order as `sidecars`.
     pub lbs: Vec<HaproxyProcess>,
     pub sidecars: Vec<SidecarProcess>,
+    /// The lab's CA and certificates (`<dir>/tls`).
+    pub pki: Pki,
+    /// An operator's certificate (switchover, failover, pause, resume).
+    pub operator: TlsFiles,
+    /// A viewer's certificate (status, history).
+    pub viewer: TlsFiles,
+    /// A peer certificate of this link that no sidecar uses (test pushes).
+    pub tester: TlsFiles,
     /// The members' namespaces with `LabOptions::netns`; last, so it is
     /// removed after every process in it was killed.
     pub net: Option<LabNet>,
@@ -96,6 +114,11 @@ impl Lab {
             ),
         };
         etcd.wait_healthy(Duration::from_secs(20)).await?;
+        let pki = Pki::create(&dir.join("tls"), &format!("{link} lab CA"))?;
+        let localhost = IpAddr::from([127, 0, 0, 1]);
+        let operator = pki.issue("operator", crate::pki::OPERATOR, &[])?;
+        let viewer = pki.issue("viewer", crate::pki::VIEWER, &[])?;
+        let tester = pki.issue("tester", &member_uri(&link, "tester"), &[])?;
         let mut lbs = Vec::new();
         let mut sidecars = Vec::new();
         for i in 0..options.members_per_role * 2 {
@@ -122,6 +145,15 @@ impl Lab {
                 inputs.frontend_ip = m.ip.into();
                 inputs.netns = Some(m.netns_path());
             }
+            if !options.insecure_grpc {
+                let files =
+                    pki.issue(&id, &member_uri(&link, &id), &[localhost, spec.grpc.ip()])?;
+                spec.tls = Some(SidecarTls {
+                    files,
+                    roles_toml: roles_toml(&link),
+                    reload_interval: options.tls_reload,
+                });
+            }
             let lb = HaproxyProcess::spawn(inputs, &dir)?;
             spec.haproxy_socket = lb.stats_socket.clone();
             if options.probes {
@@ -141,6 +173,10 @@ impl Lab {
             kmes,
             lbs,
             sidecars,
+            pki,
+            operator,
+            viewer,
+            tester,
             net,
         };
         lab.wait_serving(Setup::Hot, Duration::from_secs(30))
@@ -165,20 +201,46 @@ impl Lab {
         self.sidecars.iter().position(|s| pred(&s.spec.member_id))
     }
 
-    pub async fn admin(&self, i: usize) -> Result<AdminClient<Channel>> {
-        let endpoint = self.sidecars[i].endpoint();
-        let channel = Channel::from_shared(endpoint.clone())?
-            .connect_timeout(Duration::from_secs(2))
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {endpoint}"))?;
-        Ok(AdminClient::new(channel))
+    /// `files`, unless the lab runs plaintext gRPC.
+    pub fn tls<'a>(&self, files: &'a TlsFiles) -> Option<&'a TlsFiles> {
+        (!self.options.insecure_grpc).then_some(files)
     }
 
+    /// Member `i`'s Admin service, as the lab's operator.
+    pub async fn admin(&self, i: usize) -> Result<AdminClient<Channel>> {
+        self.sidecars[i].admin_as(self.tls(&self.operator)).await
+    }
+
+    /// Member `i`'s Peer service, as a peer of this link.
     pub async fn peer(&self, i: usize) -> Result<PeerClient<Channel>> {
+        self.peer_as(i, self.tls(&self.tester)).await
+    }
+
+    /// Member `i`'s Peer service as the holder of `files`.
+    pub async fn peer_as(&self, i: usize, files: Option<&TlsFiles>) -> Result<PeerClient<Channel>> {
         let endpoint = self.sidecars[i].endpoint();
-        let channel = Channel::from_shared(endpoint.clone())?.connect().await?;
+        let channel = lockstep::tls::client::connect(&endpoint, files, Duration::from_secs(2))
+            .await
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("connecting to {endpoint}"))?;
         Ok(PeerClient::new(channel))
+    }
+
+    /// The environment that lets `lockstep` (the CLI) reach member `i` as
+    /// the lab's operator: `LOCKSTEP_ENDPOINT`, `LOCKSTEP_CA`,
+    /// `LOCKSTEP_CERT`, `LOCKSTEP_KEY`.
+    pub fn cli_env(&self, i: usize) -> Vec<(String, String)> {
+        let mut env = vec![("LOCKSTEP_ENDPOINT".to_string(), self.sidecars[i].endpoint())];
+        if let Some(f) = self.tls(&self.operator) {
+            for (k, v) in [
+                ("LOCKSTEP_CA", &f.ca),
+                ("LOCKSTEP_CERT", &f.cert),
+                ("LOCKSTEP_KEY", &f.key),
+            ] {
+                env.push((k.to_string(), v.to_string_lossy().into_owned()));
+            }
+        }
+        env
     }
 
     pub async fn store(&self) -> Result<Store> {

@@ -94,6 +94,19 @@ pub struct SidecarSpec {
     pub env: Vec<(String, String)>,
     /// Network namespace to run in (`/run/netns/<name>`), if any.
     pub netns: Option<PathBuf>,
+    /// gRPC mutual TLS; `None`: `grpc.insecure = true`.
+    pub tls: Option<SidecarTls>,
+    /// Extra lines for the `[etcd]` table (TLS, credentials).
+    pub etcd_extra: String,
+}
+
+/// A sidecar's gRPC TLS settings.
+#[derive(Clone, Debug)]
+pub struct SidecarTls {
+    pub files: lockstep::tls::TlsFiles,
+    /// The `[grpc.roles]` table.
+    pub roles_toml: String,
+    pub reload_interval: Duration,
 }
 
 fn ms(d: Duration) -> String {
@@ -124,6 +137,8 @@ impl SidecarSpec {
             timing: Timing::default(),
             env: Vec::new(),
             netns: None,
+            tls: None,
+            etcd_extra: String::new(),
         })
     }
 
@@ -149,6 +164,17 @@ impl SidecarSpec {
         if let Some(w) = &self.probe_warm {
             probe.push_str(&format!("warm = {w:?}\n"));
         }
+        let grpc_security = match &self.tls {
+            None => "insecure = true\n".to_string(),
+            Some(t) => format!(
+                "\n[grpc.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\nreload_interval = \"{}\"\n\n{}",
+                t.files.ca,
+                t.files.cert,
+                t.files.key,
+                ms(t.reload_interval),
+                t.roles_toml
+            ),
+        };
         format!(
             r#"# Written by the lockstep lab.
 link = {link:?}
@@ -162,10 +188,10 @@ prefix = {prefix:?}
 lease_ttl = "{ttl}s"
 keepalive_interval = "{ka}"
 margin = "{margin}"
-
+{etcd_extra}
 [grpc]
 listen = "{grpc}"
-
+{grpc_security}
 [http]
 listen = "{http}"
 
@@ -202,6 +228,7 @@ grace = "{ho_grace}"
             ka = ms(t.keepalive_interval),
             margin = ms(t.margin),
             grpc = self.grpc,
+            etcd_extra = self.etcd_extra,
             http = self.http,
             socket = self.haproxy_socket.to_string_lossy(),
             backend = self.backend,
@@ -254,8 +281,23 @@ impl SidecarProcess {
         Ok(())
     }
 
+    /// Its gRPC `host:port` (TLS unless the spec has none).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.spec.grpc)
+        self.spec.grpc.to_string()
+    }
+
+    /// The Admin client of this sidecar as the holder of `files` (`None`:
+    /// plaintext, which only an insecure sidecar accepts).
+    pub async fn admin_as(
+        &self,
+        files: Option<&lockstep::tls::TlsFiles>,
+    ) -> Result<lockstep::proto::admin_client::AdminClient<tonic::transport::Channel>> {
+        let channel =
+            lockstep::tls::client::connect(&self.endpoint(), files, Duration::from_secs(2))
+                .await
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("connecting to {}", self.endpoint()))?;
+        Ok(lockstep::proto::admin_client::AdminClient::new(channel))
     }
 
     /// `GET path` on the sidecar's HTTP listener (`/healthz`, `/readyz`,

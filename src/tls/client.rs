@@ -1,0 +1,196 @@
+//! The client side of gRPC: a tonic connector that dials TCP (no Nagle)
+//! and does the TLS handshake with our rustls settings, and the cache of
+//! channels to peers that the leader's pushes and the status fan-out share
+//! (one HTTP/2 connection per peer, reused, not a handshake per call).
+
+use super::{client_config, explain, Reloading, ServerCheck, TlsFiles};
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// Why a connection could not be set up, in words (host, step, cause).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectError(pub String);
+
+/// Dials `host:port` from the URI and runs the TLS handshake.
+#[derive(Clone)]
+pub struct Connector {
+    tls: tokio_rustls::TlsConnector,
+    connect_timeout: Duration,
+}
+
+impl Connector {
+    pub fn new(config: rustls::ClientConfig, connect_timeout: Duration) -> Connector {
+        Connector {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connect_timeout,
+        }
+    }
+
+    /// A connector presenting `material`'s certificate, checking servers
+    /// per `check`.
+    pub fn from_material(
+        material: &Arc<Reloading>,
+        check: ServerCheck,
+        connect_timeout: Duration,
+    ) -> Result<Connector, String> {
+        Ok(Connector::new(
+            client_config(material, check)?,
+            connect_timeout,
+        ))
+    }
+
+    async fn connect(
+        self,
+        uri: hyper::Uri,
+    ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
+        let host = uri
+            .host()
+            .ok_or_else(|| ConnectError(format!("{uri}: no host")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| {
+            ConnectError(format!(
+                "{host}:{port}: no TCP connection within {:?}",
+                self.connect_timeout
+            ))
+        })?
+        .map_err(|e| ConnectError(format!("{host}:{port}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| ConnectError(format!("{host}: not a host name for TLS: {e}")))?;
+        let tls = tokio::time::timeout(self.connect_timeout, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| {
+                ConnectError(format!(
+                    "{host}:{port}: TLS handshake not done within {:?}",
+                    self.connect_timeout
+                ))
+            })?
+            .map_err(|e| {
+                let why = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .map_or_else(|| e.to_string(), explain);
+                ConnectError(format!("TLS handshake with {host}:{port} failed: {why}"))
+            })?;
+        Ok(TokioIo::new(tls))
+    }
+}
+
+impl tower_service::Service<hyper::Uri> for Connector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        Box::pin(self.clone().connect(uri))
+    }
+}
+
+/// The endpoint for `host:port` (the scheme says nothing: TLS, if any, is
+/// the connector's).
+pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
+    let addr = addr
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad address {addr:?}: {e}"))
+}
+
+/// Channels to peers, one per address, reused by every caller. Bounded:
+/// past `MAX_CACHED` addresses (members come and go) it starts afresh.
+pub(crate) struct Channels {
+    /// `None`: plaintext (`grpc.insecure = true`).
+    tls: Option<Connector>,
+    cache: Mutex<HashMap<String, Channel>>,
+}
+
+const MAX_CACHED: usize = 256;
+
+impl Channels {
+    pub(crate) fn new(tls: Option<Connector>) -> Channels {
+        Channels {
+            tls,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The channel to `addr` (`host:port`), connecting lazily on first use
+    /// and again after the connection broke.
+    pub(crate) fn get(&self, addr: &str) -> Result<Channel, String> {
+        let mut cache = match self.cache.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(c) = cache.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = endpoint(addr)?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let channel = match &self.tls {
+            Some(connector) => endpoint.connect_with_connector_lazy(connector.clone()),
+            None => endpoint.connect_lazy(),
+        };
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// A channel to one sidecar for the CLI and test tools: TLS with `files`
+/// (the server's certificate must name the host dialed), or plaintext.
+/// Connects now, so a bad certificate shows here, in words.
+pub async fn connect(
+    addr: &str,
+    files: Option<&TlsFiles>,
+    connect_timeout: Duration,
+) -> Result<Channel, String> {
+    let endpoint = endpoint(addr)?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        // A long call (`--wait`) notices a sidecar that died mid-call.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let result = match files {
+        Some(files) => {
+            let material = Reloading::load(files.clone()).map_err(|e| e.to_string())?;
+            let connector =
+                Connector::from_material(&material, ServerCheck::Name, connect_timeout)?;
+            endpoint.connect_with_connector(connector).await
+        }
+        None => endpoint.connect().await,
+    };
+    result.map_err(|e| {
+        let mut out = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        out
+    })
+}

@@ -1,0 +1,640 @@
+//! Trust on the real stack (issue 10): mutual TLS and per-call roles on
+//! gRPC, certificate rotation without a restart, bounded Admin input, the
+//! HTTP check endpoint under idle connections, and etcd over TLS with
+//! RBAC.
+
+use lockstep::lb::LoadBalancer;
+use lockstep::proto::{self, Setup as PSetup};
+use lockstep::protocol::{LbTarget, Setup};
+use lockstep::tls::TlsFiles;
+use lockstep_testkit::lab::{Lab, LabOptions};
+use lockstep_testkit::pki::{member_uri, OPERATOR, VIEWER};
+use lockstep_testkit::rt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+fn switch(to: Setup, reason: &str, by: &str) -> proto::SwitchRequest {
+    proto::SwitchRequest {
+        to: match to {
+            Setup::Hot => PSetup::Hot as i32,
+            Setup::Warm => PSetup::Warm as i32,
+        },
+        reason: reason.into(),
+        requested_by: by.into(),
+        force: false,
+        wait: true,
+        timeout_ms: 20_000,
+        grace_ms: 0,
+    }
+}
+
+/// A TLS client config that trusts the lab's CA and presents no
+/// certificate.
+fn anonymous(lab: &Lab) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(lab.pki.ca()).expect("CA");
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+#[test]
+fn grpc_needs_a_certificate_and_the_role_of_each_call() {
+    rt().block_on(async {
+        let lab = Lab::start("trust-roles", LabOptions::default())
+            .await
+            .expect("lab");
+        let endpoint = lab.sidecars[0].endpoint();
+
+        // No certificate: plaintext gets nowhere, and TLS without a client
+        // certificate is refused at the handshake.
+        let plain = lab.sidecars[0].admin_as(None).await;
+        let refused = match plain {
+            Err(_) => true,
+            Ok(mut c) => c.status(proto::StatusRequest {}).await.is_err(),
+        };
+        assert!(refused, "a plaintext client must get no answer");
+        let connector =
+            lockstep::tls::client::Connector::new(anonymous(&lab), Duration::from_secs(2));
+        let anon = lockstep::tls::client::endpoint(&endpoint)
+            .expect("endpoint")
+            .connect_with_connector(connector)
+            .await;
+        let answered = match anon {
+            Err(_) => false,
+            Ok(ch) => proto::admin_client::AdminClient::new(ch)
+                .status(proto::StatusRequest {})
+                .await
+                .is_ok(),
+        };
+        assert!(!answered, "a client without a certificate must be refused");
+
+        // A viewer sees status but cannot switch.
+        let mut viewer = lab.sidecars[0]
+            .admin_as(Some(&lab.viewer))
+            .await
+            .expect("viewer");
+        let status = viewer
+            .status(proto::StatusRequest {})
+            .await
+            .expect("viewer status")
+            .into_inner();
+        assert!(!status.insecure, "the lab runs mutual TLS");
+        let epoch_before = status.route.as_ref().expect("route").epoch;
+        let e = viewer
+            .switchover(switch(Setup::Warm, "viewer tries", "v"))
+            .await
+            .expect_err("a viewer cannot switch");
+        assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+        assert!(
+            e.message().contains("needs role operator"),
+            "{}",
+            e.message()
+        );
+        assert!(e.message().contains(VIEWER), "{}", e.message());
+        let e = viewer
+            .pause(proto::PauseRequest {
+                reason: "no".into(),
+                requested_by: String::new(),
+            })
+            .await
+            .expect_err("a viewer cannot pause");
+        assert_eq!(e.code(), Code::PermissionDenied);
+
+        // A peer certificate of another link (same CA): refused on every
+        // service of this link.
+        let stranger = lab
+            .pki
+            .issue("stranger", &member_uri("some-other-link", "alice-0"), &[])
+            .expect("issue");
+        let mut peer = lab
+            .peer_as(1, Some(&stranger))
+            .await
+            .expect("connects (same CA)");
+        let e = peer
+            .drain(proto::DrainRequest {
+                link: lab.link.clone(),
+                epoch: 1_000_000,
+                token: 1,
+                setup: PSetup::Warm as i32,
+            })
+            .await
+            .expect_err("another link's peer must be refused");
+        assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+        assert!(e.message().contains("needs role peer"), "{}", e.message());
+        let e = lab.sidecars[1]
+            .admin_as(Some(&stranger))
+            .await
+            .expect("connects")
+            .status(proto::StatusRequest {})
+            .await
+            .expect_err("a peer of another link is no viewer");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        // An operator is no peer either.
+        let e = lab
+            .peer_as(1, Some(&lab.operator))
+            .await
+            .expect("connects")
+            .get_state(proto::GetStateRequest {})
+            .await
+            .expect_err("an operator cannot push");
+        assert_eq!(e.code(), Code::PermissionDenied);
+        // Nothing moved.
+        for lb in &lab.lbs {
+            assert_eq!(
+                lb.adapter().observe().await.expect("observe").target,
+                LbTarget::Serve(Setup::Hot)
+            );
+        }
+
+        // Bounded input: a 10 KiB reason and one with an escape sequence
+        // are refused and change nothing.
+        let mut admin = lab.admin(0).await.expect("operator");
+        for reason in [
+            "x".repeat(10 * 1024),
+            "maintenance \u{1b}[2J\u{1b}[H all good".to_string(),
+        ] {
+            let e = admin
+                .switchover(switch(Setup::Warm, &reason, "tester"))
+                .await
+                .expect_err("refused");
+            assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+            let e = admin
+                .pause(proto::PauseRequest {
+                    reason: reason.clone(),
+                    requested_by: String::new(),
+                })
+                .await
+                .expect_err("refused");
+            assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        }
+        let status = admin
+            .status(proto::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        assert_eq!(
+            status.route.as_ref().expect("route").epoch,
+            epoch_before,
+            "nothing moved"
+        );
+        assert!(!status.paused && status.pending.is_none(), "nothing stored");
+
+        // An operator can switch, and the record carries its identity; the
+        // free-text --by is only a note.
+        let reply = admin
+            .switchover(switch(Setup::Warm, "patching hot", "alice@laptop"))
+            .await
+            .expect("an operator switches")
+            .into_inner();
+        assert!(reply.completed);
+        let status = admin
+            .status(proto::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        let route = status.route.expect("route");
+        assert_eq!(route.requested_by, OPERATOR);
+        assert_eq!(route.reason, "patching hot [--by alice@laptop]");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let h = admin
+                .history(proto::HistoryRequest { limit: 5 })
+                .await
+                .expect("history")
+                .into_inner();
+            if let Some(r) = h.records.iter().find(|r| r.epoch == reply.epoch) {
+                assert_eq!(r.requested_by, OPERATOR, "{r:?}");
+                assert!(r.reason.contains("[--by alice@laptop]"), "{r:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no history record for epoch {}",
+                reply.epoch
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Pause records the identity too.
+        admin
+            .pause(proto::PauseRequest {
+                reason: "window".into(),
+                requested_by: String::new(),
+            })
+            .await
+            .expect("pause");
+        let status = admin
+            .status(proto::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        assert!(
+            status.paused_reason.contains(OPERATOR),
+            "{}",
+            status.paused_reason
+        );
+    });
+}
+
+/// The leaf certificate a sidecar presents to a new connection now.
+async fn served_certificate(lab: &Lab, i: usize) -> Vec<u8> {
+    let material = lockstep::tls::Reloading::load(lab.operator.clone()).expect("operator");
+    let config =
+        lockstep::tls::client_config(&material, lockstep::tls::ServerCheck::Name).expect("config");
+    let tcp = tokio::net::TcpStream::connect(lab.sidecars[i].spec.grpc)
+        .await
+        .expect("tcp");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    tls.get_ref().1.peer_certificates().expect("certificate")[0]
+        .as_ref()
+        .to_vec()
+}
+
+fn pem_der(path: &std::path::Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(path)
+        .expect("pem")
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn a_rotated_certificate_is_picked_up_and_the_link_keeps_serving() {
+    rt().block_on(async {
+        let lab = Lab::start("trust-rotate", LabOptions::default())
+            .await
+            .expect("lab");
+        let traffic = lab.start_traffic(20).await.expect("traffic");
+        let files: TlsFiles = lab.sidecars[0]
+            .spec
+            .tls
+            .as_ref()
+            .expect("tls")
+            .files
+            .clone();
+        assert_eq!(served_certificate(&lab, 0).await, pem_der(&files.cert));
+        // A connection made before the rotation.
+        let mut old = lab.admin(0).await.expect("admin");
+        old.status(proto::StatusRequest {})
+            .await
+            .expect("status before");
+
+        // cert-manager's rotation: a new key and certificate, same identity.
+        let id = &lab.sidecars[0].spec.member_id;
+        let (cert, key) = lab
+            .pki
+            .issue_pem(
+                id,
+                &member_uri(&lab.link, id),
+                &[std::net::IpAddr::from([127, 0, 0, 1])],
+                (-1, 30),
+            )
+            .expect("issue");
+        std::fs::write(&files.key, key).expect("key");
+        std::fs::write(&files.cert, &cert).expect("cert");
+        let new_der = pem_der(&files.cert);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while served_certificate(&lab, 0).await != new_der {
+            assert!(
+                Instant::now() < deadline,
+                "the new certificate was not picked up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The old connection still answers, the same process serves.
+        old.status(proto::StatusRequest {})
+            .await
+            .expect("status on the old connection");
+        // Switches go on across members with rotated certificates.
+        for to in [Setup::Warm, Setup::Hot] {
+            let reply = old
+                .switchover(switch(to, "after rotation", ""))
+                .await
+                .expect("switch")
+                .into_inner();
+            assert!(reply.completed);
+        }
+        let report = traffic.stop_and_assert_no_mismatch().await;
+        assert!(report.matched > 20, "{report}");
+        assert!(lab.sidecars[0].guard.pid().is_some());
+    });
+}
+
+#[test]
+fn idle_http_connections_do_not_take_the_serving_server_down() {
+    rt().block_on(async {
+        let lab = Lab::start("trust-idle", LabOptions::default())
+            .await
+            .expect("lab");
+        let traffic = lab.start_traffic(20).await.expect("traffic");
+        let before = traffic.snapshot();
+        let http = lab.sidecars[0].spec.http;
+        // Fewer open files allowed than the idle connections need (as in a
+        // container with a low limit): a sidecar that kept them all would
+        // run out and stop accepting the LB's checks.
+        let pid = lab.sidecars[0].guard.pid().expect("sidecar pid");
+        let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("fds")
+            .count();
+        let limit = open_fds + 500;
+        let out = std::process::Command::new("prlimit")
+            .args([
+                "--pid",
+                &pid.to_string(),
+                &format!("--nofile={limit}:{limit}"),
+            ])
+            .output()
+            .expect("prlimit (util-linux)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut idle = Vec::new();
+        for _ in 0..1000 {
+            // The sidecar closes the oldest at its cap; a connect that
+            // stalls (the listener's backlog full) counts as refused.
+            let connect = tokio::net::TcpStream::connect(http);
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+                idle.push(s);
+            }
+        }
+        // Longer than the header timeout and many check intervals: the LB
+        // must keep routing to hot all along.
+        let lb = lab.lbs[0].adapter();
+        let until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < until {
+            let seen = lb.observe().await.expect("observe").target;
+            assert_eq!(
+                seen,
+                LbTarget::Serve(Setup::Hot),
+                "Alice's LB stopped serving"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(idle);
+        let report = traffic.stop_and_assert_no_mismatch().await;
+        assert_eq!(
+            report.failed, before.failed,
+            "key pairs failed while idle connections were open: {report}"
+        );
+        assert!(report.matched > before.matched + 20, "{report}");
+    });
+}
+
+#[test]
+fn etcd_over_tls_with_client_certificates_and_rbac() {
+    use lockstep::store::Store;
+    use lockstep_testkit::lab::process::{find_program, free_port, wait_for_tcp, ChildGuard};
+    use lockstep_testkit::lab::sidecar::{SidecarProcess, SidecarSpec, SidecarTls};
+    use lockstep_testkit::pki::{roles_toml, Pki};
+    use std::net::{IpAddr, SocketAddr};
+    use std::process::Command;
+
+    rt().block_on(async {
+        let dir = lockstep_testkit::lab::link::lab_dir("trust-etcd").expect("dir");
+        let link = "lab-trust-etcd";
+        let pki = Pki::create(&dir.join("tls"), "etcd CA").expect("pki");
+        let localhost = IpAddr::from([127, 0, 0, 1]);
+        let server = pki
+            .issue("etcd-server", "", &[localhost])
+            .expect("server cert");
+        // etcd maps a client certificate's CN to a user: "root" here.
+        let root = pki.issue("root", "", &[]).expect("root cert");
+        let client = pki
+            .issue("lockstep-etcd-client", "", &[])
+            .expect("client cert");
+        let (client_port, peer_port) = (free_port().expect("port"), free_port().expect("port"));
+        let data = tempfile::tempdir().expect("data");
+        let client_url = format!("https://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut cmd = Command::new(find_program("etcd").expect("etcd"));
+        cmd.args(["--name", "e0", "--data-dir"])
+            .arg(data.path())
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("e0={peer_url}"),
+                "--log-level",
+                "warn",
+            ])
+            .arg("--cert-file")
+            .arg(&server.cert)
+            .arg("--key-file")
+            .arg(&server.key)
+            .arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(pki.ca());
+        let _etcd = ChildGuard::spawn("etcd-tls", cmd, &dir.join("etcd.log")).expect("etcd");
+        wait_for_tcp(
+            SocketAddr::from(([127, 0, 0, 1], client_port)),
+            Duration::from_secs(20),
+        )
+        .expect("etcd up");
+        let etcdctl = |args: &[&str]| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let out = Command::new(find_program("etcdctl").expect("etcdctl"))
+                    .env("ETCDCTL_API", "3")
+                    .args(["--endpoints", &client_url, "--cacert"])
+                    .arg(pki.ca())
+                    .arg("--cert")
+                    .arg(&root.cert)
+                    .arg("--key")
+                    .arg(&root.key)
+                    .args(args)
+                    .output()
+                    .expect("etcdctl");
+                if out.status.success() {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "etcdctl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        };
+        // The minimal role of docs/security.md: readwrite on the link's
+        // prefix, nothing else.
+        let prefix = format!("/lockstep/{link}/");
+        etcdctl(&["user", "add", "root", "--new-user-password", "rootpw"]);
+        etcdctl(&["user", "grant-role", "root", "root"]);
+        etcdctl(&["role", "add", "lockstep-link"]);
+        etcdctl(&[
+            "role",
+            "grant-permission",
+            "lockstep-link",
+            "--prefix=true",
+            "readwrite",
+            &prefix,
+        ]);
+        etcdctl(&["user", "add", "lockstep", "--new-user-password", "s3cret"]);
+        etcdctl(&["user", "grant-role", "lockstep", "lockstep-link"]);
+        etcdctl(&["auth", "enable"]);
+
+        let password = dir.join("etcd-password");
+        std::fs::write(&password, "s3cret\n").expect("password file");
+        let wrong = dir.join("etcd-wrong-password");
+        std::fs::write(&wrong, "guess\n").expect("password file");
+        let config = |password_file: &std::path::Path| lockstep::config::EtcdConfig {
+            endpoints: vec![client_url.clone()],
+            ca: Some(pki.ca()),
+            cert: Some(client.cert.clone()),
+            key: Some(client.key.clone()),
+            user: Some("lockstep".into()),
+            password_file: Some(password_file.to_path_buf()),
+            ..lockstep::config::EtcdConfig::default()
+        };
+
+        // The right credentials: the link's keys are readable and writable.
+        let store = Store::connect_with(&config(&password), link)
+            .await
+            .expect("connects");
+        store.read_route().await.expect("reads the link");
+        // The role stops at the link's prefix.
+        let e = Store::connect_with(&config(&password), "another-link")
+            .await
+            .err()
+            .expect("another link's keys are off limits");
+        assert!(
+            e.to_string()
+                .contains("may not use /lockstep/another-link/"),
+            "{e}"
+        );
+        // Wrong password: refused, naming the problem.
+        let e = Store::connect_with(&config(&wrong), link)
+            .await
+            .err()
+            .expect("wrong password");
+        assert!(e.to_string().contains("wrong user name or password"), "{e}");
+        // No client certificate: etcd's --client-cert-auth refuses the TLS.
+        let e = Store::connect_with(
+            &lockstep::config::EtcdConfig {
+                cert: None,
+                key: None,
+                ..config(&password)
+            },
+            link,
+        )
+        .await
+        .err()
+        .expect("no client certificate");
+        assert!(e.to_string().contains("etcd"), "{e}");
+
+        // A sidecar with these settings registers; one with a wrong password
+        // does not start and says why.
+        let sidecar = |id: &str, password_file: &std::path::Path| {
+            let mut spec =
+                SidecarSpec::new(link, id, "alice", vec![client_url.clone()]).expect("spec");
+            spec.haproxy_socket = dir.join("no-haproxy.sock");
+            spec.etcd_extra = format!(
+                "ca = {:?}\ncert = {:?}\nkey = {:?}\nuser = \"lockstep\"\npassword_file = {:?}\n",
+                pki.ca(),
+                client.cert,
+                client.key,
+                password_file
+            );
+            spec.tls = Some(SidecarTls {
+                files: pki
+                    .issue(id, &member_uri(link, id), &[localhost])
+                    .expect("issue"),
+                roles_toml: roles_toml(link),
+                reload_interval: Duration::from_secs(1),
+            });
+            SidecarProcess::spawn(spec, &dir)
+        };
+        let _good =
+            sidecar("alice-0", &password).expect("a sidecar with the right credentials starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store
+            .snapshot()
+            .await
+            .expect("snapshot")
+            .members
+            .iter()
+            .any(|m| m.id == "alice-0")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the sidecar did not register over TLS with auth"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            sidecar("alice-1", &wrong).is_err(),
+            "a wrong password must stop the start-up"
+        );
+        let log = std::fs::read_to_string(dir.join("alice-1.log")).expect("log");
+        assert!(
+            log.contains("etcd refused user \"lockstep\": wrong user name or password"),
+            "{log}"
+        );
+    });
+}
+
+#[test]
+fn the_leader_keeps_only_the_newest_history_records() {
+    rt().block_on(async {
+        let options = LabOptions {
+            sidecar_env: vec![("LOCKSTEP_ADMIN__HISTORY_KEEP".into(), "3".into())],
+            probes: false,
+            ..LabOptions::default()
+        };
+        let lab = Lab::start("trust-history", options).await.expect("lab");
+        let mut admin = lab.admin(0).await.expect("admin");
+        let mut to = Setup::Warm;
+        let mut last = 0;
+        for i in 0..6 {
+            let mut req = switch(to, &format!("switch {i}"), "");
+            req.force = true;
+            last = admin
+                .failover(req)
+                .await
+                .expect("switch")
+                .into_inner()
+                .epoch;
+            to = to.other();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let h = admin
+                .history(proto::HistoryRequest { limit: 100 })
+                .await
+                .expect("history")
+                .into_inner();
+            let epochs: Vec<u64> = h.records.iter().map(|r| r.epoch).collect();
+            if epochs.len() == 3 && epochs[0] == last {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "history not trimmed to the newest 3: {epochs:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
