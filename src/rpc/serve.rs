@@ -14,9 +14,9 @@ use crate::tls::{Reloading, ServerCheck};
 use anyhow::Context;
 use std::future::Future;
 use std::sync::Arc;
-use tracing::Instrument;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use tracing::{info, warn};
 
 /// HTTP/2 streams one connection may have open (calls in flight).
@@ -100,7 +100,9 @@ pub(crate) async fn serve(
             health_reporter,
             Duration::from_secs(1),
         )
-        .instrument(tracing::info_span!("grpc_health", link = %config.link, member = %config.member_id)),
+        .instrument(
+            tracing::info_span!("grpc_health", link = %config.link, member = %config.member_id),
+        ),
     );
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)

@@ -307,6 +307,10 @@ fn a_leader_killed_and_a_member_frozen_during_the_grace() {
         lab.wait_all_lbs(LbTarget::Serve(Setup::Hot), Duration::from_secs(30))
             .await
             .expect("the switch completes");
+        traffic
+            .wait_for_more_matched(100, Duration::from_secs(10))
+            .await
+            .expect("pairs flow after the switch");
         let report = traffic.stop_and_assert_no_mismatch().await;
         assert!(report.matched > 100, "too little traffic: {report}");
     });

@@ -367,6 +367,9 @@ fn a_duplicate_member_id_never_merges_into_the_live_member() {
         let mut twin = original.clone();
         twin.grpc = free_addr();
         twin.http = free_addr();
+        // Its own (absent) HAProxy: bob's checks aim at bob's sidecar, and
+        // the twin refuses an LB whose checks do not reach it.
+        twin.haproxy_socket = lab.dir.join("twin-haproxy.sock");
         let config = lab.dir.join("twin.toml");
         std::fs::write(&config, twin.to_toml()).expect("config");
         let started = Instant::now();
@@ -381,8 +384,9 @@ fn a_duplicate_member_id_never_merges_into_the_live_member() {
         assert!(!out.success(), "the twin must exit with an error");
         assert!(
             started.elapsed() >= ttl * 2,
-            "it waited {:?}",
-            started.elapsed()
+            "it waited {:?}: {}",
+            started.elapsed(),
+            out.text()
         );
         let text = out.text();
         assert!(
