@@ -971,12 +971,15 @@ enum LeaderStep {
     AfterServeWrite,
 }
 
-/// Does every listed member record `applied >= (epoch, drain)`?
+/// Does every listed member record `applied >= (epoch, drain)`? (A hold at
+/// `epoch`, the handover's first step, is not a drain.)
 fn all_drained(s: &Snapshot, epoch: u64) -> bool {
     !s.members.is_empty()
-        && s.members
-            .iter()
-            .all(|m| m.record.applied.is_some_and(|a| a.epoch >= epoch))
+        && s.members.iter().all(|m| {
+            m.record
+                .applied
+                .is_some_and(|a| (a.epoch, a.phase) >= (epoch, Phase::Drain))
+        })
 }
 
 fn route_of(s: &Snapshot) -> Option<&Route> {
@@ -1001,7 +1004,10 @@ async fn leader_kill(ctx: &mut Ctx, step: LeaderStep) -> Result<()> {
                 .await?;
             tokio::time::sleep(ctx.pick_ms(200, 400)).await;
             let snap = ctx.snapshot().await?;
-            let held = route_of(&snap).is_some_and(|r| r.epoch == e) && snap.request.is_some();
+            // With a handover the hold at e + 1 comes before the drain.
+            let held = route_of(&snap)
+                .is_some_and(|r| r.epoch == e || (r.epoch == e + 1 && r.phase == Phase::Hold))
+                && snap.request.is_some();
             ctx.check(
                 "leader held before its drain write",
                 held,

@@ -483,7 +483,7 @@ mod tests {
         let path = dir.path().join("lockstep.toml");
         std::fs::write(
             &path,
-            "link = \"lab\"\nmember_id = \"m-0\"\nrole = \"alice\"\n",
+            "link = \"lab\"\nmember_id = \"m-0\"\nrole = \"alice\"\n[grpc]\ninsecure = true\n",
         )
         .expect("write config");
         crate::config::load(&path).expect("valid config")

@@ -218,15 +218,14 @@ fn metrics_carry_link_and_member_and_what_on_call_alerts_on() {
     });
 }
 
-/// gRPC health of the whole server (`""`) at `sidecar`.
-async fn grpc_health(sidecar: &SidecarProcess) -> Result<ServingStatus, String> {
-    let channel = tonic::transport::Channel::from_shared(sidecar.endpoint())
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(1))
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
+/// gRPC health of the whole server (`""`) at member `i`, over the lab's
+/// (mutual TLS) client.
+async fn grpc_health(lab: &Lab, i: usize) -> Result<ServingStatus, String> {
+    let endpoint = lab.sidecars[i].endpoint();
+    let channel =
+        lockstep::tls::client::connect(&endpoint, lab.tls(&lab.tester), Duration::from_secs(1))
+            .await
+            .map_err(|e| e.to_string())?;
     let reply = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),
@@ -237,10 +236,11 @@ async fn grpc_health(sidecar: &SidecarProcess) -> Result<ServingStatus, String> 
 }
 
 /// `/readyz` and `/healthz` status codes, and gRPC health.
-async fn health(s: &SidecarProcess) -> (u16, u16, Result<ServingStatus, String>) {
+async fn health(lab: &Lab, i: usize) -> (u16, u16, Result<ServingStatus, String>) {
+    let s = &lab.sidecars[i];
     let ready = s.http_get("/readyz").await.expect("readyz").status;
     let live = s.http_get("/healthz").await.expect("healthz").status;
-    (ready, live, grpc_health(s).await)
+    (ready, live, grpc_health(lab, i).await)
 }
 
 /// Polls until member `i` reports `want` (gRPC health) with `/readyz`
@@ -249,7 +249,7 @@ async fn until_serving(lab: &Lab, i: usize, want: ServingStatus, bound: Duration
     let start = Instant::now();
     let ready = want == ServingStatus::Serving;
     loop {
-        let (readyz, healthz, grpc) = health(&lab.sidecars[i]).await;
+        let (readyz, healthz, grpc) = health(lab, i).await;
         if grpc == Ok(want) && (readyz == 200) == ready {
             assert_eq!(healthz, 200, "member {i} is alive throughout");
             return start.elapsed();
@@ -334,7 +334,7 @@ fn a_member_cut_from_etcd_is_not_ready_while_fenced_and_ready_again_after() {
         .await;
         // The other member is unaffected.
         assert_eq!(
-            health(&lab.sidecars[leader]).await,
+            health(&lab, leader).await,
             (200, 200, Ok(ServingStatus::Serving))
         );
         lab.wait_lb(
