@@ -185,6 +185,16 @@ impl LabFault {
         matches!(self, LabFault::ForgedPush(_) | LabFault::RouteDeleted)
     }
 
+    /// True for a fault that loses the link's route (deleted, or rolled
+    /// back by a restore): the leader must re-establish it above every
+    /// epoch applied before.
+    pub fn loses_route(&self) -> bool {
+        matches!(
+            self,
+            LabFault::RouteDeleted | LabFault::SnapshotRestore { .. }
+        )
+    }
+
     /// True for a fault that takes etcd's quorum away while it is active
     /// (no write goes through, every member fences itself).
     pub fn takes_etcd_quorum(&self, etcd_nodes: usize) -> bool {

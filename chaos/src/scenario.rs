@@ -145,6 +145,33 @@ const SWITCH_CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// leader to take it (and, with `wait`, for the switch to complete).
 const SWITCH_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A fault that lost the route, and the task that waits for etcd's route
+/// to be back above `floor` with every member on it (returns how long
+/// after the fault, and the route's epoch then).
+struct RouteWatch {
+    fault_id: u64,
+    kind: &'static str,
+    floor: u64,
+    task: JoinHandle<(Duration, u64)>,
+}
+
+/// The highest epoch etcd shows: the route's, every member's applied one,
+/// the newest history record's. A new route must go above it.
+fn epoch_floor(s: &Snapshot) -> u64 {
+    s.route
+        .as_ref()
+        .map(|(r, _)| r.epoch)
+        .into_iter()
+        .chain(
+            s.members
+                .iter()
+                .filter_map(|m| m.record.applied.map(|a| a.epoch)),
+        )
+        .chain(s.history_epoch)
+        .max()
+        .unwrap_or(0)
+}
+
 /// What a scenario gets: the lab, the history, a seeded RNG and helpers
 /// that record what they do.
 pub struct Ctx {
@@ -165,6 +192,9 @@ pub struct Ctx {
     forged: Vec<(u64, JoinHandle<Vec<ForgedAnswer>>)>,
     /// Snapshots saved so far (`etcd-<n>.snapshot` in the lab directory).
     snapshots: u64,
+    /// Faults that lost the route, each watched until the route is back
+    /// above every epoch applied before ([`Self::finish_route_watch`]).
+    route_watch: Vec<RouteWatch>,
     /// Active faults whose heal failed and is retried (a sidecar that
     /// could not start yet).
     retry_heal: BTreeSet<u64>,
@@ -342,10 +372,44 @@ impl Ctx {
         self.next_fault += 1;
         let id = self.next_fault;
         let (kind, target) = (fault.kind(&self.lab), fault.target(&self.lab));
+        let floor = if fault.loses_route() {
+            match self.store.snapshot().await {
+                Ok(s) => Some(epoch_floor(&s)),
+                Err(e) => {
+                    self.note(format!(
+                        "#{id} {kind}: etcd unreadable before it ({e}); its route is not watched"
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let injected = fault
             .inject(&mut self.lab)
             .await
             .with_context(|| format!("injecting {kind} on {target}"))?;
+        if let Some(floor) = floor {
+            let (store, since) = (self.store.clone(), Instant::now());
+            self.route_watch.push(RouteWatch {
+                fault_id: id,
+                kind,
+                floor,
+                task: tokio::spawn(async move {
+                    loop {
+                        if let Ok(s) = store.snapshot().await {
+                            let settled = s.settled();
+                            if let Some((r, _)) =
+                                s.route.filter(|(r, _)| settled && r.epoch > floor)
+                            {
+                                return (since.elapsed(), r.epoch);
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }),
+            });
+        }
         let mut detail = None;
         match injected {
             Injected::Done { detail: d } => detail = d,
@@ -452,21 +516,7 @@ impl Ctx {
     /// under a huge token. etcd unreadable: epochs above 0.
     pub async fn forgery(&mut self, member: usize) -> ForgedPush {
         let (current, route_setup) = match self.store.snapshot().await {
-            Ok(s) => {
-                let route = s.route.as_ref().map(|(r, _)| r);
-                let applied = s
-                    .members
-                    .iter()
-                    .filter_map(|m| m.record.applied.map(|a| a.epoch));
-                let current = route
-                    .map(|r| r.epoch)
-                    .into_iter()
-                    .chain(applied)
-                    .chain(s.history_epoch)
-                    .max()
-                    .unwrap_or(0);
-                (current, route.map(|r| r.setup))
-            }
+            Ok(s) => (epoch_floor(&s), s.route.map(|(r, _)| r.setup)),
             Err(_) => (0, None),
         };
         let setup = match self.lbs_serving().await.or(route_setup) {
@@ -485,6 +535,36 @@ impl Ctx {
             drain_epoch,
             token: (1 << 40) + self.rng.random_range(0..1 << 20),
             setup,
+        }
+    }
+
+    /// Checks that every route a fault lost (deleted, rolled back) is back
+    /// above every epoch applied before it, with the link settled on it
+    /// (DESIGN §3, "Epochs never go backwards"), waiting up to `grace`
+    /// more for each.
+    pub async fn finish_route_watch(&mut self, grace: Duration) {
+        for w in std::mem::take(&mut self.route_watch) {
+            let abort = w.task.abort_handle();
+            let seen = tokio::time::timeout(grace, w.task).await;
+            if seen.is_err() {
+                abort.abort();
+            }
+            let detail = match &seen {
+                Ok(Ok((after, epoch))) => format!(
+                    "route back at epoch {epoch}, {:.0} ms after the fault",
+                    after.as_secs_f64() * 1000.0
+                ),
+                Ok(Err(e)) => format!("watch failed: {e}"),
+                Err(_) => "not by the end of the run".into(),
+            };
+            self.check(
+                &format!(
+                    "the route lost by #{} {} is re-established above epoch {}, the link settled on it",
+                    w.fault_id, w.kind, w.floor
+                ),
+                matches!(seen, Ok(Ok(_))),
+                detail,
+            );
         }
     }
 
@@ -808,6 +888,7 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
         held: BTreeMap::new(),
         forged: Vec::new(),
         snapshots: 0,
+        route_watch: Vec::new(),
         retry_heal: BTreeSet::new(),
         next_fault: 0,
         next_switch: 0,
@@ -837,6 +918,7 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
     );
     ctx.finish_switches(Duration::from_secs(5)).await;
     ctx.finish_forged(Duration::from_secs(25)).await;
+    ctx.finish_route_watch(Duration::from_secs(5)).await;
     // Keep watching a little: a late split would show here.
     tokio::time::sleep(Duration::from_millis(300)).await;
     if let Some(traffic) = ctx.traffic.take() {

@@ -815,7 +815,9 @@ fn check_faults(
     v: &mut Verdict,
 ) {
     let mut ordered: Vec<&FaultRecord> = faults.to_vec();
-    ordered.sort_by_key(|f| (f.at_us, f.op == FaultOp::Inject));
+    // Stable: records of one instant keep the history's order (an
+    // instantaneous fault's inject, then its heal).
+    ordered.sort_by_key(|f| f.at_us);
     let mut active: BTreeSet<u64> = BTreeSet::new();
     let mut injected: BTreeMap<u64, &FaultRecord> = BTreeMap::new();
     let mut healed_at: BTreeMap<u64, u64> = BTreeMap::new();
@@ -1178,5 +1180,147 @@ mod tests {
         assert!(!v.passed());
         // No pair, no sample of a, none of b.
         assert_eq!(v.failures.len(), 3, "{v}");
+    }
+
+    fn forged(fault_id: u64, at_us: u64, answer: PushAnswer) -> Event {
+        Event::Forged(ForgedRecord {
+            fault_id,
+            member: "b".into(),
+            phase: lockstep_core::Phase::Serve,
+            epoch: 1001,
+            token: 1 << 40,
+            setup: Setup::Warm,
+            sent_us: at_us,
+            answered_us: at_us + 100,
+            answer,
+        })
+    }
+
+    fn refused() -> PushAnswer {
+        PushAnswer::Refused {
+            code: crate::history::PERMISSION_DENIED.into(),
+            message: "not confirmed by etcd at revision 7 (route at 1/serve); nothing changed"
+                .into(),
+        }
+    }
+
+    /// `clean()`, then forged-push fault #1 at 62 ms (inject and heal at
+    /// one instant) and the link still serving warm after it.
+    fn forged_at_62ms() -> Vec<Event> {
+        let mut e = clean();
+        e.push(fault(1, FaultOp::Inject, 62_000, FORGED_PUSH, None));
+        e.push(fault(1, FaultOp::Heal, 62_000, FORGED_PUSH, None));
+        e.push(s("a", 63_000, LbState::Warm));
+        e.push(s("b", 63_000, LbState::Warm));
+        e.push(pair(3, 63_000, PairOutcome::Matched));
+        e
+    }
+
+    #[test]
+    fn a_forged_push_applied_is_a_violation() {
+        let mut e = forged_at_62ms();
+        e.push(forged(1, 62_000, refused()));
+        let v = judge(&e);
+        assert!(
+            !v.passed(),
+            "one answer of two recorded must fail the run: {v}"
+        );
+        assert_eq!(v.failures.len(), 1, "{v}");
+        assert!(v.failures[0].contains("1 of 2 answers"), "{v}");
+
+        e.push(forged(1, 62_500, refused()));
+        let v = judge(&e);
+        assert!(v.passed(), "{v}");
+        assert_eq!(v.forged["refused PermissionDenied"], 2);
+        assert!(refused().refused_as_unconfirmed());
+
+        let mut e = forged_at_62ms();
+        e.push(forged(1, 62_000, refused()));
+        e.push(forged(
+            1,
+            62_500,
+            PushAnswer::Applied {
+                applied: "epoch 1001 serve warm".into(),
+            },
+        ));
+        let v = judge(&e);
+        assert!(!v.passed());
+        assert_eq!(v.forged_applied(), 1, "{v}");
+        assert_eq!(v.violation_counts(), (0, 0), "not a pair, not an LB sample");
+        assert!(v.to_string().contains("VIOLATION forged serve"), "{v}");
+    }
+
+    /// etcd stopped at 100 ms and started again at 4.2 s (fence bound 3.7
+    /// s): an LB routing in a sample read after 3.8 s fails the run; the
+    /// outage while etcd is down is counted apart.
+    #[test]
+    fn an_lb_routing_while_etcd_is_down_for_a_restore_fails() {
+        use LbState::*;
+        let restore = |b_late: LbState| {
+            let mut e = vec![start(), pair(1, 0, PairOutcome::Matched)];
+            e.push(s("a", 0, Hot));
+            e.push(s("b", 0, Hot));
+            e.push(fault(1, FaultOp::Inject, 100_000, SNAPSHOT_RESTORE, None));
+            e.push(pair(2, 200_000, PairOutcome::Failed));
+            e.push(s("a", 2_000_000, Blocked));
+            e.push(s("b", 2_100_000, Blocked));
+            e.push(s("a", 3_900_000, Blocked));
+            e.push(s("b", 3_900_000, b_late));
+            e.push(Event::Fault(FaultRecord {
+                id: 1,
+                op: FaultOp::Heal,
+                fault: SNAPSHOT_RESTORE.into(),
+                target: "etcd".into(),
+                lb: None,
+                at_us: 5_000_000,
+                etcd_started_us: Some(4_200_000),
+                detail: None,
+            }));
+            e.push(s("a", 5_100_000, Hot));
+            e.push(s("b", 5_100_000, Hot));
+            e.push(pair(3, 5_100_000, PairOutcome::Matched));
+            // A shorter outage outside the restore.
+            e.push(pair(4, 6_000_000, PairOutcome::Failed));
+            e.push(pair(5, 6_010_000, PairOutcome::Matched));
+            e
+        };
+        let v = judge(&restore(Blocked));
+        assert!(v.passed(), "{v}");
+        assert_eq!(v.restores.len(), 1);
+        assert_eq!(
+            v.restores[0].blocked_after,
+            vec![
+                ("a".to_string(), Some(Duration::from_micros(1_901_000))),
+                ("b".to_string(), Some(Duration::from_micros(2_001_000))),
+            ]
+        );
+        assert_eq!(v.longest_outage, Duration::from_micros(4_900_500));
+        assert_eq!(v.longest_outage_restore(), Some(1));
+        assert_eq!(
+            v.longest_outage_outside_restores,
+            Duration::from_micros(10_500)
+        );
+        assert!(v.to_string().contains("expected"), "{v}");
+
+        let v = judge(&restore(Warm));
+        assert!(!v.passed());
+        assert_eq!(v.failures.len(), 1, "{v}");
+        assert!(
+            v.failures[0].starts_with("fencing: LB b routed warm"),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn a_restore_heal_without_etcd_start_time_cannot_be_judged() {
+        let mut e = clean();
+        e.push(fault(1, FaultOp::Inject, 62_000, SNAPSHOT_RESTORE, None));
+        e.push(fault(1, FaultOp::Heal, 70_000, SNAPSHOT_RESTORE, None));
+        e.push(s("a", 71_000, LbState::Warm));
+        e.push(s("b", 71_000, LbState::Warm));
+        e.push(pair(3, 71_000, PairOutcome::Matched));
+        let v = judge(&e);
+        assert_eq!(v.failures.len(), 1, "{v}");
+        assert!(v.failures[0].contains("fencing unknown"), "{v}");
     }
 }
