@@ -236,6 +236,35 @@ async fn resolve(
     Ok(Some(fault))
 }
 
+/// Whether a fault of kind `later` would be skipped because a fault on
+/// what a member trusts of kind `truth` is held (or keep it out): a
+/// restore takes every etcd node, a route deletion needs etcd's quorum.
+fn conflicts(truth: &str, later: &str) -> bool {
+    match truth {
+        "snapshot-restore" => matches!(
+            later,
+            "etcd-kill" | "etcd-leader-kill" | "etcd-quorum-loss" | "snapshot-restore"
+        ),
+        "route-deleted" => matches!(later, "etcd-quorum-loss" | "snapshot-restore"),
+        _ => false,
+    }
+}
+
+/// How long a fault of `kind` is held: [`hold_for`], and for a restore
+/// etcd's downtime on top.
+fn plan_hold(ctx: &mut Ctx, kind: &str) -> Duration {
+    let hold = hold_for(&mut ctx.rng, kind);
+    if kind == "snapshot-restore" {
+        hold + restore_down(ctx)
+    } else {
+        hold
+    }
+}
+
+/// Slack around the window of a run's fault on what a member trusts when
+/// later faults are checked against it.
+const PLAN_SLACK: Duration = Duration::from_secs(1);
+
 /// How long a restore keeps etcd down at least: the documented
 /// procedure's "longer than the lease TTL", plus one second.
 fn restore_down(ctx: &Ctx) -> Duration {
@@ -284,10 +313,12 @@ async fn random_body(ctx: &mut Ctx, net: bool, truth: bool) -> Result<()> {
         steps.push((t, Step::Switch { by }));
     }
     let mut planned = Vec::new();
+    // The first fault's kind, start and hold with --truth.
+    let mut truth_window: Option<(&'static str, Duration, Duration)> = None;
     for i in 0..n_faults {
         // With --truth, the first fault is always one on what a member
         // trusts.
-        let kind = if truth && i == 0 {
+        let mut kind = if truth && i == 0 {
             TRUTH_KINDS[ctx.rng.random_range(0..TRUTH_KINDS.len())]
         } else {
             kinds[ctx.rng.random_range(0..kinds.len())]
@@ -299,14 +330,34 @@ async fn random_body(ctx: &mut Ctx, net: bool, truth: bool) -> Result<()> {
         } else {
             Duration::from_millis(ctx.rng.random_range(0..WINDOW_MS - 500))
         };
-        let mut hold = hold_for(&mut ctx.rng, kind);
+        let mut hold = plan_hold(ctx, kind);
+        // The run's fault on what a member trusts must not be skipped: a
+        // later fault that would keep it from being injected (or that it
+        // would keep out) while both are held, give or take a second
+        // (steps run late on a loaded machine), is drawn again from the
+        // other kinds.
+        if let Some((first, first_start, first_hold)) = truth_window {
+            let overlap = start <= first_start + first_hold + PLAN_SLACK
+                && first_start <= start + hold + PLAN_SLACK;
+            if overlap && conflicts(first, kind) {
+                let others: Vec<&'static str> = kinds
+                    .iter()
+                    .copied()
+                    .filter(|k| !conflicts(first, k))
+                    .collect();
+                kind = others[ctx.rng.random_range(0..others.len())];
+                hold = plan_hold(ctx, kind);
+            }
+        }
         if kind == "snapshot-restore" {
-            hold += restore_down(ctx);
             // The snapshot it restores: taken at a random time before it
             // (one more is taken as the run starts, in case etcd cannot
             // take this one).
             let at = Duration::from_millis(ctx.rng.random_range(0..=start.as_millis() as u64));
             steps.push((at, Step::Snapshot));
+        }
+        if truth && i == 0 {
+            truth_window = Some((kind, start, hold));
         }
         planned.push(Planned { kind, hold });
         steps.push((start, Step::Inject { fault: i }));
@@ -431,6 +482,9 @@ pub struct Summary {
     /// LB was seen blocked.
     pub restores: u64,
     pub longest_fence: Option<(Duration, String, u64)>,
+    /// Runs in which a fault on what a member trusts ([`TRUTH_KINDS`])
+    /// was injected.
+    pub runs_with_truth: u64,
     pub longest_heal: Option<(Duration, String, u64)>,
     pub longest_deadman: Option<(Duration, String, u64)>,
     pub heals: u64,
@@ -490,6 +544,9 @@ impl Summary {
         }
         self.forged_applied += v.forged_applied() as u64;
         self.restores += v.restores.len() as u64;
+        if TRUTH_KINDS.iter().any(|k| v.faults.contains_key(*k)) {
+            self.runs_with_truth += 1;
+        }
         for r in &v.restores {
             let all = r
                 .blocked_after
@@ -568,6 +625,13 @@ impl fmt::Display for Summary {
             self.samples, self.split_samples
         )?;
         writeln!(f, "longest outage: {}", at(&self.longest_outage))?;
+        if self.runs_with_truth > 0 {
+            writeln!(
+                f,
+                "runs with a forged push, a route deletion or an etcd restore: {} of {}",
+                self.runs_with_truth, self.runs
+            )?;
+        }
         if self.restores > 0 {
             writeln!(
                 f,
