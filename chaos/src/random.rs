@@ -393,6 +393,7 @@ async fn random_body(ctx: &mut Ctx, net: bool, truth: bool) -> Result<()> {
     let mut pending = Vec::new();
     for (t, step) in steps {
         tokio::time::sleep(t.saturating_sub(origin.elapsed())).await;
+        ctx.supervise().await;
         match step {
             Step::Switch { by } => {
                 let to = match ctx.snapshot().await {

@@ -146,13 +146,30 @@ const SWITCH_CALL_TIMEOUT: Duration = Duration::from_secs(20);
 const SWITCH_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A fault that lost the route, and the task that waits for etcd's route
-/// to be back above `floor` with every member on it (returns how long
-/// after the fault, and the route's epoch then).
+/// to be back above `floor` (or to be the very route of before the fault:
+/// a restored snapshot may hold it) with every member on it (returns how
+/// long after the fault, and the route's epoch then).
 struct RouteWatch {
     fault_id: u64,
     kind: &'static str,
     floor: u64,
     task: JoinHandle<(Duration, u64)>,
+}
+
+/// The last line of a sidecar's log that reports an error (what it said
+/// when it exited), for the report.
+fn last_error(log: &std::path::Path) -> String {
+    match std::fs::read_to_string(log) {
+        Ok(text) => text
+            .lines()
+            .rev()
+            .find(|l| l.contains("ERROR") || l.starts_with("error:"))
+            .map_or_else(
+                || format!("no error in {}", log.display()),
+                |l| l.trim().to_string(),
+            ),
+        Err(e) => format!("cannot read {}: {e}", log.display()),
+    }
 }
 
 /// The highest epoch etcd shows: the route's, every member's applied one,
@@ -195,6 +212,9 @@ pub struct Ctx {
     /// Faults that lost the route, each watched until the route is back
     /// above every epoch applied before ([`Self::finish_route_watch`]).
     route_watch: Vec<RouteWatch>,
+    /// Sidecars that exited by themselves and wait to be started again
+    /// ([`Self::supervise`]).
+    exited: BTreeSet<usize>,
     /// Active faults whose heal failed and is retried (a sidecar that
     /// could not start yet).
     retry_heal: BTreeSet<u64>,
@@ -374,7 +394,10 @@ impl Ctx {
         let (kind, target) = (fault.kind(&self.lab), fault.target(&self.lab));
         let floor = if fault.loses_route() {
             match self.store.snapshot().await {
-                Ok(s) => Some(epoch_floor(&s)),
+                Ok(s) => Some((
+                    epoch_floor(&s),
+                    s.route.map(|(r, _)| (r.epoch, r.phase, r.setup)),
+                )),
                 Err(e) => {
                     self.note(format!(
                         "#{id} {kind}: etcd unreadable before it ({e}); its route is not watched"
@@ -389,7 +412,7 @@ impl Ctx {
             .inject(&mut self.lab)
             .await
             .with_context(|| format!("injecting {kind} on {target}"))?;
-        if let Some(floor) = floor {
+        if let Some((floor, before)) = floor {
             let (store, since) = (self.store.clone(), Instant::now());
             self.route_watch.push(RouteWatch {
                 fault_id: id,
@@ -399,9 +422,13 @@ impl Ctx {
                     loop {
                         if let Ok(s) = store.snapshot().await {
                             let settled = s.settled();
-                            if let Some((r, _)) =
-                                s.route.filter(|(r, _)| settled && r.epoch > floor)
-                            {
+                            // A snapshot that holds the route of the time
+                            // of the restore lost nothing; any other route
+                            // must go above every epoch applied before.
+                            let back = |r: &Route| {
+                                r.epoch > floor || Some((r.epoch, r.phase, r.setup)) == before
+                            };
+                            if let Some((r, _)) = s.route.filter(|(r, _)| settled && back(r)) {
                                 return (since.elapsed(), r.epoch);
                             }
                         }
@@ -559,7 +586,7 @@ impl Ctx {
             };
             self.check(
                 &format!(
-                    "the route lost by #{} {} is re-established above epoch {}, the link settled on it",
+                    "the route lost by #{} {} is back (above epoch {} or as it was), the link settled on it",
                     w.fault_id, w.kind, w.floor
                 ),
                 matches!(seen, Ok(Ok(_))),
@@ -599,6 +626,7 @@ impl Ctx {
         for id in pending {
             self.try_heal(id).await?;
         }
+        self.supervise().await;
         Ok(())
     }
 
@@ -641,6 +669,48 @@ impl Ctx {
         self.active.iter()
     }
 
+    /// Plays the sidecars' supervisor (systemd, Kubernetes): a sidecar that
+    /// exited while no fault of ours had killed it fails a check (it exits
+    /// by itself only on a fatal error, which the run must report) and is
+    /// started again, now or at a later call if it cannot start yet.
+    pub async fn supervise(&mut self) {
+        let killed: BTreeSet<usize> = self
+            .active
+            .values()
+            .filter_map(|f| match f {
+                LabFault::SidecarKill { member, .. } => Some(*member),
+                _ => None,
+            })
+            .collect();
+        for i in 0..self.members() {
+            if killed.contains(&i) || self.exited.contains(&i) {
+                continue;
+            }
+            let s = &mut self.lab.sidecars[i];
+            if s.guard.is_running() {
+                continue;
+            }
+            let (id, why) = (s.spec.member_id.clone(), last_error(&s.log));
+            self.check(
+                &format!("sidecar {id} runs until a fault kills it"),
+                false,
+                format!("it exited by itself: {why}; started again, as its supervisor would"),
+            );
+            self.exited.insert(i);
+        }
+        for i in self.exited.clone() {
+            let s = &mut self.lab.sidecars[i];
+            let id = s.spec.member_id.clone();
+            match tokio::task::block_in_place(|| s.restart()) {
+                Ok(()) => {
+                    self.exited.remove(&i);
+                    self.note(format!("supervisor: sidecar {id} started again"));
+                }
+                Err(e) => self.note(format!("supervisor: sidecar {id} did not start yet: {e:#}")),
+            }
+        }
+    }
+
     /// Heals everything still active, retryable heals last (they may need
     /// the others healed first); errors become failed checks.
     pub async fn heal_all(&mut self) {
@@ -652,19 +722,21 @@ impl Ctx {
             }
         }
         // As a supervisor would: keep starting what did not start.
+        self.supervise().await;
         let deadline = Instant::now() + HEAL_PATIENCE;
-        while !self.retry_heal.is_empty() {
+        while !self.retry_heal.is_empty() || !self.exited.is_empty() {
             if Instant::now() > deadline {
                 self.check(
                     "heal",
                     false,
                     format!(
-                        "faults {:?} could not be healed within {HEAL_PATIENCE:?}",
-                        self.retry_heal
+                        "faults {:?} could not be healed, sidecars {:?} not started again, within {HEAL_PATIENCE:?}",
+                        self.retry_heal, self.exited
                     ),
                 );
                 return;
             }
+            self.supervise().await;
             tokio::time::sleep(Duration::from_secs(1)).await;
             let pending: Vec<u64> = self.retry_heal.iter().copied().collect();
             for id in pending {
@@ -889,6 +961,7 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
         forged: Vec::new(),
         snapshots: 0,
         route_watch: Vec::new(),
+        exited: BTreeSet::new(),
         retry_heal: BTreeSet::new(),
         next_fault: 0,
         next_switch: 0,
