@@ -804,6 +804,23 @@ impl Ctx {
         }
     }
 
+    /// [`Self::settle`], supervising the sidecars meanwhile (one that
+    /// exits by itself is reported and started again).
+    pub async fn settle_supervised(&mut self, timeout: Duration) -> Result<Setup> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.supervise().await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.settle(left.min(Duration::from_secs(1))).await {
+                Ok(setup) => return Ok(setup),
+                Err(_) if Instant::now() < deadline => {}
+                Err(e) => return Err(e.context(format!(
+                    "the link did not settle on one setup with matching pairs within {timeout:?}"
+                ))),
+            }
+        }
+    }
+
     /// Waits (up to `timeout`) for every switchover still in flight;
     /// abandons the rest.
     pub async fn finish_switches(&mut self, timeout: Duration) {
@@ -983,7 +1000,7 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
         }
     }
     ctx.heal_all().await;
-    let settled = ctx.settle(bound).await;
+    let settled = ctx.settle_supervised(bound).await;
     ctx.check(
         "settled on one setup at the end",
         settled.is_ok(),
