@@ -9,7 +9,7 @@
 
 use anyhow::{Context, Result};
 use lockstep::lb::haproxy::Haproxy;
-use lockstep_core::Setup;
+use lockstep_core::{Phase, Setup};
 use lockstep_testkit::traffic::{Outcome, PairEvent, PairFeed};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -30,6 +30,8 @@ pub enum Event {
     Fault(FaultRecord),
     Switch(SwitchRecord),
     SwitchResult(SwitchResult),
+    /// One push of a `forged-push` fault and the member's answer.
+    Forged(ForgedRecord),
     /// A scenario's own expectation (e.g. "the new leader finished the
     /// switch before the dead one came back"); a failed one fails the run.
     Check(CheckRecord),
@@ -47,6 +49,7 @@ impl Event {
             Event::Fault(f) => f.at_us,
             Event::Switch(s) => s.at_us,
             Event::SwitchResult(r) => r.at_us,
+            Event::Forged(p) => p.answered_us,
             Event::Check(c) => c.at_us,
             Event::Note(n) => n.at_us,
             Event::End(e) => e.at_us,
@@ -185,6 +188,11 @@ pub struct FaultRecord {
     pub lb: Option<String>,
     /// When the fault took effect (inject) or the heal completed.
     pub at_us: u64,
+    /// The heal of a `snapshot-restore`: when the restored etcd nodes were
+    /// started again (etcd was down from the inject until then; the heal
+    /// completes once the cluster answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_started_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -212,6 +220,62 @@ pub struct SwitchResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
+
+/// A Drain or Serve that no leader sent, pushed over plain gRPC by a
+/// `forged-push` fault, and what the member answered. etcd's route never
+/// confirms it, so the member must refuse it; one it applied fails the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForgedRecord {
+    /// The `forged-push` fault that sent it.
+    pub fault_id: u64,
+    /// The member it was sent to.
+    pub member: String,
+    pub phase: Phase,
+    pub epoch: u64,
+    pub token: i64,
+    pub setup: Setup,
+    pub sent_us: u64,
+    pub answered_us: u64,
+    pub answer: PushAnswer,
+}
+
+/// A member's answer to a forged push.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum PushAnswer {
+    /// The member applied it (answered OK, with what it now applies): a
+    /// push etcd never confirmed took effect.
+    Applied { applied: String },
+    /// Refused with a gRPC status; the expected one is
+    /// `PermissionDenied`, "not confirmed by etcd at revision R".
+    Refused { code: String, message: String },
+    /// No gRPC answer (the member is dead, frozen or cut off, or the call
+    /// timed out).
+    Unanswered { error: String },
+}
+
+impl PushAnswer {
+    /// How the answer is counted: `applied`, `refused <gRPC code>`,
+    /// `unanswered`.
+    pub fn label(&self) -> String {
+        match self {
+            PushAnswer::Applied { .. } => "applied".into(),
+            PushAnswer::Refused { code, .. } => format!("refused {code}"),
+            PushAnswer::Unanswered { .. } => "unanswered".into(),
+        }
+    }
+
+    /// Refused as etcd's authority requires: `PermissionDenied`, "not
+    /// confirmed by etcd at revision R".
+    pub fn refused_as_unconfirmed(&self) -> bool {
+        matches!(self, PushAnswer::Refused { code, message }
+            if code == PERMISSION_DENIED && message.contains("not confirmed by etcd at revision"))
+    }
+}
+
+/// The gRPC code of an unconfirmed push's refusal, as recorded (the
+/// `Debug` name of `tonic::Code`).
+pub const PERMISSION_DENIED: &str = "PermissionDenied";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CheckRecord {
@@ -534,6 +598,7 @@ mod tests {
                 target: "bob-0".into(),
                 lb: Some("bob-0".into()),
                 at_us: 5,
+                etcd_started_us: None,
                 detail: None,
             }),
         ];

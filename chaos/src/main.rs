@@ -23,7 +23,7 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Break the protocol on purpose in every sidecar (skip-drain,
-    /// ack-before-lb-blocked, ignore-token) to see the verdict catch it.
+    /// ack-before-lb-blocked, ignore-token, ...) to see the verdict catch it.
     #[arg(long, global = true)]
     mutation: Option<String>,
     /// Milliseconds between two reads of one LB's state.
@@ -57,6 +57,11 @@ enum Command {
         /// Members in network namespaces, network faults drawn too (root).
         #[arg(long)]
         net: bool,
+        /// Faults on what a member trusts drawn too, at least one per run:
+        /// forged pushes, the route key deleted, etcd restored from a
+        /// snapshot.
+        #[arg(long)]
+        truth: bool,
     },
     /// Judge a recorded history again.
     Check { history: PathBuf },
@@ -113,7 +118,7 @@ fn run(cli: Cli) -> Result<bool> {
             for s in chaos::registry() {
                 println!("{:<34} {}", s.name, s.about);
             }
-            for r in [random::scenario(), random::net_scenario()] {
+            for r in random::scenarios() {
                 println!("{:<34} {} (`random`)", r.name, r.about);
             }
             Ok(true)
@@ -139,18 +144,20 @@ fn run(cli: Cli) -> Result<bool> {
             let seed = seed_or_clock(seed);
             rt.block_on(run_all(&chaos::registry(), |_| seed, &opts))
         }
-        Command::Random { runs, seed, net } => {
+        Command::Random {
+            runs,
+            seed,
+            net,
+            truth,
+        } => {
             let seed = seed_or_clock(seed);
             println!(
                 "random mode: {runs} runs, seeds {seed}..{}",
                 seed + runs.saturating_sub(1)
             );
-            let make = if net {
-                random::net_scenario
-            } else {
-                random::scenario
-            };
-            let scenarios: Vec<Scenario> = (0..runs).map(|_| make()).collect();
+            let scenarios: Vec<Scenario> = (0..runs)
+                .map(|_| random::scenario_for(net, truth))
+                .collect();
             rt.block_on(run_all(&scenarios, |i| seed + i as u64, &opts))
         }
     }

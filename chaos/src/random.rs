@@ -3,6 +3,11 @@
 //! switch in flight) and two to four switchovers by two on-call users
 //! over a ten-second window. Run `i` of `random --seed S` uses seed
 //! `S + i`, so `random --seed <seed> --runs 1` replays one run.
+//!
+//! `random --truth` also draws the faults that attack what a member trusts
+//! ([`TRUTH_KINDS`]: a forged push, the route key deleted, etcd restored
+//! from a snapshot saved earlier in the run), and every such run has at
+//! least one of them (its first fault).
 
 use super::fault::LabFault;
 use super::net::NetFault;
@@ -14,6 +19,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The fault kinds random mode draws from (equal weights).
@@ -32,6 +38,11 @@ pub const KINDS: &[&str] = &[
 /// Network fault kinds, drawn too in `random --net` (labs in namespaces).
 pub const NET_KINDS: &[&str] = &["net-cut-etcd", "net-cut-peers", "net-one-way", "net-slow"];
 
+/// Faults on what a member trusts (issue 9), drawn too in `random
+/// --truth`: a forged Serve and Drain to a random member, the route key
+/// deleted, etcd restored from a snapshot saved earlier in the run.
+pub const TRUTH_KINDS: &[&str] = &["forged-push", "route-deleted", "snapshot-restore"];
+
 /// The chaos window: faults start and switchovers are sent within it.
 const WINDOW_MS: u64 = 9_000;
 
@@ -41,7 +52,7 @@ pub fn scenario() -> Scenario {
         name: "random",
         about: "2-3 random faults and 2-4 switchovers by two users over ~10 s, from the seed",
         lab: random_lab,
-        body: |c| Box::pin(random_body(c, false)),
+        body: |c| Box::pin(random_body(c, false, false)),
     }
 }
 
@@ -53,8 +64,48 @@ pub fn net_scenario() -> Scenario {
         about:
             "as `random`, members in network namespaces, network faults drawn too (`random --net`)",
         lab: random_net_lab,
-        body: |c| Box::pin(random_body(c, true)),
+        body: |c| Box::pin(random_body(c, true, false)),
     }
+}
+
+/// Random mode drawing the faults on what a member trusts too.
+pub fn truth_scenario() -> Scenario {
+    Scenario {
+        name: "random-truth",
+        about: "as `random`, forged pushes, route deletions and etcd snapshot restores drawn too, at least one per run (`random --truth`)",
+        lab: random_lab,
+        body: |c| Box::pin(random_body(c, false, true)),
+    }
+}
+
+/// `random --net --truth`: every kind of fault.
+pub fn net_truth_scenario() -> Scenario {
+    Scenario {
+        name: "random-net-truth",
+        about: "as `random-net`, forged pushes, route deletions and etcd snapshot restores drawn too, at least one per run (`random --net --truth`)",
+        lab: random_net_lab,
+        body: |c| Box::pin(random_body(c, true, true)),
+    }
+}
+
+/// The random scenario for `random [--net] [--truth]`.
+pub fn scenario_for(net: bool, truth: bool) -> Scenario {
+    match (net, truth) {
+        (false, false) => scenario(),
+        (true, false) => net_scenario(),
+        (false, true) => truth_scenario(),
+        (true, true) => net_truth_scenario(),
+    }
+}
+
+/// Every random scenario (for `list` and `run <name>`).
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        scenario(),
+        net_scenario(),
+        truth_scenario(),
+        net_truth_scenario(),
+    ]
 }
 
 fn random_net_lab(rng: &mut StdRng) -> LabOptions {
@@ -83,9 +134,17 @@ fn random_lab(rng: &mut StdRng) -> LabOptions {
 
 #[derive(Clone, Debug)]
 enum Step {
-    Switch { by: &'static str },
-    Inject { fault: usize },
-    Heal { fault: usize },
+    Switch {
+        by: &'static str,
+    },
+    /// Save an etcd snapshot for a later `snapshot-restore`.
+    Snapshot,
+    Inject {
+        fault: usize,
+    },
+    Heal {
+        fault: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -95,8 +154,12 @@ struct Planned {
 }
 
 /// Resolves a fault kind to a concrete fault now (the leader, a random
-/// member, ...).
-async fn resolve(ctx: &mut Ctx, kind: &str) -> Result<Option<LabFault>> {
+/// member, ...). `snapshot`: the latest etcd snapshot of the run.
+async fn resolve(
+    ctx: &mut Ctx,
+    kind: &str,
+    snapshot: Option<&PathBuf>,
+) -> Result<Option<LabFault>> {
     let n = ctx.members();
     let member = ctx.rng.random_range(0..n);
     let setup = if ctx.rng.random_bool(0.5) {
@@ -159,9 +222,53 @@ async fn resolve(ctx: &mut Ctx, kind: &str) -> Result<Option<LabFault>> {
             loss_pct: ctx.rng.random_range(0..10),
             seed: ctx.rng.random(),
         }),
+        "forged-push" => LabFault::ForgedPush(ctx.forgery(member).await),
+        "route-deleted" => LabFault::RouteDeleted,
+        "snapshot-restore" => match snapshot {
+            Some(path) => LabFault::SnapshotRestore {
+                snapshot: path.clone(),
+                down: restore_down(ctx),
+            },
+            None => return Ok(None),
+        },
         _ => return Ok(None),
     };
     Ok(Some(fault))
+}
+
+/// Whether a fault of kind `later` would be skipped because a fault on
+/// what a member trusts of kind `truth` is held (or keep it out): a
+/// restore takes every etcd node, a route deletion needs etcd's quorum.
+fn conflicts(truth: &str, later: &str) -> bool {
+    match truth {
+        "snapshot-restore" => matches!(
+            later,
+            "etcd-kill" | "etcd-leader-kill" | "etcd-quorum-loss" | "snapshot-restore"
+        ),
+        "route-deleted" => matches!(later, "etcd-quorum-loss" | "snapshot-restore"),
+        _ => false,
+    }
+}
+
+/// How long a fault of `kind` is held: [`hold_for`], and for a restore
+/// etcd's downtime on top.
+fn plan_hold(ctx: &mut Ctx, kind: &str) -> Duration {
+    let hold = hold_for(&mut ctx.rng, kind);
+    if kind == "snapshot-restore" {
+        hold + restore_down(ctx)
+    } else {
+        hold
+    }
+}
+
+/// Slack around the window of a run's fault on what a member trusts when
+/// later faults are checked against it.
+const PLAN_SLACK: Duration = Duration::from_secs(1);
+
+/// How long a restore keeps etcd down at least: the documented
+/// procedure's "longer than the lease TTL", plus one second.
+fn restore_down(ctx: &Ctx) -> Duration {
+    ctx.lab.options.timing.lease_ttl + Duration::from_secs(1)
 }
 
 fn hold_for(rng: &mut StdRng, kind: &str) -> Duration {
@@ -173,17 +280,24 @@ fn hold_for(rng: &mut StdRng, kind: &str) -> Duration {
         "kme-kill" => (1_000, 4_000),
         // Past the lease TTL sometimes: the member must fence itself.
         "net-cut-etcd" | "net-slow" => (500, 5_000),
+        // Over once injected.
+        "forged-push" | "route-deleted" => (0, 1),
+        // On top of `restore_down`.
+        "snapshot-restore" => (0, 1_000),
         _ => (500, 3_000),
     };
     Duration::from_millis(rng.random_range(lo..hi))
 }
 
-async fn random_body(ctx: &mut Ctx, net: bool) -> Result<()> {
-    let kinds: Vec<&'static str> = if net {
+async fn random_body(ctx: &mut Ctx, net: bool, truth: bool) -> Result<()> {
+    let mut kinds: Vec<&'static str> = if net {
         KINDS.iter().chain(NET_KINDS).copied().collect()
     } else {
         KINDS.to_vec()
     };
+    if truth {
+        kinds.extend(TRUTH_KINDS);
+    }
     let n_switches = ctx.rng.random_range(2..=4);
     let n_faults = ctx.rng.random_range(2..=3);
     let mut steps: Vec<(Duration, Step)> = Vec::new();
@@ -199,8 +313,16 @@ async fn random_body(ctx: &mut Ctx, net: bool) -> Result<()> {
         steps.push((t, Step::Switch { by }));
     }
     let mut planned = Vec::new();
+    // The first fault's kind, start and hold with --truth.
+    let mut truth_window: Option<(&'static str, Duration, Duration)> = None;
     for i in 0..n_faults {
-        let kind = kinds[ctx.rng.random_range(0..kinds.len())];
+        // With --truth, the first fault is always one on what a member
+        // trusts.
+        let mut kind = if truth && i == 0 {
+            TRUTH_KINDS[ctx.rng.random_range(0..TRUTH_KINDS.len())]
+        } else {
+            kinds[ctx.rng.random_range(0..kinds.len())]
+        };
         // Some faults aim at a switch in flight.
         let start = if ctx.rng.random_bool(0.4) {
             let s = switch_times[ctx.rng.random_range(0..switch_times.len())];
@@ -208,7 +330,35 @@ async fn random_body(ctx: &mut Ctx, net: bool) -> Result<()> {
         } else {
             Duration::from_millis(ctx.rng.random_range(0..WINDOW_MS - 500))
         };
-        let hold = hold_for(&mut ctx.rng, kind);
+        let mut hold = plan_hold(ctx, kind);
+        // The run's fault on what a member trusts must not be skipped: a
+        // later fault that would keep it from being injected (or that it
+        // would keep out) while both are held, give or take a second
+        // (steps run late on a loaded machine), is drawn again from the
+        // other kinds.
+        if let Some((first, first_start, first_hold)) = truth_window {
+            let overlap = start <= first_start + first_hold + PLAN_SLACK
+                && first_start <= start + hold + PLAN_SLACK;
+            if overlap && conflicts(first, kind) {
+                let others: Vec<&'static str> = kinds
+                    .iter()
+                    .copied()
+                    .filter(|k| !conflicts(first, k))
+                    .collect();
+                kind = others[ctx.rng.random_range(0..others.len())];
+                hold = plan_hold(ctx, kind);
+            }
+        }
+        if kind == "snapshot-restore" {
+            // The snapshot it restores: taken at a random time before it
+            // (one more is taken as the run starts, in case etcd cannot
+            // take this one).
+            let at = Duration::from_millis(ctx.rng.random_range(0..=start.as_millis() as u64));
+            steps.push((at, Step::Snapshot));
+        }
+        if truth && i == 0 {
+            truth_window = Some((kind, start, hold));
+        }
         planned.push(Planned { kind, hold });
         steps.push((start, Step::Inject { fault: i }));
         steps.push((start + hold, Step::Heal { fault: i }));
@@ -220,6 +370,7 @@ async fn random_body(ctx: &mut Ctx, net: bool) -> Result<()> {
             .iter()
             .map(|(t, s)| match s {
                 Step::Switch { by } => format!("{}ms switch by {by}", t.as_millis()),
+                Step::Snapshot => format!("{}ms etcd snapshot", t.as_millis()),
                 Step::Inject { fault } =>
                     format!("{}ms inject {}", t.as_millis(), planned[*fault].kind),
                 Step::Heal { fault } => format!(
@@ -233,11 +384,16 @@ async fn random_body(ctx: &mut Ctx, net: bool) -> Result<()> {
             .join("; ")
     ));
 
+    let mut snapshot = None;
+    if planned.iter().any(|p| p.kind == "snapshot-restore") {
+        snapshot = Some(ctx.save_snapshot().await?);
+    }
     let origin = Instant::now();
     let mut ids: BTreeMap<usize, u64> = BTreeMap::new();
     let mut pending = Vec::new();
     for (t, step) in steps {
         tokio::time::sleep(t.saturating_sub(origin.elapsed())).await;
+        ctx.supervise().await;
         match step {
             Step::Switch { by } => {
                 let to = match ctx.snapshot().await {
@@ -252,9 +408,14 @@ async fn random_body(ctx: &mut Ctx, net: bool) -> Result<()> {
                 let via = ctx.live_member();
                 pending.push(ctx.switch(to, by, via, true));
             }
+            Step::Snapshot => match ctx.save_snapshot().await {
+                Ok(path) => snapshot = Some(path),
+                // etcd without quorum: the restore uses an older one.
+                Err(e) => ctx.note(format!("no etcd snapshot now: {e:#}")),
+            },
             Step::Inject { fault } => {
                 let kind = planned[fault].kind;
-                let Some(f) = resolve(ctx, kind).await? else {
+                let Some(f) = resolve(ctx, kind, snapshot.as_ref()).await? else {
                     ctx.note(format!("skipped {kind}: no target found"));
                     continue;
                 };
@@ -265,7 +426,20 @@ async fn random_body(ctx: &mut Ctx, net: bool) -> Result<()> {
                     ));
                     continue;
                 }
-                ids.insert(fault, ctx.inject(f).await?);
+                // etcd takes no write without a quorum.
+                let nodes = ctx.lab.etcd.nodes.len();
+                if matches!(f, LabFault::RouteDeleted) {
+                    if let Some((other, _)) = ctx.active().find(|(_, a)| a.takes_etcd_quorum(nodes))
+                    {
+                        ctx.note(format!("skipped {kind}: fault #{other} took etcd's quorum"));
+                        continue;
+                    }
+                }
+                let instantaneous = f.instantaneous();
+                let id = ctx.inject(f).await?;
+                if !instantaneous {
+                    ids.insert(fault, id);
+                }
             }
             Step::Heal { fault } => {
                 if let Some(id) = ids.remove(&fault) {
@@ -300,6 +474,18 @@ pub struct Summary {
     pub samples: u64,
     /// `(how long, scenario, seed)`.
     pub longest_outage: Option<(Duration, String, u64)>,
+    /// The longest outage that overlaps no etcd restore.
+    pub longest_outage_outside_restores: Option<(Duration, String, u64)>,
+    /// Answers to forged pushes, by kind of answer.
+    pub forged: BTreeMap<String, u64>,
+    pub forged_applied: u64,
+    /// etcd restores, and the longest time from etcd's stop until every
+    /// LB was seen blocked.
+    pub restores: u64,
+    pub longest_fence: Option<(Duration, String, u64)>,
+    /// Runs in which a fault on what a member trusts ([`TRUTH_KINDS`])
+    /// was injected.
+    pub runs_with_truth: u64,
     pub longest_heal: Option<(Duration, String, u64)>,
     pub longest_deadman: Option<(Duration, String, u64)>,
     pub heals: u64,
@@ -348,6 +534,29 @@ impl Summary {
         self.split_samples += v.violation_counts().1 as u64;
         self.samples += v.samples as u64;
         keep_max(&mut self.longest_outage, Some(v.longest_outage), name, seed);
+        keep_max(
+            &mut self.longest_outage_outside_restores,
+            Some(v.longest_outage_outside_restores),
+            name,
+            seed,
+        );
+        for (k, n) in &v.forged {
+            *self.forged.entry(k.clone()).or_default() += n;
+        }
+        self.forged_applied += v.forged_applied() as u64;
+        self.restores += v.restores.len() as u64;
+        if TRUTH_KINDS.iter().any(|k| v.faults.contains_key(*k)) {
+            self.runs_with_truth += 1;
+        }
+        for r in &v.restores {
+            let all = r
+                .blocked_after
+                .iter()
+                .map(|(_, b)| *b)
+                .collect::<Option<Vec<_>>>()
+                .and_then(|b| b.into_iter().max());
+            keep_max(&mut self.longest_fence, all, name, seed);
+        }
         keep_max(&mut self.longest_heal, v.longest_heal(), name, seed);
         keep_max(&mut self.longest_deadman, v.longest_deadman(), name, seed);
         self.heals += v.heals.len() as u64;
@@ -417,6 +626,31 @@ impl fmt::Display for Summary {
             self.samples, self.split_samples
         )?;
         writeln!(f, "longest outage: {}", at(&self.longest_outage))?;
+        if self.runs_with_truth > 0 {
+            writeln!(
+                f,
+                "runs with a forged push, a route deletion or an etcd restore: {} of {}",
+                self.runs_with_truth, self.runs
+            )?;
+        }
+        if self.restores > 0 {
+            writeln!(
+                f,
+                "etcd restores: {} (etcd down at least the lease TTL: every member fences itself, that outage is expected); every LB blocked after at most {}; longest outage outside restores: {}",
+                self.restores,
+                at(&self.longest_fence),
+                at(&self.longest_outage_outside_restores)
+            )?;
+        }
+        if !self.forged.is_empty() {
+            writeln!(
+                f,
+                "forged pushes: {} ({}); applied: {}",
+                self.forged.values().sum::<u64>(),
+                join(&self.forged),
+                self.forged_applied
+            )?;
+        }
         writeln!(
             f,
             "longest time to heal: {} over {} heals",

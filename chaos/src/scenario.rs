@@ -11,10 +11,10 @@
 //! [`Scenario`] to [`registry`]. Faults come from [`LabFault`]; new kinds of
 //! fault (network partitions, `tc netem`) are new `LabFault` variants.
 
-use super::fault::LabFault;
+use super::fault::{ForgedAnswer, ForgedPush, Held, Injected, LabFault};
 use super::history::{
-    Event, FaultOp, FaultRecord, History, Recording, StartInfo, SwitchRecord, SwitchResult,
-    TimingInfo,
+    Event, FaultOp, FaultRecord, ForgedRecord, History, Recording, StartInfo, SwitchRecord,
+    SwitchResult, TimingInfo,
 };
 use super::net::NetFault;
 use super::verdict::{self, Verdict};
@@ -144,6 +144,50 @@ const SWITCH_CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// leader to take it (and, with `wait`, for the switch to complete).
 const SWITCH_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A fault that lost the route, and the task that waits for etcd's route
+/// to be back above `floor` (or to be the very route of before the fault:
+/// a restored snapshot may hold it) with every member on it (returns how
+/// long after the fault, and the route's epoch then).
+struct RouteWatch {
+    fault_id: u64,
+    kind: &'static str,
+    floor: u64,
+    task: JoinHandle<(Duration, u64)>,
+}
+
+/// The last line of a sidecar's log that reports an error (what it said
+/// when it exited), for the report.
+fn last_error(log: &std::path::Path) -> String {
+    match std::fs::read_to_string(log) {
+        Ok(text) => text
+            .lines()
+            .rev()
+            .find(|l| l.contains("ERROR") || l.starts_with("error:"))
+            .map_or_else(
+                || format!("no error in {}", log.display()),
+                |l| l.trim().to_string(),
+            ),
+        Err(e) => format!("cannot read {}: {e}", log.display()),
+    }
+}
+
+/// The highest epoch etcd shows: the route's, every member's applied one,
+/// the newest history record's. A new route must go above it.
+fn epoch_floor(s: &Snapshot) -> u64 {
+    s.route
+        .as_ref()
+        .map(|(r, _)| r.epoch)
+        .into_iter()
+        .chain(
+            s.members
+                .iter()
+                .filter_map(|m| m.record.applied.map(|a| a.epoch)),
+        )
+        .chain(s.history_epoch)
+        .max()
+        .unwrap_or(0)
+}
+
 /// What a scenario gets: the lab, the history, a seeded RNG and helpers
 /// that record what they do.
 pub struct Ctx {
@@ -156,8 +200,20 @@ pub struct Ctx {
     store: Store,
     traffic: Option<Traffic>,
     active: BTreeMap<u64, LabFault>,
-    /// Handles of active network faults, by fault id.
-    held: BTreeMap<u64, lockstep_testkit::netns::NetFaultGuard>,
+    /// What active faults' heals need back (network handles, etcd's
+    /// downtime), by fault id.
+    held: BTreeMap<u64, Held>,
+    /// Forged pushes waiting for their answers, by fault id; each task
+    /// records its answers in the history.
+    forged: Vec<(u64, JoinHandle<Vec<ForgedAnswer>>)>,
+    /// Snapshots saved so far (`etcd-<n>.snapshot` in the lab directory).
+    snapshots: u64,
+    /// Faults that lost the route, each watched until the route is back
+    /// above every epoch applied before ([`Self::finish_route_watch`]).
+    route_watch: Vec<RouteWatch>,
+    /// Sidecars that exited by themselves and wait to be started again
+    /// ([`Self::supervise`]).
+    exited: BTreeSet<usize>,
     /// Active faults whose heal failed and is retried (a sidecar that
     /// could not start yet).
     retry_heal: BTreeSet<u64>,
@@ -330,28 +386,235 @@ impl Ctx {
     }
 
     /// Injects `fault` and records it; returns its id for [`Self::heal`].
+    /// An instantaneous fault ([`LabFault::instantaneous`]) is recorded as
+    /// healed at once (nothing is left to heal); a forged push's answers
+    /// are recorded when they come ([`Self::forged_answers`]).
     pub async fn inject(&mut self, fault: LabFault) -> Result<u64> {
         self.next_fault += 1;
         let id = self.next_fault;
         let (kind, target) = (fault.kind(&self.lab), fault.target(&self.lab));
-        let held = fault
+        let floor = if fault.loses_route() {
+            match self.store.snapshot().await {
+                Ok(s) => Some((
+                    epoch_floor(&s),
+                    s.route.map(|(r, _)| (r.epoch, r.phase, r.setup)),
+                )),
+                Err(e) => {
+                    self.note(format!(
+                        "#{id} {kind}: etcd unreadable before it ({e}); its route is not watched"
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let injected = fault
             .inject(&mut self.lab)
             .await
             .with_context(|| format!("injecting {kind} on {target}"))?;
-        if let Some(h) = held {
-            self.held.insert(id, h);
+        if let Some((floor, before)) = floor {
+            let (store, since) = (self.store.clone(), Instant::now());
+            self.route_watch.push(RouteWatch {
+                fault_id: id,
+                kind,
+                floor,
+                task: tokio::spawn(async move {
+                    loop {
+                        if let Ok(s) = store.snapshot().await {
+                            let settled = s.settled();
+                            // A snapshot that holds the route of the time
+                            // of the restore lost nothing; any other route
+                            // must go above every epoch applied before.
+                            let back = |r: &Route| {
+                                r.epoch > floor || Some((r.epoch, r.phase, r.setup)) == before
+                            };
+                            if let Some((r, _)) = s.route.filter(|(r, _)| settled && back(r)) {
+                                return (since.elapsed(), r.epoch);
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }),
+            });
+        }
+        let mut detail = None;
+        match injected {
+            Injected::Done { detail: d } => detail = d,
+            Injected::Net(h) => {
+                self.held.insert(id, Held::Net(h));
+            }
+            Injected::EtcdDown { since } => {
+                self.held.insert(id, Held::EtcdDown { since });
+            }
+            Injected::Pushes(answers) => {
+                let (history, member) = (self.history.clone(), self.fault_member_id(&fault));
+                self.forged.push((
+                    id,
+                    tokio::spawn(async move {
+                        let answers = answers.await;
+                        for a in &answers {
+                            history.record(&Event::Forged(ForgedRecord {
+                                fault_id: id,
+                                member: member.clone(),
+                                phase: a.phase,
+                                epoch: a.epoch,
+                                token: a.token,
+                                setup: a.setup,
+                                sent_us: history.us(a.sent),
+                                answered_us: history.us(a.answered),
+                                answer: a.answer.clone(),
+                            }));
+                        }
+                        answers
+                    }),
+                ));
+            }
         }
         self.history.record(&Event::Fault(FaultRecord {
             id,
             op: FaultOp::Inject,
             fault: kind.into(),
-            target,
+            target: target.clone(),
             lb: fault.silenced_lb(&self.lab),
             at_us: self.history.now_us(),
-            detail: None,
+            etcd_started_us: None,
+            detail,
         }));
-        self.active.insert(id, fault);
+        if fault.instantaneous() {
+            self.history.record(&Event::Fault(FaultRecord {
+                id,
+                op: FaultOp::Heal,
+                fault: kind.into(),
+                target,
+                lb: None,
+                at_us: self.history.now_us(),
+                etcd_started_us: None,
+                detail: Some("instantaneous: nothing to heal".into()),
+            }));
+        } else {
+            self.active.insert(id, fault);
+        }
         Ok(id)
+    }
+
+    fn fault_member_id(&self, fault: &LabFault) -> String {
+        match fault {
+            LabFault::ForgedPush(ForgedPush { member, .. }) => self
+                .lab
+                .sidecars
+                .get(*member)
+                .map_or_else(|| format!("member#{member}"), |s| s.spec.member_id.clone()),
+            _ => String::new(),
+        }
+    }
+
+    /// Waits for the answers to forged-push fault `id` (each was recorded
+    /// in the history when it came).
+    pub async fn forged_answers(&mut self, id: u64) -> Result<Vec<ForgedAnswer>> {
+        let i = self
+            .forged
+            .iter()
+            .position(|(f, _)| *f == id)
+            .with_context(|| format!("fault #{id} sent no forged push, or was waited for"))?;
+        let (_, task) = self.forged.remove(i);
+        task.await
+            .with_context(|| format!("the forged push of fault #{id}"))
+    }
+
+    /// Waits (up to `timeout`) for every forged push's answers; one still
+    /// unanswered is recorded as such.
+    pub async fn finish_forged(&mut self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (id, task) in std::mem::take(&mut self.forged) {
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                abort.abort();
+                self.note(format!(
+                    "forged push of fault #{id}: abandoned at the end of the run"
+                ));
+            }
+        }
+    }
+
+    /// A forged push for member `member`, from what the link looks like
+    /// now: a Serve of the setup the LBs do not serve (the route's other
+    /// one while they are not all on one setup) at the highest epoch etcd
+    /// shows + 1000, a Drain at a huge epoch (sometimes `u64::MAX`), both
+    /// under a huge token. etcd unreadable: epochs above 0.
+    pub async fn forgery(&mut self, member: usize) -> ForgedPush {
+        let (current, route_setup) = match self.store.snapshot().await {
+            Ok(s) => (epoch_floor(&s), s.route.map(|(r, _)| r.setup)),
+            Err(_) => (0, None),
+        };
+        let setup = match self.lbs_serving().await.or(route_setup) {
+            Some(s) => s.other(),
+            None if self.rng.random_bool(0.5) => Setup::Hot,
+            None => Setup::Warm,
+        };
+        let drain_epoch = if self.rng.random_bool(0.25) {
+            u64::MAX
+        } else {
+            current + 1_000_000 + self.rng.random_range(0..1_000_000_000)
+        };
+        ForgedPush {
+            member,
+            serve_epoch: current + 1000,
+            drain_epoch,
+            token: (1 << 40) + self.rng.random_range(0..1 << 20),
+            setup,
+        }
+    }
+
+    /// Checks that every route a fault lost (deleted, rolled back) is back
+    /// above every epoch applied before it, with the link settled on it
+    /// (DESIGN §3, "Epochs never go backwards"), waiting up to `grace`
+    /// more for each.
+    pub async fn finish_route_watch(&mut self, grace: Duration) {
+        for w in std::mem::take(&mut self.route_watch) {
+            let abort = w.task.abort_handle();
+            let seen = tokio::time::timeout(grace, w.task).await;
+            if seen.is_err() {
+                abort.abort();
+            }
+            let detail = match &seen {
+                Ok(Ok((after, epoch))) => format!(
+                    "route back at epoch {epoch}, {:.0} ms after the fault",
+                    after.as_secs_f64() * 1000.0
+                ),
+                Ok(Err(e)) => format!("watch failed: {e}"),
+                Err(_) => "not by the end of the run".into(),
+            };
+            self.check(
+                &format!(
+                    "the route lost by #{} {} is back (above epoch {} or as it was), the link settled on it",
+                    w.fault_id, w.kind, w.floor
+                ),
+                matches!(seen, Ok(Ok(_))),
+                detail,
+            );
+        }
+    }
+
+    /// Saves a snapshot of etcd into the lab directory (for a later
+    /// [`LabFault::SnapshotRestore`]) and notes the route it holds.
+    pub async fn save_snapshot(&mut self) -> Result<PathBuf> {
+        self.snapshots += 1;
+        let path = self
+            .lab
+            .dir
+            .join(format!("etcd-{}.snapshot", self.snapshots));
+        let node = tokio::task::block_in_place(|| self.lab.etcd.snapshot_save(&path))
+            .context("saving an etcd snapshot")?;
+        let route = match self.store.snapshot().await {
+            Ok(s) => format!("{:?}", s.route.map(|(r, _)| (r.epoch, r.phase, r.setup))),
+            Err(e) => format!("unknown ({e})"),
+        };
+        self.note(format!(
+            "etcd snapshot {} saved from {node}; route about then: {route}",
+            path.display()
+        ));
+        Ok(path)
     }
 
     /// Heals fault `id`; returns once the healed process runs again. A
@@ -364,6 +627,7 @@ impl Ctx {
         for id in pending {
             self.try_heal(id).await?;
         }
+        self.supervise().await;
         Ok(())
     }
 
@@ -375,8 +639,8 @@ impl Ctx {
             .with_context(|| format!("no active fault #{id}"))?;
         let (kind, target) = (fault.kind(&self.lab), fault.target(&self.lab));
         let held = self.held.remove(&id);
-        match fault.heal(&mut self.lab, held).await {
-            Ok(()) => {}
+        let etcd_started = match fault.heal(&mut self.lab, held).await {
+            Ok(started) => started,
             Err(e) if fault.heal_retryable() => {
                 self.note(format!(
                     "heal of #{id} {kind} on {target} failed, will retry: {e:#}"
@@ -385,7 +649,7 @@ impl Ctx {
                 return Ok(false);
             }
             Err(e) => return Err(e.context(format!("healing {kind} on {target}"))),
-        }
+        };
         self.active.remove(&id);
         self.retry_heal.remove(&id);
         self.history.record(&Event::Fault(FaultRecord {
@@ -395,6 +659,7 @@ impl Ctx {
             target,
             lb: fault.silenced_lb(&self.lab),
             at_us: self.history.now_us(),
+            etcd_started_us: etcd_started.map(|t| self.history.us(t)),
             detail: None,
         }));
         Ok(true)
@@ -403,6 +668,48 @@ impl Ctx {
     /// Faults injected and not healed yet.
     pub fn active(&self) -> impl Iterator<Item = (&u64, &LabFault)> {
         self.active.iter()
+    }
+
+    /// Plays the sidecars' supervisor (systemd, Kubernetes): a sidecar that
+    /// exited while no fault of ours had killed it fails a check (it exits
+    /// by itself only on a fatal error, which the run must report) and is
+    /// started again, now or at a later call if it cannot start yet.
+    pub async fn supervise(&mut self) {
+        let killed: BTreeSet<usize> = self
+            .active
+            .values()
+            .filter_map(|f| match f {
+                LabFault::SidecarKill { member, .. } => Some(*member),
+                _ => None,
+            })
+            .collect();
+        for i in 0..self.members() {
+            if killed.contains(&i) || self.exited.contains(&i) {
+                continue;
+            }
+            let s = &mut self.lab.sidecars[i];
+            if s.guard.is_running() {
+                continue;
+            }
+            let (id, why) = (s.spec.member_id.clone(), last_error(&s.log));
+            self.check(
+                &format!("sidecar {id} runs until a fault kills it"),
+                false,
+                format!("it exited by itself: {why}; started again, as its supervisor would"),
+            );
+            self.exited.insert(i);
+        }
+        for i in self.exited.clone() {
+            let s = &mut self.lab.sidecars[i];
+            let id = s.spec.member_id.clone();
+            match tokio::task::block_in_place(|| s.restart()) {
+                Ok(()) => {
+                    self.exited.remove(&i);
+                    self.note(format!("supervisor: sidecar {id} started again"));
+                }
+                Err(e) => self.note(format!("supervisor: sidecar {id} did not start yet: {e:#}")),
+            }
+        }
     }
 
     /// Heals everything still active, retryable heals last (they may need
@@ -416,19 +723,21 @@ impl Ctx {
             }
         }
         // As a supervisor would: keep starting what did not start.
+        self.supervise().await;
         let deadline = Instant::now() + HEAL_PATIENCE;
-        while !self.retry_heal.is_empty() {
+        while !self.retry_heal.is_empty() || !self.exited.is_empty() {
             if Instant::now() > deadline {
                 self.check(
                     "heal",
                     false,
                     format!(
-                        "faults {:?} could not be healed within {HEAL_PATIENCE:?}",
-                        self.retry_heal
+                        "faults {:?} could not be healed, sidecars {:?} not started again, within {HEAL_PATIENCE:?}",
+                        self.retry_heal, self.exited
                     ),
                 );
                 return;
             }
+            self.supervise().await;
             tokio::time::sleep(Duration::from_secs(1)).await;
             let pending: Vec<u64> = self.retry_heal.iter().copied().collect();
             for id in pending {
@@ -493,6 +802,25 @@ impl Ctx {
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// [`Self::settle`], supervising the sidecars meanwhile (one that
+    /// exits by itself is reported and started again).
+    pub async fn settle_supervised(&mut self, timeout: Duration) -> Result<Setup> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.supervise().await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.settle(left.min(Duration::from_secs(1))).await {
+                Ok(setup) => return Ok(setup),
+                Err(_) if Instant::now() < deadline => {}
+                Err(e) => {
+                    return Err(e.context(format!(
+                    "the link did not settle on one setup with matching pairs within {timeout:?}"
+                )))
+                }
+            }
         }
     }
 
@@ -652,6 +980,10 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
         traffic: Some(traffic),
         active: BTreeMap::new(),
         held: BTreeMap::new(),
+        forged: Vec::new(),
+        snapshots: 0,
+        route_watch: Vec::new(),
+        exited: BTreeSet::new(),
         retry_heal: BTreeSet::new(),
         next_fault: 0,
         next_switch: 0,
@@ -673,13 +1005,15 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
         }
     }
     ctx.heal_all().await;
-    let settled = ctx.settle(bound).await;
+    let settled = ctx.settle_supervised(bound).await;
     ctx.check(
         "settled on one setup at the end",
         settled.is_ok(),
         settled.err().map(|e| format!("{e:#}")).unwrap_or_default(),
     );
     ctx.finish_switches(Duration::from_secs(5)).await;
+    ctx.finish_forged(Duration::from_secs(25)).await;
+    ctx.finish_route_watch(Duration::from_secs(5)).await;
     // Keep watching a little: a late split would show here.
     tokio::time::sleep(Duration::from_millis(300)).await;
     if let Some(traffic) = ctx.traffic.take() {
@@ -921,6 +1255,24 @@ pub fn registry() -> Vec<Scenario> {
             body: |c| Box::pin(switchovers(c, 4)),
         },
         Scenario {
+            name: "forged-push",
+            about: "a forged Serve (the other setup, epoch + 1000, huge token) and Drain (huge epoch) over plain gRPC to a member (by the seed), at rest, then to the leader or not during a switch (LB applies slowed): every push refused as not confirmed by etcd, the LBs keep their setup, the next switch takes the next epoch",
+            lab: slow_apply,
+            body: |c| Box::pin(forged_push(c)),
+        },
+        Scenario {
+            name: "route-deleted",
+            about: "the link on warm, its route key deleted (etcdctl del): the leader re-establishes warm above every applied epoch (history: route-lost); a switchover to hot really switches; the route deleted again inside a switch (LB applies slowed); a member restarted: never two setups",
+            lab: slow_apply,
+            body: |c| Box::pin(route_deleted(c)),
+        },
+        Scenario {
+            name: "snapshot-restore",
+            about: "3-node etcd: a snapshot after one switch, three more switches, then etcd stopped, the snapshot restored into every node and etcd started TTL + 1 s later: every LB fenced while etcd is down; the link comes back on the setup it served, above every epoch applied before (route-lost); a switchover completes",
+            lab: etcd3,
+            body: |c| Box::pin(snapshot_restore(c)),
+        },
+        Scenario {
             name: "net-member-cut-from-etcd-at-rest",
             about: "members in network namespaces; a member (not the leader) is cut from etcd (both directions) and must fence itself: its LB stops routing within TTL - margin + D; healed after 4 s, the link serves one setup again",
             lab: netns,
@@ -958,7 +1310,7 @@ pub fn find(name: &str) -> Option<Scenario> {
     // The random modes too, so a failed random run replays with `run`.
     registry()
         .into_iter()
-        .chain([super::random::scenario(), super::random::net_scenario()])
+        .chain(super::random::scenarios())
         .find(|s| s.name == name)
 }
 
@@ -1571,6 +1923,261 @@ async fn net_during_switchovers(ctx: &mut Ctx, kind: NetKind) -> Result<()> {
         "a switchover completes after the heal",
         answer.completed(),
         format!("{answer:?}"),
+    );
+    Ok(())
+}
+
+/// Sends a forgery to `member`, waits for both answers and checks they are
+/// refusals of a push etcd does not confirm.
+async fn forge(ctx: &mut Ctx, member: usize, when: &str) -> Result<()> {
+    let forgery = ctx.forgery(member).await;
+    let id = ctx.inject(LabFault::ForgedPush(forgery)).await?;
+    let answers = ctx.forged_answers(id).await?;
+    let shown: Vec<String> = answers
+        .iter()
+        .map(|a| format!("{} at epoch {}: {:?}", a.phase, a.epoch, a.answer))
+        .collect();
+    ctx.check(
+        &format!("every forged push {when} refused as not confirmed by etcd"),
+        answers.len() == 2 && answers.iter().all(|a| a.answer.refused_as_unconfirmed()),
+        shown.join("; "),
+    );
+    Ok(())
+}
+
+/// The attack of issue 9: a forged Serve of the other setup at epoch
+/// current + 1000 and a forged Drain at a huge epoch, at rest and inside a
+/// switch. Nothing may change, and the next switch is taken at the next
+/// epoch (the epoch a member accepts was not raised).
+async fn forged_push(ctx: &mut Ctx) -> Result<()> {
+    let before = ctx.route().await?;
+    let victim = ctx.rng.random_range(0..ctx.members());
+    forge(ctx, victim, "at rest").await?;
+    // Let a forged Serve land, if it were going to.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let serving = ctx.lbs_serving().await;
+    ctx.check(
+        "after the forged pushes every LB still serves the route's setup",
+        serving == Some(before.setup),
+        format!("LBs: {serving:?}; route {} {}", before.epoch, before.setup),
+    );
+    let leader = ctx.leader(Duration::from_secs(10)).await?;
+    let to = before.setup.other();
+    let answer = ctx.switch(to, "oncall-a", leader, true).answer().await;
+    ctx.check(
+        "the next switch completes at the next epoch",
+        matches!(answer, SwitchAnswer::Done { epoch, completed: true } if epoch == before.epoch + 1),
+        format!("{answer:?}; route was at {}", before.epoch),
+    );
+    ctx.wait_lbs(to, ctx.bound).await?;
+    // Inside a switch: the member may be waiting for etcd to confirm the
+    // leader's real push when the forged one arrives.
+    let back = to.other();
+    let (pending, route) = ctx.start_switch(back, "oncall-b", leader).await?;
+    tokio::time::sleep(ctx.pick_ms(0, 200)).await;
+    let victim = if ctx.rng.random_bool(0.5) {
+        leader
+    } else {
+        ctx.other_than(leader)
+    };
+    forge(ctx, victim, &format!("inside the switch to {back}")).await?;
+    let answer = pending.answer().await;
+    ctx.check(
+        "the switch the forgery hit completes",
+        answer.completed(),
+        format!("{answer:?} (drain at epoch {})", route.epoch),
+    );
+    ctx.wait_lbs(back, ctx.bound).await?;
+    Ok(())
+}
+
+/// The newest history record of `kind` above `epoch`, from a member's
+/// Admin API (etcd's history, as `lockstep history` shows it).
+async fn history_record(ctx: &Ctx, kind: &str, above: u64) -> Option<(u64, String)> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(h) = ctx.lab.history(20).await {
+            if let Some(r) = h.records.iter().find(|r| r.kind == kind && r.epoch > above) {
+                return Some((r.epoch, r.reason.clone()));
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until etcd's route serves `setup` above `above` and every member
+/// has applied it; checks it under `name`. Returns the route's epoch.
+async fn wait_reestablished(ctx: &Ctx, name: &str, setup: Setup, above: u64) -> Option<u64> {
+    let done = ctx
+        .wait_snapshot("the route re-established", ctx.bound, |s| {
+            route_of(s)
+                .is_some_and(|r| r.setup == setup && r.epoch > above && r.phase == Phase::Serve)
+                && s.settled()
+        })
+        .await;
+    let epoch = done
+        .as_ref()
+        .ok()
+        .and_then(|s| route_of(s).map(|r| r.epoch));
+    ctx.check(
+        name,
+        epoch.is_some(),
+        match &done {
+            Ok(s) => format!("route {:?}", route_of(s)),
+            Err(e) => format!("{e:#}"),
+        },
+    );
+    epoch
+}
+
+/// The lost route of issue 9: the link on warm, the route key deleted. The
+/// leader must not bootstrap "hot at epoch 1": it re-establishes warm
+/// above every applied epoch; a switchover to hot then really switches.
+async fn route_deleted(ctx: &mut Ctx) -> Result<()> {
+    let leader = ctx.leader(Duration::from_secs(10)).await?;
+    let on_warm = ctx
+        .switch(Setup::Warm, "oncall-a", leader, true)
+        .answer()
+        .await;
+    let applied = match on_warm {
+        SwitchAnswer::Done {
+            epoch,
+            completed: true,
+        } => epoch,
+        other => bail!("the switch to warm before the deletion did not complete: {other:?}"),
+    };
+    ctx.inject(LabFault::RouteDeleted).await?;
+    let epoch = wait_reestablished(
+        ctx,
+        "the deleted route is re-established on warm above the applied epoch",
+        Setup::Warm,
+        applied,
+    )
+    .await
+    .unwrap_or(applied);
+    let lost = history_record(ctx, "route-lost", applied).await;
+    ctx.check(
+        "the history records route-lost",
+        lost.is_some(),
+        format!("{lost:?}"),
+    );
+    let via = ctx.other_than(leader);
+    let to_hot = ctx.switch(Setup::Hot, "oncall-b", via, true).answer().await;
+    ctx.check(
+        "a switchover to hot then really switches, above the re-established epoch",
+        matches!(to_hot, SwitchAnswer::Done { epoch: e, completed: true } if e > epoch),
+        format!("{to_hot:?}; re-established at {epoch}"),
+    );
+    ctx.wait_lbs(Setup::Hot, ctx.bound).await?;
+    let highest = ctx.route().await?.epoch;
+
+    // Deleted again inside a switch: the leader's txn finds no route.
+    let leader = ctx.leader(Duration::from_secs(10)).await?;
+    let (pending, _) = ctx.start_switch(Setup::Warm, "oncall-a", leader).await?;
+    tokio::time::sleep(ctx.pick_ms(0, 200)).await;
+    ctx.inject(LabFault::RouteDeleted).await?;
+    let answer = pending.answer().await;
+    ctx.note(format!("the switch the deletion hit: {answer:?}"));
+    let setup = ctx.settle(ctx.bound).await?;
+    let after = ctx.route().await?;
+    ctx.check(
+        "after the second deletion the route is above every epoch before it",
+        after.epoch > highest && after.setup == setup,
+        format!(
+            "route {} {} {}; LBs on {setup}; before: {highest}",
+            after.epoch, after.phase, after.setup
+        ),
+    );
+
+    // A rolling update of one member: it never serves a setup the other
+    // end does not (the verdict's LB samples and pairs say).
+    let victim = ctx.other_than(ctx.leader(Duration::from_secs(10)).await?);
+    let id = ctx
+        .inject(LabFault::SidecarKill {
+            member: victim,
+            leader: false,
+        })
+        .await?;
+    tokio::time::sleep(ctx.pick_ms(0, 500)).await;
+    ctx.heal(id).await?;
+    ctx.wait_lbs(setup, ctx.bound).await?;
+    Ok(())
+}
+
+/// An old snapshot restored under running sidecars, etcd kept down for
+/// TTL + 1 s (the documented procedure), on a 3-node etcd: the snapshot's
+/// route is older and on the other setup than the one the members serve.
+async fn snapshot_restore(ctx: &mut Ctx) -> Result<()> {
+    let leader = ctx.leader(Duration::from_secs(10)).await?;
+    switchovers(ctx, 1).await?;
+    let snapshot = ctx.save_snapshot().await?;
+    let at_snapshot = ctx.route().await?;
+    switchovers(ctx, 3).await?;
+    let last = ctx.route().await?;
+    let serving = ctx.settle(ctx.bound).await?;
+    ctx.note(format!(
+        "the snapshot holds route {} {}; the link serves {serving} at {}",
+        at_snapshot.epoch, at_snapshot.setup, last.epoch
+    ));
+    let t = ctx.lab.options.timing.clone();
+    let down = t.lease_ttl + Duration::from_secs(1);
+    let id = ctx
+        .inject(LabFault::SnapshotRestore {
+            snapshot: snapshot.clone(),
+            down,
+        })
+        .await?;
+    let stopped = Instant::now();
+    // Every member fences itself: TTL - margin after its last ack, by
+    // its own command or its LB's checks (D more as slack).
+    let bound = t.lease_ttl + t.down_detection() - t.margin;
+    let mut blocked = None;
+    while stopped.elapsed() < bound {
+        let mut all = true;
+        for lb in &ctx.lab.lbs {
+            let r = lb.adapter().routing().await;
+            if !r.as_ref().is_ok_and(|r| !r.hot && !r.warm) {
+                all = false;
+            }
+        }
+        if all {
+            blocked = Some(stopped.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ctx.check(
+        "every LB routes nowhere while etcd is down for the restore",
+        blocked.is_some(),
+        format!("all blocked after {blocked:?} (bound {bound:?})"),
+    );
+    ctx.heal(id).await?;
+    let epoch = wait_reestablished(
+        ctx,
+        "after the restore the link serves the setup it served, above every epoch applied before",
+        serving,
+        last.epoch,
+    )
+    .await
+    .unwrap_or(last.epoch);
+    let lost = history_record(ctx, "route-lost", last.epoch).await;
+    ctx.check(
+        "the history records route-lost",
+        lost.is_some(),
+        format!("{lost:?}"),
+    );
+    let via = ctx.other_than(leader);
+    let answer = ctx
+        .switch(serving.other(), "oncall-b", via, true)
+        .answer()
+        .await;
+    ctx.check(
+        "a switchover after the restore completes above the re-established epoch",
+        matches!(answer, SwitchAnswer::Done { epoch: e, completed: true } if e > epoch),
+        format!("{answer:?}; re-established at {epoch}"),
     );
     Ok(())
 }

@@ -32,9 +32,23 @@
 //! **Dead-man's switch.** For a sidecar killed or frozen while its LB was
 //! routing: how long until that LB was seen blocked (before any heal).
 //! Slower than D fails the run: S1's timing argument assumes D.
+//!
+//! **Forged pushes** (S2). Every Drain or Serve a `forged-push` fault sent
+//! must be refused: one the member answered OK (applied) is a violation.
+//! Each such fault must have both its answers recorded, or the run proves
+//! nothing about it and fails.
+//!
+//! **etcd restored from a snapshot.** etcd is down from the inject until
+//! the restored nodes start, for at least the lease TTL, so every member
+//! fences itself: an LB seen routing (in a sample read entirely after
+//! TTL − margin + D from the stop, the last acknowledged keep-alive being
+//! no later than the stop) while etcd is still down fails the run. The
+//! outage while etcd is down is expected; the longest outage is also
+//! reported without the outages that overlap a restore.
 
 use super::history::{
-    Event, FaultOp, FaultRecord, LbSample, LbState, PairOutcome, PairRecord, StartInfo, TimingInfo,
+    Event, FaultOp, FaultRecord, ForgedRecord, LbSample, LbState, PairOutcome, PairRecord,
+    PushAnswer, StartInfo, TimingInfo,
 };
 use lockstep_core::Setup;
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,6 +67,21 @@ pub fn liveness_bound(t: &TimingInfo) -> Duration {
 /// Slack on D for the dead-man's measurement: the first blocked sample is
 /// read after the LB blocked.
 const DEADMAN_SLACK: Duration = Duration::from_millis(50);
+
+/// By when, after etcd stopped answering, every member has fenced itself:
+/// its last acknowledged keep-alive was sent no later than the stop; it
+/// blocks its LB TTL − margin after it, and a frozen sidecar's LB fails
+/// its checks by then too (DESIGN §3, self-fencing); D more as slack.
+pub fn fence_bound(t: &TimingInfo) -> Duration {
+    Duration::from_millis((t.lease_ttl_ms + t.down_detection_ms).saturating_sub(t.margin_ms))
+}
+
+/// The kind of the fault that restores etcd from a snapshot.
+pub const SNAPSHOT_RESTORE: &str = "snapshot-restore";
+/// The kind of the fault that sends forged pushes.
+pub const FORGED_PUSH: &str = "forged-push";
+/// Answers each forged-push fault records (a Serve and a Drain).
+const PUSHES_PER_FORGERY: usize = 2;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PairCounts {
@@ -134,6 +163,9 @@ pub enum Violation {
         lb: String,
         at: SampleAt,
     },
+    /// A member applied a push that no leader sent and etcd never
+    /// confirmed (S2).
+    ForgedApplied(ForgedRecord),
 }
 
 impl fmt::Display for Violation {
@@ -164,6 +196,18 @@ impl fmt::Display for Violation {
             Violation::Both { lb, at } => {
                 write!(f, "{lb} routes to both setups (sample read {at})")
             }
+            Violation::ForgedApplied(p) => write!(
+                f,
+                "forged {} of {} at epoch {} (token {}) applied by {} at {} (fault #{}): {:?}",
+                p.phase,
+                p.setup,
+                p.epoch,
+                p.token,
+                p.member,
+                ms(p.answered_us),
+                p.fault_id,
+                p.answer
+            ),
         }
     }
 }
@@ -191,6 +235,22 @@ pub struct Deadman {
     pub blocked_after: Option<Duration>,
 }
 
+/// etcd restored from a snapshot: down from `at_us` until
+/// `etcd_started_us`, and what every LB did meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restore {
+    pub fault_id: u64,
+    /// etcd stopped.
+    pub at_us: u64,
+    /// The restored nodes started (`None`: never healed).
+    pub etcd_started_us: Option<u64>,
+    /// By when every LB must route nowhere ([`fence_bound`]).
+    pub fence_bound: Duration,
+    /// Per LB: when it was first seen blocked after the stop, before etcd
+    /// started again (`None`: not seen blocked).
+    pub blocked_after: Vec<(String, Option<Duration>)>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Verdict {
     pub scenario: String,
@@ -204,6 +264,11 @@ pub struct Verdict {
     /// From the first failed pair after a matched one to the end of the
     /// next matched pair (as the key-pair traffic counts it).
     pub longest_outage: Duration,
+    /// Every outage, `(from_us, to_us)`.
+    pub outages: Vec<(u64, u64)>,
+    /// The longest outage that overlaps no etcd restore (while etcd is
+    /// down every member fences itself: that outage is expected).
+    pub longest_outage_outside_restores: Duration,
     pub samples: usize,
     pub unreadable: usize,
     /// Samples by LB state.
@@ -211,6 +276,9 @@ pub struct Verdict {
     pub switches: SwitchCounts,
     /// Faults injected, by kind.
     pub faults: BTreeMap<String, u64>,
+    /// Answers to forged pushes, by [`PushAnswer::label`].
+    pub forged: BTreeMap<String, u64>,
+    pub restores: Vec<Restore>,
     pub violations: Vec<Violation>,
     pub heals: Vec<Heal>,
     pub deadman: Vec<Deadman>,
@@ -240,7 +308,33 @@ impl Verdict {
             .iter()
             .filter(|v| matches!(v, Violation::MismatchedPair(_)))
             .count();
-        (pairs, self.violations.len() - pairs)
+        let lbs = self
+            .violations
+            .iter()
+            .filter(|v| matches!(v, Violation::Split { .. } | Violation::Both { .. }))
+            .count();
+        (pairs, lbs)
+    }
+
+    /// Forged pushes a member applied.
+    pub fn forged_applied(&self) -> usize {
+        self.violations
+            .iter()
+            .filter(|v| matches!(v, Violation::ForgedApplied(_)))
+            .count()
+    }
+
+    /// The etcd restore the longest outage overlaps, if any.
+    pub fn longest_outage_restore(&self) -> Option<u64> {
+        let (from, to) = self
+            .outages
+            .iter()
+            .copied()
+            .max_by_key(|(a, b)| b.saturating_sub(*a))?;
+        self.restores
+            .iter()
+            .find(|r| overlaps_restore(r, from, to))
+            .map(|r| r.fault_id)
     }
 
     /// The longest time to heal measured in this run.
@@ -283,11 +377,18 @@ impl fmt::Display for Verdict {
         )?;
         writeln!(
             f,
-            "  pairs: matched {}, mismatched {}, failed {}; longest outage {}",
+            "  pairs: matched {}, mismatched {}, failed {}; longest outage {}{}",
             self.pairs.matched,
             self.pairs.mismatched,
             self.pairs.failed,
-            dur(self.longest_outage)
+            dur(self.longest_outage),
+            match self.longest_outage_restore() {
+                Some(id) => format!(
+                    " (overlaps etcd restore #{id}: expected, every member fences itself while etcd is down; longest outside restores {})",
+                    dur(self.longest_outage_outside_restores)
+                ),
+                None => String::new(),
+            }
         )?;
         let states: Vec<String> = self
             .states
@@ -326,6 +427,47 @@ impl fmt::Display for Verdict {
                 faults.join(", ")
             }
         )?;
+        if !self.forged.is_empty() {
+            let answers: Vec<String> = self
+                .forged
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            writeln!(
+                f,
+                "  forged pushes: {} ({}); applied: {}",
+                self.forged.values().sum::<u64>(),
+                answers.join(", "),
+                self.forged_applied()
+            )?;
+        }
+        for r in &self.restores {
+            let lbs: Vec<String> = r
+                .blocked_after
+                .iter()
+                .map(|(lb, b)| match b {
+                    Some(d) => format!("{lb} blocked after {}", dur(*d)),
+                    None => format!("{lb} not seen blocked"),
+                })
+                .collect();
+            match r.etcd_started_us {
+                Some(up) => writeln!(
+                    f,
+                    "  etcd restore #{} at {}: etcd down for {} (expected outage: every member fences itself); {} (bound {})",
+                    r.fault_id,
+                    ms(r.at_us),
+                    dur(Duration::from_micros(up.saturating_sub(r.at_us))),
+                    lbs.join(", "),
+                    dur(r.fence_bound)
+                )?,
+                None => writeln!(
+                    f,
+                    "  etcd restore #{} at {}: etcd never started again",
+                    r.fault_id,
+                    ms(r.at_us)
+                )?,
+            }
+        }
         for h in &self.heals {
             match h.recovered_after {
                 Some(d) => writeln!(
@@ -418,9 +560,11 @@ pub fn judge(events: &[Event]) -> Verdict {
     let mut pairs: Vec<&PairRecord> = Vec::new();
     let mut samples: BTreeMap<&str, Vec<&LbSample>> = BTreeMap::new();
     let mut faults: Vec<&FaultRecord> = Vec::new();
+    let mut forged: Vec<&ForgedRecord> = Vec::new();
     for e in events {
         match e {
             Event::Pair(p) => pairs.push(p),
+            Event::Forged(p) => forged.push(p),
             Event::Lb(s) => samples.entry(s.lb.as_str()).or_default().push(s),
             Event::Fault(f) => faults.push(f),
             Event::Switch(_) => v.switches.requested += 1,
@@ -445,7 +589,107 @@ pub fn judge(events: &[Event]) -> Verdict {
     check_pairs(&pairs, &mut v);
     check_lbs(&samples, &mut v);
     check_faults(&faults, &pairs, &samples, &mut v);
+    check_forged(&faults, &forged, &mut v);
+    if let Some(s) = start {
+        check_restores(&faults, &samples, fence_bound(&s.timing), &mut v);
+    }
+    v.longest_outage_outside_restores = v
+        .outages
+        .iter()
+        .filter(|(a, b)| !v.restores.iter().any(|r| overlaps_restore(r, *a, *b)))
+        .map(|(a, b)| Duration::from_micros(b.saturating_sub(*a)))
+        .max()
+        .unwrap_or_default();
     v
+}
+
+/// Does the outage `[from, to]` overlap etcd's downtime of `r` (until the
+/// end of the history when etcd never came back)?
+fn overlaps_restore(r: &Restore, from: u64, to: u64) -> bool {
+    from < r.etcd_started_us.unwrap_or(u64::MAX) && r.at_us < to
+}
+
+/// Every forged push refused, and both answers of every forged-push
+/// fault recorded.
+fn check_forged(faults: &[&FaultRecord], forged: &[&ForgedRecord], v: &mut Verdict) {
+    for p in forged {
+        *v.forged.entry(p.answer.label()).or_default() += 1;
+        if matches!(p.answer, PushAnswer::Applied { .. }) {
+            v.violations.push(Violation::ForgedApplied((*p).clone()));
+        }
+    }
+    for f in faults
+        .iter()
+        .filter(|f| f.op == FaultOp::Inject && f.fault == FORGED_PUSH)
+    {
+        let answers = forged.iter().filter(|p| p.fault_id == f.id).count();
+        if answers != PUSHES_PER_FORGERY {
+            v.failures.push(format!(
+                "forged push #{} on {}: {answers} of {PUSHES_PER_FORGERY} answers recorded, so whether it was refused is unknown",
+                f.id, f.target
+            ));
+        }
+    }
+}
+
+/// While etcd is down for a restore, every LB must route nowhere from
+/// `bound` after the stop until the restored nodes start.
+fn check_restores(
+    faults: &[&FaultRecord],
+    samples: &BTreeMap<&str, Vec<&LbSample>>,
+    bound: Duration,
+    v: &mut Verdict,
+) {
+    for f in faults
+        .iter()
+        .filter(|f| f.op == FaultOp::Inject && f.fault == SNAPSHOT_RESTORE)
+    {
+        let heal = faults
+            .iter()
+            .find(|h| h.op == FaultOp::Heal && h.id == f.id);
+        let up = heal.and_then(|h| h.etcd_started_us);
+        if heal.is_some() && up.is_none() {
+            v.failures.push(format!(
+                "etcd restore #{}: its heal does not say when etcd started again; fencing unknown",
+                f.id
+            ));
+        }
+        let down_until = up.unwrap_or(u64::MAX);
+        let fenced_from = f.at_us + bound.as_micros() as u64;
+        let mut blocked_after = Vec::new();
+        for (lb, list) in samples {
+            let during: Vec<&&LbSample> = list
+                .iter()
+                .filter(|s| s.start_us >= f.at_us && s.end_us <= down_until)
+                .collect();
+            blocked_after.push((
+                lb.to_string(),
+                during
+                    .iter()
+                    .find(|s| s.state == LbState::Blocked)
+                    .map(|s| Duration::from_micros(s.end_us - f.at_us)),
+            ));
+            if let Some(s) = during.iter().find(|s| {
+                s.start_us >= fenced_from
+                    && matches!(s.state, LbState::Hot | LbState::Warm | LbState::Both)
+            }) {
+                v.failures.push(format!(
+                    "fencing: LB {lb} routed {} (sample read {}) with etcd down since {} for a restore; every member must route nowhere {} after etcd stopped",
+                    s.state.as_str(),
+                    SampleAt { start_us: s.start_us, end_us: s.end_us },
+                    ms(f.at_us),
+                    dur(bound)
+                ));
+            }
+        }
+        v.restores.push(Restore {
+            fault_id: f.id,
+            at_us: f.at_us,
+            etcd_started_us: up,
+            fence_bound: bound,
+            blocked_after,
+        });
+    }
 }
 
 fn check_pairs(pairs: &[&PairRecord], v: &mut Verdict) {
@@ -459,6 +703,7 @@ fn check_pairs(pairs: &[&PairRecord], v: &mut Verdict) {
                 if let Some(from) = open.take() {
                     let d = Duration::from_micros(p.end_us.saturating_sub(from));
                     v.longest_outage = v.longest_outage.max(d);
+                    v.outages.push((from, p.end_us));
                 }
             }
             PairOutcome::Failed => {
@@ -476,6 +721,7 @@ fn check_pairs(pairs: &[&PairRecord], v: &mut Verdict) {
     if let (Some(from), Some(last)) = (open, pairs.last()) {
         let d = Duration::from_micros(last.end_us.saturating_sub(from));
         v.longest_outage = v.longest_outage.max(d);
+        v.outages.push((from, last.end_us));
     }
     if v.pairs.matched == 0 {
         v.failures
@@ -569,7 +815,9 @@ fn check_faults(
     v: &mut Verdict,
 ) {
     let mut ordered: Vec<&FaultRecord> = faults.to_vec();
-    ordered.sort_by_key(|f| (f.at_us, f.op == FaultOp::Inject));
+    // Stable: records of one instant keep the history's order (an
+    // instantaneous fault's inject, then its heal).
+    ordered.sort_by_key(|f| f.at_us);
     let mut active: BTreeSet<u64> = BTreeSet::new();
     let mut injected: BTreeMap<u64, &FaultRecord> = BTreeMap::new();
     let mut healed_at: BTreeMap<u64, u64> = BTreeMap::new();
@@ -758,6 +1006,7 @@ mod tests {
             target: lb.unwrap_or("x").into(),
             lb: lb.map(Into::into),
             at_us,
+            etcd_started_us: None,
             detail: None,
         })
     }
@@ -931,5 +1180,147 @@ mod tests {
         assert!(!v.passed());
         // No pair, no sample of a, none of b.
         assert_eq!(v.failures.len(), 3, "{v}");
+    }
+
+    fn forged(fault_id: u64, at_us: u64, answer: PushAnswer) -> Event {
+        Event::Forged(ForgedRecord {
+            fault_id,
+            member: "b".into(),
+            phase: lockstep_core::Phase::Serve,
+            epoch: 1001,
+            token: 1 << 40,
+            setup: Setup::Warm,
+            sent_us: at_us,
+            answered_us: at_us + 100,
+            answer,
+        })
+    }
+
+    fn refused() -> PushAnswer {
+        PushAnswer::Refused {
+            code: crate::history::PERMISSION_DENIED.into(),
+            message: "not confirmed by etcd at revision 7 (route at 1/serve); nothing changed"
+                .into(),
+        }
+    }
+
+    /// `clean()`, then forged-push fault #1 at 62 ms (inject and heal at
+    /// one instant) and the link still serving warm after it.
+    fn forged_at_62ms() -> Vec<Event> {
+        let mut e = clean();
+        e.push(fault(1, FaultOp::Inject, 62_000, FORGED_PUSH, None));
+        e.push(fault(1, FaultOp::Heal, 62_000, FORGED_PUSH, None));
+        e.push(s("a", 63_000, LbState::Warm));
+        e.push(s("b", 63_000, LbState::Warm));
+        e.push(pair(3, 63_000, PairOutcome::Matched));
+        e
+    }
+
+    #[test]
+    fn a_forged_push_applied_is_a_violation() {
+        let mut e = forged_at_62ms();
+        e.push(forged(1, 62_000, refused()));
+        let v = judge(&e);
+        assert!(
+            !v.passed(),
+            "one answer of two recorded must fail the run: {v}"
+        );
+        assert_eq!(v.failures.len(), 1, "{v}");
+        assert!(v.failures[0].contains("1 of 2 answers"), "{v}");
+
+        e.push(forged(1, 62_500, refused()));
+        let v = judge(&e);
+        assert!(v.passed(), "{v}");
+        assert_eq!(v.forged["refused PermissionDenied"], 2);
+        assert!(refused().refused_as_unconfirmed());
+
+        let mut e = forged_at_62ms();
+        e.push(forged(1, 62_000, refused()));
+        e.push(forged(
+            1,
+            62_500,
+            PushAnswer::Applied {
+                applied: "epoch 1001 serve warm".into(),
+            },
+        ));
+        let v = judge(&e);
+        assert!(!v.passed());
+        assert_eq!(v.forged_applied(), 1, "{v}");
+        assert_eq!(v.violation_counts(), (0, 0), "not a pair, not an LB sample");
+        assert!(v.to_string().contains("VIOLATION forged serve"), "{v}");
+    }
+
+    /// etcd stopped at 100 ms and started again at 4.2 s (fence bound 3.7
+    /// s): an LB routing in a sample read after 3.8 s fails the run; the
+    /// outage while etcd is down is counted apart.
+    #[test]
+    fn an_lb_routing_while_etcd_is_down_for_a_restore_fails() {
+        use LbState::*;
+        let restore = |b_late: LbState| {
+            let mut e = vec![start(), pair(1, 0, PairOutcome::Matched)];
+            e.push(s("a", 0, Hot));
+            e.push(s("b", 0, Hot));
+            e.push(fault(1, FaultOp::Inject, 100_000, SNAPSHOT_RESTORE, None));
+            e.push(pair(2, 200_000, PairOutcome::Failed));
+            e.push(s("a", 2_000_000, Blocked));
+            e.push(s("b", 2_100_000, Blocked));
+            e.push(s("a", 3_900_000, Blocked));
+            e.push(s("b", 3_900_000, b_late));
+            e.push(Event::Fault(FaultRecord {
+                id: 1,
+                op: FaultOp::Heal,
+                fault: SNAPSHOT_RESTORE.into(),
+                target: "etcd".into(),
+                lb: None,
+                at_us: 5_000_000,
+                etcd_started_us: Some(4_200_000),
+                detail: None,
+            }));
+            e.push(s("a", 5_100_000, Hot));
+            e.push(s("b", 5_100_000, Hot));
+            e.push(pair(3, 5_100_000, PairOutcome::Matched));
+            // A shorter outage outside the restore.
+            e.push(pair(4, 6_000_000, PairOutcome::Failed));
+            e.push(pair(5, 6_010_000, PairOutcome::Matched));
+            e
+        };
+        let v = judge(&restore(Blocked));
+        assert!(v.passed(), "{v}");
+        assert_eq!(v.restores.len(), 1);
+        assert_eq!(
+            v.restores[0].blocked_after,
+            vec![
+                ("a".to_string(), Some(Duration::from_micros(1_901_000))),
+                ("b".to_string(), Some(Duration::from_micros(2_001_000))),
+            ]
+        );
+        assert_eq!(v.longest_outage, Duration::from_micros(4_900_500));
+        assert_eq!(v.longest_outage_restore(), Some(1));
+        assert_eq!(
+            v.longest_outage_outside_restores,
+            Duration::from_micros(10_500)
+        );
+        assert!(v.to_string().contains("expected"), "{v}");
+
+        let v = judge(&restore(Warm));
+        assert!(!v.passed());
+        assert_eq!(v.failures.len(), 1, "{v}");
+        assert!(
+            v.failures[0].starts_with("fencing: LB b routed warm"),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn a_restore_heal_without_etcd_start_time_cannot_be_judged() {
+        let mut e = clean();
+        e.push(fault(1, FaultOp::Inject, 62_000, SNAPSHOT_RESTORE, None));
+        e.push(fault(1, FaultOp::Heal, 70_000, SNAPSHOT_RESTORE, None));
+        e.push(s("a", 71_000, LbState::Warm));
+        e.push(s("b", 71_000, LbState::Warm));
+        e.push(pair(3, 71_000, PairOutcome::Matched));
+        let v = judge(&e);
+        assert_eq!(v.failures.len(), 1, "{v}");
+        assert!(v.failures[0].contains("fencing unknown"), "{v}");
     }
 }

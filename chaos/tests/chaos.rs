@@ -97,6 +97,41 @@ fn the_target_kme_dying_mid_switch() {
     assert_passes("kme-kill-target-during-switch", 1);
 }
 
+/// A forged Serve and Drain (no leader sent them) at rest and inside a
+/// switch: both refused as not confirmed by etcd, nothing changes.
+#[test]
+fn forged_pushes_are_refused_and_change_nothing() {
+    assert_passes("forged-push", 1);
+}
+
+/// An old etcd snapshot restored into a 3-node etcd under running
+/// sidecars (etcd down TTL + 1 s): every LB fenced meanwhile, the link back
+/// on its setup above every applied epoch.
+#[test]
+fn an_old_etcd_snapshot_restored_under_running_sidecars() {
+    assert_passes("snapshot-restore", 1);
+}
+
+/// Members that apply pushes etcd never confirmed (the trust issue 9
+/// removed): the verdict must see the forged serve applied, and the split
+/// it causes.
+#[test]
+fn the_verdict_sees_a_forged_push_applied_by_a_build_that_trusts_pushes() {
+    let v = run(
+        "forged-push",
+        1,
+        RunOptions {
+            mutation: Some("trust-pushes".into()),
+            ..RunOptions::default()
+        },
+    );
+    assert!(!v.passed(), "a broken build passed: {v}");
+    assert!(
+        v.forged_applied() >= 1,
+        "expected a forged push applied: {v}"
+    );
+}
+
 /// The leader writes `serve` without waiting for drain acks; bob-0 applies
 /// LB changes 300 ms late, so for each switch Alice's LB serves the new
 /// setup while Bob's still serves the old one. The verdict must fail the

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+/// `--initial-cluster-token` of every lab cluster (a restore keeps it).
+const CLUSTER_TOKEN: &str = "lockstep-lab";
+
 /// One etcd member process.
 pub struct EtcdNode {
     pub name: String,
@@ -172,58 +175,119 @@ impl EtcdCluster {
         Ok(out.stdout)
     }
 
-    /// Saves a snapshot of node 0's data to `path`.
-    pub fn snapshot_save(&self, path: &Path) -> Result<()> {
-        let mut cmd = Command::new(find_program("etcdctl")?);
-        cmd.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.nodes[0].client))
-            .args(["snapshot", "save"])
-            .arg(path);
-        let out = super::process::run_to_end(&mut cmd)?;
-        if !out.success() {
-            bail!("etcdctl snapshot save failed: {}", out.stderr);
+    /// Saves a snapshot of the cluster's data to `path`, from the first
+    /// node that answers (a snapshot is taken from one endpoint; a killed
+    /// node is skipped); returns that node's name.
+    pub fn snapshot_save(&self, path: &Path) -> Result<String> {
+        let mut errors = Vec::new();
+        for node in &self.nodes {
+            let mut cmd = Command::new(find_program("etcdctl")?);
+            cmd.env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={}", node.client))
+                .args(["--dial-timeout=1s", "--command-timeout=5s"])
+                .args(["snapshot", "save"])
+                .arg(path);
+            let out = super::process::run_to_end(&mut cmd)?;
+            if out.success() {
+                return Ok(node.name.clone());
+            }
+            errors.push(format!("{}: {}", node.name, out.stderr.trim()));
         }
-        Ok(())
+        bail!(
+            "etcdctl snapshot save failed on every node: {}",
+            errors.join("; ")
+        )
     }
 
-    /// Stops a one-node cluster, waits `down` (the restore procedure keeps
-    /// etcd down for longer than the members' lease TTL), restores
-    /// `snapshot` into a new data directory and starts the node again on
-    /// the same ports: etcd as it was when the snapshot was taken.
+    /// Stops every node (SIGKILL), waits until etcd has been down for
+    /// `down` (the restore procedure keeps etcd down for longer than the
+    /// members' lease TTL), restores `snapshot` into a new data directory
+    /// of each node and starts them all again on the same ports: etcd as
+    /// it was when the snapshot was taken.
     pub fn restore(&mut self, snapshot: &Path, down: Duration) -> Result<()> {
-        if self.nodes.len() != 1 {
-            bail!("restore is written for a one-node cluster");
-        }
+        let stopped = self.stop_all();
+        self.restore_stopped(snapshot, stopped, down).map(|_| ())
+    }
+
+    /// Kills every node; returns when (the start of the downtime).
+    pub fn stop_all(&mut self) -> std::time::Instant {
         let stopped = std::time::Instant::now();
-        let node = &mut self.nodes[0];
-        node.guard.kill();
-        let restored = node.data_dir.with_extension("restored");
-        let _ = std::fs::remove_dir_all(&restored);
-        let mut cmd = Command::new(find_program("etcdctl")?);
-        cmd.env("ETCDCTL_API", "3")
-            .args(["snapshot", "restore"])
-            .arg(snapshot)
-            .arg("--data-dir")
-            .arg(&restored)
-            .args(["--name", &node.name])
-            .args(["--initial-cluster", &node.initial_cluster])
-            .args(["--initial-cluster-token", "lockstep-lab"])
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://{}",
-                node.peer
-            ));
-        let out = super::process::run_to_end(&mut cmd)?;
-        if !out.success() {
-            bail!("etcdctl snapshot restore failed: {}", out.stderr);
+        for node in &mut self.nodes {
+            node.guard.kill();
         }
-        std::fs::remove_dir_all(&node.data_dir)
-            .with_context(|| format!("removing {}", node.data_dir.display()))?;
-        std::fs::rename(&restored, &node.data_dir).context("moving the restored data in place")?;
+        stopped
+    }
+
+    /// The second half of [`restore`](Self::restore), after
+    /// [`stop_all`](Self::stop_all) at `stopped`: each node's data
+    /// directory replaced by `snapshot` restored under its own name and
+    /// peer URL (same cluster token and member list), then, once etcd has
+    /// been down for `down`, every node started again. Returns once every
+    /// client port accepts (see [`wait_healthy`](Self::wait_healthy) for a
+    /// leader), with when the first node was started: etcd was down from
+    /// `stopped` until then.
+    pub fn restore_stopped(
+        &mut self,
+        snapshot: &Path,
+        stopped: std::time::Instant,
+        down: Duration,
+    ) -> Result<std::time::Instant> {
+        let etcdctl = find_program("etcdctl")?;
+        for node in &mut self.nodes {
+            // Whatever a heal restarted meanwhile goes down again.
+            node.guard.kill();
+            let restored = node.data_dir.with_extension("restored");
+            if restored.exists() {
+                std::fs::remove_dir_all(&restored)
+                    .with_context(|| format!("removing {}", restored.display()))?;
+            }
+            let mut cmd = Command::new(&etcdctl);
+            cmd.env("ETCDCTL_API", "3")
+                .args(["snapshot", "restore"])
+                .arg(snapshot)
+                .arg("--data-dir")
+                .arg(&restored)
+                .args(["--name", &node.name])
+                .args(["--initial-cluster", &node.initial_cluster])
+                .args(["--initial-cluster-token", CLUSTER_TOKEN])
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://{}",
+                    node.peer
+                ));
+            let out = super::process::run_to_end(&mut cmd)?;
+            if !out.success() {
+                bail!(
+                    "etcdctl snapshot restore of {} for {} failed: {}",
+                    snapshot.display(),
+                    node.name,
+                    out.stderr
+                );
+            }
+            if node.data_dir.exists() {
+                std::fs::remove_dir_all(&node.data_dir)
+                    .with_context(|| format!("removing {}", node.data_dir.display()))?;
+            }
+            std::fs::rename(&restored, &node.data_dir)
+                .with_context(|| format!("moving the restored data of {} in place", node.name))?;
+        }
         if let Some(rest) = down.checked_sub(stopped.elapsed()) {
             std::thread::sleep(rest);
         }
-        node.guard = spawn_existing(node)?;
-        wait_for_tcp(node.client, Duration::from_secs(20))
+        // All at once: one node alone has no quorum and would not answer.
+        let started = std::time::Instant::now();
+        for node in &mut self.nodes {
+            node.guard = spawn_existing(node)?;
+        }
+        for node in &self.nodes {
+            wait_for_tcp(node.client, Duration::from_secs(20)).with_context(|| {
+                format!(
+                    "restored etcd {} did not start; see {}",
+                    node.name,
+                    node.log.display()
+                )
+            })?;
+        }
+        Ok(started)
     }
 
     /// Restarts a killed node with its old data.
@@ -274,7 +338,7 @@ fn spawn(
         "--initial-cluster-state",
         "new",
         "--initial-cluster-token",
-        "lockstep-lab",
+        CLUSTER_TOKEN,
         "--logger",
         "zap",
         "--log-level",
