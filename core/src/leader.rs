@@ -709,11 +709,22 @@ impl Leader {
         if applied.epoch != sw.plan.epoch || applied.setup != sw.plan.setup {
             return;
         }
+        // A step counts for the wait of its own phase or an earlier one: a
+        // hold ack says nothing about a drain (the receiving end still
+        // serves the old setup at its hold).
+        let wanted = match &sw.phase {
+            SwitchPhase::Holding { .. } => Phase::Hold,
+            SwitchPhase::Draining { .. } => Phase::Drain,
+            SwitchPhase::Serving { .. } => Phase::Serve,
+            _ => return,
+        };
+        if applied.phase < wanted {
+            return;
+        }
         match &mut sw.phase {
-            SwitchPhase::Holding { waiting, .. } | SwitchPhase::Draining { waiting, .. } => {
-                waiting.remove(member);
-            }
-            SwitchPhase::Serving { waiting, .. } if applied.phase == Phase::Serve => {
+            SwitchPhase::Holding { waiting, .. }
+            | SwitchPhase::Draining { waiting, .. }
+            | SwitchPhase::Serving { waiting, .. } => {
                 waiting.remove(member);
             }
             _ => {}

@@ -1567,3 +1567,83 @@ fn links_with_handover_switch_both_ways_without_mismatch() {
         }
     }
 }
+
+/// Found by the model checker (S1): during the drain of a handover, the
+/// receiving end's record of the *hold* (it still served the old setup)
+/// counted as its drain ack, and the serve was written while its LB served
+/// the old setup.
+#[test]
+fn a_hold_ack_does_not_count_for_the_drain() {
+    let mut l = handover_leader();
+    l.handle(
+        Time(0),
+        LeaderEvent::Start {
+            route: Some((route(1, Phase::Serve, Setup::Hot, 10), 5)),
+            members: hot_link(),
+            request: Some((
+                request(crate::policy::RequestKind::Switchover, Setup::Warm),
+                6,
+            )),
+            paused: None,
+            history_epoch: Some(1),
+        },
+    );
+    leader_actions(&mut l);
+    l.handle(
+        Time(1),
+        LeaderEvent::RouteWritten {
+            rev: 7,
+            members: hot_link(),
+        },
+    );
+    leader_actions(&mut l);
+    let held = Applied {
+        epoch: 2,
+        phase: Phase::Hold,
+        setup: Setup::Warm,
+    };
+    l.handle(
+        Time(2),
+        LeaderEvent::PeerReplied {
+            member: "alice-0".into(),
+            applied: held,
+        },
+    );
+    l.handle(Time(600), LeaderEvent::Tick);
+    assert!(matches!(
+        leader_actions(&mut l).as_slice(),
+        [LeaderAction::WriteRoute { route, .. }] if route.phase == Phase::Drain
+    ));
+    l.handle(
+        Time(601),
+        LeaderEvent::RouteWritten {
+            rev: 8,
+            members: hot_link(),
+        },
+    );
+    leader_actions(&mut l);
+    l.handle(
+        Time(602),
+        LeaderEvent::PeerReplied {
+            member: "alice-0".into(),
+            applied: Applied {
+                phase: Phase::Drain,
+                ..held
+            },
+        },
+    );
+    // Bob's record says he is at the hold (serving hot): no drain ack.
+    l.handle(
+        Time(603),
+        LeaderEvent::PeerReplied {
+            member: "bob-0".into(),
+            applied: held,
+        },
+    );
+    assert!(
+        !leader_actions(&mut l)
+            .iter()
+            .any(|a| matches!(a, LeaderAction::WriteRoute { .. })),
+        "no serve while bob may still serve hot"
+    );
+}

@@ -357,7 +357,11 @@ fn expect_counterexample_dfs(model: LinkModel, property: &'static str) {
     );
 }
 
+/// Depth-first through the restore configuration: the counterexample needs
+/// a restore and a fence, and takes 4.8M states (about two minutes), so it
+/// runs from `scripts/model-check-large`.
 #[test]
+#[ignore = "minutes; run by hand (scripts/model-check-large)"]
 fn mutation_serve_after_fence_unread_breaks_s1() {
     expect_counterexample_dfs(
         restore_model(Some(Mutation::ServeAfterFenceUnread)),
@@ -367,9 +371,10 @@ fn mutation_serve_after_fence_unread_breaks_s1() {
 
 /// A planned switchover with a handover (alice issues keys): hold, the
 /// issuing end's confirmed blocks, the grace, drain, serve; one crash of a
-/// member or of the leader, a cut from etcd, or a failed LB command,
-/// anywhere (the grace included). The crash-anywhere-of-every-kind version
-/// runs from `scripts/model-check-large`.
+/// member or of the leader anywhere (the grace included): 5.2M states,
+/// about 70 s. A cut from etcd and a failed LB command each add about as
+/// many again; the one-fault-of-every-kind version runs from
+/// `scripts/model-check-large`.
 fn handover_model(mutation: Option<Mutation>) -> LinkModel {
     let mut model = ci_model(mutation);
     model.handover = true;
@@ -377,8 +382,6 @@ fn handover_model(mutation: Option<Mutation>) -> LinkModel {
         total: 1,
         member_crash: 1,
         leader_crash: 1,
-        partition: 1,
-        lb_fail: 1,
         ..Faults::default()
     };
     model
@@ -454,6 +457,7 @@ fn explore_from_env() {
             resend: 1,
         };
     }
+    model.handover = std::env::var("LOCKSTEP_MODEL_HANDOVER").is_ok();
     model.members = v[0] as usize;
     model.horizon = v[1];
     model.faults.total = v[2] as u8;

@@ -18,11 +18,14 @@
 //! * [`transit`]: SAE pairs as applications run them, several in parallel
 //!   with a transit gap between `enc_keys` and `dec_keys`, counting keys a
 //!   switch stranded.
+//! * [`outage`]: one end's outage as its SAEs see it (ETSI 014 `status`
+//!   through its LB, about every millisecond).
 
 pub mod http;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
+pub mod outage;
 pub mod pki;
 pub mod traffic;
 pub mod transit;

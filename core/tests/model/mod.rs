@@ -315,9 +315,10 @@ pub struct State {
     /// Every route a txn ever wrote (epoch, phase, setup), also those a
     /// restore undid.
     pub written: BTreeSet<(Epoch, Phase, Setup)>,
-    /// When each issuing-end member's LB confirmed its block at a hold, by
-    /// epoch (for the handover's ordering property).
-    pub hold_confirmed: BTreeMap<(Epoch, usize), u64>,
+    /// When each issuing-end LB last stopped routing to a setup (tracked
+    /// only with a handover): a key it handed out may be in transit until
+    /// then, so the receiving end may drain only a grace after the last.
+    pub issued_until: BTreeMap<usize, u64>,
     /// The first violation of the handover's order: the receiving end
     /// drained before every issuing LB confirmed its block plus the grace.
     pub order: Option<String>,
@@ -606,27 +607,28 @@ impl LinkModel {
         s.etcd.route_changed += 1;
         let seen_rev = s.etcd.route_changed;
         s.written.insert((route.epoch, route.phase, route.setup));
-        // The handover's order: a drain that follows a hold of its epoch
-        // comes only after every issuing member with a live key confirmed
-        // its block, plus the grace.
+        // The handover's order, judged on the LBs themselves: a drain
+        // that follows a hold of its epoch comes only once every issuing
+        // LB has stopped handing out keys, and a grace after the last one
+        // did (whether its member acked the block, died with its LB
+        // blocked by the deadline, or joined late).
         if route.phase == Phase::Drain
             && s.written.contains(&(route.epoch, Phase::Hold, route.setup))
             && s.order.is_none()
         {
             for i in (0..self.members).filter(|&i| self.role(i) == Role::Alice) {
-                let live = s.etcd.members.contains_key(&self.member_id(i));
-                match s.hold_confirmed.get(&(route.epoch, i)) {
-                    Some(t) if s.now >= t + GRACE => {}
-                    _ if !live => {}
-                    confirmed => {
-                        s.order = Some(format!(
-                            "drain of epoch {} at t={} with {} confirmed blocked at {:?} (grace {GRACE})",
-                            route.epoch,
-                            s.now,
-                            self.member_id(i),
-                            confirmed
-                        ));
-                    }
+                let serving = s.members[i].lb.serving();
+                let until = s.issued_until.get(&i).copied();
+                let settled = serving.is_none() && until.is_none_or(|t| s.now >= t + GRACE);
+                if !settled {
+                    s.order = Some(format!(
+                        "drain of epoch {} at t={} while {} serves {:?}, last stopped at {:?} (grace {GRACE})",
+                        route.epoch,
+                        s.now,
+                        self.member_id(i),
+                        serving,
+                        until
+                    ));
                 }
             }
         }
@@ -745,9 +747,6 @@ impl LinkModel {
                 }
                 MemberAction::Resync => s.members[i].resync = true,
                 MemberAction::WriteApplied(a) => {
-                    if a.phase == Phase::Hold && self.role(i) == Role::Alice {
-                        s.hold_confirmed.entry((a.epoch, i)).or_insert(now);
-                    }
                     let lb = s.members[i]
                         .lb
                         .serving()
@@ -1752,7 +1751,7 @@ impl LinkModel {
             s2: None,
             snapshot: None,
             written: BTreeSet::new(),
-            hold_confirmed: BTreeMap::new(),
+            issued_until: BTreeMap::new(),
             order: None,
             skipped: 0,
         };
@@ -1927,6 +1926,15 @@ impl Model for LinkModel {
     fn next_state(&self, s: &State, action: Action) -> Option<State> {
         let mut next = s.clone();
         self.step(&mut next, action);
+        if self.handover {
+            // An issuing LB that stopped routing in this step: the time
+            // after the step is the latest it may have handed out a key.
+            for i in (0..self.members).filter(|&i| self.role(i) == Role::Alice) {
+                if s.members[i].lb.serving().is_some() && next.members[i].lb.serving().is_none() {
+                    next.issued_until.insert(i, next.now);
+                }
+            }
+        }
         Some(next)
     }
 

@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 use lockstep::proto;
 use lockstep_core::Setup;
 use lockstep_testkit::lab::{Lab, LabOptions};
+use lockstep_testkit::outage::EndProbe;
 use lockstep_testkit::traffic::{Traffic, TrafficReport};
+use lockstep_testkit::transit::{Transit, TransitConfig};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -43,6 +45,23 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
         grace: Duration,
     },
+    /// Keys stranded in transit by planned switchovers, with and without a
+    /// handover: SAE pairs with a gap between `enc_keys` and `dec_keys`,
+    /// and each end's outage as its SAEs see it.
+    TransitBench {
+        /// Planned switchovers per variant (alternating hot/warm).
+        #[arg(long, default_value_t = 100)]
+        switches: usize,
+        /// SAE pairs in parallel.
+        #[arg(long, default_value_t = 8)]
+        pairs: usize,
+        /// Time a key_ID travels from Alice's SAE to Bob's.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "200ms")]
+        gap: Duration,
+        /// `handover.grace` of the handover variant.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "300ms")]
+        grace: Duration,
+    },
     /// Automatic failover, side by side with plain HAProxy backup servers:
     /// "only hot-Alice dies" and "hot-Alice and hot-Bob die".
     FailoverBench {
@@ -71,6 +90,17 @@ fn main() -> Result<()> {
                 issuer,
                 grace,
             } => bench(switches, issuer, grace).await,
+            Command::TransitBench {
+                switches,
+                pairs,
+                gap,
+                grace,
+            } => {
+                for issuer in ["alice", "both"] {
+                    transit_bench(switches, pairs, gap, issuer, grace).await?;
+                }
+                Ok(())
+            }
             Command::FailoverBench { runs } => failover_bench(runs).await,
         }
     })
@@ -302,6 +332,116 @@ async fn bench(switches: usize, issuer: String, grace: Duration) -> Result<()> {
     println!("key pairs: {report}");
     if report.mismatched > 0 {
         bail!("mismatched key pairs during the benchmark");
+    }
+    Ok(())
+}
+
+async fn transit_bench(
+    switches: usize,
+    pairs: usize,
+    gap: Duration,
+    issuer: &str,
+    grace: Duration,
+) -> Result<()> {
+    let variant = if issuer == "both" {
+        "no handover (issuer both)".to_string()
+    } else {
+        format!("handover (issuer {issuer}, grace {grace:?})")
+    };
+    println!("\nstarting a lab link for {switches} planned switchovers, {variant} ...");
+    let mut options = LabOptions::default();
+    options.timing.handover_issuer = issuer.into();
+    options.timing.handover_grace = grace;
+    let lab = Lab::start("transit-bench", options).await?;
+    let t = lab.traffic_config();
+    let transit = Transit::start(TransitConfig::new(
+        t.alice,
+        t.bob,
+        t.master_sae_id.clone(),
+        t.slave_sae_id.clone(),
+        pairs,
+        gap,
+    ));
+    transit
+        .wait_for_matched(2 * pairs as u64, Duration::from_secs(20))
+        .await?;
+    let every = Duration::from_millis(1);
+    let alice = EndProbe::start(
+        t.alice,
+        format!("/api/v1/keys/{}/status", t.slave_sae_id),
+        every,
+    );
+    let bob = EndProbe::start(
+        t.bob,
+        format!("/api/v1/keys/{}/status", t.master_sae_id),
+        every,
+    );
+    let mut admin = lab.admin(0).await?;
+    let mut latency = Vec::new();
+    let mut to = Setup::Warm;
+    let started = Instant::now();
+    for i in 0..switches {
+        // Keys in transit at every switch, and outages that do not merge.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let t = Instant::now();
+        let reply = admin
+            .switchover(proto::SwitchRequest {
+                to: setup_i32(to),
+                reason: format!("transit bench {i}"),
+                requested_by: "bench".into(),
+                force: false,
+                wait: true,
+                timeout_ms: 20_000,
+                grace_ms: 0,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("switch {i}: {}", s.message()))?
+            .into_inner();
+        if !reply.completed {
+            bail!("switch {i} did not complete");
+        }
+        latency.push(t.elapsed().as_secs_f64() * 1000.0);
+        to = to.other();
+    }
+    // Every key issued before the last switch reaches Bob.
+    tokio::time::sleep(gap + grace + Duration::from_secs(1)).await;
+    let report = transit.stop().await;
+    let (alice_out, alice_calls) = alice.stop().await;
+    let (bob_out, bob_calls) = bob.stop().await;
+    let ms = |o: &[lockstep_testkit::outage::Outage]| -> Vec<f64> {
+        o.iter()
+            .filter(|o| o.start >= started)
+            .map(|o| o.length.as_secs_f64() * 1000.0)
+            .collect()
+    };
+    println!("\n{variant}: {switches} switchovers, {pairs} SAE pairs, gap {gap:?}");
+    println!(
+        "{}",
+        summary("switch latency (request -> every LB serves)", latency)
+    );
+    println!(
+        "{}",
+        summary("issuing end (alice) outage, per outage", ms(&alice_out))
+    );
+    println!(
+        "{}",
+        summary("receiving end (bob) outage, per outage", ms(&bob_out))
+    );
+    println!("status calls: alice {alice_calls}, bob {bob_calls}");
+    println!(
+        "key pairs in transit: matched {}, stranded {} ({:.2} per switch), failed {}{}",
+        report.matched,
+        report.stranded,
+        report.stranded as f64 / switches as f64,
+        report.failed,
+        report
+            .last_failure
+            .as_deref()
+            .map(|e| format!(" (last: {e})"))
+            .unwrap_or_default()
+    );
+    if report.matched < (switches * pairs) as u64 / 2 {
+        bail!("too few key pairs matched for the figures to mean anything");
     }
     Ok(())
 }
