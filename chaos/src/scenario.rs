@@ -1352,14 +1352,18 @@ async fn leader_kill(ctx: &mut Ctx, step: LeaderStep) -> Result<()> {
     let hold = Duration::from_secs(5);
     match step {
         LeaderStep::BeforeDrainWrite => {
-            ctx.wait_snapshot("the request stored", hold, |s| s.request.is_some())
+            // With a handover the hold at e + 1 (which takes the request)
+            // comes before the drain; without one the request waits.
+            let before_drain = |s: &Snapshot| match route_of(s) {
+                Some(r) if r.epoch == e => s.request.is_some(),
+                Some(r) => r.epoch == e + 1 && r.phase == Phase::Hold,
+                None => false,
+            };
+            ctx.wait_snapshot("the request stored or held", hold, before_drain)
                 .await?;
             tokio::time::sleep(ctx.pick_ms(200, 400)).await;
             let snap = ctx.snapshot().await?;
-            // With a handover the hold at e + 1 comes before the drain.
-            let held = route_of(&snap)
-                .is_some_and(|r| r.epoch == e || (r.epoch == e + 1 && r.phase == Phase::Hold))
-                && snap.request.is_some();
+            let held = before_drain(&snap);
             ctx.check(
                 "leader held before its drain write",
                 held,
