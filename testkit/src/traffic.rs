@@ -10,6 +10,15 @@
 //! a real **mismatch**. Transport errors, timeouts and other non-success
 //! answers are **failed** pairs (that side reconnects at the next pair).
 //!
+//! Several LBs per end (`alice_more`, `bob_more`), as SAEs behind a VIP
+//! see them: pairs rotate over every (Alice LB, Bob LB) combination, each
+//! LB with its own kept-alive connection; an `enc_keys` whose connection
+//! fails before any answer is retried once on the next Alice LB (no key
+//! exists yet), and a fresh Bob connection is first asked for `status` and
+//! replaced by one to the next Bob LB if that fails, all before the enc.
+//! Nothing is retried once the key exists, so the soundness argument
+//! above holds per pair.
+//!
 //! Outages: from the start of the first failed pair after a matched one to
 //! the end of the next matched pair; one still open counts up to now.
 //! Failures before the first matched pair (start-up) open no outage.
@@ -54,6 +63,10 @@ pub struct TrafficConfig {
     pub failure_pause: Duration,
     /// How many recent pairs [`Traffic::events`] keeps.
     pub event_log_capacity: usize,
+    /// Alice's other LBs (the same end behind a VIP).
+    pub alice_more: Vec<SocketAddr>,
+    /// Bob's other LBs.
+    pub bob_more: Vec<SocketAddr>,
 }
 
 impl TrafficConfig {
@@ -73,7 +86,23 @@ impl TrafficConfig {
             request_timeout: Duration::from_secs(1),
             failure_pause: Duration::from_millis(5),
             event_log_capacity: 100_000,
+            alice_more: Vec::new(),
+            bob_more: Vec::new(),
         }
+    }
+
+    /// Every Alice LB, the first one first.
+    pub fn alice_lbs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.alice)
+            .chain(self.alice_more.iter().copied())
+            .collect()
+    }
+
+    /// Every Bob LB, the first one first.
+    pub fn bob_lbs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.bob)
+            .chain(self.bob_more.iter().copied())
+            .collect()
     }
 }
 
@@ -128,6 +157,8 @@ pub struct TrafficReport {
     pub served_by: ServedBy,
     /// Matched pairs per setup (Alice's answer's setup).
     pub matched_by: BTreeMap<Setup, SetupWindow>,
+    /// Matched pairs per LB (Alice's and Bob's LBs alike).
+    pub matched_at: BTreeMap<SocketAddr, u64>,
     pub last_failure: Option<String>,
     pub last_mismatch: Option<String>,
 }
@@ -186,6 +217,7 @@ struct State {
     last_pair_at: Option<SystemTime>,
     served_by: ServedBy,
     matched_by: BTreeMap<Setup, SetupWindow>,
+    matched_at: BTreeMap<SocketAddr, u64>,
     last_failure: Option<String>,
     last_mismatch: Option<String>,
     events: VecDeque<PairEvent>,
@@ -206,6 +238,7 @@ impl State {
             last_pair_at: None,
             served_by: ServedBy::default(),
             matched_by: BTreeMap::new(),
+            matched_at: BTreeMap::new(),
             last_failure: None,
             last_mismatch: None,
             events: VecDeque::new(),
@@ -228,6 +261,9 @@ impl State {
             Outcome::Matched => {
                 self.matched += 1;
                 self.ever_matched = true;
+                for lb in r.lbs.iter().flatten() {
+                    *self.matched_at.entry(*lb).or_default() += 1;
+                }
                 if let Some(start) = self.open_outage.take() {
                     self.outages.push(finished.saturating_duration_since(start));
                 }
@@ -290,6 +326,7 @@ impl State {
             last_pair_at: self.last_pair_at,
             served_by: self.served_by.clone(),
             matched_by: self.matched_by.clone(),
+            matched_at: self.matched_at.clone(),
             last_failure: self.last_failure.clone(),
             last_mismatch: self.last_mismatch.clone(),
         }
@@ -299,6 +336,8 @@ impl State {
 #[derive(Debug)]
 struct PairResult {
     outcome: Outcome,
+    /// The Alice and Bob LBs the pair went through.
+    lbs: [Option<SocketAddr>; 2],
     alice_setup: Option<Setup>,
     bob_setup: Option<Setup>,
     detail: Option<String>,
@@ -307,81 +346,164 @@ struct PairResult {
 // ---------------------------------------------------------------------------
 // The pair runner
 
+/// One end's LBs, each with its kept-alive connection.
+struct End {
+    lbs: Vec<SocketAddr>,
+    conns: Vec<Option<HttpConn>>,
+}
+
+impl End {
+    fn new(lbs: Vec<SocketAddr>) -> End {
+        let conns = lbs.iter().map(|_| None).collect();
+        End { lbs, conns }
+    }
+
+    /// LB `i`'s live connection, a new one if it had none; also whether it
+    /// is new.
+    async fn conn(&mut self, i: usize, timeout: Duration) -> Result<(&mut HttpConn, bool)> {
+        let fresh = self.conns[i].as_ref().is_none_or(|c| c.is_closed());
+        if fresh {
+            self.conns[i] = None;
+            self.conns[i] = Some(HttpConn::connect(self.lbs[i], timeout).await?);
+        }
+        match self.conns[i].as_mut() {
+            Some(c) => Ok((c, fresh)),
+            None => bail!("internal: connection missing after connecting"),
+        }
+    }
+}
+
 struct Runner {
     config: TrafficConfig,
     enc_path: String,
     dec_path: String,
+    status_path: String,
     enc_body: Bytes,
-    alice: Option<HttpConn>,
-    bob: Option<HttpConn>,
+    alice: End,
+    bob: End,
+    /// Pairs started, for the rotation over LB combinations.
+    started: usize,
 }
 
 impl Runner {
     fn new(config: TrafficConfig) -> Runner {
         let enc_path = format!("/api/v1/keys/{}/enc_keys", config.slave_sae_id);
         let dec_path = format!("/api/v1/keys/{}/dec_keys", config.master_sae_id);
+        let status_path = format!("/api/v1/keys/{}/status", config.master_sae_id);
         let enc_body = Bytes::from(json!({"number": 1, "size": config.key_size}).to_string());
         Runner {
+            alice: End::new(config.alice_lbs()),
+            bob: End::new(config.bob_lbs()),
             config,
             enc_path,
             dec_path,
+            status_path,
             enc_body,
-            alice: None,
-            bob: None,
+            started: 0,
         }
     }
 
-    /// Reuses a side's live connection or opens a new one.
-    async fn ensure(
-        slot: &mut Option<HttpConn>,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> Result<()> {
-        if slot.as_ref().is_some_and(|c| !c.is_closed()) {
-            return Ok(());
+    /// Bob's connection for this pair, opened (and, when fresh, asked for
+    /// `status`) before the enc, so Bob's routing is fixed before the key
+    /// exists; a fresh one that fails is replaced by the next LB's once.
+    async fn bob_ready(&mut self, first: usize) -> Result<usize> {
+        let t = self.config.request_timeout;
+        let n = self.bob.lbs.len();
+        let mut last = None;
+        for i in [first, (first + 1) % n].into_iter().take(n.min(2)) {
+            let attempt = async {
+                let (conn, fresh) = self.bob.conn(i, t).await?;
+                if fresh && n > 1 {
+                    let reply = conn
+                        .request(Method::GET, &self.status_path, None, t)
+                        .await?;
+                    if reply.status != 200 {
+                        bail!("status: HTTP {}", reply.status);
+                    }
+                }
+                Ok(())
+            };
+            match attempt.await {
+                Ok(()) => return Ok(i),
+                Err(e) => {
+                    self.bob.conns[i] = None;
+                    last = Some(e);
+                }
+            }
         }
-        *slot = None;
-        *slot = Some(HttpConn::connect(addr, timeout).await?);
-        Ok(())
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no Bob LB")))
+    }
+
+    /// `enc_keys` at Alice LB `first`, retried once on the next LB if the
+    /// connection fails before any answer.
+    async fn enc(&mut self, first: usize) -> Result<(usize, HttpReply)> {
+        let t = self.config.request_timeout;
+        let n = self.alice.lbs.len();
+        let mut last = None;
+        for i in [first, (first + 1) % n].into_iter().take(n.min(2)) {
+            let attempt = async {
+                let (conn, _) = self.alice.conn(i, t).await?;
+                conn.request(Method::POST, &self.enc_path, Some(self.enc_body.clone()), t)
+                    .await
+            };
+            match attempt.await {
+                Ok(reply) => return Ok((i, reply)),
+                Err(e) => {
+                    self.alice.conns[i] = None;
+                    last = Some(e.context(format!("alice LB {}", self.alice.lbs[i])));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no Alice LB")))
     }
 
     async fn run_pair(&mut self) -> PairResult {
         let mut r = PairResult {
             outcome: Outcome::Failed,
+            lbs: [None, None],
             alice_setup: None,
             bob_setup: None,
             detail: None,
         };
         let t = self.config.request_timeout;
+        // Every (Alice LB, Bob LB) combination in turn.
+        let (na, nb) = (self.alice.lbs.len(), self.bob.lbs.len());
+        let a = self.started % na;
+        let b = (self.started / na) % nb;
+        self.started = self.started.wrapping_add(1);
         // Both connections exist before the enc: Bob's routing is fixed
         // before the key exists.
-        if let Err(e) = Runner::ensure(&mut self.alice, self.config.alice, t).await {
-            r.detail = Some(format!("alice: {e:#}"));
-            return r;
-        }
-        if let Err(e) = Runner::ensure(&mut self.bob, self.config.bob, t).await {
-            r.detail = Some(format!("bob: {e:#}"));
-            return r;
-        }
-        let (Some(alice), Some(bob)) = (self.alice.as_mut(), self.bob.as_mut()) else {
-            r.detail = Some("internal: connection missing after connecting".into());
-            return r;
+        let b = match self.bob_ready(b).await {
+            Ok(b) => b,
+            Err(e) => {
+                r.detail = Some(format!("bob: {e:#}"));
+                return r;
+            }
         };
 
         // enc_keys at Alice's LB.
-        let enc = alice
-            .request(Method::POST, &self.enc_path, Some(self.enc_body.clone()), t)
-            .await;
-        let (key_id, key) = match enc.map(|reply| {
-            r.alice_setup = reply.setup();
-            parse_enc(&reply)
-        }) {
-            Ok(Ok(k)) => k,
-            Ok(Err(e)) | Err(e) => {
-                self.alice = None;
+        let (key_id, key) = match self.enc(a).await {
+            Ok((i, reply)) => {
+                r.alice_setup = reply.setup();
+                r.lbs = [Some(self.alice.lbs[i]), Some(self.bob.lbs[b])];
+                match parse_enc(&reply) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        // That LB's connection is opened anew next time.
+                        self.alice.conns[i] = None;
+                        r.detail = Some(format!("alice enc_keys: {e:#}"));
+                        return r;
+                    }
+                }
+            }
+            Err(e) => {
                 r.detail = Some(format!("alice enc_keys: {e:#}"));
                 return r;
             }
+        };
+        let Some(bob) = self.bob.conns[b].as_mut() else {
+            r.detail = Some("internal: Bob's connection missing after connecting".into());
+            return r;
         };
 
         // dec_keys at Bob's LB, on the connection opened before the enc.
@@ -392,7 +514,7 @@ impl Runner {
         {
             Ok(reply) => reply,
             Err(e) => {
-                self.bob = None;
+                self.bob.conns[b] = None;
                 r.detail = Some(format!("bob dec_keys: {e:#}"));
                 return r;
             }
@@ -411,7 +533,7 @@ impl Runner {
                 ));
             }
             Err(e) => {
-                self.bob = None;
+                self.bob.conns[b] = None;
                 r.detail = Some(format!("bob dec_keys: {e:#}"));
             }
         }
@@ -701,6 +823,7 @@ mod tests {
     fn pair(outcome: Outcome, setup: Option<Setup>) -> PairResult {
         PairResult {
             outcome,
+            lbs: [None, None],
             alice_setup: setup,
             bob_setup: setup,
             detail: None,

@@ -44,6 +44,10 @@ enum Command {
         /// `handover.grace` when there is a handover.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
         grace: Duration,
+        /// Members (sidecar + HAProxy) per end: 1 is 2 members in the link,
+        /// 4 is 8, 16 is 32.
+        #[arg(long, default_value_t = 1)]
+        members_per_role: usize,
     },
     /// Keys stranded in transit by planned switchovers, with and without a
     /// handover: SAE pairs with a gap between `enc_keys` and `dec_keys`,
@@ -89,7 +93,8 @@ fn main() -> Result<()> {
                 switches,
                 issuer,
                 grace,
-            } => bench(switches, issuer, grace).await,
+                members_per_role,
+            } => bench(switches, issuer, grace, members_per_role).await,
             Command::TransitBench {
                 switches,
                 pairs,
@@ -256,11 +261,20 @@ fn summary(name: &str, mut v: Vec<f64>) -> String {
     )
 }
 
-async fn bench(switches: usize, issuer: String, grace: Duration) -> Result<()> {
+async fn bench(
+    switches: usize,
+    issuer: String,
+    grace: Duration,
+    members_per_role: usize,
+) -> Result<()> {
+    let members = 2 * members_per_role;
     println!(
-        "starting a lab link (1 etcd, 2 members, handover issuer {issuer}) for {switches} switchovers ..."
+        "starting a lab link (1 etcd, {members} members, handover issuer {issuer}) for {switches} switchovers ..."
     );
-    let mut options = LabOptions::default();
+    let mut options = LabOptions {
+        members_per_role,
+        ..LabOptions::default()
+    };
     options.timing.handover_issuer = issuer;
     options.timing.handover_grace = grace;
     let lab = Lab::start("bench", options).await?;
@@ -315,7 +329,7 @@ async fn bench(switches: usize, issuer: String, grace: Duration) -> Result<()> {
         .map(|d| d.as_secs_f64() * 1000.0)
         .collect();
     println!(
-        "\nlockstep switchover benchmark: {switches} switches, 2 members, loopback, etcd on tmpfs"
+        "\nlockstep switchover benchmark: {switches} switches, {members} members, loopback, etcd on tmpfs"
     );
     println!(
         "{}",

@@ -194,7 +194,19 @@ impl Lab {
     }
 
     pub fn traffic_config(&self) -> TrafficConfig {
-        TrafficConfig::new(self.alice_lb(), self.bob_lb(), ALICE_SAE, BOB_SAE)
+        // Every LB of an end, as SAEs behind a VIP reach them.
+        let mut config = TrafficConfig::new(self.alice_lb(), self.bob_lb(), ALICE_SAE, BOB_SAE);
+        let end = |first: usize| -> Vec<std::net::SocketAddr> {
+            self.lbs
+                .iter()
+                .skip(first + 2)
+                .step_by(2)
+                .map(|lb| lb.frontend)
+                .collect()
+        };
+        config.alice_more = end(0);
+        config.bob_more = end(1);
+        config
     }
 
     pub fn sidecar_index(&self, pred: impl Fn(&str) -> bool) -> Option<usize> {
