@@ -66,6 +66,15 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "300ms")]
         grace: Duration,
     },
+    /// Leader takeover: the leader stopped gracefully (SIGTERM) or killed
+    /// (SIGKILL), a switchover asked of another member at once; when the
+    /// next leader holds office and when the switch completes. Also the
+    /// sidecars' RSS and CPU at rest.
+    TakeoverBench {
+        /// Runs per kind of stop.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// Automatic failover, side by side with plain HAProxy backup servers:
     /// "only hot-Alice dies" and "hot-Alice and hot-Bob die".
     FailoverBench {
@@ -106,6 +115,7 @@ fn main() -> Result<()> {
                 }
                 Ok(())
             }
+            Command::TakeoverBench { runs } => takeover_bench(runs).await,
             Command::FailoverBench { runs } => failover_bench(runs).await,
         }
     })
@@ -456,6 +466,112 @@ async fn transit_bench(
     );
     if report.matched < (switches * pairs) as u64 / 2 {
         bail!("too few key pairs matched for the figures to mean anything");
+    }
+    Ok(())
+}
+
+/// RSS (kB) and CPU time (clock ticks) of process `pid`, from /proc.
+fn proc_usage(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("odd stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok((rss, ticks(11) + ticks(12)))
+}
+
+async fn takeover_bench(runs: usize) -> Result<()> {
+    println!("starting a lab link (2 members per end) for {runs} takeovers of each kind ...");
+    let options = LabOptions {
+        members_per_role: 2,
+        ..LabOptions::default()
+    };
+    let mut lab = Lab::start("takeover-bench", options).await?;
+    let ttl = lab.options.timing.lease_ttl;
+
+    // At rest: RSS and CPU of every sidecar over 10 s.
+    let pids: Vec<u32> = lab.sidecars.iter().filter_map(|s| s.guard.pid()).collect();
+    let before: Vec<(u64, u64)> = pids.iter().map(|&p| proc_usage(p)).collect::<Result<_>>()?;
+    let rest = Duration::from_secs(10);
+    tokio::time::sleep(rest).await;
+    let after: Vec<(u64, u64)> = pids.iter().map(|&p| proc_usage(p)).collect::<Result<_>>()?;
+    // /proc counts CPU time in USER_HZ ticks, 100 per second on Linux.
+    let hz = 100.0;
+    for (i, ((_, c0), (rss, c1))) in before.iter().zip(&after).enumerate() {
+        println!(
+            "sidecar {i} at rest: RSS {:.1} MB, CPU {:.2} % of a core",
+            *rss as f64 / 1024.0,
+            (c1 - c0) as f64 / hz / rest.as_secs_f64() * 100.0
+        );
+    }
+
+    let mut to = Setup::Warm;
+    for kill in [false, true] {
+        let mut elected = Vec::new();
+        let mut done = Vec::new();
+        for run in 0..runs {
+            let old = lab.leader_index(None, Duration::from_secs(20)).await?;
+            let via = (old + 1) % lab.sidecars.len();
+            let mut admin = lab.admin(via).await?;
+            let stopped = Instant::now();
+            if kill {
+                lab.sidecars[old].guard.kill();
+            } else {
+                let s = &mut lab.sidecars[old];
+                tokio::task::block_in_place(|| s.guard.terminate(Duration::from_secs(10)));
+            }
+            let request = proto::SwitchRequest {
+                to: setup_i32(to),
+                reason: format!("takeover bench {run}"),
+                requested_by: "bench".into(),
+                force: false,
+                wait: true,
+                timeout_ms: 30_000,
+                grace_ms: 0,
+            };
+            let (leader, reply) = tokio::join!(
+                async {
+                    let l = lab.leader_index(Some(old), ttl * 4).await;
+                    (l, stopped.elapsed())
+                },
+                admin.switchover(request)
+            );
+            let switched = stopped.elapsed();
+            leader.0?;
+            let reply = reply
+                .map_err(|s| anyhow::anyhow!("switch {run}: {}", s.message()))?
+                .into_inner();
+            if !reply.completed {
+                bail!("switch {run} did not complete");
+            }
+            elected.push(leader.1.as_secs_f64() * 1000.0);
+            done.push(switched.as_secs_f64() * 1000.0);
+            to = to.other();
+            let s = &mut lab.sidecars[old];
+            tokio::task::block_in_place(|| s.restart())?;
+            lab.wait_serving(to.other(), Duration::from_secs(30))
+                .await?;
+        }
+        let kind = if kill {
+            "SIGKILL"
+        } else {
+            "graceful stop (SIGTERM)"
+        };
+        println!("\nleader {kind}, {runs} runs (lease TTL {ttl:?})");
+        println!("{}", summary("stop -> next leader holds office", elected));
+        println!(
+            "{}",
+            summary("stop -> switch asked at once completes", done)
+        );
     }
     Ok(())
 }

@@ -255,6 +255,28 @@ impl Lab {
         env
     }
 
+    /// The index of the member whose sidecar holds the leader key, the
+    /// first seen within `timeout` other than `not` (a leader just stopped).
+    pub async fn leader_index(&self, not: Option<usize>, timeout: Duration) -> Result<usize> {
+        let store = self.store().await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(snap) = store.snapshot().await {
+                if let Some((id, _)) = snap.leader {
+                    match self.sidecar_index(|m| m == id) {
+                        Some(i) if Some(i) != not => return Ok(i),
+                        Some(_) => {}
+                        None => bail!("the leader {id} is no member of this lab"),
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("no leader within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub async fn store(&self) -> Result<Store> {
         Ok(Store::connect(
             &self.etcd.endpoints(),
