@@ -39,9 +39,9 @@ async fn scrape_until(
 }
 
 async fn leader_index(lab: &Lab) -> usize {
-    let s = lab.status().await.expect("status");
-    lab.sidecar_index(|id| id == s.leader)
-        .expect("the leader is a lab member")
+    lab.leader_index(None, Duration::from_secs(10))
+        .await
+        .expect("a leader")
 }
 
 #[test]

@@ -230,17 +230,9 @@ async fn start(name: &str, options: LabOptions) -> (Lab, Traffic, Sampler) {
 }
 
 async fn leader(lab: &Lab) -> usize {
-    let store = lab.store().await.expect("store");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(snap) = store.snapshot().await {
-            if let Some((id, _)) = snap.leader {
-                return lab.sidecar_index(|m| m == id).expect("leader is a member");
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    lab.leader_index(None, Duration::from_secs(10))
+        .await
+        .expect("a leader")
 }
 
 fn to_proto(s: Setup) -> i32 {
