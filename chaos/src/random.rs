@@ -118,6 +118,9 @@ fn random_net_lab(rng: &mut StdRng) -> LabOptions {
 fn random_lab(rng: &mut StdRng) -> LabOptions {
     let mut o = LabOptions {
         etcd_nodes: 3,
+        // Half the runs with two LBs per end, as deployed: the key pairs
+        // reach both, as SAEs behind a VIP do.
+        members_per_role: if rng.random_bool(0.5) { 2 } else { 1 },
         ..LabOptions::default()
     };
     // Half the runs slow every LB apply, so switches stay in flight long
