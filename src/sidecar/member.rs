@@ -261,9 +261,9 @@ fn publish(shared: &Shared, view: &lockstep_core::member::MemberView) {
 /// then lease, member key and a read of the link (that order guarantees a
 /// leader writing a drain either lists us or we read it). A member id held
 /// by another lease is never merged into: after a crash the old lease
-/// expires within one TTL; one still renewed after twice the TTL belongs to
-/// another live sidecar with the same id, and the sidecar stops with an
-/// error naming it.
+/// expires within one TTL; one still held after twice the TTL of etcd
+/// answering without a break belongs to another live sidecar with the same
+/// id, and the sidecar stops with an error naming it.
 fn spawn_registration(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
     tokio::spawn(
         async move {
@@ -303,6 +303,12 @@ fn spawn_registration(shared: Arc<Shared>, input: mpsc::Sender<Input>) {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     Err(RegisterError::Store(e)) => {
+                        // Nothing was seen renewed meanwhile: the count of a
+                        // holder's life starts again once etcd answers (an
+                        // etcd restored from a snapshot brings back a dead
+                        // incarnation's key with a fresh lease, which then
+                        // expires within one TTL).
+                        taken_since = None;
                         warn!(error = %e, retry_in = ?backoff, "registration with etcd failed");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
