@@ -179,15 +179,36 @@ fn routes_word(lb_routes: &str) -> &'static str {
     }
 }
 
+fn end_name(role: Role) -> &'static str {
+    match role {
+        Role::Alice => "Alice",
+        Role::Bob => "Bob",
+    }
+}
+
 fn step_what(phase: Phase, to: Option<Setup>, handover: Option<&HandoverView>) -> String {
     let to = to.map_or("?", Setup::as_str);
     match phase {
-        Phase::Hold => {
-            let issuer = handover
-                .and_then(|h| h.issuer)
-                .map_or("the issuing end".to_string(), |r| format!("{r}'s LBs"));
-            format!("hold: {issuer} block; the other end keeps the old setup for the grace")
-        }
+        Phase::Hold => match handover.and_then(|h| h.issuer) {
+            Some(issuer) => {
+                let other = match issuer {
+                    Role::Alice => Role::Bob,
+                    Role::Bob => Role::Alice,
+                };
+                let from = handover
+                    .and_then(|h| h.from)
+                    .map_or("the old setup", Setup::as_str);
+                let grace = handover.map_or(0, |h| h.grace_ms);
+                format!(
+                    "hold: {}'s LBs block (no new keys); {}'s keep {from} for the grace ({grace} ms) so keys in transit can be fetched",
+                    end_name(issuer),
+                    end_name(other)
+                )
+            }
+            None => {
+                "hold: the issuing end blocks; the other keeps the old setup for the grace".into()
+            }
+        },
         Phase::Drain => "drain: every LB blocks".into(),
         Phase::Serve => format!("serve: every LB routes to {to}"),
     }
@@ -214,9 +235,10 @@ fn switch_view(route: &RouteView, lbs: &[(String, Option<Applied>)]) -> SwitchVi
                     waiting.push(id.clone());
                 }
             }
+            // The route's phase is the current step until the next write,
+            // even once every LB applied it (a hold waits for its grace).
             let state = match route.phase {
                 Some(p) if phase < p => "done",
-                Some(p) if phase == p && waiting.is_empty() => "done",
                 Some(p) if phase == p => "current",
                 _ => "next",
             };

@@ -10,6 +10,8 @@
 //! * [`netns`]: lab members in network namespaces, and the network faults
 //!   between them (root only).
 //! * [`pki`]: the lab's CA and certificates (mutual TLS everywhere).
+//! * [`browser`]: headless Chromium over WebDriver (the status page's
+//!   test).
 //! * [`http`]: an HTTP/1.1 client on one connection, for the key pairs and
 //!   the mock KMEs' control API.
 //! * [`metrics`]: a sidecar's `/metrics`, parsed.
@@ -19,6 +21,7 @@
 //!   with a transit gap between `enc_keys` and `dec_keys`, counting keys a
 //!   switch stranded.
 
+pub mod browser;
 pub mod http;
 pub mod lab;
 pub mod metrics;
