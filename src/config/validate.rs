@@ -328,6 +328,41 @@ mod tests {
     use lockstep_core::Setup;
 
     #[test]
+    fn the_status_page_is_off_by_default_and_needs_a_port_of_its_own() {
+        assert!(cfg("").expect("valid").status.listen.is_none());
+        let c = cfg("[status]\nlisten = \"127.0.0.1:7402\"\n").expect("valid");
+        assert_eq!(
+            c.status.listen,
+            Some("127.0.0.1:7402".parse().expect("addr"))
+        );
+        let (key, msg) = invalid("[status]\nlisten = \"127.0.0.1:7401\"\n");
+        assert_eq!(key, "status.listen");
+        assert!(msg.contains("a port of its own"), "{msg}");
+        let (key, _) = invalid("[status]\nmax_connections = 0\n");
+        assert_eq!(key, "status.max_connections");
+    }
+
+    #[test]
+    fn notify_receivers_are_checked() {
+        let c = cfg("[[notify.webhook]]\nurl = \"http://127.0.0.1:9/h\"\n\n[[notify.command]]\nargv = [\"/bin/true\"]\n")
+            .expect("valid");
+        assert_eq!(c.notify.webhook[0].timeout, Duration::from_secs(5));
+        assert_eq!(c.notify.command[0].argv, ["/bin/true"]);
+        let (key, msg) = invalid("[[notify.webhook]]\nurl = \"ftp://x\"\n");
+        assert_eq!(key, "notify.webhook.url");
+        assert!(msg.contains("http:// or https://"), "{msg}");
+        let (key, _) = invalid("[[notify.command]]\nargv = []\n");
+        assert_eq!(key, "notify.command.argv");
+        let (key, msg) = invalid(
+            "[[notify.webhook]]\nurl = \"https://hooks.example\"\nca = \"/nonexistent/ca.crt\"\n",
+        );
+        assert_eq!(key, "notify.webhook.ca");
+        assert!(msg.contains("/nonexistent/ca.crt"), "{msg}");
+        let (key, _) = invalid("[notify]\nqueue = 0\n");
+        assert_eq!(key, "notify.queue");
+    }
+
+    #[test]
     fn names_are_checked() {
         for bad in ["\"Qkd\"", "\"qkd/1\"", "\"\""] {
             let text = format!("link = {bad}\nmember_id = \"a\"\nrole = \"alice\"\n");

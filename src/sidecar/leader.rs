@@ -452,7 +452,7 @@ impl Notes<'_> {
         let mut e = self.event(EventKind::SwitchFailed);
         self.fill(&mut e, sw);
         e.message = format!(
-            "the leader stepped down during the {} to {} at epoch {} ({reason}); the next leader finishes it (redecide)",
+            "the leader stepped down during the {} to {} at epoch {} ({reason}); the next leader finishes it",
             sw.kind, sw.to, sw.epoch
         );
         self.shared.notify.send(e);
