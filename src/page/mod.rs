@@ -315,6 +315,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn connections_are_bounded_in_number_and_idle_time() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (_tx, rx) = watch::channel(Some(Arc::from("{}")));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(crate::http::serve_bounded(
+            listener,
+            2,
+            Duration::from_millis(300),
+            move |req| {
+                let resp = answer(&req, rx.clone(), Duration::from_secs(60));
+                async move { resp }
+            },
+        ));
+        // Closed by the server: read returns 0 (or an error) within `within`.
+        async fn closed(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+            let mut buf = [0u8; 4096];
+            let until = tokio::time::Instant::now() + within;
+            loop {
+                match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return true,
+                    Ok(Ok(_)) => continue,
+                    Err(_) => return false,
+                }
+            }
+        }
+        // An idle connection that never sends a request is closed after
+        // the header timeout.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        assert!(closed(&mut idle, Duration::from_secs(2)).await);
+        // Two live pages fill the cap; a third closes the oldest and is
+        // answered.
+        let mut pages = Vec::new();
+        for _ in 0..3 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(b"GET /events HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .expect("write");
+            let mut buf = [0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+                .await
+                .expect("answered")
+                .expect("read");
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+            pages.push(s);
+        }
+        assert!(closed(&mut pages[0], Duration::from_secs(2)).await);
+        assert!(!closed(&mut pages[2], Duration::from_millis(200)).await);
+    }
+
+    #[tokio::test]
     async fn events_send_the_view_then_each_change_and_end_at_max_age() {
         let (tx, rx) = watch::channel(Some(Arc::from("{\"n\":1}")));
         let r = answer(&get("/events"), rx, Duration::from_millis(300));

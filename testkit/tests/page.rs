@@ -27,6 +27,8 @@ return {
   epoch: document.body.dataset.epoch || null,
   live: document.getElementById('live').textContent,
   history: document.querySelectorAll('#history tr').length,
+  paused: (document.querySelector('.banner.pause') || {}).textContent || null,
+  leader: (document.querySelector('[data-lb] .star') || {}).textContent || null,
 };
 "#;
 
@@ -175,6 +177,46 @@ fn the_page_shows_a_switchover_by_the_cli_on_every_lb_within_a_second() {
                 docs.join("status-page.png"),
             )
             .expect("copy the screenshot to docs/");
+        }
+
+        assert_eq!(page["leader"], "★ leader", "{page}");
+
+        // A pause shows with its reason; a resume takes it away.
+        let cli_run = |args: &[&str]| {
+            let out = std::process::Command::new(workspace_program("lockstep").expect("lockstep"))
+                .args(args)
+                .envs(lab.cli_env(0))
+                .output()
+                .expect("run the CLI");
+            assert!(out.status.success(), "{args:?}: {out:?}");
+        };
+        let t = Instant::now();
+        cli_run(&["pause", "--reason", "night maintenance of the KMEs"]);
+        eprintln!("pause CLI took {:?}", t.elapsed());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let page = browser.eval(READ_PAGE).await.expect("read the page");
+            if page["paused"]
+                .as_str()
+                .is_some_and(|p| p.contains("night maintenance of the KMEs"))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no pause banner: {page}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("pause shown {:?} after the CLI began", t.elapsed());
+        let t = Instant::now();
+        cli_run(&["resume", "--reason", "done"]);
+        eprintln!("resume CLI took {:?}", t.elapsed());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let page = browser.eval(READ_PAGE).await.expect("read the page");
+            if page["paused"].is_null() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the pause banner stayed: {page}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
         // `/status` has the same content as JSON.
