@@ -515,3 +515,75 @@ timeout = "2s"
         }
     });
 }
+
+#[test]
+fn a_leader_frozen_mid_switch_reports_it_failed_and_the_next_leader_finishes_it() {
+    rt().block_on(async {
+        let (hook, got) = webhook().await;
+        let lab = Lab::start(
+            "page-notify-failed",
+            LabOptions {
+                sidecar_toml: format!(
+                    "\n[[notify.webhook]]\nurl = \"http://{hook}/lockstep\"\ntimeout = \"2s\"\n"
+                ),
+                ..LabOptions::default()
+            },
+        )
+        .await
+        .expect("lab");
+        let leader_id = lab.status().await.expect("status").leader;
+        let leader = lab
+            .sidecar_index(|id| id == leader_id)
+            .expect("the leader is a lab member");
+        let mut admin = lab.admin(1 - leader).await.expect("admin");
+        let from = got.lock().expect("lock").len();
+        // A planned switch with a long hold: the leader is frozen in it.
+        admin
+            .switchover(proto::SwitchRequest {
+                to: proto::Setup::Warm as i32,
+                reason: "frozen mid-switch".into(),
+                requested_by: "test".into(),
+                force: false,
+                wait: false,
+                timeout_ms: 20_000,
+                grace_ms: 5_000,
+            })
+            .await
+            .expect("switchover");
+        let begun = wait_event(&got, from, "switch-begun", |e| {
+            e["kind"] == "switchover" && e["leader"] == leader_id.as_str()
+        })
+        .await;
+        let epoch = got.lock().expect("lock")[begun]["epoch"].clone();
+        lab.sidecars[leader]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGSTOP)
+            .expect("SIGSTOP");
+        // Past the lease TTL: the other member takes office and finishes
+        // the switch under an epoch of its own.
+        let t = &lab.options.timing;
+        tokio::time::sleep(t.lease_ttl + Duration::from_secs(1)).await;
+        lab.sidecars[leader]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGCONT)
+            .expect("SIGCONT");
+        let failed = wait_event(&got, begun, "switch-failed", |e| {
+            e["leader"] == leader_id.as_str() && e["epoch"] == epoch && e["to"] == "warm"
+        })
+        .await;
+        let redecide = wait_event(&got, begun, "switch-begun", |e| {
+            e["kind"] == "redecide" && e["leader"] != leader_id.as_str()
+        })
+        .await;
+        wait_event(&got, redecide, "switch-complete", |e| e["to"] == "warm").await;
+        let events = got.lock().expect("lock");
+        eprintln!("switch-failed: {}", events[failed]);
+        assert!(
+            events[failed]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("stepped down")),
+            "{}",
+            events[failed]
+        );
+    });
+}
