@@ -470,6 +470,35 @@ timeout = "2s"
             .await
             .expect("warm up");
 
+        // A request the leader finds past its deadline is refused (and
+        // nothing moves).
+        let store = lab.store().await.expect("store");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        store
+            .put_request(&lockstep_core::policy::Request {
+                id: "late".into(),
+                kind: lockstep_core::policy::RequestKind::Switchover,
+                to: Setup::Warm,
+                force: false,
+                reason: "stored past its deadline".into(),
+                requested_by: "test".into(),
+                at: String::new(),
+                deadline_ms: Some(now_ms.saturating_sub(1_000)),
+                grace_ms: None,
+            })
+            .await
+            .expect("put")
+            .expect("no request pending");
+        wait_event(&got, from, "request-refused", |e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("late") && m.contains("expired"))
+        })
+        .await;
+
         // The command got the same events, in the same order.
         let names: Vec<String> = got.lock().expect("lock")[from..]
             .iter()
