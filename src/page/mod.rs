@@ -32,6 +32,11 @@ const PAGE: &str = include_str!("page.html");
 /// browser see the connection alive.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
+/// How often the view is rebuilt without a change in etcd, so lease ages
+/// and the page's "updated" stay current (the page calls a view older than
+/// three of these stale).
+const REFRESH: Duration = Duration::from_secs(5);
+
 /// How soon a browser reconnects a closed event stream.
 const RETRY_MS: u64 = 1000;
 
@@ -71,7 +76,7 @@ async fn feed(shared: Arc<Shared>, tx: watch::Sender<Option<Arc<str>>>) {
     let mut last: Option<view::PageStatus> = None;
     let mut history = Vec::new();
     loop {
-        let error = match crate::rpc::admin::status_stream(shared.clone()).await {
+        let error = match crate::rpc::admin::status_stream(shared.clone(), Some(REFRESH)).await {
             Ok(mut rx) => loop {
                 match rx.recv().await {
                     Some(Ok(status)) => {

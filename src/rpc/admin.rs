@@ -421,7 +421,7 @@ impl Admin for AdminService {
         &self,
         _r: tonic::Request<proto::StatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
-        let rx = status_stream(self.shared.clone()).await?;
+        let rx = status_stream(self.shared.clone(), None).await?;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -429,11 +429,14 @@ impl Admin for AdminService {
 }
 
 /// A fresh status whenever anything in the link changes, the current one
-/// first: what `WatchStatus` streams and what feeds the status page. Ends
-/// with an error when the etcd watch ends (the caller watches again), or
-/// when the receiver is dropped.
+/// first: what `WatchStatus` streams and what feeds the status page. With
+/// `refresh`, also after that long without a change (the members' live
+/// state, e.g. lease ages, moves without etcd writes). Ends with an error
+/// when the etcd watch ends (the caller watches again), or when the
+/// receiver is dropped.
 pub(crate) async fn status_stream(
     shared: Arc<Shared>,
+    refresh: Option<Duration>,
 ) -> Result<tokio::sync::mpsc::Receiver<Result<proto::StatusReply, Status>>, Status> {
     let (mut watch, snap) = shared
         .store
@@ -447,7 +450,15 @@ pub(crate) async fn status_stream(
             return;
         }
         loop {
-            match watch.next().await {
+            let next = async {
+                match refresh {
+                    Some(every) => tokio::time::timeout(every, watch.next())
+                        .await
+                        .unwrap_or(Ok(Some(Vec::new()))),
+                    None => watch.next().await,
+                }
+            };
+            match next.await {
                 Ok(Some(_)) => {
                     // Coalesce bursts (a switch writes several keys).
                     tokio::time::sleep(Duration::from_millis(5)).await;
