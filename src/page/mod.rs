@@ -78,7 +78,19 @@ async fn feed(shared: Arc<Shared>, tx: watch::Sender<Option<Arc<str>>>) {
     loop {
         let error = match crate::rpc::admin::status_stream(shared.clone(), Some(REFRESH)).await {
             Ok(mut rx) => loop {
-                match rx.recv().await {
+                let Ok(next) = tokio::time::timeout(3 * REFRESH, rx.recv()).await else {
+                    // Neither a change nor a refresh: etcd hangs. Say so
+                    // and keep waiting on the same stream.
+                    if let Some(mut v) = last.clone() {
+                        v.error = Some(format!(
+                            "this view is stale: {me} has read nothing from etcd for {:?} (slow or unreachable); still trying",
+                            3 * REFRESH
+                        ));
+                        publish(&tx, &v);
+                    }
+                    continue;
+                };
+                match next {
                     Some(Ok(status)) => {
                         match shared.store.history(crate::limits::PAGE_HISTORY).await {
                             Ok(h) => history = h,

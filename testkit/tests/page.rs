@@ -616,3 +616,64 @@ fn a_leader_frozen_mid_switch_reports_it_failed_and_the_next_leader_finishes_it(
         );
     });
 }
+
+/// `GET /status` of member `i`'s page, as JSON.
+async fn status_json(lab: &Lab, i: usize) -> Value {
+    let reply = lockstep_testkit::http::http_once(
+        lab.sidecars[i].spec.status,
+        hyper::Method::GET,
+        "/status",
+        None,
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("GET /status");
+    serde_json::from_slice(&reply.body).expect("JSON")
+}
+
+#[test]
+fn the_page_says_its_view_is_stale_while_etcd_is_frozen_and_recovers() {
+    rt().block_on(async {
+        let lab = Lab::start("page-stale", LabOptions::default())
+            .await
+            .expect("lab");
+        let v = status_json(&lab, 0).await;
+        assert!(v["error"].is_null(), "{v}");
+        lab.etcd.nodes[0]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGSTOP)
+            .expect("SIGSTOP etcd");
+        let frozen = Instant::now();
+        let stale = loop {
+            let v = status_json(&lab, 0).await;
+            if v["error"].is_string() {
+                break v;
+            }
+            assert!(
+                frozen.elapsed() < Duration::from_secs(30),
+                "the page never said it is stale: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        eprintln!("stale after {:?}: {}", frozen.elapsed(), stale["error"]);
+        // The last view stays, so on call still sees what was.
+        assert_eq!(stale["ends"][0]["role"], "alice", "{stale}");
+        lab.etcd.nodes[0]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGCONT)
+            .expect("SIGCONT etcd");
+        let thawed = Instant::now();
+        loop {
+            let v = status_json(&lab, 0).await;
+            if v["error"].is_null() && v["settled"] == true {
+                break;
+            }
+            assert!(
+                thawed.elapsed() < Duration::from_secs(30),
+                "the page did not recover: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("fresh again {:?} after etcd thawed", thawed.elapsed());
+    });
+}
