@@ -373,7 +373,7 @@ timeout = "2s"
 
 [[notify.webhook]]
 url = "http://{hole}/never-answers"
-timeout = "1s"
+timeout = "4s"
 
 [[notify.command]]
 argv = ["sh", "-c", "cat >> {log}; echo >> {log}", "notify"]
@@ -415,8 +415,9 @@ timeout = "2s"
             .expect("resume");
         let resumed = wait_event(&got, paused, "resumed", |_| true).await;
 
-        // A dead webhook (its 1 s timeouts and a retry per event) does not
-        // slow the switch: the leader only queues.
+        // A dead webhook (4 s timeouts and a retry per event: 8 s per
+        // event if the leader waited for it) does not slow the switch: the
+        // leader only queues.
         let started = Instant::now();
         admin
             .switchover(proto::SwitchRequest {
@@ -524,8 +525,9 @@ timeout = "2s"
         }
         eprintln!("events: {names:?}");
 
-        // The dead webhook's failures are counted, not hidden.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // The dead webhook's failures are counted, not hidden (the first
+        // after two 4 s attempts).
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut failed = 0.0;
             for s in &lab.sidecars {
