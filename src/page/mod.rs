@@ -50,6 +50,9 @@ pub(crate) fn start(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
         info_span!("status_page", link = %shared.config.link, member = %shared.config.member_id);
     if let Ok(addr) = listener.local_addr() {
         info!(parent: &span, %addr, "status page listening (status.listen)");
+        if !addr.ip().is_loopback() {
+            warn!(parent: &span, %addr, "status.listen is not a loopback address: anyone who reaches it sees the link (read-only, no TLS); put an authenticating proxy in front or use 127.0.0.1 with kubectl port-forward (docs/security.md)");
+        }
     }
     tokio::spawn(feed(shared.clone(), tx).instrument(span.clone()));
     let cfg = shared.config.status.clone();

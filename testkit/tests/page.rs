@@ -29,6 +29,7 @@ return {
   history: document.querySelectorAll('#history tr').length,
   paused: (document.querySelector('.banner.pause') || {}).textContent || null,
   leader: (document.querySelector('[data-lb] .star') || {}).textContent || null,
+  overflows: document.documentElement.scrollWidth > window.innerWidth,
 };
 "#;
 
@@ -180,6 +181,17 @@ fn the_page_shows_a_switchover_by_the_cli_on_every_lb_within_a_second() {
         }
 
         assert_eq!(page["leader"], "★ leader", "{page}");
+        // Usable on a phone: nothing wider than the screen (the history
+        // table scrolls inside its box), down to 360 px.
+        assert_eq!(page["overflows"], false, "{page}");
+        browser.resize(360, 800).await.expect("resize");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let narrow = browser.eval(READ_PAGE).await.expect("read the page");
+        assert_eq!(narrow["overflows"], false, "at 360 px: {narrow}");
+        browser
+            .screenshot(&lab.dir.join("page-settled-360.png"))
+            .await
+            .expect("screenshot");
 
         // A pause shows with its reason; a resume takes it away.
         let cli_run = |args: &[&str]| {
