@@ -28,6 +28,11 @@
 //! * [`probe`]: ETSI GS QKD 014 status probes of this member's KMEs.
 //! * `http`: the LB's check endpoint (the dead-man's switch), `/healthz`,
 //!   `/readyz`, `/metrics`.
+//! * `page`: the read-only status page on its own listener
+//!   (`status.listen`): the link drawn live (server-sent events from the
+//!   `WatchStatus` stream), `/status` as JSON.
+//! * `notify`: webhooks and commands told of the leader's transitions,
+//!   from tasks of their own behind bounded queues.
 //! * [`proto`]: the generated gRPC types.
 //! * [`cli`]: the `lockstep` command's verbs (`src/bin/lockstep.rs` defines
 //!   its arguments).
@@ -41,6 +46,8 @@ pub mod config;
 mod http;
 pub mod lb;
 pub mod limits;
+mod notify;
+mod page;
 pub mod probe;
 pub mod proto;
 mod rpc;

@@ -9,6 +9,12 @@ pub const MAX_BY: usize = 256;
 pub const MAX_PROBE_BODY: usize = 64 * 1024;
 /// Largest gRPC message a sidecar decodes.
 pub const MAX_GRPC_MESSAGE: usize = 64 * 1024;
+/// Webhooks and commands together in `[notify]`.
+pub const MAX_NOTIFY_RECEIVERS: usize = 16;
+/// Largest webhook answer body read (and then dropped).
+pub const MAX_WEBHOOK_ANSWER: usize = 16 * 1024;
+/// History records the status page shows.
+pub const PAGE_HISTORY: usize = 20;
 
 /// Why free text was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

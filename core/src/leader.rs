@@ -358,6 +358,18 @@ pub enum LeaderAction {
     StepDown { reason: String },
 }
 
+/// A switch in progress as the driver sees it ([`Leader::current_switch`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SwitchInfo {
+    pub epoch: Epoch,
+    pub kind: HistoryKind,
+    /// The setup served before, when there was one.
+    pub from: Option<Setup>,
+    pub to: Setup,
+    pub reason: String,
+    pub requested_by: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Plan {
     epoch: Epoch,
@@ -505,6 +517,19 @@ impl Leader {
 
     pub fn stepped_down(&self) -> bool {
         self.stepped_down
+    }
+
+    /// The switch this leader is carrying out, if any: what it is and why,
+    /// for the driver's notifications (`switch begun`, `failed`).
+    pub fn current_switch(&self) -> Option<SwitchInfo> {
+        self.switch.as_ref().map(|s| SwitchInfo {
+            epoch: s.plan.epoch,
+            kind: s.plan.kind,
+            from: s.plan.from,
+            to: s.plan.setup,
+            reason: s.plan.reason.clone(),
+            requested_by: s.plan.requested_by.clone(),
+        })
     }
 
     /// Health of `setup` aggregated over the live members.

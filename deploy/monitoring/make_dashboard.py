@@ -128,6 +128,14 @@ panel("table", "Builds", [
     options={"showHeader": True}, transformations=[{"id": "labelsToFields", "options": {}}])
 y += 7
 
+row("Notifications")
+panel("timeseries", "Notifications/s by outcome", [
+    (f'sum(rate(lockstep_notify_delivered_total{{{L}}}[$__rate_interval]))', "delivered"),
+    (f'sum(rate(lockstep_notify_failed_total{{{L}}}[$__rate_interval]))', "failed"),
+    (f'sum(rate(lockstep_notify_dropped_total{{{L}}}[$__rate_interval]))', "dropped"),
+], w=24, description="The leader's webhooks and commands ([notify]): accepted, given up after retries, dropped from a full queue (alert LockstepNotifyFailing).")
+y += 7
+
 for i, p in enumerate(panels, start=1):
     p["id"] = i
 

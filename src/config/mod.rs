@@ -23,8 +23,9 @@ pub(crate) use load::example_with_certs;
 pub use load::load;
 pub use schema::{
     AdminConfig, Config, EtcdConfig, FailoverConfig, GrpcConfig, GrpcRoles, GrpcTlsConfig,
-    HttpConfig, LbConfig, ProbeConfig,
+    HttpConfig, LbConfig, NotifyConfig, ProbeConfig, StatusConfig,
 };
+pub(crate) use schema::{CommandConfig, WebhookConfig};
 pub(crate) use security::read_password;
 
 use std::path::PathBuf;

@@ -47,6 +47,110 @@ pub struct Config {
     /// Planned switches that strand no key in transit.
     #[serde(default)]
     pub handover: HandoverConfig,
+    /// The read-only status page (off unless `status.listen` is set).
+    #[serde(default)]
+    pub status: StatusConfig,
+    /// Webhooks and commands told of every transition the leader makes.
+    #[serde(default)]
+    pub notify: NotifyConfig,
+}
+
+/// The status page: an HTML page, `/status` (JSON) and `/events`
+/// (server-sent events), read-only and without authentication, so on its
+/// own listener: loopback, reached through `kubectl port-forward` or an
+/// authenticating proxy (`docs/security.md`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// Where the page is served; unset (the default): no page.
+    pub listen: Option<SocketAddr>,
+    /// Connections open at once (each live page holds one); at the cap the
+    /// oldest is closed (a browser's page reconnects by itself).
+    pub max_connections: usize,
+    /// Bound on receiving a request's head, and how long a kept-alive
+    /// connection may sit idle between requests.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A live page's event stream is closed after this long (the browser
+    /// reconnects at once), so no connection lives for ever.
+    #[serde(with = "humantime_serde")]
+    pub stream_max_age: Duration,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            listen: None,
+            max_connections: 16,
+            header_timeout: Duration::from_secs(5),
+            stream_max_age: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Notifications of transitions (switch begun, complete, failed,
+/// auto-failover, pause, resume), sent by the leader from a task of their
+/// own: a slow or dead receiver never delays a switch.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// `[[notify.webhook]]`: each gets every event as a JSON POST.
+    pub webhook: Vec<WebhookConfig>,
+    /// `[[notify.command]]`: each is run per event, the event as JSON on
+    /// its standard input (Patroni's callbacks).
+    pub command: Vec<CommandConfig>,
+    /// Attempts after the first failed one.
+    pub retries: u32,
+    /// Wait before the first retry; doubled for each further one.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// Events waiting per receiver; when full the oldest is dropped (and
+    /// counted in `lockstep_notify_dropped_total`).
+    pub queue: usize,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            webhook: Vec::new(),
+            command: Vec::new(),
+            retries: 3,
+            backoff: Duration::from_millis(500),
+            queue: 64,
+        }
+    }
+}
+
+/// One webhook.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL the event is POSTed to.
+    pub url: String,
+    /// Bound on one attempt (connect, send, answer).
+    #[serde(default = "default_notify_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// PEM CA bundle for an `https://` URL; unset: the system's bundle
+    /// (`/etc/ssl/certs/ca-certificates.crt`).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+/// One command.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandConfig {
+    /// The program and its first arguments; the event's name and the link
+    /// are appended as the last two arguments.
+    pub argv: Vec<String>,
+    /// Bound on one run; past it the process is killed and the run counts
+    /// as failed.
+    #[serde(default = "default_notify_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_notify_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// Handover for planned switches (switchover, failback): the issuing end's

@@ -138,6 +138,58 @@ impl Config {
             return bad("http.max_connections", "must be at least 1".into());
         }
 
+        let st = &self.status;
+        if let Some(listen) = st.listen {
+            if listen == self.grpc.listen || listen == self.http.listen {
+                return bad(
+                    "status.listen",
+                    format!("{listen} is also grpc.listen or http.listen; give the status page a port of its own"),
+                );
+            }
+        }
+        if st.max_connections == 0 {
+            return bad("status.max_connections", "must be at least 1".into());
+        }
+        positive("status.header_timeout", st.header_timeout)?;
+        positive("status.stream_max_age", st.stream_max_age)?;
+
+        let n = &self.notify;
+        if n.webhook.len() + n.command.len() > crate::limits::MAX_NOTIFY_RECEIVERS {
+            return bad(
+                "notify",
+                format!(
+                    "names {} webhooks and commands; at most {} are allowed",
+                    n.webhook.len() + n.command.len(),
+                    crate::limits::MAX_NOTIFY_RECEIVERS
+                ),
+            );
+        }
+        for w in &n.webhook {
+            if let Err(why) = check_url(&w.url) {
+                return bad("notify.webhook.url", format!("{:?} {why}", w.url));
+            }
+            positive("notify.webhook.timeout", w.timeout)?;
+        }
+        for c in &n.command {
+            if c.argv.first().is_none_or(|p| p.trim().is_empty()) {
+                return bad(
+                    "notify.command.argv",
+                    "is empty; give the program and its arguments, e.g. [\"/usr/local/bin/page-oncall\"]".into(),
+                );
+            }
+            positive("notify.command.timeout", c.timeout)?;
+        }
+        if n.retries > 10 {
+            return bad("notify.retries", format!("{} is more than 10", n.retries));
+        }
+        positive("notify.backoff", n.backoff)?;
+        if n.queue == 0 || n.queue > 10_000 {
+            return bad("notify.queue", "must be between 1 and 10000".into());
+        }
+        if let Err(e) = crate::notify::check_tls(n) {
+            return bad("notify.webhook.ca", e);
+        }
+
         let lb = &self.lb;
         if lb.kind != "haproxy" {
             return bad(
@@ -274,6 +326,41 @@ mod tests {
     use super::super::tests::{cfg, invalid, ms, parse_text};
     use super::*;
     use lockstep_core::Setup;
+
+    #[test]
+    fn the_status_page_is_off_by_default_and_needs_a_port_of_its_own() {
+        assert!(cfg("").expect("valid").status.listen.is_none());
+        let c = cfg("[status]\nlisten = \"127.0.0.1:7402\"\n").expect("valid");
+        assert_eq!(
+            c.status.listen,
+            Some("127.0.0.1:7402".parse().expect("addr"))
+        );
+        let (key, msg) = invalid("[status]\nlisten = \"127.0.0.1:7401\"\n");
+        assert_eq!(key, "status.listen");
+        assert!(msg.contains("a port of its own"), "{msg}");
+        let (key, _) = invalid("[status]\nmax_connections = 0\n");
+        assert_eq!(key, "status.max_connections");
+    }
+
+    #[test]
+    fn notify_receivers_are_checked() {
+        let c = cfg("[[notify.webhook]]\nurl = \"http://127.0.0.1:9/h\"\n\n[[notify.command]]\nargv = [\"/bin/true\"]\n")
+            .expect("valid");
+        assert_eq!(c.notify.webhook[0].timeout, Duration::from_secs(5));
+        assert_eq!(c.notify.command[0].argv, ["/bin/true"]);
+        let (key, msg) = invalid("[[notify.webhook]]\nurl = \"ftp://x\"\n");
+        assert_eq!(key, "notify.webhook.url");
+        assert!(msg.contains("http:// or https://"), "{msg}");
+        let (key, _) = invalid("[[notify.command]]\nargv = []\n");
+        assert_eq!(key, "notify.command.argv");
+        let (key, msg) = invalid(
+            "[[notify.webhook]]\nurl = \"https://hooks.example\"\nca = \"/nonexistent/ca.crt\"\n",
+        );
+        assert_eq!(key, "notify.webhook.ca");
+        assert!(msg.contains("/nonexistent/ca.crt"), "{msg}");
+        let (key, _) = invalid("[notify]\nqueue = 0\n");
+        assert_eq!(key, "notify.queue");
+    }
 
     #[test]
     fn names_are_checked() {

@@ -3,7 +3,7 @@
 
 use crate::sidecar::Shared;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -69,14 +69,37 @@ struct Open {
 /// and metrics requests are a line and a few headers.
 const MAX_HEAD: usize = 8 * 1024;
 
+/// A response body: whole (`Full`) or streamed (the status page's events).
+pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
 /// Serves HTTP/1.1 on `listener`. Every connection must send its request
 /// head within `http.header_timeout` (also the idle bound between requests
 /// on a kept-alive connection); at most `http.max_connections` are open:
 /// at the cap the oldest is closed, so a new connection (the LB's next
 /// check) is always answered and idle connections cannot lock it out.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
-    let cap = shared.config.http.max_connections.max(1);
+    let cap = shared.config.http.max_connections;
     let header_timeout = shared.config.http.header_timeout;
+    serve_bounded(listener, cap, header_timeout, move |req| {
+        let resp = answer(&shared, req.uri().path());
+        async move { resp.map(|b| b.boxed()) }
+    })
+    .await
+}
+
+/// Serves HTTP/1.1 on `listener` with `handler`: each request head within
+/// `header_timeout` (also the idle bound of a kept-alive connection), at
+/// most `cap` connections open (at the cap the oldest is closed).
+pub(crate) async fn serve_bounded<H, F>(
+    listener: tokio::net::TcpListener,
+    cap: usize,
+    header_timeout: std::time::Duration,
+    handler: H,
+) where
+    H: Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let cap = cap.max(1);
     let open = Arc::new(std::sync::Mutex::new(Open::default()));
     loop {
         let (stream, _) = match listener.accept().await {
@@ -88,14 +111,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
             }
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let handler = handler.clone();
         let Ok(mut guard) = open.lock() else {
             continue;
         };
         while guard.conns.len() >= cap {
             if let Some((_, oldest)) = guard.conns.pop_front() {
                 oldest.abort();
-                debug!("HTTP connection cap reached (http.max_connections); closed the oldest connection");
+                debug!("HTTP connection cap reached; closed the oldest connection");
             }
         }
         let id = guard.next_id;
@@ -103,8 +126,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
         let registry = open.clone();
         let task = tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let resp = answer(&shared, req.uri().path());
-                async move { Ok::<_, Infallible>(resp) }
+                let resp = handler(req);
+                async move { Ok::<_, Infallible>(resp.await) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder

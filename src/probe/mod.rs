@@ -316,7 +316,7 @@ pub async fn check_once(
 
 /// hyper's client errors say "client error (Connect)"; the cause (refused,
 /// certificate unknown, ...) is in their sources.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -421,43 +421,64 @@ impl Admin for AdminService {
         &self,
         _r: tonic::Request<proto::StatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
-        let shared = self.shared.clone();
-        let (mut watch, snap) = shared
-            .store
-            .watch_then_snapshot(Watched::Link)
-            .await
-            .map_err(store_status)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            let first = build_status(&shared, &snap).await;
-            if tx.send(Ok(first)).await.is_err() {
-                return;
-            }
-            loop {
-                match watch.next().await {
-                    Ok(Some(_)) => {
-                        // Coalesce bursts (a switch writes several keys).
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        let Ok(snap) = shared.store.snapshot().await else {
-                            continue;
-                        };
-                        if tx
-                            .send(Ok(build_status(&shared, &snap).await))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    _ => {
-                        let _ = tx.send(Err(Status::unavailable("etcd watch ended"))).await;
-                        return;
-                    }
-                }
-            }
-        });
+        let rx = status_stream(self.shared.clone(), None).await?;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// A fresh status whenever anything in the link changes, the current one
+/// first: what `WatchStatus` streams and what feeds the status page. With
+/// `refresh`, also after that long without a change (the members' live
+/// state, e.g. lease ages, moves without etcd writes). Ends with an error
+/// when the etcd watch ends (the caller watches again), or when the
+/// receiver is dropped.
+pub(crate) async fn status_stream(
+    shared: Arc<Shared>,
+    refresh: Option<Duration>,
+) -> Result<tokio::sync::mpsc::Receiver<Result<proto::StatusReply, Status>>, Status> {
+    let (mut watch, snap) = shared
+        .store
+        .watch_then_snapshot(Watched::Link)
+        .await
+        .map_err(store_status)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let first = build_status(&shared, &snap).await;
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        loop {
+            let next = async {
+                match refresh {
+                    Some(every) => tokio::time::timeout(every, watch.next())
+                        .await
+                        .unwrap_or(Ok(Some(Vec::new()))),
+                    None => watch.next().await,
+                }
+            };
+            match next.await {
+                Ok(Some(_)) => {
+                    // Coalesce bursts (a switch writes several keys).
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let Ok(snap) = shared.store.snapshot().await else {
+                        continue;
+                    };
+                    if tx
+                        .send(Ok(build_status(&shared, &snap).await))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                _ => {
+                    let _ = tx.send(Err(Status::unavailable("etcd watch ended"))).await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
 }

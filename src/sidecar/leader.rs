@@ -3,11 +3,13 @@
 //! from peer replies, and carries out its writes and pushes.
 
 use super::Shared;
+use crate::notify::{Event, EventKind};
 use crate::proto::peer_client::PeerClient;
 use crate::proto::{DrainRequest, ServeRequest};
 use crate::store::{Change, StoreError, Watched};
 use lockstep_core::leader::{
-    HistoryOutcome, Leader, LeaderAction, LeaderConfig, LeaderEvent, WriteFailure,
+    HistoryKind, HistoryOutcome, Leader, LeaderAction, LeaderConfig, LeaderEvent, SwitchInfo,
+    WriteFailure,
 };
 use lockstep_core::{Applied, Phase, Push, Token};
 use std::collections::HashMap;
@@ -155,8 +157,17 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
     let mut lease_rx = shared.lease.subscribe();
     // Wall-clock start of each switch, for its history record.
     let mut started_at: HashMap<u64, String> = HashMap::new();
+    let mut notes = Notes {
+        shared: &shared,
+        token,
+        writing: None,
+        announced: None,
+        paused: snapshot.paused.clone(),
+    };
 
-    loop {
+    // `return` in this block ends the leadership with a reason; a switch
+    // still in progress then is notified as failed.
+    let reason: String = async { loop {
         while let Some(action) = core.poll_action() {
             match action {
                 LeaderAction::WriteRoute {
@@ -175,6 +186,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                     if let Some(h) = history.as_mut() {
                         h.started_at = start;
                     }
+                    notes.writing = Some(route.clone());
                     let span = info_span!("write_route", epoch = route.epoch, phase = %route.phase, setup = %route.setup, token);
                     let store = shared.store.clone();
                     let tx = done_tx.clone();
@@ -202,6 +214,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                     );
                 }
                 LeaderAction::ResolveRequest { rev, outcome } => {
+                    notes.resolved(&outcome);
                     let store = shared.store.clone();
                     tokio::spawn(async move {
                         match store.resolve_request(token, rev, &outcome).await {
@@ -215,6 +228,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                     let store = shared.store.clone();
                     let keep = shared.config.admin.history_keep;
                     if record.outcome == HistoryOutcome::Complete {
+                        notes.completed(&record);
                         shared.metrics.switch_completed(&record);
                         info!(epoch = record.epoch, to = %record.to, drain_ms = record.drain_ms, total_ms = record.total_ms, fenced = ?record.fenced_members, "switch complete");
                         record.started_at = started_at.remove(&record.epoch).unwrap_or_default();
@@ -311,6 +325,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                             Change::RequestGone(rev) => LeaderEvent::RequestDeleted { rev },
                             Change::Paused(p) => {
                                 shared.metrics.set_paused(p.is_some());
+                                notes.pause_seen(p.as_ref(), core.route().map(|r| r.epoch));
                                 LeaderEvent::PauseChanged(p)
                             }
                             Change::Leader(l) => {
@@ -330,7 +345,10 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
             },
             Some(done) = done_rx.recv() => {
                 let event = match done {
-                    Done::Written(Ok((rev, members))) => LeaderEvent::RouteWritten { rev, members },
+                    Done::Written(Ok((rev, members))) => {
+                        notes.written(core.current_switch());
+                        LeaderEvent::RouteWritten { rev, members }
+                    }
                     Done::Written(Err(f)) => LeaderEvent::WriteFailed(f),
                     Done::Replied(member, applied) => LeaderEvent::PeerReplied { member, applied },
                 };
@@ -343,6 +361,141 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
             }
             _ = sleep => core.handle(clock.now(), LeaderEvent::Tick),
         }
+    } }.await;
+    if let Some(sw) = core.current_switch() {
+        notes.failed(&sw, &reason);
+    }
+    reason
+}
+
+/// What the leader tells `[notify]` receivers, from what it does: kept
+/// beside the loop so the loop only reports.
+struct Notes<'a> {
+    shared: &'a Shared,
+    token: Token,
+    /// The route write in flight (one at a time).
+    writing: Option<lockstep_core::Route>,
+    /// The newest epoch whose start was notified.
+    announced: Option<u64>,
+    /// The pause as last seen, so only changes are notified.
+    paused: Option<lockstep_core::policy::Pause>,
+}
+
+impl Notes<'_> {
+    fn event(&self, kind: EventKind) -> Event {
+        Event::new(
+            kind,
+            &self.shared.config.link,
+            &self.shared.config.member_id,
+            self.token,
+        )
+    }
+
+    /// The write in flight succeeded: a switch's first write (hold, or
+    /// drain without a hold) means it has begun.
+    fn written(&mut self, switch: Option<SwitchInfo>) {
+        let Some(route) = self.writing.take() else {
+            return;
+        };
+        if route.phase == Phase::Serve || self.announced >= Some(route.epoch) {
+            return;
+        }
+        self.announced = Some(route.epoch);
+        let Some(sw) = switch.filter(|s| s.epoch == route.epoch) else {
+            return;
+        };
+        let automatic = matches!(
+            sw.kind,
+            HistoryKind::AutoFailover | HistoryKind::AutoFailback
+        );
+        let mut e = self.event(if automatic {
+            EventKind::AutoFailover
+        } else {
+            EventKind::SwitchBegun
+        });
+        e.message = format!(
+            "{} to {} begun at epoch {} ({})",
+            sw.kind, sw.to, sw.epoch, route.phase
+        );
+        self.fill(&mut e, &sw);
+        self.shared.notify.send(e);
+    }
+
+    fn fill(&self, e: &mut Event, sw: &SwitchInfo) {
+        e.epoch = Some(sw.epoch);
+        e.kind = Some(sw.kind.to_string());
+        e.from = sw.from;
+        e.to = Some(sw.to);
+        e.reason = sw.reason.clone();
+        e.requested_by = sw.requested_by.clone();
+    }
+
+    fn completed(&self, record: &lockstep_core::leader::HistoryRecord) {
+        let mut e = self.event(EventKind::SwitchComplete);
+        e.epoch = Some(record.epoch);
+        e.kind = Some(record.kind.to_string());
+        e.from = record.from;
+        e.to = Some(record.to);
+        e.reason = record.reason.clone();
+        e.requested_by = record.requested_by.clone();
+        e.message = format!(
+            "every live LB serves {} at epoch {} ({} ms, {} ms without service)",
+            record.to, record.epoch, record.total_ms, record.drain_ms
+        );
+        e.drain_ms = Some(record.drain_ms);
+        e.total_ms = Some(record.total_ms);
+        e.fenced_members = record.fenced_members.clone();
+        self.shared.notify.send(e);
+    }
+
+    fn failed(&self, sw: &SwitchInfo, reason: &str) {
+        let mut e = self.event(EventKind::SwitchFailed);
+        self.fill(&mut e, sw);
+        e.message = format!(
+            "the leader stepped down during the {} to {} at epoch {} ({reason}); the next leader finishes it",
+            sw.kind, sw.to, sw.epoch
+        );
+        self.shared.notify.send(e);
+    }
+
+    fn resolved(&self, outcome: &lockstep_core::leader::RequestOutcome) {
+        use lockstep_core::leader::RequestStatus;
+        if !matches!(
+            outcome.status,
+            RequestStatus::Rejected | RequestStatus::Expired
+        ) {
+            return;
+        }
+        let mut e = self.event(EventKind::RequestRefused);
+        e.epoch = Some(outcome.epoch);
+        e.message = format!(
+            "request {} {}: {}",
+            outcome.id, outcome.status, outcome.message
+        );
+        self.shared.notify.send(e);
+    }
+
+    fn pause_seen(&mut self, pause: Option<&lockstep_core::policy::Pause>, epoch: Option<u64>) {
+        if self.paused.as_ref() == pause {
+            return;
+        }
+        self.paused = pause.cloned();
+        let mut e = match pause {
+            Some(p) => {
+                let mut e = self.event(EventKind::Paused);
+                e.reason = p.reason.clone();
+                e.requested_by = p.requested_by.clone();
+                e.message = format!("paused: nothing moves until resumed ({})", p.reason);
+                e
+            }
+            None => {
+                let mut e = self.event(EventKind::Resumed);
+                e.message = "resumed: switches and automatic failover go on".into();
+                e
+            }
+        };
+        e.epoch = epoch;
+        self.shared.notify.send(e);
     }
 }
 

@@ -133,6 +133,8 @@ pub(crate) struct Metrics {
     /// (the grace of every completed planned switch with a hold).
     grace_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     in_flight: Mutex<BTreeMap<u64, InFlight>>,
+    /// Notifications delivered, given up and dropped (`notify`).
+    notify: crate::notify::Counters,
 }
 
 impl Metrics {
@@ -167,6 +169,7 @@ impl Metrics {
             switch_failures: Counter::default(),
             grace_seconds: Counter::default(),
             in_flight: Mutex::new(BTreeMap::new()),
+            notify: crate::notify::Counters::default(),
         };
         let r = &mut registry;
         r.register(
@@ -260,6 +263,21 @@ impl Metrics {
             m.kme_stored_keys.clone(),
         );
         r.register(
+            "notify_delivered",
+            "Notifications (webhook POSTs, command runs) a receiver accepted",
+            m.notify.delivered.clone(),
+        );
+        r.register(
+            "notify_failed",
+            "Notifications a receiver did not accept after every retry (notify.retries)",
+            m.notify.failed.clone(),
+        );
+        r.register(
+            "notify_dropped",
+            "Notifications dropped, oldest first, from a receiver's full queue (notify.queue)",
+            m.notify.dropped.clone(),
+        );
+        r.register(
             "build",
             "The sidecar's version and build",
             Info::new(BuildLabels::this_build()),
@@ -278,6 +296,11 @@ impl Metrics {
             }
         }
         Metrics { registry, ..m }
+    }
+
+    /// The notification counters, for the notifier's tasks.
+    pub(crate) fn notify_counters(&self) -> crate::notify::Counters {
+        self.notify.clone()
     }
 
     pub(crate) fn set_no_healthy_setup(&self, on: bool) {

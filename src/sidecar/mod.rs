@@ -81,6 +81,9 @@ pub(crate) struct Shared {
     /// gRPC channels to peers (pushes, status), one per address, over
     /// mutual TLS unless `grpc.insecure`.
     pub(crate) channels: crate::tls::client::Channels,
+    /// Hands the leader's transitions to the `[notify]` receivers' tasks
+    /// without waiting for them.
+    pub(crate) notify: crate::notify::Notifier,
 }
 
 impl Shared {
@@ -190,8 +193,17 @@ pub(crate) async fn run_with<L: LoadBalancer>(
     };
     let grpc_listen = config.grpc.listen;
     let http_listen = config.http.listen;
+    let status_listen = config.status.listen;
+    let metrics = metrics::Metrics::new(&config, clock);
+    let notify = crate::notify::Notifier::start(
+        &config.notify,
+        metrics.notify_counters(),
+        &config.link,
+        &config.member_id,
+    );
     let shared = Arc::new(Shared {
-        metrics: metrics::Metrics::new(&config, clock),
+        metrics,
+        notify,
         liveness: health::Liveness::new(health::Liveness::stall_bound_for(&config)),
         config,
         store,
@@ -220,10 +232,19 @@ pub(crate) async fn run_with<L: LoadBalancer>(
     let http_listener = tokio::net::TcpListener::bind(http_listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {http_listen}"))?;
+    let status_listener = match status_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen for the status page on {addr} (status.listen)")
+        })?),
+        None => None,
+    };
 
     let handles = member::spawn(shared.clone(), lb.clone());
     let input = handles.input.clone();
     tokio::spawn(crate::http::serve(shared.clone(), http_listener));
+    if let Some(listener) = status_listener {
+        crate::page::start(shared.clone(), listener);
+    }
     tokio::spawn(crate::probe::run(shared.clone()));
     let campaign = tokio::spawn(leader::campaign_loop(shared.clone()));
 

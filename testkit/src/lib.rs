@@ -10,6 +10,8 @@
 //! * [`netns`]: lab members in network namespaces, and the network faults
 //!   between them (root only).
 //! * [`pki`]: the lab's CA and certificates (mutual TLS everywhere).
+//! * [`browser`]: headless Chromium over WebDriver (the status page's
+//!   test).
 //! * [`http`]: an HTTP/1.1 client on one connection, for the key pairs and
 //!   the mock KMEs' control API.
 //! * [`metrics`]: a sidecar's `/metrics`, parsed.
@@ -21,6 +23,7 @@
 //! * [`outage`]: one end's outage as its SAEs see it (ETSI 014 `status`
 //!   through its LB, about every millisecond).
 
+pub mod browser;
 pub mod http;
 pub mod lab;
 pub mod metrics;

@@ -242,8 +242,10 @@ async fn run(once: bool) -> Result<()> {
         .map(|(k, v)| format!("  export {k}={v}\n"))
         .collect();
     println!(
-        "\nThe lab keeps running, with mutual TLS (its CA and certificates are in {}). In another terminal, as the lab's operator:\n{exports}  target/debug/lockstep status\n  target/debug/lockstep switchover --to warm --reason \"trying it\" --wait\n  target/debug/lockstep history\nPress Ctrl-C to stop the lab.",
-        lab.pki.dir.display()
+        "\nThe lab keeps running, with mutual TLS (its CA and certificates are in {}). In another terminal, as the lab's operator:\n{exports}  target/debug/lockstep status\n  target/debug/lockstep switchover --to warm --reason \"trying it\" --wait\n  target/debug/lockstep history\nThe status page (read-only, live): {} (alice-0) or {} (bob-0).\nPress Ctrl-C to stop the lab.",
+        lab.pki.dir.display(),
+        lab.sidecars[0].status_url(),
+        lab.sidecars[1].status_url()
     );
     tokio::signal::ctrl_c()
         .await

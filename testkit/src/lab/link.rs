@@ -44,6 +44,8 @@ pub struct LabOptions {
     pub insecure_grpc: bool,
     /// How often sidecars re-read their certificate files.
     pub tls_reload: Duration,
+    /// Appended to every sidecar's config (e.g. `[[notify.webhook]]`).
+    pub sidecar_toml: String,
 }
 
 impl Default for LabOptions {
@@ -58,6 +60,7 @@ impl Default for LabOptions {
             netns: false,
             insecure_grpc: false,
             tls_reload: Duration::from_millis(500),
+            sidecar_toml: String::new(),
         }
     }
 }
@@ -127,6 +130,7 @@ impl Lab {
             let mut spec = SidecarSpec::new(&link, &id, role, etcd.endpoints())?;
             spec.timing = options.timing.clone();
             spec.env = options.sidecar_env.clone();
+            spec.extra_toml = options.sidecar_toml.clone();
             if let Some(extra) = options.member_env.get(&id) {
                 spec.env.extend(extra.iter().cloned());
             }
@@ -140,6 +144,7 @@ impl Lab {
                 let m = n.member(i)?;
                 spec.grpc.set_ip(m.ip.into());
                 spec.http.set_ip(m.ip.into());
+                spec.status.set_ip(m.ip.into());
                 spec.netns = Some(m.netns_path());
                 inputs.check_addr = spec.http;
                 inputs.frontend_ip = m.ip.into();

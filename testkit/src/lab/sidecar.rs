@@ -84,6 +84,8 @@ pub struct SidecarSpec {
     pub prefix: String,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The status page (`status.listen`).
+    pub status: SocketAddr,
     pub haproxy_socket: PathBuf,
     pub backend: String,
     pub probe_hot: Option<String>,
@@ -98,6 +100,8 @@ pub struct SidecarSpec {
     pub tls: Option<SidecarTls>,
     /// Extra lines for the `[etcd]` table (TLS, credentials).
     pub etcd_extra: String,
+    /// Appended to the config (whole tables, e.g. `[[notify.webhook]]`).
+    pub extra_toml: String,
 }
 
 /// A sidecar's gRPC TLS settings.
@@ -129,6 +133,7 @@ impl SidecarSpec {
             prefix: "/lockstep".into(),
             grpc: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
             http: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            status: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
             haproxy_socket: PathBuf::new(),
             backend: "kme".into(),
             probe_hot: None,
@@ -139,6 +144,7 @@ impl SidecarSpec {
             netns: None,
             tls: None,
             etcd_extra: String::new(),
+            extra_toml: String::new(),
         })
     }
 
@@ -219,7 +225,11 @@ failback = {fo_failback:?}
 issuer = {ho_issuer:?}
 grace = "{ho_grace}"
 
-{probe}"#,
+[status]
+listen = "{status}"
+
+{probe}
+{extra}"#,
             link = self.link,
             id = self.member_id,
             role = self.role,
@@ -245,6 +255,8 @@ grace = "{ho_grace}"
             fo_failback = t.failback,
             ho_issuer = t.handover_issuer,
             ho_grace = ms(t.handover_grace),
+            status = self.status,
+            extra = self.extra_toml,
         )
     }
 }
@@ -311,6 +323,11 @@ impl SidecarProcess {
             Duration::from_secs(2),
         )
         .await
+    }
+
+    /// The status page's base URL, `http://host:port/`.
+    pub fn status_url(&self) -> String {
+        format!("http://{}/", self.spec.status)
     }
 
     /// `/metrics`, parsed.
