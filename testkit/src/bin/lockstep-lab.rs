@@ -48,6 +48,10 @@ enum Command {
         /// 4 is 8, 16 is 32.
         #[arg(long, default_value_t = 1)]
         members_per_role: usize,
+        /// etcd's data on disk (the system's temporary directory) instead
+        /// of tmpfs.
+        #[arg(long)]
+        etcd_on_disk: bool,
     },
     /// Keys stranded in transit by planned switchovers, with and without a
     /// handover: SAE pairs with a gap between `enc_keys` and `dec_keys`,
@@ -103,7 +107,8 @@ fn main() -> Result<()> {
                 issuer,
                 grace,
                 members_per_role,
-            } => bench(switches, issuer, grace, members_per_role).await,
+                etcd_on_disk,
+            } => bench(switches, issuer, grace, members_per_role, etcd_on_disk).await,
             Command::TransitBench {
                 switches,
                 pairs,
@@ -278,13 +283,16 @@ async fn bench(
     issuer: String,
     grace: Duration,
     members_per_role: usize,
+    etcd_on_disk: bool,
 ) -> Result<()> {
     let members = 2 * members_per_role;
+    let etcd_data = if etcd_on_disk { "on disk" } else { "on tmpfs" };
     println!(
         "starting a lab link (1 etcd, {members} members, handover issuer {issuer}) for {switches} switchovers ..."
     );
     let mut options = LabOptions {
         members_per_role,
+        etcd_on_disk,
         ..LabOptions::default()
     };
     options.timing.handover_issuer = issuer;
@@ -341,7 +349,7 @@ async fn bench(
         .map(|d| d.as_secs_f64() * 1000.0)
         .collect();
     println!(
-        "\nlockstep switchover benchmark: {switches} switches, {members} members, loopback, etcd on tmpfs"
+        "\nlockstep switchover benchmark: {switches} switches, {members} members, loopback, etcd {etcd_data}"
     );
     println!(
         "{}",

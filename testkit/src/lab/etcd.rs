@@ -39,13 +39,20 @@ fn data_root() -> Option<&'static Path> {
 impl EtcdCluster {
     /// Starts `n` nodes and waits until every client port accepts.
     pub fn start(n: usize, log_dir: &Path) -> Result<EtcdCluster> {
-        Self::start_on(n, IpAddr::from([127, 0, 0, 1]), log_dir)
+        Self::start_on(n, IpAddr::from([127, 0, 0, 1]), log_dir, false)
     }
 
     /// [`start`](Self::start) with the client ports on `client_ip` (a lab
-    /// network's etcd address); peers stay on loopback.
-    pub fn start_on(n: usize, client_ip: IpAddr, log_dir: &Path) -> Result<EtcdCluster> {
-        let data = match data_root() {
+    /// network's etcd address); peers stay on loopback. `on_disk`: data in
+    /// the system's temporary directory (fsync costs what it costs on this
+    /// disk) instead of tmpfs.
+    pub fn start_on(
+        n: usize,
+        client_ip: IpAddr,
+        log_dir: &Path,
+        on_disk: bool,
+    ) -> Result<EtcdCluster> {
+        let data = match data_root().filter(|_| !on_disk) {
             Some(root) => tempfile::Builder::new()
                 .prefix("lockstep-etcd-")
                 .tempdir_in(root),

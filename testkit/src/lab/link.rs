@@ -27,6 +27,8 @@ pub struct LabOptions {
     /// Members (each an HAProxy + sidecar) per role.
     pub members_per_role: usize,
     pub etcd_nodes: usize,
+    /// etcd's data on disk rather than tmpfs (benchmarks of the real cost).
+    pub etcd_on_disk: bool,
     pub timing: Timing,
     /// Probe the KMEs (health shows "unknown" without).
     pub probes: bool,
@@ -53,6 +55,7 @@ impl Default for LabOptions {
         LabOptions {
             members_per_role: 1,
             etcd_nodes: 1,
+            etcd_on_disk: false,
             timing: Timing::default(),
             probes: true,
             sidecar_env: Vec::new(),
@@ -108,11 +111,21 @@ impl Lab {
         };
         let (etcd, kmes) = match &net {
             Some(n) => (
-                EtcdCluster::start_on(options.etcd_nodes, n.etcd_ip().into(), &dir)?,
+                EtcdCluster::start_on(
+                    options.etcd_nodes,
+                    n.etcd_ip().into(),
+                    &dir,
+                    options.etcd_on_disk,
+                )?,
                 LinkKmes::spawn_on(n.host_ip().into(), &dir, ALICE_SAE, BOB_SAE)?,
             ),
             None => (
-                EtcdCluster::start(options.etcd_nodes, &dir)?,
+                EtcdCluster::start_on(
+                    options.etcd_nodes,
+                    std::net::IpAddr::from([127, 0, 0, 1]),
+                    &dir,
+                    options.etcd_on_disk,
+                )?,
                 LinkKmes::spawn(&dir, ALICE_SAE, BOB_SAE)?,
             ),
         };
