@@ -49,3 +49,4 @@ pub mod store;
 pub mod tls;
 
 pub use lockstep_core as protocol;
+pub use rpc::reason::{Reason, DOMAIN as REASON_DOMAIN};

@@ -93,6 +93,7 @@ fn request(kind: crate::policy::RequestKind, to: Setup) -> crate::policy::Reques
         force: kind == crate::policy::RequestKind::Failover,
         reason: "go".into(),
         requested_by: "u".into(),
+        by_note: String::new(),
         at: String::new(),
         deadline_ms: None,
         grace_ms: None,
@@ -1253,6 +1254,7 @@ fn an_orphaned_request_expires_instead_of_running() {
             paused: Some(crate::policy::Pause {
                 reason: "x".into(),
                 requested_by: "y".into(),
+                by_note: String::new(),
                 at: String::new(),
             }),
             history_epoch: Some(1),
