@@ -171,8 +171,8 @@ mod tests {
             assert_eq!(s.code(), r.code());
             assert_eq!(s.message(), "why");
             // Through the wire format: the details are bytes in the status.
-            let back = Status::from_header_map(&s.to_header_map().expect("headers"))
-                .expect("status from headers");
+            let http = s.into_http::<()>();
+            let back = Status::from_header_map(http.headers()).expect("status from headers");
             assert_eq!(Reason::of(&back), Some(r), "{r}");
         }
         assert_eq!(Reason::of(&Status::unavailable("transport error")), None);
