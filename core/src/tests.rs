@@ -611,6 +611,7 @@ fn a_stale_leader_cannot_write_and_steps_down() {
                 force: false,
                 reason: "r".into(),
                 requested_by: "u".into(),
+                by_note: String::new(),
                 at: String::new(),
                 deadline_ms: None,
                 grace_ms: None,

@@ -1788,6 +1788,7 @@ impl LinkModel {
             force: !self.handover,
             reason: "model".into(),
             requested_by: "model".into(),
+            by_note: String::new(),
             at: String::new(),
             deadline_ms: None,
             grace_ms: None,

@@ -141,6 +141,7 @@ async fn run(once: bool) -> Result<()> {
                 wait: true,
                 timeout_ms: 20_000,
                 grace_ms: 0,
+                dry_run: false,
             })
             .await
             .map_err(|s| anyhow::anyhow!("switchover refused: {}", s.message()))?
@@ -157,7 +158,10 @@ async fn run(once: bool) -> Result<()> {
         );
     }
     let history = admin
-        .history(proto::HistoryRequest { limit: 5 })
+        .history(proto::HistoryRequest {
+            limit: 5,
+            ..Default::default()
+        })
         .await
         .map_err(|s| anyhow::anyhow!("history: {}", s.message()))?
         .into_inner();
@@ -254,6 +258,7 @@ async fn bench(switches: usize, issuer: String, grace: Duration) -> Result<()> {
                 wait: true,
                 timeout_ms: 20_000,
                 grace_ms: 0,
+                dry_run: false,
             })
             .await
             .map_err(|s| anyhow::anyhow!("switch {i}: {}", s.message()))?
@@ -269,6 +274,7 @@ async fn bench(switches: usize, issuer: String, grace: Duration) -> Result<()> {
     let history = admin
         .history(proto::HistoryRequest {
             limit: switches as u32 + 10,
+            ..Default::default()
         })
         .await
         .map_err(|s| anyhow::anyhow!("history: {}", s.message()))?
