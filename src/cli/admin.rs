@@ -329,8 +329,9 @@ async fn connect(options: &Options, timeout: Duration) -> Result<AdminClient<Cha
         timeout.min(Duration::from_secs(3)),
     )
     .await
-    .map_err(|why| {
-        if why.contains("TLS handshake") {
+    .map_err(|failure| {
+        let why = failure.message;
+        if failure.handshake {
             let hint = if why.contains("not signed by our CA") {
                 "; is --ca the CA that signed the sidecars' certificates?"
             } else if why.contains("does not trust our certificate") || why.contains("refused our certificate") {
@@ -342,7 +343,8 @@ async fn connect(options: &Options, timeout: Duration) -> Result<AdminClient<Cha
             } else {
                 ""
             };
-            Failure::new(1, format!("cannot connect to {endpoint}: {why}{hint}"))
+            // The certificates do not fit the link: a config problem.
+            Failure::exit(Exit::Usage, format!("cannot connect to {endpoint}: {why}{hint}"))
         } else if files.is_none() {
             unreachable(
                 endpoint,

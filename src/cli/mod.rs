@@ -75,7 +75,8 @@ Exit codes:
   1  refused, with a machine-readable reason: PAUSED, TARGET_UNHEALTHY,
      PENDING_REQUEST, NO_LEADER, REQUEST_EXPIRED, NOT_AUTHORIZED, TOO_BUSY, ...;
      or the confirmation was answered no (DECLINED)
-  2  bad usage or bad config (INVALID_REQUEST); nothing was sent or changed
+  2  bad usage or bad config (INVALID_REQUEST), or certificates that do not fit
+     the link (TLS handshake refused); nothing was sent or changed
   3  unreachable: no sidecar answered, or it cannot reach etcd (ETCD_UNAVAILABLE)
   4  accepted but not complete within the timeout (NOT_COMPLETE,
      OUTCOME_UNKNOWN): the switch goes on; follow it with `lockstep status`";

@@ -14,10 +14,34 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
-/// Why a connection could not be set up, in words (host, step, cause).
+/// Why a connection could not be set up, in words (host, step, cause),
+/// and whether it was the TLS handshake (certificates) that failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConnectError(pub String);
+#[error("{message}")]
+pub struct ConnectError {
+    pub message: String,
+    /// The TCP connection was made; the TLS handshake failed.
+    pub handshake: bool,
+}
+
+impl ConnectError {
+    fn tcp(message: String) -> ConnectError {
+        ConnectError {
+            message,
+            handshake: false,
+        }
+    }
+}
+
+/// Why [`connect`] failed: the whole cause chain in words, and whether a
+/// TLS handshake failed (a certificate problem: the CA, the certificate,
+/// the name) rather than the connection (nothing answered).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ConnectFailure {
+    pub message: String,
+    pub handshake: bool,
+}
 
 /// Dials `host:port` from the URI and runs the TLS handshake.
 #[derive(Clone)]
@@ -53,7 +77,7 @@ impl Connector {
     ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
         let host = uri
             .host()
-            .ok_or_else(|| ConnectError(format!("{uri}: no host")))?
+            .ok_or_else(|| ConnectError::tcp(format!("{uri}: no host")))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
@@ -64,29 +88,33 @@ impl Connector {
         )
         .await
         .map_err(|_| {
-            ConnectError(format!(
+            ConnectError::tcp(format!(
                 "{host}:{port}: no TCP connection within {:?}",
                 self.connect_timeout
             ))
         })?
-        .map_err(|e| ConnectError(format!("{host}:{port}: {e}")))?;
+        .map_err(|e| ConnectError::tcp(format!("{host}:{port}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(host.clone())
-            .map_err(|e| ConnectError(format!("{host}: not a host name for TLS: {e}")))?;
+            .map_err(|e| ConnectError::tcp(format!("{host}: not a host name for TLS: {e}")))?;
         let tls = tokio::time::timeout(self.connect_timeout, self.tls.connect(name, tcp))
             .await
-            .map_err(|_| {
-                ConnectError(format!(
+            .map_err(|_| ConnectError {
+                message: format!(
                     "{host}:{port}: TLS handshake not done within {:?}",
                     self.connect_timeout
-                ))
+                ),
+                handshake: true,
             })?
             .map_err(|e| {
                 let why = e
                     .get_ref()
                     .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                     .map_or_else(|| e.to_string(), explain);
-                ConnectError(format!("TLS handshake with {host}:{port} failed: {why}"))
+                ConnectError {
+                    message: format!("TLS handshake with {host}:{port} failed: {why}"),
+                    handshake: true,
+                }
             })?;
         Ok(TokioIo::new(tls))
     }
@@ -167,8 +195,13 @@ pub async fn connect(
     addr: &str,
     files: Option<&TlsFiles>,
     connect_timeout: Duration,
-) -> Result<Channel, String> {
-    let endpoint = endpoint(addr)?
+) -> Result<Channel, ConnectFailure> {
+    let failure = |message: String| ConnectFailure {
+        message,
+        handshake: false,
+    };
+    let endpoint = endpoint(addr)
+        .map_err(failure)?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         // A long call (`--wait`) notices a sidecar that died mid-call.
@@ -176,21 +209,28 @@ pub async fn connect(
         .keep_alive_timeout(Duration::from_secs(5));
     let result = match files {
         Some(files) => {
-            let material = Reloading::load(files.clone()).map_err(|e| e.to_string())?;
-            let connector =
-                Connector::from_material(&material, ServerCheck::Name, connect_timeout)?;
+            let material = Reloading::load(files.clone()).map_err(|e| failure(e.to_string()))?;
+            let connector = Connector::from_material(&material, ServerCheck::Name, connect_timeout)
+                .map_err(failure)?;
             endpoint.connect_with_connector(connector).await
         }
         None => endpoint.connect().await,
     };
     result.map_err(|e| {
         let mut out = e.to_string();
+        let mut handshake = false;
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
             out.push_str(": ");
             out.push_str(&s.to_string());
+            if let Some(c) = s.downcast_ref::<ConnectError>() {
+                handshake |= c.handshake;
+            }
             source = s.source();
         }
-        out
+        ConnectFailure {
+            message: out,
+            handshake,
+        }
     })
 }
