@@ -1570,3 +1570,37 @@ fn links_with_handover_switch_both_ways_without_mismatch() {
         }
     }
 }
+
+#[test]
+fn pause_and_resume_records_sort_after_their_epoch_s_switch_and_by_time() {
+    let record = |epoch: Epoch, kind: HistoryKind, at: &str, id: &str| HistoryRecord {
+        epoch,
+        from: None,
+        to: Setup::Hot,
+        kind,
+        reason: "r".into(),
+        requested_by: "op".into(),
+        by_note: String::new(),
+        leader: "alice-0".into(),
+        token: 0,
+        started_at: at.into(),
+        drain_ms: 0,
+        hold_ms: 0,
+        grace_ms: 0,
+        total_ms: 0,
+        fenced_members: Vec::new(),
+        outcome: HistoryOutcome::Done,
+        request_id: Some(id.into()),
+    };
+    let switch = record(7, HistoryKind::Switchover, "2026-11-30T10:00:00.000Z", "a");
+    let pause = record(7, HistoryKind::Pause, "2026-11-30T10:05:00.000Z", "z");
+    let resume = record(7, HistoryKind::Resume, "2026-11-30T10:06:00.000Z", "a");
+    let next = record(8, HistoryKind::Switchover, "2026-11-30T10:07:00.000Z", "b");
+    assert!(!HistoryKind::Pause.is_switch() && !HistoryKind::Resume.is_switch());
+    let keys = [&switch, &pause, &resume, &next].map(|r| r.key());
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(sorted, keys, "history order is time order");
+    assert_eq!(HistoryKind::Pause.as_str(), "pause");
+    assert_eq!(HistoryOutcome::Done.to_string(), "done");
+}
