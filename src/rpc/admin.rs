@@ -26,7 +26,7 @@ pub(crate) struct AdminService {
 
 fn store_status(e: crate::store::StoreError) -> Status {
     Reason::EtcdUnavailable.status(format!(
-        "this sidecar cannot reach etcd: {e}; check etcd's health, or call another member (--endpoint)"
+        "this sidecar's etcd request failed: {e}; check etcd's health, or call another member (--endpoint)"
     ))
 }
 
