@@ -251,7 +251,7 @@ pub struct RequestOutcome {
     /// Why it was rejected (with `Rejected`), for the caller's machine-
     /// readable reason; `None` in outcomes written before it existed.
     #[serde(default)]
-    pub refused: Option<crate::policy::Refused>,
+    pub refused: Option<crate::policy::RefusedKind>,
 }
 
 /// Handover for planned switches: which end issues keys, and how long the
@@ -1192,7 +1192,11 @@ impl Leader {
                     return;
                 }
                 Ok(Verdict::AlreadyActive) => (RequestStatus::Already, link.to_string(), None),
-                Err(refused) => (RequestStatus::Rejected, refused.to_string(), Some(refused)),
+                Err(refused) => (
+                    RequestStatus::Rejected,
+                    refused.to_string(),
+                    Some(refused.kind()),
+                ),
             };
         self.resolving = Some(rev);
         self.actions.push_back(LeaderAction::ResolveRequest {

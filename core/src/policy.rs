@@ -73,8 +73,16 @@ pub enum Verdict {
     AlreadyActive,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "refused")]
+/// Which refusal, without its details: what a request's outcome keeps for
+/// the caller's machine-readable reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusedKind {
+    Paused,
+    Unhealthy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Refused {
     #[error("link is paused ({reason}, by {by}); run `lockstep resume` first, or `lockstep failover --ignore-health` to override")]
     Paused { reason: String, by: String },
@@ -84,6 +92,15 @@ pub enum Refused {
         alice: Health,
         bob: Health,
     },
+}
+
+impl Refused {
+    pub fn kind(&self) -> RefusedKind {
+        match self {
+            Refused::Paused { .. } => RefusedKind::Paused,
+            Refused::Unhealthy { .. } => RefusedKind::Unhealthy,
+        }
+    }
 }
 
 /// Decides a request against the link's current state (judged from what

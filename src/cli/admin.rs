@@ -179,6 +179,8 @@ async fn call_async(options: &Options, verb: &Verb) -> Result<String, Failure> {
             };
             if options.json {
                 to_json(&reply)
+            } else if !reply.changed && !reply.paused {
+                Ok("the link was not paused; nothing changed\n".into())
             } else if reply.paused {
                 Ok(
                     "paused: no switch happens until `lockstep resume` (recorded in the history)\n"

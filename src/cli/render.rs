@@ -532,7 +532,7 @@ mod tests {
             phase: 9,
             setup: 1,
         };
-        let j = serde_json::to_value(&odd).expect("json");
+        let j = serde_json::to_value(odd).expect("json");
         assert_eq!(j["phase"], 9);
         assert_eq!(
             serde_json::from_value::<proto::Applied>(j).expect("back"),

@@ -252,7 +252,6 @@ impl AdminService {
                 // this member's.
                 let reason = outcome
                     .refused
-                    .as_ref()
                     .map_or(Reason::TargetUnhealthy, Reason::from);
                 return Err(reason.status(outcome.message));
             }
@@ -310,7 +309,10 @@ impl AdminService {
         let snap = store.snapshot().await.map_err(store_status)?;
         if !pause && snap.paused.is_none() {
             // Nothing to resume: no record, nothing written.
-            return Ok(Response::new(proto::PauseReply { paused: false }));
+            return Ok(Response::new(proto::PauseReply {
+                paused: false,
+                changed: false,
+            }));
         }
         let record_of = Pause {
             reason: r.reason.clone(),
@@ -337,7 +339,10 @@ impl AdminService {
             .await
             .map_err(store_status)?;
         info!(link = %self.shared.config.link, reason = %record_of.reason, by = %record_of.requested_by, by_note = %record_of.by_note, paused = pause, "pause changed");
-        Ok(Response::new(proto::PauseReply { paused: pause }))
+        Ok(Response::new(proto::PauseReply {
+            paused: pause,
+            changed: true,
+        }))
     }
 }
 

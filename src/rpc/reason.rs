@@ -5,7 +5,7 @@
 //! from it (`cli::admin`), never from the message's text.
 
 use lockstep_core::member::Refusal as PushRefusal;
-use lockstep_core::policy::Refused;
+use lockstep_core::policy::{Refused, RefusedKind};
 use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -137,12 +137,18 @@ impl std::fmt::Display for Reason {
     }
 }
 
+impl From<RefusedKind> for Reason {
+    fn from(r: RefusedKind) -> Reason {
+        match r {
+            RefusedKind::Paused => Reason::Paused,
+            RefusedKind::Unhealthy => Reason::TargetUnhealthy,
+        }
+    }
+}
+
 impl From<&Refused> for Reason {
     fn from(r: &Refused) -> Reason {
-        match r {
-            Refused::Paused { .. } => Reason::Paused,
-            Refused::Unhealthy { .. } => Reason::TargetUnhealthy,
-        }
+        Reason::from(r.kind())
     }
 }
 

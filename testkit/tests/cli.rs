@@ -681,6 +681,10 @@ fn json_round_trips_every_field_and_history_records_pauses() {
         assert_eq!(code, 0, "{err}");
         let (code, _, err) = cli(&lab, 1, &["resume", "--reason", "done"]);
         assert_eq!(code, 0, "{err}");
+        // Resuming a link that is not paused writes nothing.
+        let (code, out, err) = cli(&lab, 1, &["resume", "--reason", "again"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("not paused; nothing changed"), "{out}");
 
         // History: the CLI's JSON is the reply itself, field for field.
         let (code, out, err) = cli(&lab, 0, &["--json", "history", "--limit", "50"]);
@@ -830,4 +834,82 @@ fn status_latency_figure() {
             calls[198]
         );
     });
+}
+
+#[test]
+fn help_lists_the_exit_codes_and_force_is_a_hidden_alias() {
+    let out = run_to_end(lockstep().arg("--help")).expect("run");
+    assert!(out.success());
+    for line in [
+        "Exit codes:",
+        "0  done",
+        "1  refused",
+        "2  bad usage or bad config",
+        "3  unreachable",
+        "4  accepted but not complete within the timeout",
+    ] {
+        assert!(out.stdout.contains(line), "{line:?} in {}", out.stdout);
+    }
+    let out = run_to_end(lockstep().args(["failover", "--help"])).expect("run");
+    assert!(out.stdout.contains("--ignore-health"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("--dry-run") && out.stdout.contains("--yes"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("--force"), "{}", out.stdout);
+    // The old flag still parses: the call gets as far as the (absent) sidecar.
+    let out = run_to_end(lockstep().args([
+        "--endpoint",
+        "127.0.0.1:1",
+        "failover",
+        "--to",
+        "warm",
+        "--reason",
+        "x",
+        "--force",
+    ]))
+    .expect("run");
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    // A bad --since is a usage error before any call.
+    let out =
+        run_to_end(lockstep().args(["--endpoint", "127.0.0.1:1", "history", "--since", "soon"]))
+            .expect("run");
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("neither an RFC 3339 time"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run_to_end(lockstep().args(["completions", shell])).expect("run");
+        assert!(out.success(), "{shell}: {}", out.stderr);
+        assert!(
+            out.stdout.contains("switchover") && out.stdout.contains("ignore-health"),
+            "{shell}"
+        );
+    }
+    let out = run_to_end(lockstep().arg("man")).expect("run");
+    assert!(out.success(), "{}", out.stderr);
+    assert!(
+        out.stdout.contains(".TH lockstep 1"),
+        "{}",
+        &out.stdout[..200.min(out.stdout.len())]
+    );
+    assert!(
+        out.stdout.contains("Exit codes"),
+        "the exit codes are in the man page"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run_to_end(lockstep().arg("man").arg("--dir").arg(dir.path())).expect("run");
+    assert!(out.success(), "{}", out.stderr);
+    for page in ["lockstep.1", "lockstep-switchover.1", "lockstep-status.1"] {
+        assert!(dir.path().join(page).exists(), "{page}");
+    }
+    let out = run_to_end(lockstep().args(["man", "--dir", "/nonexistent/man1"])).expect("run");
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
 }
