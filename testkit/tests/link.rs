@@ -444,7 +444,7 @@ fn the_cli_drives_a_live_link() {
         let (code, out) = cli(&["history", "--limit", "5"]);
         assert_eq!(code, 0, "{out}");
         assert!(
-            out.contains("hot->warm") && out.contains("tester") && out.contains("complete"),
+            out.contains("hot -> warm") && out.contains("tester") && out.contains("complete"),
             "{out}"
         );
     });
