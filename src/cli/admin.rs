@@ -449,7 +449,7 @@ async fn confirm(
     let question = format!(
         "{}\nplan: {}\n\nSwitch every LB of link {} to {to}? [y/N] ",
         render::format_topology(&status),
-        plan.plan,
+        render::wrap(&plan.plan, 78, 6),
         status.link,
     );
     let _ = err

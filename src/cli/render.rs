@@ -29,31 +29,56 @@ fn applied(a: &Option<proto::Applied>) -> String {
     }
 }
 
-/// A plain text table with aligned columns.
-pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+/// Rows with aligned columns (no header), each line trimmed at its end.
+fn align(rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
-            if i < widths.len() {
-                widths[i] = widths[i].max(cell.chars().count());
+            let w = cell.chars().count();
+            match widths.get_mut(i) {
+                Some(max) => *max = (*max).max(w),
+                None => widths.push(w),
             }
         }
     }
-    let line = |cells: Vec<String>| {
-        cells
+    let mut out = String::new();
+    for row in rows {
+        let line = row
             .iter()
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
             .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = line(header.iter().map(|h| h.to_uppercase()).collect());
-    out.push('\n');
-    for row in rows {
-        out.push_str(&line(row.clone()));
+            .join("  ");
+        out.push_str(line.trim_end());
         out.push('\n');
+    }
+    out
+}
+
+/// A plain text table with aligned columns under an upper-case header.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut all = vec![header.iter().map(|h| h.to_uppercase()).collect::<Vec<_>>()];
+    all.extend(rows.iter().cloned());
+    align(&all)
+}
+
+/// `text` wrapped at word boundaries to `width` columns, every line after
+/// the first indented by `indent` spaces.
+pub(crate) fn wrap(text: &str, width: usize, indent: usize) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for word in text.split_whitespace() {
+        let w = word.chars().count();
+        if line > indent && line + 1 + w > width {
+            out.push('\n');
+            out.push_str(&" ".repeat(indent));
+            line = indent;
+        } else if !out.is_empty() {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(word);
+        line += w;
     }
     out
 }
@@ -273,10 +298,7 @@ pub(crate) fn format_topology(s: &proto::StatusReply) -> String {
             ]
         })
         .collect();
-    for row in rows {
-        out.push_str(&row.join("  "));
-        out.push('\n');
-    }
+    out.push_str(&align(&rows));
     for h in &s.health {
         out.push_str(&format!(
             "  {}: alice {}, bob {} ({})\n",
@@ -577,7 +599,10 @@ mod tests {
             t.contains("link qkd-1: leader alice-0; epoch 7 serve warm, settled"),
             "{t}"
         );
-        assert!(t.contains("bob-0  bob  LB routes warm  lease fresh"), "{t}");
+        assert!(
+            t.contains("  bob-0  bob  LB routes warm  lease fresh"),
+            "{t}"
+        );
         assert!(t.contains("hot: alice down, bob up (NOT HEALTHY)"), "{t}");
         assert!(t.contains("PAUSED: maintenance"), "{t}");
     }
@@ -591,6 +616,13 @@ mod tests {
             setup: proto::Setup::Hot as i32,
         });
         assert!(progress_line(&s).contains("bob-0 blocked"));
+    }
+
+    #[test]
+    fn wrap_breaks_at_words_and_indents() {
+        assert_eq!(wrap("aa bb cc dd", 5, 2), "aa bb\n  cc\n  dd");
+        assert_eq!(wrap("short", 80, 6), "short");
+        assert_eq!(wrap("averyverylongword x", 5, 1), "averyverylongword\n x");
     }
 
     #[test]

@@ -244,12 +244,8 @@ async fn run(once: bool) -> Result<()> {
             "  epoch {:>3}  {:<10} {:<5} -> {:<5} drain {:>3} ms, total {:>3} ms  {} (by {})",
             h.epoch,
             h.kind,
-            proto::Setup::try_from(h.from)
-                .map(|s| s.as_str_name())
-                .unwrap_or("-"),
-            proto::Setup::try_from(h.to)
-                .map(|s| s.as_str_name())
-                .unwrap_or("-"),
+            proto::names::setup::name(h.from).unwrap_or("-"),
+            proto::names::setup::name(h.to).unwrap_or("-"),
             h.drain_ms,
             h.total_ms,
             h.reason,
