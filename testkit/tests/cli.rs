@@ -604,6 +604,58 @@ fn each_exit_code_on_a_live_link() {
         assert_eq!(code, 2, "{err}");
         assert!(err.starts_with("error [INVALID_REQUEST]: "), "{err}");
         assert_eq!(fingerprint(&lab).await, before);
+        // 1 again: another request is pending (stored while the leader is
+        // frozen, so it stays), for a dry run and a real request alike.
+        let status = lab.status().await.expect("status");
+        let leader = lab
+            .sidecar_index(|id| id == status.leader)
+            .expect("the leader");
+        lab.sidecars[leader]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGSTOP)
+            .expect("freeze the leader");
+        let store = lab.store().await.expect("store");
+        let stuck = lockstep::protocol::policy::Request {
+            id: "pending-test".into(),
+            kind: lockstep::protocol::policy::RequestKind::Switchover,
+            to: lockstep::protocol::Setup::Hot,
+            force: false,
+            reason: "stuck".into(),
+            requested_by: "test".into(),
+            by_note: String::new(),
+            at: String::new(),
+            // Already past: the leader, thawed, lets it expire.
+            deadline_ms: Some(1),
+            grace_ms: None,
+        };
+        let stored = store.put_request(&stuck).await.expect("put the request");
+        let dry = cli(
+            &lab,
+            1 - leader,
+            &["switchover", "--to", "hot", "--reason", "x", "--dry-run"],
+        );
+        let real = cli(
+            &lab,
+            1 - leader,
+            &["switchover", "--to", "hot", "--reason", "x"],
+        );
+        lab.sidecars[leader]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGCONT)
+            .expect("thaw the leader");
+        assert!(stored.is_ok(), "no other request was pending");
+        for (code, _, err) in [dry, real] {
+            assert_eq!(code, 1, "{err}");
+            assert!(err.starts_with("error [PENDING_REQUEST]: "), "{err}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lab.status().await.expect("status").pending.is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the expired request stays pending"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         // 4: accepted, not complete within the timeout: a frozen member
         // holds the drain up until its lease expires (3 s).
         let status = lab.status().await.expect("status");
