@@ -49,6 +49,7 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, for parsing and tests.
     pub const ALL: [Reason; 14] = [
         Reason::Paused,
         Reason::TargetUnhealthy,

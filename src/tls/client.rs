@@ -19,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ConnectError {
+    /// What failed, in words (host, step, cause).
     pub message: String,
     /// The TCP connection was made; the TLS handshake failed.
     pub handshake: bool,
@@ -39,7 +40,10 @@ impl ConnectError {
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ConnectFailure {
+    /// The whole cause chain, in words.
     pub message: String,
+    /// A TLS handshake failed (the CLI says so and exits 2: the
+    /// certificates do not fit the link).
     pub handshake: bool,
 }
 
