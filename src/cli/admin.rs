@@ -294,8 +294,10 @@ fn unreachable(endpoint: &str, why: &str) -> Failure {
 /// failed or broke): unreachable, exit 3; or, for a switch whose answer
 /// did not come, possibly accepted: exit 4.
 fn rpc_failure(s: &tonic::Status, endpoint: &str, switching: bool) -> Failure {
-    if let Some(reason) = Reason::of(s) {
-        return Failure::refused(reason, s.message());
+    if let Some((reason, facts)) = Reason::with_facts(s) {
+        let mut f = Failure::refused(reason, s.message());
+        f.facts = facts;
+        return f;
     }
     match s.code() {
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
@@ -463,13 +465,12 @@ async fn confirm(
     if confirmed(&answer) {
         Ok(())
     } else {
-        Err(Failure {
-            code: Exit::Refused as u8,
-            message:
-                "not confirmed: nothing changed (answer y to switch; -y/--yes skips the question)"
-                    .into(),
-            reason: Some("DECLINED".into()),
-        })
+        let mut f = Failure::exit(
+            Exit::Refused,
+            "not confirmed: nothing changed (answer y to switch; -y/--yes skips the question)",
+        );
+        f.reason = Some("DECLINED".into());
+        Err(f)
     }
 }
 

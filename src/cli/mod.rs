@@ -91,6 +91,9 @@ pub struct Failure {
     /// The machine-readable reason: the server's (`ErrorInfo.reason`), or
     /// the CLI's own ("DECLINED" when the prompt was answered no).
     pub reason: Option<String>,
+    /// The server's facts about it (`ErrorInfo.metadata`: the pending
+    /// request's id, the epoch of a switch that goes on), for `--json`.
+    pub facts: std::collections::BTreeMap<String, String>,
 }
 
 impl Failure {
@@ -99,6 +102,7 @@ impl Failure {
             code,
             message: message.into(),
             reason: None,
+            facts: Default::default(),
         }
     }
 
@@ -112,6 +116,7 @@ impl Failure {
             code: Exit::of(reason) as u8,
             message: message.into(),
             reason: Some(reason.as_str().to_string()),
+            facts: Default::default(),
         }
     }
 
@@ -123,13 +128,15 @@ impl Failure {
         }
     }
 
-    /// The error as JSON (`--json`): `{"error": {"exit", "reason", "message"}}`.
+    /// The error as JSON (`--json`): `{"error": {"exit", "reason",
+    /// "message", "facts"}}`.
     pub fn json(&self) -> String {
         let v = serde_json::json!({
             "error": {
                 "exit": self.code,
                 "reason": self.reason,
                 "message": self.message,
+                "facts": self.facts,
             }
         });
         format!("{v}\n")

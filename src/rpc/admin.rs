@@ -275,10 +275,17 @@ impl AdminService {
             let deadline = started + timeout;
             completed = wait_settled(store, outcome.epoch, to, deadline).await;
             if !completed {
-                return Err(Reason::NotComplete.status(format!(
-                    "switch to {to} at epoch {} not complete within {timeout:?}; it goes on (`lockstep status`)",
-                    outcome.epoch
-                )));
+                return Err(Reason::NotComplete.status_about(
+                    format!(
+                        "switch to {to} at epoch {} not complete within {timeout:?}; it goes on (`lockstep status`)",
+                        outcome.epoch
+                    ),
+                    &[
+                        ("request_id", request.id.clone()),
+                        ("epoch", outcome.epoch.to_string()),
+                        ("to", to.to_string()),
+                    ],
+                ));
             }
         }
         Ok(Response::new(proto::SwitchReply {
@@ -348,10 +355,18 @@ impl AdminService {
 
 /// Another request is pending: what it is and what to do.
 fn pending_refusal(pending: &Request) -> Status {
-    Reason::PendingRequest.status(format!(
-        "another request is pending ({} to {} by {}: {}); wait for it (`lockstep status`)",
-        pending.kind, pending.to, pending.requested_by, pending.reason
-    ))
+    Reason::PendingRequest.status_about(
+        format!(
+            "another request is pending ({} to {} by {}: {}); wait for it (`lockstep status`)",
+            pending.kind, pending.to, pending.requested_by, pending.reason
+        ),
+        &[
+            ("request_id", pending.id.clone()),
+            ("kind", pending.kind.to_string()),
+            ("to", pending.to.to_string()),
+            ("requested_by", pending.requested_by.clone()),
+        ],
+    )
 }
 
 /// What a switch for `request` does, in words, from the link as `snap`

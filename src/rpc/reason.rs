@@ -113,22 +113,50 @@ impl Reason {
         self.status_with_code(self.code(), message)
     }
 
-    /// As [`Reason::status`] with another code (UNAUTHENTICATED, ...).
+    /// As [`Reason::status_with_code`], with the code that goes with it.
     pub fn status_with_code(self, code: Code, message: impl Into<String>) -> Status {
+        self.status_with(code, message, &[])
+    }
+
+    /// A status with `code`, `message` and the `ErrorInfo`, whose metadata
+    /// carries `facts` (e.g. the pending request's id) for programs.
+    pub fn status_with(
+        self,
+        code: Code,
+        message: impl Into<String>,
+        facts: &[(&str, String)],
+    ) -> Status {
+        let metadata: HashMap<String, String> = facts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         Status::with_error_details(
             code,
             message,
-            ErrorDetails::with_error_info(self.as_str(), DOMAIN, HashMap::new()),
+            ErrorDetails::with_error_info(self.as_str(), DOMAIN, metadata),
         )
+    }
+
+    /// As [`Reason::status`], with metadata `facts`.
+    pub fn status_about(self, message: impl Into<String>, facts: &[(&str, String)]) -> Status {
+        self.status_with(self.code(), message, facts)
     }
 
     /// The reason a status carries, if it carries one of ours.
     pub fn of(status: &Status) -> Option<Reason> {
+        Reason::with_facts(status).map(|(r, _)| r)
+    }
+
+    /// The reason and the metadata a status carries, if one of ours.
+    pub fn with_facts(
+        status: &Status,
+    ) -> Option<(Reason, std::collections::BTreeMap<String, String>)> {
         let info = status.get_details_error_info()?;
         if info.domain != DOMAIN {
             return None;
         }
-        Reason::parse(&info.reason)
+        let reason = Reason::parse(&info.reason)?;
+        Some((reason, info.metadata.into_iter().collect()))
     }
 }
 
@@ -183,5 +211,9 @@ mod tests {
             assert_eq!(Reason::of(&back), Some(r), "{r}");
         }
         assert_eq!(Reason::of(&Status::unavailable("transport error")), None);
+        let s = Reason::PendingRequest.status_about("busy", &[("request_id", "r-1".into())]);
+        let (r, facts) = Reason::with_facts(&s).expect("ours");
+        assert_eq!(r, Reason::PendingRequest);
+        assert_eq!(facts.get("request_id").map(String::as_str), Some("r-1"));
     }
 }

@@ -639,15 +639,23 @@ fn each_exit_code_on_a_live_link() {
             1 - leader,
             &["switchover", "--to", "hot", "--reason", "x"],
         );
+        let (_, pending_json, _) = cli(
+            &lab,
+            1 - leader,
+            &["--json", "switchover", "--to", "hot", "--reason", "x"],
+        );
         lab.sidecars[leader]
             .guard
             .signal(nix::sys::signal::Signal::SIGCONT)
             .expect("thaw the leader");
         assert!(stored.is_ok(), "no other request was pending");
+        let pending_json: serde_json::Value =
+            serde_json::from_str(&pending_json).expect("error JSON");
         for (code, _, err) in [dry, real] {
             assert_eq!(code, 1, "{err}");
             assert!(err.starts_with("error [PENDING_REQUEST]: "), "{err}");
         }
+        assert_eq!(pending_json["error"]["facts"]["request_id"], "pending-test");
         let deadline = Instant::now() + Duration::from_secs(10);
         while lab.status().await.expect("status").pending.is_some() {
             assert!(
