@@ -664,6 +664,38 @@ fn each_exit_code_on_a_live_link() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // 1: no leader takes a request within its timeout (the leader is
+        // frozen, its lease still held): withdrawn, nothing moves.
+        let before = fingerprint(&lab).await;
+        lab.sidecars[leader]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGSTOP)
+            .expect("freeze the leader");
+        let no_leader = cli(
+            &lab,
+            1 - leader,
+            &[
+                "--timeout",
+                "1s",
+                "switchover",
+                "--to",
+                "hot",
+                "--reason",
+                "x",
+            ],
+        );
+        lab.sidecars[leader]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGCONT)
+            .expect("thaw the leader");
+        assert_eq!(no_leader.0, 1, "{}", no_leader.2);
+        assert!(
+            no_leader.2.starts_with("error [NO_LEADER]: ") && no_leader.2.contains("withdrawn"),
+            "{}",
+            no_leader.2
+        );
+        let after = fingerprint(&lab).await;
+        assert_eq!((&after.0, after.1), (&before.0, before.1), "nothing moved");
         // 4: accepted, not complete within the timeout: a frozen member
         // holds the drain up until its lease expires (3 s).
         let status = lab.status().await.expect("status");
