@@ -279,12 +279,41 @@ fn whoami(by: Option<String>) -> String {
     requested_by(by, user, host)
 }
 
+/// A status's message and its causes, in words.
+fn describe(s: &tonic::Status) -> String {
+    let mut out = s.message().to_string();
+    let mut next = std::error::Error::source(s);
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
+}
+
 fn unreachable(endpoint: &str, why: &str) -> Failure {
     Failure::exit(
         Exit::Unreachable,
         format!(
             "no sidecar answered at {endpoint}: {why}; is a sidecar running at {endpoint}? set --endpoint or LOCKSTEP_ENDPOINT"
         ),
+    )
+}
+
+/// The certificates do not fit the link (a config problem, exit 2), with
+/// what to check.
+fn tls_failure(endpoint: &str, why: &str, problem: crate::tls::client::TlsProblem) -> Failure {
+    use crate::tls::client::TlsProblem;
+    let hint = match problem {
+        TlsProblem::UntrustedServer => "; is --ca the CA that signed the sidecars' certificates?",
+        TlsProblem::ClientRefused => "; is --cert issued by the link's CA?",
+        TlsProblem::Expired => "; renew the certificate (or check the clocks)",
+        TlsProblem::WrongName => "; dial a name the sidecar's certificate lists (--endpoint)",
+        TlsProblem::Other => "",
+    };
+    Failure::exit(
+        Exit::Usage,
+        format!("cannot connect to {endpoint}: {why}{hint}"),
     )
 }
 
@@ -298,6 +327,9 @@ fn rpc_failure(s: &tonic::Status, endpoint: &str, switching: bool) -> Failure {
         let mut f = Failure::refused(reason, s.message());
         f.facts = facts;
         return f;
+    }
+    if let Some(problem) = crate::tls::client::tls_problem_in(s) {
+        return tls_failure(endpoint, &describe(s), problem);
     }
     match s.code() {
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
@@ -335,27 +367,13 @@ async fn connect(options: &Options, timeout: Duration) -> Result<AdminClient<Cha
     .await
     .map_err(|failure| {
         let why = failure.message;
-        if failure.handshake {
-            let hint = if why.contains("not signed by our CA") {
-                "; is --ca the CA that signed the sidecars' certificates?"
-            } else if why.contains("does not trust our certificate") || why.contains("refused our certificate") {
-                "; is --cert issued by the link's CA?"
-            } else if why.contains("expired") {
-                "; renew the certificate"
-            } else if why.contains("does not name the host") {
-                "; dial a name the sidecar's certificate lists (--endpoint)"
-            } else {
-                ""
-            };
-            // The certificates do not fit the link: a config problem.
-            Failure::exit(Exit::Usage, format!("cannot connect to {endpoint}: {why}{hint}"))
-        } else if files.is_none() {
-            unreachable(
+        match failure.tls {
+            Some(problem) => tls_failure(endpoint, &why, problem),
+            None if files.is_none() => unreachable(
                 endpoint,
                 &format!("{why} (sidecars speak mutual TLS unless grpc.insecure = true: give --ca, --cert and --key, or LOCKSTEP_CA, LOCKSTEP_CERT, LOCKSTEP_KEY)"),
-            )
-        } else {
-            unreachable(endpoint, &why)
+            ),
+            None => unreachable(endpoint, &why),
         }
     })?;
     Ok(AdminClient::new(channel))

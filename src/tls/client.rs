@@ -14,37 +14,100 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
+/// Why a TLS handshake failed, as far as the certificates go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsProblem {
+    /// The server's certificate is not signed by our CA.
+    UntrustedServer,
+    /// The server does not accept our certificate (another CA, none sent).
+    ClientRefused,
+    /// A certificate (ours or the server's) has expired or is not valid yet.
+    Expired,
+    /// The server's certificate does not name the host dialed.
+    WrongName,
+    /// Something else in the handshake.
+    Other,
+}
+
+impl TlsProblem {
+    fn of(e: &rustls::Error) -> TlsProblem {
+        use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        match e {
+            E::InvalidCertificate(C::UnknownIssuer) => TlsProblem::UntrustedServer,
+            E::InvalidCertificate(
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. },
+            )
+            | E::AlertReceived(A::CertificateExpired) => TlsProblem::Expired,
+            E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                TlsProblem::WrongName
+            }
+            E::AlertReceived(
+                A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::CertificateRequired,
+            ) => TlsProblem::ClientRefused,
+            _ => TlsProblem::Other,
+        }
+    }
+}
+
+/// The TLS problem somewhere in `e`'s chain of causes: our handshake's
+/// ([`ConnectError`]), or a TLS alert that came later (with TLS 1.3 the
+/// server refuses a client certificate after the client's handshake is
+/// done, so it shows on the first call).
+pub fn tls_problem_in(e: &(dyn std::error::Error + 'static)) -> Option<TlsProblem> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(c) = err.downcast_ref::<ConnectError>() {
+            if c.tls.is_some() {
+                return c.tls;
+            }
+        }
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(TlsProblem::of(r));
+        }
+        if let Some(r) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(TlsProblem::of(r));
+        }
+        next = err.source();
+    }
+    None
+}
+
 /// Why a connection could not be set up, in words (host, step, cause),
-/// and whether it was the TLS handshake (certificates) that failed.
+/// and, when the TLS handshake failed, why in terms of certificates.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ConnectError {
     /// What failed, in words (host, step, cause).
     pub message: String,
-    /// The TCP connection was made; the TLS handshake failed.
-    pub handshake: bool,
+    /// `Some`: the handshake was refused over the certificates; `None`:
+    /// nothing (or nothing in time) answered.
+    pub tls: Option<TlsProblem>,
 }
 
 impl ConnectError {
     fn tcp(message: String) -> ConnectError {
-        ConnectError {
-            message,
-            handshake: false,
-        }
+        ConnectError { message, tls: None }
     }
 }
 
-/// Why [`connect`] failed: the whole cause chain in words, and whether a
-/// TLS handshake failed (a certificate problem: the CA, the certificate,
-/// the name) rather than the connection (nothing answered).
+/// Why [`connect`] failed: the whole cause chain in words, and the TLS
+/// problem if the handshake was refused (the CA, the certificate, the
+/// name) rather than nothing answering.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ConnectFailure {
     /// The whole cause chain, in words.
     pub message: String,
-    /// A TLS handshake failed (the CLI says so and exits 2: the
-    /// certificates do not fit the link).
-    pub handshake: bool,
+    /// `Some`: the certificates do not fit the link (the CLI exits 2 with
+    /// a hint); `None`: unreachable.
+    pub tls: Option<TlsProblem>,
 }
 
 /// Dials `host:port` from the URI and runs the TLS handshake.
@@ -103,21 +166,21 @@ impl Connector {
             .map_err(|e| ConnectError::tcp(format!("{host}: not a host name for TLS: {e}")))?;
         let tls = tokio::time::timeout(self.connect_timeout, self.tls.connect(name, tcp))
             .await
-            .map_err(|_| ConnectError {
-                message: format!(
+            .map_err(|_| {
+                ConnectError::tcp(format!(
                     "{host}:{port}: TLS handshake not done within {:?}",
                     self.connect_timeout
-                ),
-                handshake: true,
+                ))
             })?
             .map_err(|e| {
-                let why = e
+                let rustls_error = e
                     .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                    .map_or_else(|| e.to_string(), explain);
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+                let why = rustls_error.map_or_else(|| e.to_string(), explain);
                 ConnectError {
                     message: format!("TLS handshake with {host}:{port} failed: {why}"),
-                    handshake: true,
+                    // An I/O error without a TLS cause: the peer went away.
+                    tls: rustls_error.map(TlsProblem::of),
                 }
             })?;
         Ok(TokioIo::new(tls))
@@ -200,10 +263,7 @@ pub async fn connect(
     files: Option<&TlsFiles>,
     connect_timeout: Duration,
 ) -> Result<Channel, ConnectFailure> {
-    let failure = |message: String| ConnectFailure {
-        message,
-        handshake: false,
-    };
+    let failure = |message: String| ConnectFailure { message, tls: None };
     let endpoint = endpoint(addr)
         .map_err(failure)?
         .connect_timeout(connect_timeout)
@@ -222,19 +282,16 @@ pub async fn connect(
     };
     result.map_err(|e| {
         let mut out = e.to_string();
-        let mut handshake = false;
+        let mut tls = None;
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
             out.push_str(": ");
             out.push_str(&s.to_string());
             if let Some(c) = s.downcast_ref::<ConnectError>() {
-                handshake |= c.handshake;
+                tls = tls.or(c.tls);
             }
             source = s.source();
         }
-        ConnectFailure {
-            message: out,
-            handshake,
-        }
+        ConnectFailure { message: out, tls }
     })
 }

@@ -730,6 +730,35 @@ fn each_exit_code_on_a_live_link() {
             err.starts_with("error [NOT_COMPLETE]: ") && err.contains("it goes on"),
             "{err}"
         );
+        // 2: a sidecar certificate our --ca does not trust: told apart by
+        // the TLS error's type, with what to check. (A client certificate
+        // the sidecar refuses shows only on the first call under TLS 1.3,
+        // as a dropped connection: exit 3.)
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = Pki::create(dir.path(), "another CA").expect("pki");
+        let stranger = other
+            .issue("op", lockstep_testkit::pki::OPERATOR, &[])
+            .expect("issue");
+        let ours = &lab.operator;
+        let out = run_to_end(
+            lockstep()
+                .envs(lab.cli_env(0))
+                .arg("--ca")
+                .arg(&stranger.ca)
+                .arg("--cert")
+                .arg(&ours.cert)
+                .arg("--key")
+                .arg(&ours.key)
+                .arg("status"),
+        )
+        .expect("run");
+        assert_eq!(out.code, Some(2), "{}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("is --ca the CA that signed the sidecars' certificates?"),
+            "{}",
+            out.stderr
+        );
         // 3: the sidecar answers but cannot reach etcd.
         lab.etcd.nodes[0]
             .guard
