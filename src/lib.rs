@@ -18,7 +18,9 @@
 //!   LB change and the ack).
 //! * [`store`]: the link's keys in etcd and the fenced leader writes.
 //! * `rpc`: gRPC, the `Peer` service between sidecars and the `Admin`
-//!   service the CLI calls, and who may call what (`rpc/auth.rs`).
+//!   service the CLI calls, who may call what (`rpc/auth.rs`), and the
+//!   machine-readable reason every refusal carries (`rpc/reason.rs`,
+//!   [`Reason`]).
 //! * [`tls`]: mutual TLS for gRPC: certificates from PEM files, reloaded
 //!   when they change; the acceptor, the connector, peer channels.
 //! * [`limits`]: bounds on input from outside (reasons, probe bodies).
@@ -56,3 +58,4 @@ pub mod store;
 pub mod tls;
 
 pub use lockstep_core as protocol;
+pub use rpc::reason::{Reason, DOMAIN as REASON_DOMAIN};

@@ -64,7 +64,7 @@ pub fn check_by(by: &str) -> Result<(), TextError> {
 pub(crate) fn check_admin_text(reason: &str, by: &str) -> Result<(), tonic::Status> {
     check_reason(reason)
         .and_then(|()| check_by(by))
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))
+        .map_err(|e| crate::rpc::reason::Reason::InvalidRequest.status(e.to_string()))
 }
 
 /// Property tests run `LOCKSTEP_PROPTEST_CASES` cases (default 256, what CI

@@ -361,6 +361,7 @@ impl Ctx {
             wait,
             timeout_ms: SWITCH_REQUEST_TIMEOUT.as_millis() as u64,
             grace_ms: 0,
+            dry_run: false,
         };
         let (tx, rx) = oneshot::channel();
         let history = self.history.clone();

@@ -81,12 +81,20 @@ pub enum HistoryKind {
     /// A manual request reached its deadline before any leader carried it
     /// out; nothing moved.
     RequestExpired,
+    /// The link was paused (by an operator, or by the failover policy's
+    /// cap); nothing moved.
+    Pause,
+    /// The link was resumed; nothing moved.
+    Resume,
 }
 
 impl HistoryKind {
     /// Whether a record of this kind is a switch (it has its own epoch).
     pub fn is_switch(self) -> bool {
-        !matches!(self, HistoryKind::RequestExpired)
+        !matches!(
+            self,
+            HistoryKind::RequestExpired | HistoryKind::Pause | HistoryKind::Resume
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -99,6 +107,8 @@ impl HistoryKind {
             HistoryKind::AutoFailover => "auto-failover",
             HistoryKind::AutoFailback => "auto-failback",
             HistoryKind::RequestExpired => "request-expired",
+            HistoryKind::Pause => "pause",
+            HistoryKind::Resume => "resume",
         }
     }
 }
@@ -119,6 +129,8 @@ pub enum HistoryOutcome {
     Complete,
     /// The request expired; nothing moved.
     Expired,
+    /// Recorded, nothing to carry out (a pause or a resume).
+    Done,
 }
 
 impl std::fmt::Display for HistoryOutcome {
@@ -127,6 +139,7 @@ impl std::fmt::Display for HistoryOutcome {
             HistoryOutcome::Serving => "serving",
             HistoryOutcome::Complete => "complete",
             HistoryOutcome::Expired => "expired",
+            HistoryOutcome::Done => "done",
         })
     }
 }
@@ -139,7 +152,12 @@ pub struct HistoryRecord {
     pub to: Setup,
     pub kind: HistoryKind,
     pub reason: String,
+    /// Who asked: the authenticated identity ("lockstep:auto" for the
+    /// policy).
     pub requested_by: String,
+    /// The client's free-text `--by` note, kept apart from the reason.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub by_note: String,
     pub leader: MemberId,
     pub token: Token,
     /// Wall-clock start, RFC 3339; filled in by the driver.
@@ -167,10 +185,19 @@ impl HistoryRecord {
     /// Its key under `history/`: a switch's epoch, zero-padded so keys
     /// sort by epoch; a record that is no switch sorts after its epoch's
     /// switch (`.` sorts after the end of a key) and is told apart by its
-    /// request.
+    /// request; a pause or resume by its start time (RFC 3339 in UTC sorts
+    /// as time does), so several in one epoch keep their order.
     pub fn key(&self) -> String {
         if self.kind.is_switch() {
             format!("{:020}", self.epoch)
+        } else if matches!(self.kind, HistoryKind::Pause | HistoryKind::Resume) {
+            format!(
+                "{:020}.at-{}-{}-{}",
+                self.epoch,
+                self.started_at,
+                self.kind,
+                self.request_id.as_deref().unwrap_or("-")
+            )
         } else {
             format!(
                 "{:020}.{}-{}",
@@ -221,6 +248,10 @@ pub struct RequestOutcome {
     pub status: RequestStatus,
     pub epoch: Epoch,
     pub message: String,
+    /// Why it was rejected (with `Rejected`), for the caller's machine-
+    /// readable reason; `None` in outcomes written before it existed.
+    #[serde(default)]
+    pub refused: Option<crate::policy::RefusedKind>,
 }
 
 /// Handover for planned switches: which end issues keys, and how long the
@@ -346,7 +377,12 @@ pub enum LeaderAction {
     },
     /// Pause the link (the failover policy hit its cap); guarded by the
     /// token like every leader write.
-    PauseLink { reason: String },
+    /// The route's epoch and setup go in the pause's history record.
+    PauseLink {
+        reason: String,
+        epoch: Epoch,
+        setup: Setup,
+    },
     /// What the failover policy would do next and why; the driver publishes
     /// it for `lockstep status` when it changes.
     PolicyNote {
@@ -378,6 +414,8 @@ struct Plan {
     kind: HistoryKind,
     reason: String,
     requested_by: String,
+    /// The request's `--by` note, for the history record.
+    by_note: String,
     request_id: Option<String>,
     started: Time,
     handover: Option<Handover>,
@@ -973,6 +1011,7 @@ impl Leader {
             kind: sw.plan.kind,
             reason: sw.plan.reason.clone(),
             requested_by: sw.plan.requested_by.clone(),
+            by_note: sw.plan.by_note.clone(),
             leader: self.config.id.clone(),
             token: self.config.token,
             started_at: String::new(),
@@ -1169,28 +1208,32 @@ impl Leader {
         }
         let health = self.setup_health(request.to);
         let link = self.link();
-        let (status, message) = match check_request(&request, &link, self.paused.as_ref(), &health)
-        {
-            Ok(Verdict::Go) => {
-                let kind = match request.kind {
-                    RequestKind::Switchover => HistoryKind::Switchover,
-                    RequestKind::Failover => HistoryKind::Failover,
-                };
-                let grace = request.grace_ms.map(Duration::from_millis);
-                let handover = self.handover_for(kind, request.to, grace);
-                self.start_switch(
-                    request.to,
-                    kind,
-                    request.reason.clone(),
-                    request.requested_by.clone(),
-                    Some((request, rev)),
-                    handover,
-                );
-                return;
-            }
-            Ok(Verdict::AlreadyActive) => (RequestStatus::Already, link.to_string()),
-            Err(refused) => (RequestStatus::Rejected, refused.to_string()),
-        };
+        let (status, message, refused) =
+            match check_request(&request, &link, self.paused.as_ref(), &health) {
+                Ok(Verdict::Go) => {
+                    let kind = match request.kind {
+                        RequestKind::Switchover => HistoryKind::Switchover,
+                        RequestKind::Failover => HistoryKind::Failover,
+                    };
+                    let grace = request.grace_ms.map(Duration::from_millis);
+                    let handover = self.handover_for(kind, request.to, grace);
+                    self.start_switch(
+                        request.to,
+                        kind,
+                        request.reason.clone(),
+                        request.requested_by.clone(),
+                        Some((request, rev)),
+                        handover,
+                    );
+                    return;
+                }
+                Ok(Verdict::AlreadyActive) => (RequestStatus::Already, link.to_string(), None),
+                Err(refused) => (
+                    RequestStatus::Rejected,
+                    refused.to_string(),
+                    Some(refused.kind()),
+                ),
+            };
         self.resolving = Some(rev);
         self.actions.push_back(LeaderAction::ResolveRequest {
             rev,
@@ -1199,6 +1242,7 @@ impl Leader {
                 status,
                 epoch: route.epoch,
                 message,
+                refused,
             },
         });
     }
@@ -1218,6 +1262,7 @@ impl Leader {
                 status: RequestStatus::Expired,
                 epoch,
                 message: message.clone(),
+                refused: None,
             },
         });
         self.actions
@@ -1228,6 +1273,7 @@ impl Leader {
                 kind: HistoryKind::RequestExpired,
                 reason: format!("{}; {}", request.reason, message),
                 requested_by: request.requested_by,
+                by_note: request.by_note,
                 leader: self.config.id.clone(),
                 token: self.config.token,
                 started_at: String::new(),
@@ -1286,9 +1332,14 @@ impl Leader {
                 self.paused = Some(Pause {
                     reason: reason.clone(),
                     requested_by: "lockstep:auto".into(),
+                    by_note: String::new(),
                     at: String::new(),
                 });
-                self.actions.push_back(LeaderAction::PauseLink { reason });
+                self.actions.push_back(LeaderAction::PauseLink {
+                    reason,
+                    epoch: route.epoch,
+                    setup: route.setup,
+                });
             }
         }
     }
@@ -1349,6 +1400,9 @@ impl Leader {
             kind,
             reason,
             requested_by,
+            by_note: request
+                .as_ref()
+                .map_or(String::new(), |(r, _)| r.by_note.clone()),
             request_id: request.as_ref().map(|(r, _)| r.id.clone()),
             started: self.now,
             handover,
@@ -1362,6 +1416,7 @@ impl Leader {
                     status: RequestStatus::Started,
                     epoch,
                     message: format!("switching to {setup} at epoch {epoch}"),
+                    refused: None,
                 },
             )
         });

@@ -34,7 +34,12 @@ pub struct Request {
     #[serde(default)]
     pub force: bool,
     pub reason: String,
+    /// Who asked: the authenticated identity (the client certificate's).
     pub requested_by: String,
+    /// The client's free-text `--by` note (not authenticated), kept apart
+    /// from the reason.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub by_note: String,
     #[serde(default)]
     pub at: String,
     /// Wall-clock deadline (Unix ms): no leader carries the request out
@@ -53,6 +58,9 @@ pub struct Request {
 pub struct Pause {
     pub reason: String,
     pub requested_by: String,
+    /// The client's `--by` note, as in [`Request::by_note`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub by_note: String,
     #[serde(default)]
     pub at: String,
 }
@@ -65,16 +73,34 @@ pub enum Verdict {
     AlreadyActive,
 }
 
+/// Which refusal, without its details: what a request's outcome keeps for
+/// the caller's machine-readable reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusedKind {
+    Paused,
+    Unhealthy,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Refused {
-    #[error("link is paused ({reason}, by {by}); run `lockstep resume` first, or `lockstep failover --force` to override")]
+    #[error("link is paused ({reason}, by {by}); run `lockstep resume` first, or `lockstep failover --ignore-health` to override")]
     Paused { reason: String, by: String },
-    #[error("target {setup} is not healthy (alice: {alice}, bob: {bob}); fix it first, or use `lockstep failover --force` to switch anyway")]
+    #[error("target {setup} is not healthy (alice: {alice}, bob: {bob}); fix it first, or use `lockstep failover --ignore-health` to switch anyway")]
     Unhealthy {
         setup: Setup,
         alice: Health,
         bob: Health,
     },
+}
+
+impl Refused {
+    pub fn kind(&self) -> RefusedKind {
+        match self {
+            Refused::Paused { .. } => RefusedKind::Paused,
+            Refused::Unhealthy { .. } => RefusedKind::Unhealthy,
+        }
+    }
 }
 
 /// Decides a request against the link's current state (judged from what
@@ -120,6 +146,7 @@ mod tests {
             force,
             reason: "test".into(),
             requested_by: "me".into(),
+            by_note: String::new(),
             at: String::new(),
             deadline_ms: None,
             grace_ms: None,
@@ -154,6 +181,7 @@ mod tests {
         let p = Pause {
             reason: "maintenance".into(),
             requested_by: "ops".into(),
+            by_note: String::new(),
             at: String::new(),
         };
         let so = req(RequestKind::Switchover, false);
@@ -177,6 +205,7 @@ mod tests {
         let p = Pause {
             reason: "x".into(),
             requested_by: "y".into(),
+            by_note: String::new(),
             at: String::new(),
         };
         let fo = req(RequestKind::Failover, true);

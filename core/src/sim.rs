@@ -204,6 +204,7 @@ impl Sim {
             force: false,
             reason: "test".into(),
             requested_by: "sim".into(),
+            by_note: String::new(),
             at: String::new(),
             deadline_ms: None,
             grace_ms: None,

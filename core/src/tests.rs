@@ -93,6 +93,7 @@ fn request(kind: crate::policy::RequestKind, to: Setup) -> crate::policy::Reques
         force: kind == crate::policy::RequestKind::Failover,
         reason: "go".into(),
         requested_by: "u".into(),
+        by_note: String::new(),
         at: String::new(),
         deadline_ms: None,
         grace_ms: None,
@@ -610,6 +611,7 @@ fn a_stale_leader_cannot_write_and_steps_down() {
                 force: false,
                 reason: "r".into(),
                 requested_by: "u".into(),
+                by_note: String::new(),
                 at: String::new(),
                 deadline_ms: None,
                 grace_ms: None,
@@ -1253,6 +1255,7 @@ fn an_orphaned_request_expires_instead_of_running() {
             paused: Some(crate::policy::Pause {
                 reason: "x".into(),
                 requested_by: "y".into(),
+                by_note: String::new(),
                 at: String::new(),
             }),
             history_epoch: Some(1),
@@ -1646,4 +1649,38 @@ fn a_hold_ack_does_not_count_for_the_drain() {
             .any(|a| matches!(a, LeaderAction::WriteRoute { .. })),
         "no serve while bob may still serve hot"
     );
+}
+
+#[test]
+fn pause_and_resume_records_sort_after_their_epoch_s_switch_and_by_time() {
+    let record = |epoch: Epoch, kind: HistoryKind, at: &str, id: &str| HistoryRecord {
+        epoch,
+        from: None,
+        to: Setup::Hot,
+        kind,
+        reason: "r".into(),
+        requested_by: "op".into(),
+        by_note: String::new(),
+        leader: "alice-0".into(),
+        token: 0,
+        started_at: at.into(),
+        drain_ms: 0,
+        hold_ms: 0,
+        grace_ms: 0,
+        total_ms: 0,
+        fenced_members: Vec::new(),
+        outcome: HistoryOutcome::Done,
+        request_id: Some(id.into()),
+    };
+    let switch = record(7, HistoryKind::Switchover, "2026-11-30T10:00:00.000Z", "a");
+    let pause = record(7, HistoryKind::Pause, "2026-11-30T10:05:00.000Z", "z");
+    let resume = record(7, HistoryKind::Resume, "2026-11-30T10:06:00.000Z", "a");
+    let next = record(8, HistoryKind::Switchover, "2026-11-30T10:07:00.000Z", "b");
+    assert!(!HistoryKind::Pause.is_switch() && !HistoryKind::Resume.is_switch());
+    let keys = [&switch, &pause, &resume, &next].map(|r| r.key());
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(sorted, keys, "history order is time order");
+    assert_eq!(HistoryKind::Pause.as_str(), "pause");
+    assert_eq!(HistoryOutcome::Done.to_string(), "done");
 }

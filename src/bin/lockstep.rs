@@ -3,13 +3,14 @@
 //! This file is the command line's definition; what each command does is in
 //! `lockstep::cli`.
 //!
-//! Exit codes: 0 done; 1 refused or failed (the server's reason is
-//! printed); 2 bad usage or bad config; 3 no sidecar reachable.
+//! Exit codes (`lockstep::cli::Exit`, listed in `--help`): 0 done; 1
+//! refused (with the server's machine-readable reason); 2 bad usage or bad
+//! config; 3 unreachable; 4 accepted but not complete within the timeout.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lockstep::cli::admin::{self, Pause, Switch, Verb};
 use lockstep::cli::haproxy::HaproxyConfig;
-use lockstep::cli::{bounds, emit, run::LogFormat, Failure};
+use lockstep::cli::{bounds, emit, run::LogFormat, Failure, EXIT_CODES_HELP};
 use lockstep::protocol::Setup;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +19,8 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Moves every LB of a QKD link between the hot and the warm setup together"
+    about = "Moves every LB of a QKD link between the hot and the warm setup together",
+    after_help = EXIT_CODES_HELP
 )]
 struct Cli {
     /// Any member's gRPC address (`host:port`).
@@ -74,25 +76,63 @@ enum Command {
     /// Print the HAProxy config that matches this config's timing and names.
     HaproxyConfig(HaproxyConfigArgs),
     /// Leader, route, health and every member with what its LB routes to.
-    Status,
-    /// Planned move to a healthy setup (refused while paused).
+    Status {
+        /// Redraw on every change of the link (leader, route, a member's
+        /// LB, health, pause) until Ctrl-C; with --json, one object a line.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Planned move to a healthy setup (refused while paused). On a
+    /// terminal it shows the link and the plan and asks first.
+    #[command(after_help = EXIT_CODES_HELP)]
     Switchover(SwitchArgs),
-    /// Move now; with --force also to an unhealthy setup or while paused.
+    /// Move now, without a handover. On a terminal it shows the link and
+    /// the plan and asks first.
+    #[command(after_help = EXIT_CODES_HELP)]
     Failover {
         #[command(flatten)]
         args: SwitchArgs,
-        #[arg(long)]
-        force: bool,
+        /// Also to an unhealthy setup, and while the link is paused.
+        #[arg(long = "ignore-health", alias = "force")]
+        ignore_health: bool,
     },
     /// Stop all switches, automatic and manual, until `resume`.
     Pause(PauseArgs),
     /// Allow switches again.
     Resume(PauseArgs),
-    /// Past transitions, newest first.
+    /// Past transitions (switches, pauses, resumes), newest first.
     History {
+        /// At most this many records.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Only records since this time: RFC 3339 (2026-11-30T08:00:00Z)
+        /// or a duration back from now ("2h", "3days").
+        #[arg(long, value_parser = parse_since)]
+        since: Option<String>,
     },
+    /// Print a shell completion script, e.g. `lockstep completions bash >
+    /// /etc/bash_completion.d/lockstep`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), e.g. `lockstep man | man -l -`; with
+    /// --dir, write one page per command there.
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `--since`: an RFC 3339 time, or a duration back from now, as RFC 3339.
+fn parse_since(s: &str) -> Result<String, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(humantime::format_rfc3339_millis(t).to_string());
+    }
+    let back = humantime::parse_duration(s).map_err(|_| {
+        format!("{s:?} is neither an RFC 3339 time (2026-11-30T08:00:00Z) nor a duration (2h)")
+    })?;
+    let t = std::time::SystemTime::now()
+        .checked_sub(back)
+        .ok_or_else(|| format!("{s:?} goes back before 1970"))?;
+    Ok(humantime::format_rfc3339_millis(t).to_string())
 }
 
 #[derive(clap::Args)]
@@ -137,6 +177,13 @@ struct SwitchArgs {
     /// "1s" [default: the link's handover.grace].
     #[arg(long, value_parser = humantime::parse_duration)]
     grace: Option<Duration>,
+    /// Do not ask for confirmation (without a terminal nothing is asked).
+    #[arg(short = 'y', long)]
+    yes: bool,
+    /// Say what would happen, or why it would be refused, and change
+    /// nothing (the exit code is the one the switch would get).
+    #[arg(long, conflicts_with = "wait")]
+    dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -155,13 +202,14 @@ impl SwitchArgs {
             SetupArg::Hot => Setup::Hot,
             SetupArg::Warm => Setup::Warm,
         };
-        let (reason, by, wait, grace) = (self.reason, self.by, self.wait, self.grace);
         Switch {
             to,
-            reason,
-            by,
-            wait,
-            grace,
+            reason: self.reason,
+            by: self.by,
+            wait: self.wait,
+            grace: self.grace,
+            yes: self.yes,
+            dry_run: self.dry_run,
         }
     }
 }
@@ -175,6 +223,7 @@ impl PauseArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     let options = admin::Options {
         endpoint: cli.endpoint,
         json: cli.json,
@@ -199,15 +248,25 @@ fn main() -> ExitCode {
             socket_mode: a.socket_mode,
             socket_gid: a.socket_gid,
         }),
-        Command::Status => verb(Verb::Status),
+        Command::Status { watch } => verb(Verb::Status { watch }),
         Command::Switchover(args) => verb(Verb::Switchover(args.switch())),
-        Command::Failover { args, force } => verb(Verb::Failover {
+        Command::Failover {
+            args,
+            ignore_health,
+        } => verb(Verb::Failover {
             switch: args.switch(),
-            force,
+            ignore_health,
         }),
         Command::Pause(args) => verb(Verb::Pause(args.pause())),
         Command::Resume(args) => verb(Verb::Resume(args.pause())),
-        Command::History { limit } => verb(Verb::History { limit }),
+        Command::History { limit, since } => verb(Verb::History { limit, since }),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lockstep", &mut out);
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        }
+        Command::Man { dir } => man(dir),
     };
     match result {
         Ok(text) => {
@@ -215,8 +274,37 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(f) => {
-            eprintln!("error: {}", f.message);
+            if json {
+                emit(&f.json());
+            }
+            eprintln!("{}", f.line());
             ExitCode::from(f.code)
+        }
+    }
+}
+
+/// `lockstep man`: the page on stdout, or every command's page in `dir`.
+fn man(dir: Option<PathBuf>) -> Result<String, Failure> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    match dir {
+        Some(dir) => clap_mangen::generate_to(cmd, &dir)
+            .map(|()| format!("man pages written to {}\n", dir.display()))
+            .map_err(|e| {
+                Failure::new(
+                    2,
+                    format!(
+                        "cannot write man pages to {}: {e}; does the directory exist?",
+                        dir.display()
+                    ),
+                )
+            }),
+        None => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .map_err(|e| Failure::new(1, format!("cannot render the man page: {e}")))?;
+            Ok(String::from_utf8_lossy(&out).into_owned())
         }
     }
 }

@@ -3,11 +3,13 @@
 
 use super::progress::{Progress, PROGRESS_CATCH_UP};
 use super::render;
-use super::{to_json, Failure};
+use super::{to_json, Exit, Failure};
 use crate::proto::{self, admin_client::AdminClient};
+use crate::rpc::reason::Reason;
 use crate::rpc::setup_to_proto;
 use crate::tls::TlsFiles;
 use lockstep_core::Setup;
+use std::io::Write as _;
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -94,6 +96,10 @@ pub struct Switch {
     pub wait: bool,
     /// This switch's handover grace, instead of the link's.
     pub grace: Option<Duration>,
+    /// Do not ask for confirmation on a terminal.
+    pub yes: bool,
+    /// Say what would happen (or the refusal) and change nothing.
+    pub dry_run: bool,
 }
 
 /// A pause or resume.
@@ -108,17 +114,22 @@ pub struct Pause {
 /// One on-call verb.
 #[derive(Clone, Debug)]
 pub enum Verb {
-    Status,
+    /// `watch`: redraw on every change until interrupted.
+    Status {
+        watch: bool,
+    },
     Switchover(Switch),
-    /// `force`: also to an unhealthy setup or while paused.
+    /// `ignore_health`: also to an unhealthy setup or while paused.
     Failover {
         switch: Switch,
-        force: bool,
+        ignore_health: bool,
     },
     Pause(Pause),
     Resume(Pause),
+    /// `since`: RFC 3339.
     History {
         limit: u32,
+        since: Option<String>,
     },
 }
 
@@ -135,7 +146,7 @@ async fn call_async(options: &Options, verb: &Verb) -> Result<String, Failure> {
     let timeout = options.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let endpoint = options.endpoint.as_str();
     match verb {
-        Verb::Status => {
+        Verb::Status { watch: false } => {
             let mut admin = connect(options, timeout).await?;
             let s = bounded(
                 endpoint,
@@ -144,13 +155,17 @@ async fn call_async(options: &Options, verb: &Verb) -> Result<String, Failure> {
             )
             .await?;
             if options.json {
-                to_json(&render::status_json(&s))
+                to_json(&s)
             } else {
                 Ok(render::format_status(&s))
             }
         }
+        Verb::Status { watch: true } => watch(options, timeout).await,
         Verb::Switchover(switch) => self::switch(options, switch, None).await,
-        Verb::Failover { switch, force } => self::switch(options, switch, Some(*force)).await,
+        Verb::Failover {
+            switch,
+            ignore_health,
+        } => self::switch(options, switch, Some(*ignore_health)).await,
         Verb::Pause(args) | Verb::Resume(args) => {
             let mut admin = connect(options, timeout).await?;
             let req = proto::PauseRequest {
@@ -163,29 +178,80 @@ async fn call_async(options: &Options, verb: &Verb) -> Result<String, Failure> {
                 bounded(endpoint, Some(timeout), admin.resume(req)).await?
             };
             if options.json {
-                to_json(&serde_json::json!({ "paused": reply.paused }))
+                to_json(&reply)
+            } else if !reply.changed && !reply.paused {
+                Ok("the link was not paused; nothing changed\n".into())
             } else if reply.paused {
-                Ok("paused: no switch happens until `lockstep resume`\n".into())
+                Ok(
+                    "paused: no switch happens until `lockstep resume` (recorded in the history)\n"
+                        .into(),
+                )
             } else {
                 Ok("resumed: switches are allowed again\n".into())
             }
         }
-        Verb::History { limit } => {
+        Verb::History { limit, since } => {
             let mut admin = connect(options, timeout).await?;
             let h = bounded(
                 endpoint,
                 Some(timeout),
-                admin.history(proto::HistoryRequest { limit: *limit }),
+                admin.history(proto::HistoryRequest {
+                    limit: *limit,
+                    since: since.clone().unwrap_or_default(),
+                }),
             )
             .await?;
             if options.json {
-                to_json(&render::history_json(&h))
+                to_json(&h)
             } else if h.records.is_empty() {
-                Ok("no transitions yet\n".into())
+                Ok(match since {
+                    Some(s) => format!("no transitions since {s}\n"),
+                    None => "no transitions yet\n".into(),
+                })
             } else {
                 Ok(render::format_history(&h))
             }
         }
+    }
+}
+
+/// `status --watch`: the status again on every change of the link (the
+/// `WatchStatus` stream), until interrupted or the stream ends. On a
+/// terminal the screen is redrawn; otherwise each status follows the last
+/// (with `--json`, one JSON object per line).
+async fn watch(options: &Options, timeout: Duration) -> Result<String, Failure> {
+    use std::io::IsTerminal as _;
+    let endpoint = options.endpoint.as_str();
+    let mut admin = connect(options, timeout).await?;
+    let mut stream = bounded(
+        endpoint,
+        Some(timeout),
+        admin.watch_status(proto::StatusRequest {}),
+    )
+    .await?;
+    let redraw = std::io::stdout().is_terminal() && !options.json;
+    loop {
+        let next = stream
+            .message()
+            .await
+            .map_err(|s| rpc_failure(&s, endpoint, false))?;
+        let Some(s) = next else {
+            return Err(unreachable(endpoint, "the status stream ended"));
+        };
+        let text = if options.json {
+            let line = serde_json::to_string(&s)
+                .map_err(|e| Failure::new(1, format!("cannot print JSON: {e}")))?;
+            format!("{line}\n")
+        } else if redraw {
+            format!(
+                "\x1b[H\x1b[2J{}\nwatching {endpoint}; updated {}; Ctrl-C to stop\n",
+                render::format_status(&s),
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            )
+        } else {
+            format!("{}\n", render::format_status(&s))
+        };
+        super::emit(&text);
     }
 }
 
@@ -213,27 +279,71 @@ fn whoami(by: Option<String>) -> String {
     requested_by(by, user, host)
 }
 
+/// A status's message and its causes, in words.
+fn describe(s: &tonic::Status) -> String {
+    let mut out = s.message().to_string();
+    let mut next = std::error::Error::source(s);
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
+}
+
 fn unreachable(endpoint: &str, why: &str) -> Failure {
-    Failure::new(
-        3,
+    Failure::exit(
+        Exit::Unreachable,
         format!(
             "no sidecar answered at {endpoint}: {why}; is a sidecar running at {endpoint}? set --endpoint or LOCKSTEP_ENDPOINT"
         ),
     )
 }
 
-/// A failed call: the server's reason verbatim (exit 1), or, when the
-/// connection itself failed, the unreachable hint (exit 3).
-fn rpc_failure(s: &tonic::Status, endpoint: &str) -> Failure {
-    // Statuses made by the client's transport carry their cause; the
-    // server's own "unavailable" answers (e.g. etcd down) do not.
-    let transport = std::error::Error::source(s).is_some()
-        || s.message().contains("transport error")
-        || s.message().contains("connect");
-    if s.code() == tonic::Code::Unavailable && transport {
-        return unreachable(endpoint, s.message());
+/// The certificates do not fit the link (a config problem, exit 2), with
+/// what to check.
+fn tls_failure(endpoint: &str, why: &str, problem: crate::tls::client::TlsProblem) -> Failure {
+    use crate::tls::client::TlsProblem;
+    let hint = match problem {
+        TlsProblem::UntrustedServer => "; is --ca the CA that signed the sidecars' certificates?",
+        TlsProblem::ClientRefused => "; is --cert issued by the link's CA?",
+        TlsProblem::Expired => "; renew the certificate (or check the clocks)",
+        TlsProblem::WrongName => "; dial a name the sidecar's certificate lists (--endpoint)",
+        TlsProblem::Other => "",
+    };
+    Failure::exit(
+        Exit::Usage,
+        format!("cannot connect to {endpoint}: {why}{hint}"),
+    )
+}
+
+/// A failed call. The server's refusals carry their reason in the status
+/// details (`google.rpc.ErrorInfo`): its exit code and its message. A
+/// status without one was made by the client's transport (the connection
+/// failed or broke): unreachable, exit 3; or, for a switch whose answer
+/// did not come, possibly accepted: exit 4.
+fn rpc_failure(s: &tonic::Status, endpoint: &str, switching: bool) -> Failure {
+    if let Some((reason, facts)) = Reason::with_facts(s) {
+        let mut f = Failure::refused(reason, s.message());
+        f.facts = facts;
+        return f;
     }
-    Failure::new(1, s.message())
+    if let Some(problem) = crate::tls::client::tls_problem_in(s) {
+        return tls_failure(endpoint, &describe(s), problem);
+    }
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            unreachable(endpoint, s.message())
+        }
+        tonic::Code::DeadlineExceeded if switching => Failure::exit(
+            Exit::NotComplete,
+            format!(
+                "no answer from {endpoint} in time: the switch may go on; check `lockstep status`"
+            ),
+        ),
+        tonic::Code::DeadlineExceeded => unreachable(endpoint, s.message()),
+        _ => Failure::exit(Exit::Refused, s.message()),
+    }
 }
 
 async fn connect(options: &Options, timeout: Duration) -> Result<AdminClient<Channel>, Failure> {
@@ -255,27 +365,15 @@ async fn connect(options: &Options, timeout: Duration) -> Result<AdminClient<Cha
         timeout.min(Duration::from_secs(3)),
     )
     .await
-    .map_err(|why| {
-        if why.contains("TLS handshake") {
-            let hint = if why.contains("not signed by our CA") {
-                "; is --ca the CA that signed the sidecars' certificates?"
-            } else if why.contains("does not trust our certificate") || why.contains("refused our certificate") {
-                "; is --cert issued by the link's CA?"
-            } else if why.contains("expired") {
-                "; renew the certificate"
-            } else if why.contains("does not name the host") {
-                "; dial a name the sidecar's certificate lists (--endpoint)"
-            } else {
-                ""
-            };
-            Failure::new(1, format!("cannot connect to {endpoint}: {why}{hint}"))
-        } else if files.is_none() {
-            unreachable(
+    .map_err(|failure| {
+        let why = failure.message;
+        match failure.tls {
+            Some(problem) => tls_failure(endpoint, &why, problem),
+            None if files.is_none() => unreachable(
                 endpoint,
                 &format!("{why} (sidecars speak mutual TLS unless grpc.insecure = true: give --ca, --cert and --key, or LOCKSTEP_CA, LOCKSTEP_CERT, LOCKSTEP_KEY)"),
-            )
-        } else {
-            unreachable(endpoint, &why)
+            ),
+            None => unreachable(endpoint, &why),
         }
     })?;
     Ok(AdminClient::new(channel))
@@ -287,20 +385,33 @@ async fn bounded<T>(
     bound: Option<Duration>,
     call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, Failure> {
+    bounded_as(endpoint, bound, false, call).await
+}
+
+/// [`bounded`]; `switching`: an unanswered call may have started a switch
+/// (exit 4, not 3).
+async fn bounded_as<T>(
+    endpoint: &str,
+    bound: Option<Duration>,
+    switching: bool,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, Failure> {
     let result = match bound {
         Some(b) => tokio::time::timeout(b, call).await.map_err(|_| {
-            Failure::new(
-                1,
-                format!(
-                    "no answer from {endpoint} within {b:?}; check `lockstep status`, or raise --timeout"
-                ),
-            )
+            let message = format!(
+                "no answer from {endpoint} within {b:?}; check `lockstep status`, or raise --timeout"
+            );
+            if switching {
+                Failure::exit(Exit::NotComplete, message)
+            } else {
+                Failure::exit(Exit::Unreachable, message)
+            }
         })?,
         None => call.await,
     };
     result
         .map(tonic::Response::into_inner)
-        .map_err(|s| rpc_failure(&s, endpoint))
+        .map_err(|s| rpc_failure(&s, endpoint, switching))
 }
 
 /// What the CLI asks of the server and how long it waits itself.
@@ -317,7 +428,9 @@ fn switch_bounds(wait: bool, timeout: Option<Duration>) -> (u64, Option<Duration
 }
 
 fn format_switch(reply: &proto::SwitchReply, to: Setup) -> String {
-    if reply.already_active {
+    if reply.dry_run && !reply.already_active {
+        format!("dry run, nothing changed: {}\n", reply.plan)
+    } else if reply.already_active {
         format!("already on {to} (epoch {}); nothing to do\n", reply.epoch)
     } else if reply.completed {
         format!(
@@ -332,31 +445,112 @@ fn format_switch(reply: &proto::SwitchReply, to: Setup) -> String {
     }
 }
 
-fn switch_json(reply: &proto::SwitchReply) -> serde_json::Value {
-    serde_json::json!({
-        "request_id": reply.request_id,
-        "epoch": reply.epoch,
-        "already_active": reply.already_active,
-        "completed": reply.completed,
-        "elapsed_ms": reply.elapsed_ms,
-    })
+/// What a terminal answer means: only "y" or "yes" (any case) goes ahead.
+fn confirmed(answer: &str) -> bool {
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
-/// A switchover (`force: None`) or failover.
-async fn switch(options: &Options, args: &Switch, force: Option<bool>) -> Result<String, Failure> {
+/// Shows the topology and the plan on stderr and asks `[y/N]` on the
+/// terminal; `Ok(())` only for a yes.
+async fn confirm(
+    options: &Options,
+    admin: &mut AdminClient<Channel>,
+    plan: &proto::SwitchReply,
+    to: Setup,
+) -> Result<(), Failure> {
+    let timeout = options.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let status = bounded(
+        &options.endpoint,
+        Some(timeout),
+        admin.status(proto::StatusRequest {}),
+    )
+    .await?;
+    let mut err = std::io::stderr().lock();
+    let question = format!(
+        "{}\nplan: {}\n\nSwitch every LB of link {} to {to}? [y/N] ",
+        render::format_topology(&status),
+        render::wrap(&plan.plan, 78, 6),
+        status.link,
+    );
+    let _ = err
+        .write_all(question.as_bytes())
+        .and_then(|()| err.flush());
+    drop(err);
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::exit(Exit::Usage, format!("cannot read the answer: {e}")))?;
+    if confirmed(&answer) {
+        Ok(())
+    } else {
+        let mut f = Failure::exit(
+            Exit::Refused,
+            "not confirmed: nothing changed (answer y to switch; -y/--yes skips the question)",
+        );
+        f.reason = Some("DECLINED".into());
+        Err(f)
+    }
+}
+
+/// A switchover (`ignore_health: None`) or failover.
+async fn switch(
+    options: &Options,
+    args: &Switch,
+    ignore_health: Option<bool>,
+) -> Result<String, Failure> {
+    use std::io::IsTerminal as _;
     let timeout = options.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let mut admin = connect(options, timeout).await?;
     let (timeout_ms, bound) = switch_bounds(args.wait, options.timeout);
     let to = setup_to_proto(args.to) as i32;
-    let request = proto::SwitchRequest {
+    let mut request = proto::SwitchRequest {
         to,
         reason: args.reason.clone(),
         requested_by: whoami(args.by.clone()),
-        force: force.unwrap_or(false),
+        force: ignore_health.unwrap_or(false),
         wait: args.wait,
         timeout_ms,
         grace_ms: args.grace.map_or(0, |g| g.as_millis() as u64),
+        dry_run: false,
     };
+    let endpoint = &options.endpoint;
+    let ask = !args.yes && !args.dry_run && std::io::stdin().is_terminal();
+    if args.dry_run || ask {
+        // The server evaluates the request against the link as it is and
+        // answers without storing anything: the plan, or the refusal.
+        let mut dry = request.clone();
+        dry.dry_run = true;
+        let plan = match ignore_health {
+            None => bounded(endpoint, Some(timeout), admin.switchover(dry)).await,
+            Some(_) => bounded(endpoint, Some(timeout), admin.failover(dry)).await,
+        };
+        let plan = match plan {
+            Err(mut f) if args.dry_run => {
+                f.message = format!(
+                    "dry run, nothing changed: it would be refused: {}",
+                    f.message
+                );
+                return Err(f);
+            }
+            other => other?,
+        };
+        if args.dry_run {
+            return if options.json {
+                to_json(&plan)
+            } else {
+                Ok(format_switch(&plan, args.to))
+            };
+        }
+        if plan.already_active {
+            return if options.json {
+                to_json(&plan)
+            } else {
+                Ok(format_switch(&plan, args.to))
+            };
+        }
+        confirm(options, &mut admin, &plan, args.to).await?;
+    }
+    request.dry_run = false;
     let progress = if args.wait && !options.json {
         Progress::start(&mut admin)
             .await
@@ -364,10 +558,9 @@ async fn switch(options: &Options, args: &Switch, force: Option<bool>) -> Result
     } else {
         None
     };
-    let endpoint = &options.endpoint;
-    let result = match force {
-        None => bounded(endpoint, bound, admin.switchover(request)).await,
-        Some(_) => bounded(endpoint, bound, admin.failover(request)).await,
+    let result = match ignore_health {
+        None => bounded_as(endpoint, bound, true, admin.switchover(request)).await,
+        Some(_) => bounded_as(endpoint, bound, true, admin.failover(request)).await,
     };
     let final_line = match progress {
         Some(task) if matches!(&result, Ok(r) if r.completed && !r.already_active) => {
@@ -384,7 +577,7 @@ async fn switch(options: &Options, args: &Switch, force: Option<bool>) -> Result
     };
     let reply = result?;
     if options.json {
-        return to_json(&switch_json(&reply));
+        return to_json(&reply);
     }
     // The final state line (if the watch had not shown it yet), then the
     // summary.
@@ -411,23 +604,54 @@ mod tests {
     }
 
     #[test]
-    fn server_refusals_are_printed_verbatim_with_exit_1() {
-        let s = tonic::Status::failed_precondition("link is paused (maintenance); resume first");
-        let f = rpc_failure(&s, "http://x:1");
-        assert_eq!(f.code, 1);
-        assert_eq!(f.message, "link is paused (maintenance); resume first");
-        // The server's own "unavailable" (etcd down) is a refusal, not "no sidecar".
-        let f = rpc_failure(&tonic::Status::unavailable("etcd: timed out"), "http://x:1");
-        assert_eq!(f.code, 1);
+    fn refusals_exit_by_their_reason_not_their_text() {
+        let cases = [
+            (Reason::Paused, 1),
+            (Reason::TargetUnhealthy, 1),
+            (Reason::PendingRequest, 1),
+            (Reason::NoLeader, 1),
+            (Reason::InvalidRequest, 2),
+            (Reason::EtcdUnavailable, 3),
+            (Reason::NotComplete, 4),
+            (Reason::OutcomeUnknown, 4),
+        ];
+        for (reason, code) in cases {
+            // The message says nothing of the reason: only the details do.
+            let f = rpc_failure(&reason.status("something"), "http://x:1", true);
+            assert_eq!(f.code, code, "{reason}");
+            assert_eq!(f.message, "something");
+            assert_eq!(f.reason.as_deref(), Some(reason.as_str()));
+            assert!(f.line().starts_with(&format!("error [{reason}]: ")));
+        }
+        // A refusal-looking text without details decides nothing.
+        let f = rpc_failure(
+            &tonic::Status::failed_precondition("link is paused"),
+            "http://x:1",
+            false,
+        );
+        assert_eq!((f.code, f.reason), (1, None));
     }
 
     #[test]
-    fn a_broken_connection_gets_the_endpoint_hint_and_exit_3() {
-        let s = tonic::Status::unavailable("transport error");
-        let f = rpc_failure(&s, "http://x:1");
+    fn a_status_without_details_from_the_transport_is_unreachable() {
+        let s = tonic::Status::unavailable("connection reset");
+        let f = rpc_failure(&s, "http://x:1", false);
         assert_eq!(f.code, 3);
         assert!(f.message.contains("is a sidecar running at http://x:1?"));
         assert!(f.message.contains("LOCKSTEP_ENDPOINT"));
+        let late = tonic::Status::deadline_exceeded("timeout");
+        assert_eq!(rpc_failure(&late, "x", true).code, 4, "a switch may go on");
+        assert_eq!(rpc_failure(&late, "x", false).code, 3);
+    }
+
+    #[test]
+    fn only_yes_confirms() {
+        for yes in ["y", "Y\n", "yes", " YES \n"] {
+            assert!(confirmed(yes), "{yes:?}");
+        }
+        for no in ["", "\n", "n", "no", "yep", "y es", "ok"] {
+            assert!(!confirmed(no), "{no:?}");
+        }
     }
 
     #[test]
@@ -448,9 +672,7 @@ mod tests {
         let mut r = proto::SwitchReply {
             request_id: "r-1".into(),
             epoch: 7,
-            already_active: false,
-            completed: false,
-            elapsed_ms: 0,
+            ..Default::default()
         };
         assert!(format_switch(&r, Setup::Warm)
             .contains("accepted: switch to warm at epoch 7 (request r-1)"));
@@ -462,6 +684,14 @@ mod tests {
         );
         r.already_active = true;
         assert!(format_switch(&r, Setup::Warm).starts_with("already on warm"));
-        assert_eq!(switch_json(&r)["epoch"], 7);
+        let dry = proto::SwitchReply {
+            dry_run: true,
+            plan: "switchover from hot to warm: ...".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            format_switch(&dry, Setup::Warm),
+            "dry run, nothing changed: switchover from hot to warm: ...\n"
+        );
     }
 }

@@ -1,32 +1,20 @@
-//! Rendering for the on-call CLI: human tables and JSON, from the Admin
-//! replies. Pure functions, so they are unit-tested without a link.
+//! Rendering for the on-call CLI: human text from the Admin replies, with
+//! the enums' human names (`proto::names`: hot, warm, drain, serve). Pure
+//! functions, so they are unit-tested without a link. JSON is not made
+//! here: `--json` prints the generated proto types (serde derives).
 
-use crate::proto;
-use serde::Serialize;
+use crate::proto::{self, names};
 
 fn setup_name(v: i32) -> &'static str {
-    match proto::Setup::try_from(v) {
-        Ok(proto::Setup::Hot) => "hot",
-        Ok(proto::Setup::Warm) => "warm",
-        _ => "-",
-    }
+    names::setup::name(v).unwrap_or("-")
 }
 
 fn phase_name(v: i32) -> &'static str {
-    match proto::Phase::try_from(v) {
-        Ok(proto::Phase::Hold) => "hold",
-        Ok(proto::Phase::Drain) => "drain",
-        Ok(proto::Phase::Serve) => "serve",
-        _ => "-",
-    }
+    names::phase::name(v).unwrap_or("-")
 }
 
 fn role_name(v: i32) -> &'static str {
-    match proto::Role::try_from(v) {
-        Ok(proto::Role::Alice) => "alice",
-        Ok(proto::Role::Bob) => "bob",
-        _ => "-",
-    }
+    names::role::name(v).unwrap_or("-")
 }
 
 fn applied(a: &Option<proto::Applied>) -> String {
@@ -41,31 +29,56 @@ fn applied(a: &Option<proto::Applied>) -> String {
     }
 }
 
-/// A plain text table with aligned columns.
-pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+/// Rows with aligned columns (no header), each line trimmed at its end.
+fn align(rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
-            if i < widths.len() {
-                widths[i] = widths[i].max(cell.chars().count());
+            let w = cell.chars().count();
+            match widths.get_mut(i) {
+                Some(max) => *max = (*max).max(w),
+                None => widths.push(w),
             }
         }
     }
-    let line = |cells: Vec<String>| {
-        cells
+    let mut out = String::new();
+    for row in rows {
+        let line = row
             .iter()
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
             .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = line(header.iter().map(|h| h.to_uppercase()).collect());
-    out.push('\n');
-    for row in rows {
-        out.push_str(&line(row.clone()));
+            .join("  ");
+        out.push_str(line.trim_end());
         out.push('\n');
+    }
+    out
+}
+
+/// A plain text table with aligned columns under an upper-case header.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut all = vec![header.iter().map(|h| h.to_uppercase()).collect::<Vec<_>>()];
+    all.extend(rows.iter().cloned());
+    align(&all)
+}
+
+/// `text` wrapped at word boundaries to `width` columns, every line after
+/// the first indented by `indent` spaces.
+pub(crate) fn wrap(text: &str, width: usize, indent: usize) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for word in text.split_whitespace() {
+        let w = word.chars().count();
+        if line > indent && line + 1 + w > width {
+            out.push('\n');
+            out.push_str(&" ".repeat(indent));
+            line = indent;
+        } else if !out.is_empty() {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(word);
+        line += w;
     }
     out
 }
@@ -113,10 +126,17 @@ pub(crate) fn format_status(s: &proto::StatusReply) -> String {
     }
     if let Some(p) = &s.pending {
         out.push_str(&format!(
-            "pending   switch to {} by {}: {}\n",
+            "pending   {} to {} by {}: {} (request {}, {})\n",
+            if p.kind.is_empty() {
+                "switch"
+            } else {
+                p.kind.as_str()
+            },
             setup_name(p.to),
-            p.requested_by,
-            p.reason
+            who(&p.requested_by, &p.by_note),
+            p.reason,
+            p.id,
+            p.at
         ));
     }
     out.push('\n');
@@ -171,56 +191,127 @@ pub(crate) fn format_status(s: &proto::StatusReply) -> String {
     out
 }
 
+/// Who asked: the authenticated identity, and the `--by` note if any.
+fn who(requested_by: &str, by_note: &str) -> String {
+    if by_note.is_empty() {
+        requested_by.to_string()
+    } else {
+        format!("{requested_by} (--by {by_note})")
+    }
+}
+
 pub(crate) fn format_history(h: &proto::HistoryReply) -> String {
+    let ms = |v: u64| if v > 0 { v.to_string() } else { "-".into() };
     let rows: Vec<Vec<String>> = h
         .records
         .iter()
         .map(|r| {
+            let what = match r.kind.as_str() {
+                "pause" => "paused".to_string(),
+                "resume" => "resumed".to_string(),
+                "request-expired" => format!("-> {} (not done)", setup_name(r.to)),
+                _ => format!("{} -> {}", setup_name(r.from), setup_name(r.to)),
+            };
             vec![
-                r.epoch.to_string(),
-                format!("{}->{}", setup_name(r.from), setup_name(r.to)),
-                r.kind.clone(),
-                r.reason.clone(),
-                r.requested_by.clone(),
-                format!("{}/{}", r.leader, r.token),
                 r.started_at.clone(),
+                r.epoch.to_string(),
+                r.kind.clone(),
+                what,
+                who(&r.requested_by, &r.by_note),
+                r.reason.clone(),
                 if r.grace_ms > 0 {
                     format!("{} (grace {})", r.hold_ms, r.grace_ms)
                 } else {
                     "-".into()
                 },
-                r.drain_ms.to_string(),
-                if r.total_ms > 0 {
-                    r.total_ms.to_string()
-                } else {
-                    "-".into()
-                },
+                ms(r.drain_ms),
+                ms(r.total_ms),
                 if r.fenced_members.is_empty() {
                     "-".into()
                 } else {
                     r.fenced_members.join(",")
                 },
                 r.outcome.clone(),
+                if r.token > 0 {
+                    format!("{}/{}", r.leader, r.token)
+                } else {
+                    r.leader.clone()
+                },
             ]
         })
         .collect();
     table(
         &[
-            "epoch",
-            "switch",
-            "kind",
-            "reason",
-            "by",
-            "leader/token",
             "started",
+            "epoch",
+            "kind",
+            "what",
+            "by",
+            "reason",
             "hold ms",
             "drain ms",
             "total ms",
             "fenced",
             "outcome",
+            "leader/token",
         ],
         &rows,
     )
+}
+
+/// The link in a few lines, for the confirmation before a switch: the
+/// leader and route, every LB and what it routes to, each setup's health.
+pub(crate) fn format_topology(s: &proto::StatusReply) -> String {
+    let mut out = format!(
+        "link {}: leader {}; {}\n",
+        s.link,
+        if s.leader.is_empty() {
+            "NONE"
+        } else {
+            s.leader.as_str()
+        },
+        match &s.route {
+            Some(r) => format!(
+                "epoch {} {} {}{}",
+                r.epoch,
+                phase_name(r.phase),
+                setup_name(r.setup),
+                if s.settled { ", settled" } else { "" }
+            ),
+            None => "no route yet".into(),
+        }
+    );
+    let rows: Vec<Vec<String>> = s
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                format!("  {}", m.id),
+                role_name(m.role).to_string(),
+                format!("LB routes {}", m.lb_routes),
+                if m.lease_fresh {
+                    "lease fresh"
+                } else {
+                    "LEASE NOT FRESH"
+                }
+                .to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&align(&rows));
+    for h in &s.health {
+        out.push_str(&format!(
+            "  {}: alice {}, bob {} ({})\n",
+            setup_name(h.setup),
+            h.alice,
+            h.bob,
+            if h.healthy { "healthy" } else { "NOT HEALTHY" }
+        ));
+    }
+    if s.paused {
+        out.push_str(&format!("  PAUSED: {}\n", s.paused_reason));
+    }
+    out
 }
 
 /// At a hold: what the handover does now, in words.
@@ -273,165 +364,6 @@ pub(crate) fn progress_line(s: &proto::StatusReply) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!("{route}: {members}")
-}
-
-// ---- JSON: the replies with enums as lowercase names ----
-
-#[derive(Serialize)]
-pub(crate) struct AppliedJson {
-    pub(crate) epoch: u64,
-    pub(crate) phase: &'static str,
-    pub(crate) setup: &'static str,
-}
-
-fn applied_json(a: &Option<proto::Applied>) -> Option<AppliedJson> {
-    a.as_ref().map(|a| AppliedJson {
-        epoch: a.epoch,
-        phase: phase_name(a.phase),
-        setup: setup_name(a.setup),
-    })
-}
-
-#[derive(Serialize)]
-pub(crate) struct MemberJson {
-    pub(crate) id: String,
-    pub(crate) role: &'static str,
-    pub(crate) grpc_address: String,
-    pub(crate) applied: Option<AppliedJson>,
-    pub(crate) lb_routes: String,
-    pub(crate) health_hot: String,
-    pub(crate) health_warm: String,
-    pub(crate) lease_age_ms: u64,
-    pub(crate) lease_fresh: bool,
-    pub(crate) behind: String,
-}
-
-#[derive(Serialize)]
-pub(crate) struct RouteJson {
-    pub(crate) epoch: u64,
-    pub(crate) phase: &'static str,
-    pub(crate) setup: &'static str,
-    pub(crate) token: i64,
-    pub(crate) reason: String,
-    pub(crate) requested_by: String,
-    pub(crate) at: String,
-}
-
-#[derive(Serialize)]
-pub(crate) struct HealthJson {
-    pub(crate) setup: &'static str,
-    pub(crate) alice: String,
-    pub(crate) bob: String,
-    pub(crate) healthy: bool,
-}
-
-#[derive(Serialize)]
-pub(crate) struct StatusJson {
-    pub(crate) link: String,
-    pub(crate) leader: String,
-    pub(crate) token: i64,
-    pub(crate) route: Option<RouteJson>,
-    pub(crate) settled: bool,
-    pub(crate) state: String,
-    pub(crate) paused: bool,
-    pub(crate) paused_reason: String,
-    pub(crate) policy: String,
-    pub(crate) insecure: bool,
-    pub(crate) pending_to: Option<&'static str>,
-    pub(crate) health: Vec<HealthJson>,
-    pub(crate) members: Vec<MemberJson>,
-}
-
-pub(crate) fn status_json(s: &proto::StatusReply) -> StatusJson {
-    StatusJson {
-        link: s.link.clone(),
-        leader: s.leader.clone(),
-        token: s.token,
-        route: s.route.as_ref().map(|r| RouteJson {
-            epoch: r.epoch,
-            phase: phase_name(r.phase),
-            setup: setup_name(r.setup),
-            token: r.token,
-            reason: r.reason.clone(),
-            requested_by: r.requested_by.clone(),
-            at: r.at.clone(),
-        }),
-        settled: s.settled,
-        state: s.state.clone(),
-        paused: s.paused,
-        paused_reason: s.paused_reason.clone(),
-        policy: s.policy.clone(),
-        insecure: s.insecure,
-        pending_to: s.pending.as_ref().map(|p| setup_name(p.to)),
-        health: s
-            .health
-            .iter()
-            .map(|h| HealthJson {
-                setup: setup_name(h.setup),
-                alice: h.alice.clone(),
-                bob: h.bob.clone(),
-                healthy: h.healthy,
-            })
-            .collect(),
-        members: s
-            .members
-            .iter()
-            .map(|m| MemberJson {
-                id: m.id.clone(),
-                role: role_name(m.role),
-                grpc_address: m.grpc_address.clone(),
-                applied: applied_json(&m.applied),
-                lb_routes: m.lb_routes.clone(),
-                health_hot: m.health.as_ref().map_or(String::new(), |h| h.hot.clone()),
-                health_warm: m.health.as_ref().map_or(String::new(), |h| h.warm.clone()),
-                lease_age_ms: m.lease_age_ms,
-                lease_fresh: m.lease_fresh,
-                behind: m.behind.clone(),
-            })
-            .collect(),
-    }
-}
-
-#[derive(Serialize)]
-pub(crate) struct HistoryJson {
-    pub(crate) epoch: u64,
-    pub(crate) from: &'static str,
-    pub(crate) to: &'static str,
-    pub(crate) kind: String,
-    pub(crate) reason: String,
-    pub(crate) requested_by: String,
-    pub(crate) leader: String,
-    pub(crate) token: i64,
-    pub(crate) started_at: String,
-    pub(crate) drain_ms: u64,
-    pub(crate) total_ms: u64,
-    pub(crate) fenced_members: Vec<String>,
-    pub(crate) outcome: String,
-    pub(crate) hold_ms: u64,
-    pub(crate) grace_ms: u64,
-}
-
-pub(crate) fn history_json(h: &proto::HistoryReply) -> Vec<HistoryJson> {
-    h.records
-        .iter()
-        .map(|r| HistoryJson {
-            epoch: r.epoch,
-            from: setup_name(r.from),
-            to: setup_name(r.to),
-            kind: r.kind.clone(),
-            reason: r.reason.clone(),
-            requested_by: r.requested_by.clone(),
-            leader: r.leader.clone(),
-            token: r.token,
-            started_at: r.started_at.clone(),
-            drain_ms: r.drain_ms,
-            total_ms: r.total_ms,
-            fenced_members: r.fenced_members.clone(),
-            outcome: r.outcome.clone(),
-            hold_ms: r.hold_ms,
-            grace_ms: r.grace_ms,
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -542,12 +474,137 @@ mod tests {
         );
     }
 
+    /// Every field set, so a dropped one shows.
+    fn full_status() -> proto::StatusReply {
+        let mut s = status();
+        s.members[0].health = Some(proto::Health {
+            hot: "down".into(),
+            warm: "up".into(),
+            detail: "hot: connection refused".into(),
+        });
+        s.members[0].behind = "behind".into();
+        s.members[0].insecure = true;
+        s.pending = Some(proto::PendingRequest {
+            id: "req-1".into(),
+            to: proto::Setup::Hot as i32,
+            force: true,
+            reason: "back".into(),
+            requested_by: "oncall".into(),
+            at: "2026-11-25T07:01:00Z".into(),
+            kind: "failover".into(),
+            by_note: "jane".into(),
+            grace_ms: 250,
+        });
+        if let Some(r) = s.route.as_mut() {
+            r.handover_issuer = proto::Role::Alice as i32;
+            r.handover_from = proto::Setup::Hot as i32;
+            r.grace_ms = 300;
+        }
+        s.insecure = true;
+        s
+    }
+
     #[test]
-    fn json_uses_names_not_numbers() {
-        let j = serde_json::to_value(status_json(&status())).expect("json");
+    fn json_is_the_proto_with_names_and_reads_back_every_field() {
+        let s = full_status();
+        let j = serde_json::to_value(&s).expect("json");
         assert_eq!(j["route"]["setup"], "warm");
+        assert_eq!(j["route"]["phase"], "serve");
+        assert_eq!(j["route"]["handover_issuer"], "alice");
         assert_eq!(j["members"][0]["role"], "bob");
         assert_eq!(j["members"][0]["applied"]["phase"], "serve");
+        assert_eq!(
+            j["members"][0]["health"]["detail"],
+            "hot: connection refused"
+        );
+        assert_eq!(j["pending"]["by_note"], "jane");
+        assert_eq!(j["pending"]["to"], "hot");
+        let back: proto::StatusReply = serde_json::from_value(j).expect("reads back");
+        assert_eq!(back, s);
+
+        let h = proto::HistoryReply {
+            records: vec![proto::HistoryRecord {
+                epoch: 9,
+                from: 0,
+                to: proto::Setup::Warm as i32,
+                kind: "pause".into(),
+                reason: "r".into(),
+                requested_by: "op".into(),
+                leader: "alice-0".into(),
+                token: 4,
+                started_at: "2026-11-25T07:00:00.000Z".into(),
+                drain_ms: 1,
+                total_ms: 2,
+                fenced_members: vec!["bob-0".into()],
+                outcome: "done".into(),
+                hold_ms: 3,
+                grace_ms: 4,
+                by_note: "jane".into(),
+                request_id: "abc".into(),
+            }],
+        };
+        let j = serde_json::to_value(&h).expect("json");
+        assert_eq!(j["records"][0]["from"], serde_json::Value::Null);
+        assert_eq!(j["records"][0]["to"], "warm");
+        let back: proto::HistoryReply = serde_json::from_value(j).expect("reads back");
+        assert_eq!(back, h);
+        // An unknown enum number stays a number, and reads back.
+        let odd = proto::Applied {
+            epoch: 1,
+            phase: 9,
+            setup: 1,
+        };
+        let j = serde_json::to_value(odd).expect("json");
+        assert_eq!(j["phase"], 9);
+        assert_eq!(
+            serde_json::from_value::<proto::Applied>(j).expect("back"),
+            odd
+        );
+        // Proto names are accepted on input too; garbage is refused.
+        let a: proto::Applied =
+            serde_json::from_str(r#"{"phase":"PHASE_DRAIN","setup":"warm"}"#).expect("proto names");
+        assert_eq!(a.phase, proto::Phase::Drain as i32);
+        assert!(serde_json::from_str::<proto::Applied>(r#"{"setup":"lukewarm"}"#).is_err());
+    }
+
+    #[test]
+    fn history_uses_human_names_and_shows_pauses_and_notes() {
+        let mut r = proto::HistoryRecord {
+            epoch: 3,
+            from: proto::Setup::Hot as i32,
+            to: proto::Setup::Warm as i32,
+            kind: "switchover".into(),
+            reason: "patch".into(),
+            requested_by: "oncall".into(),
+            by_note: "jane".into(),
+            outcome: "complete".into(),
+            ..Default::default()
+        };
+        let text = format_history(&proto::HistoryReply {
+            records: vec![r.clone()],
+        });
+        assert!(text.contains("hot -> warm"), "{text}");
+        assert!(text.contains("oncall (--by jane)"), "{text}");
+        assert!(!text.contains("SETUP_"), "{text}");
+        r.kind = "pause".into();
+        r.from = 0;
+        let text = format_history(&proto::HistoryReply { records: vec![r] });
+        assert!(text.contains("paused"), "{text}");
+    }
+
+    #[test]
+    fn topology_names_every_lb_and_the_health() {
+        let t = format_topology(&status());
+        assert!(
+            t.contains("link qkd-1: leader alice-0; epoch 7 serve warm, settled"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  bob-0  bob  LB routes warm  lease fresh"),
+            "{t}"
+        );
+        assert!(t.contains("hot: alice down, bob up (NOT HEALTHY)"), "{t}");
+        assert!(t.contains("PAUSED: maintenance"), "{t}");
     }
 
     #[test]
@@ -559,6 +616,13 @@ mod tests {
             setup: proto::Setup::Hot as i32,
         });
         assert!(progress_line(&s).contains("bob-0 blocked"));
+    }
+
+    #[test]
+    fn wrap_breaks_at_words_and_indents() {
+        assert_eq!(wrap("aa bb cc dd", 5, 2), "aa bb\n  cc\n  dd");
+        assert_eq!(wrap("short", 80, 6), "short");
+        assert_eq!(wrap("averyverylongword x", 5, 1), "averyverylongword\n x");
     }
 
     #[test]

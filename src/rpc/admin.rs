@@ -3,6 +3,7 @@
 //! change) and carried out by the leader, which checks it again.
 
 use super::auth::{attribute, Caller};
+use super::reason::Reason;
 use super::{applied_to_proto, phase_to_proto, role_to_proto, setup_from_proto, setup_to_proto};
 use crate::proto::{self, admin_server::Admin, peer_client::PeerClient};
 use crate::sidecar::Shared;
@@ -24,7 +25,9 @@ pub(crate) struct AdminService {
 }
 
 fn store_status(e: crate::store::StoreError) -> Status {
-    Status::unavailable(format!("etcd: {e}"))
+    Reason::EtcdUnavailable.status(format!(
+        "this sidecar's etcd request failed: {e}; check etcd's health, or call another member (--endpoint)"
+    ))
 }
 
 fn health_of(s: &Snapshot, setup: Setup) -> lockstep_core::health::SetupHealth {
@@ -99,7 +102,12 @@ pub(crate) async fn build_status(shared: &Shared, s: &Snapshot) -> proto::Status
         members,
         paused: s.paused.is_some(),
         paused_reason: s.paused.as_ref().map_or(String::new(), |p| {
-            format!("{} (by {}, {})", p.reason, p.requested_by, p.at)
+            let by = if p.by_note.is_empty() {
+                p.requested_by.clone()
+            } else {
+                format!("{}, --by {}", p.requested_by, p.by_note)
+            };
+            format!("{} (by {by}, {})", p.reason, p.at)
         }),
         pending: s.request.as_ref().map(|(r, _)| proto::PendingRequest {
             id: r.id.clone(),
@@ -108,6 +116,9 @@ pub(crate) async fn build_status(shared: &Shared, s: &Snapshot) -> proto::Status
             reason: r.reason.clone(),
             requested_by: r.requested_by.clone(),
             at: r.at.clone(),
+            kind: r.kind.to_string(),
+            by_note: r.by_note.clone(),
+            grace_ms: r.grace_ms.unwrap_or(0),
         }),
         health: Setup::ALL
             .iter()
@@ -137,14 +148,13 @@ impl AdminService {
     ) -> Result<Response<proto::SwitchReply>, Status> {
         let started = Instant::now();
         crate::limits::check_admin_text(&req.reason, &req.requested_by)?;
-        let (requested_by, reason) = attribute(&caller, &req.requested_by, &req.reason);
+        let (requested_by, by_note) = attribute(&caller, &req.requested_by);
         let to = setup_from_proto(req.to).ok_or_else(|| {
-            Status::invalid_argument("unknown target setup: use \"hot\" or \"warm\"")
+            Reason::InvalidRequest.status("unknown target setup: use \"hot\" or \"warm\"")
         })?;
         if req.reason.trim().is_empty() {
-            return Err(Status::invalid_argument(
-                "a reason is required: it is recorded in the history",
-            ));
+            return Err(Reason::InvalidRequest
+                .status("a reason is required: it is recorded in the history"));
         }
         let timeout = if req.timeout_ms > 0 {
             Duration::from_millis(req.timeout_ms)
@@ -152,7 +162,7 @@ impl AdminService {
             self.shared.config.admin.switch_timeout
         };
         if Duration::from_millis(req.grace_ms) > timeout {
-            return Err(Status::invalid_argument(format!(
+            return Err(Reason::InvalidRequest.status(format!(
                 "a grace of {:?} is longer than the switch may take ({timeout:?}); give a shorter --grace or a longer --timeout",
                 Duration::from_millis(req.grace_ms)
             )));
@@ -164,8 +174,9 @@ impl AdminService {
             kind,
             to,
             force: req.force,
-            reason,
+            reason: req.reason.clone(),
             requested_by,
+            by_note,
             at: crate::sidecar::leader::now_rfc3339(),
             // No leader carries it out after the caller has given up on it.
             deadline_ms: Some(crate::sidecar::leader::wall_ms() + timeout.as_millis() as u64),
@@ -173,8 +184,10 @@ impl AdminService {
         };
         let epoch_now = snap.route.as_ref().map_or(0, |(r, _)| r.epoch);
         let link = snap.link();
+        let from = link.settled().map_or(0, |s| setup_to_proto(s) as i32);
+        let plan = plan_text(&self.shared, &snap, &request);
         match check_request(&request, &link, snap.paused.as_ref(), &health_of(&snap, to)) {
-            Err(refused) => return Err(Status::failed_precondition(refused.to_string())),
+            Err(refused) => return Err(Reason::from(&refused).status(refused.to_string())),
             Ok(Verdict::AlreadyActive) => {
                 return Ok(Response::new(proto::SwitchReply {
                     request_id: String::new(),
@@ -182,23 +195,43 @@ impl AdminService {
                     already_active: true,
                     completed: true,
                     elapsed_ms: started.elapsed().as_millis() as u64,
+                    dry_run: req.dry_run,
+                    plan: format!("every LB already serves {to}; nothing to do"),
+                    from,
                 }))
             }
             Ok(Verdict::Go) => {}
+        }
+        if req.dry_run {
+            // What a real request would meet next: one pending already, or
+            // no leader to carry it out. Nothing is stored.
+            if let Some((pending, _)) = &snap.request {
+                return Err(pending_refusal(pending));
+            }
+            if snap.leader.is_none() {
+                return Err(Reason::NoLeader.status(
+                    "no leader is elected, so no leader would carry the switch out; is etcd reachable from the sidecars? (`lockstep status`)",
+                ));
+            }
+            return Ok(Response::new(proto::SwitchReply {
+                request_id: String::new(),
+                epoch: epoch_now,
+                already_active: false,
+                completed: false,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                dry_run: true,
+                plan,
+                from,
+            }));
         }
         // Watch from "now" before storing the request, so its outcome
         // cannot be missed.
         let mut outcomes = store.watch(Watched::Outcome).await.map_err(store_status)?;
         let rev = match store.put_request(&request).await.map_err(store_status)? {
             Ok(rev) => rev,
-            Err(pending) => {
-                return Err(Status::failed_precondition(format!(
-                "another request is pending ({} to {} by {}: {}); wait for it (`lockstep status`)",
-                pending.kind, pending.to, pending.requested_by, pending.reason
-            )))
-            }
+            Err(pending) => return Err(pending_refusal(&pending)),
         };
-        info!(id = %request.id, %kind, %to, by = %request.requested_by, reason = %request.reason, "request stored");
+        info!(id = %request.id, %kind, %to, by = %request.requested_by, by_note = %request.by_note, reason = %request.reason, "request stored");
         let outcome = wait_outcome(&mut outcomes, &request.id, timeout).await;
         let outcome = match outcome {
             Some(o) => o,
@@ -206,16 +239,23 @@ impl AdminService {
                 // Leave nothing half-done: withdraw the request if no leader
                 // took it.
                 let withdrawn = store.withdraw_request(rev).await.unwrap_or(false);
-                return Err(Status::unavailable(if withdrawn {
-                    format!("no leader took the request within {timeout:?}, so it was withdrawn; is a leader elected? (`lockstep status`)")
+                return Err(if withdrawn {
+                    Reason::NoLeader.status(format!("no leader took the request within {timeout:?}, so it was withdrawn; is a leader elected? (`lockstep status`)"))
                 } else {
-                    format!("the request was taken but its outcome was not seen within {timeout:?}; check `lockstep status`")
-                }));
+                    Reason::OutcomeUnknown.status(format!("the request was taken but its outcome was not seen within {timeout:?}; check `lockstep status` and `lockstep history`"))
+                });
             }
         };
         match outcome.status {
-            RequestStatus::Rejected => return Err(Status::failed_precondition(outcome.message)),
-            RequestStatus::Expired => return Err(Status::deadline_exceeded(outcome.message)),
+            RequestStatus::Rejected => {
+                // Refused by the leader's own check: the link changed since
+                // this member's.
+                let reason = outcome
+                    .refused
+                    .map_or(Reason::TargetUnhealthy, Reason::from);
+                return Err(reason.status(outcome.message));
+            }
+            RequestStatus::Expired => return Err(Reason::RequestExpired.status(outcome.message)),
             RequestStatus::Already => {
                 return Ok(Response::new(proto::SwitchReply {
                     request_id: request.id,
@@ -223,6 +263,9 @@ impl AdminService {
                     already_active: true,
                     completed: true,
                     elapsed_ms: started.elapsed().as_millis() as u64,
+                    dry_run: false,
+                    plan: format!("every LB already serves {to}; nothing to do"),
+                    from,
                 }))
             }
             RequestStatus::Started => {}
@@ -232,10 +275,17 @@ impl AdminService {
             let deadline = started + timeout;
             completed = wait_settled(store, outcome.epoch, to, deadline).await;
             if !completed {
-                return Err(Status::deadline_exceeded(format!(
-                    "switch to {to} at epoch {} not complete within {timeout:?}; it goes on (`lockstep status`)",
-                    outcome.epoch
-                )));
+                return Err(Reason::NotComplete.status_about(
+                    format!(
+                        "switch to {to} at epoch {} not complete within {timeout:?}; it goes on (`lockstep status`)",
+                        outcome.epoch
+                    ),
+                    &[
+                        ("request_id", request.id.clone()),
+                        ("epoch", outcome.epoch.to_string()),
+                        ("to", to.to_string()),
+                    ],
+                ));
             }
         }
         Ok(Response::new(proto::SwitchReply {
@@ -244,8 +294,122 @@ impl AdminService {
             already_active: false,
             completed,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            dry_run: false,
+            plan,
+            from,
         }))
     }
+
+    /// Pauses (`Some(reason)`) or resumes the link, with its history record.
+    async fn set_paused(
+        &self,
+        r: proto::PauseRequest,
+        caller: Caller,
+        pause: bool,
+    ) -> Result<Response<proto::PauseReply>, Status> {
+        crate::limits::check_admin_text(&r.reason, &r.requested_by)?;
+        if pause && r.reason.trim().is_empty() {
+            return Err(Reason::InvalidRequest.status("a reason is required to pause"));
+        }
+        let (requested_by, by_note) = attribute(&caller, &r.requested_by);
+        let store = &self.shared.store;
+        let snap = store.snapshot().await.map_err(store_status)?;
+        if !pause && snap.paused.is_none() {
+            // Nothing to resume: no record, nothing written.
+            return Ok(Response::new(proto::PauseReply {
+                paused: false,
+                changed: false,
+            }));
+        }
+        let record_of = Pause {
+            reason: r.reason.clone(),
+            requested_by,
+            by_note,
+            at: crate::sidecar::leader::now_rfc3339(),
+        };
+        let (epoch, setup) = snap
+            .route
+            .as_ref()
+            .map_or((0, self.shared.config.initial_setup), |(route, _)| {
+                (route.epoch, route.setup)
+            });
+        let record = crate::sidecar::leader::pause_record(
+            &record_of,
+            pause,
+            epoch,
+            setup,
+            &self.shared.config.member_id,
+            0,
+        );
+        store
+            .set_paused(pause.then_some(&record_of), &record)
+            .await
+            .map_err(store_status)?;
+        info!(link = %self.shared.config.link, reason = %record_of.reason, by = %record_of.requested_by, by_note = %record_of.by_note, paused = pause, "pause changed");
+        Ok(Response::new(proto::PauseReply {
+            paused: pause,
+            changed: true,
+        }))
+    }
+}
+
+/// Another request is pending: what it is and what to do.
+fn pending_refusal(pending: &Request) -> Status {
+    Reason::PendingRequest.status_about(
+        format!(
+            "another request is pending ({} to {} by {}: {}); wait for it (`lockstep status`)",
+            pending.kind, pending.to, pending.requested_by, pending.reason
+        ),
+        &[
+            ("request_id", pending.id.clone()),
+            ("kind", pending.kind.to_string()),
+            ("to", pending.to.to_string()),
+            ("requested_by", pending.requested_by.clone()),
+        ],
+    )
+}
+
+/// What a switch for `request` does, in words, from the link as `snap`
+/// shows it (the leader decides the same way: `Leader::handover_for`).
+fn plan_text(shared: &Shared, snap: &Snapshot, request: &Request) -> String {
+    let to = request.to;
+    let lbs = snap
+        .members
+        .iter()
+        .map(|m| m.id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let from = snap.link().settled();
+    let mut out = match from {
+        Some(from) => format!("{} from {from} to {to}: ", request.kind),
+        None => format!("{} to {to}: ", request.kind),
+    };
+    let handover = shared
+        .config
+        .handover
+        .protocol()
+        .ok()
+        .flatten()
+        .filter(|_| request.kind == RequestKind::Switchover && from.is_some_and(|f| f != to));
+    if let (Some(h), Some(from)) = (handover, from) {
+        let receiving = match h.issuer {
+            lockstep_core::Role::Alice => lockstep_core::Role::Bob,
+            lockstep_core::Role::Bob => lockstep_core::Role::Alice,
+        };
+        let grace = request.grace_ms.map_or(h.grace, Duration::from_millis);
+        out.push_str(&format!(
+            "{}'s LBs block first (no new keys); {receiving}'s stay on {from} for {grace:?} after every block is confirmed (unless {receiving}'s {from} is down); then ",
+            h.issuer
+        ));
+    }
+    out.push_str(&format!(
+        "every LB ({lbs}) blocks at a new epoch above {}, and once every block is confirmed (or a member's lease expired) every LB serves {to}",
+        snap.route.as_ref().map_or(0, |(r, _)| r.epoch)
+    ));
+    if request.force {
+        out.push_str("; health and pause are ignored (--ignore-health)");
+    }
+    out
 }
 
 /// Waits for the leader's outcome of request `id` on `stream`.
@@ -315,8 +479,13 @@ fn history_to_proto(h: &HistoryRecord) -> proto::HistoryRecord {
         outcome: h.outcome.to_string(),
         hold_ms: h.hold_ms,
         grace_ms: h.grace_ms,
+        by_note: h.by_note.clone(),
+        request_id: h.request_id.clone().unwrap_or_default(),
     }
 }
+
+/// The most history records one call returns (and reads, with `since`).
+const MAX_HISTORY: u32 = 10_000;
 
 type StatusStream = Pin<Box<dyn Stream<Item = Result<proto::StatusReply, Status>> + Send>>;
 
@@ -359,24 +528,7 @@ impl Admin for AdminService {
         r: tonic::Request<proto::PauseRequest>,
     ) -> Result<Response<proto::PauseReply>, Status> {
         let caller = Caller::of(&r);
-        let r = r.into_inner();
-        crate::limits::check_admin_text(&r.reason, &r.requested_by)?;
-        if r.reason.trim().is_empty() {
-            return Err(Status::invalid_argument("a reason is required to pause"));
-        }
-        let (requested_by, reason) = attribute(&caller, &r.requested_by, &r.reason);
-        let pause = Pause {
-            reason,
-            requested_by,
-            at: crate::sidecar::leader::now_rfc3339(),
-        };
-        self.shared
-            .store
-            .set_paused(Some(&pause))
-            .await
-            .map_err(store_status)?;
-        info!(link = %self.shared.config.link, reason = %pause.reason, by = %pause.requested_by, "paused");
-        Ok(Response::new(proto::PauseReply { paused: true }))
+        self.set_paused(r.into_inner(), caller, true).await
     }
 
     async fn resume(
@@ -384,35 +536,49 @@ impl Admin for AdminService {
         r: tonic::Request<proto::PauseRequest>,
     ) -> Result<Response<proto::PauseReply>, Status> {
         let caller = Caller::of(&r);
-        let r = r.into_inner();
-        crate::limits::check_admin_text(&r.reason, &r.requested_by)?;
-        let (requested_by, reason) = attribute(&caller, &r.requested_by, &r.reason);
-        self.shared
-            .store
-            .set_paused(None)
-            .await
-            .map_err(store_status)?;
-        info!(link = %self.shared.config.link, %reason, by = %requested_by, "resumed");
-        Ok(Response::new(proto::PauseReply { paused: false }))
+        self.set_paused(r.into_inner(), caller, false).await
     }
 
     async fn history(
         &self,
         r: tonic::Request<proto::HistoryRequest>,
     ) -> Result<Response<proto::HistoryReply>, Status> {
-        let limit = match r.into_inner().limit {
+        let r = r.into_inner();
+        let limit = match r.limit {
             0 => 20,
-            n => n.min(10_000) as usize,
+            n => n.min(MAX_HISTORY) as usize,
+        };
+        let since = match r.since.trim() {
+            "" => None,
+            s => Some(humantime::parse_rfc3339_weak(s).map_err(|e| {
+                Reason::InvalidRequest.status(format!(
+                    "since {s:?} is not an RFC 3339 time ({e}); e.g. 2026-11-30T08:00:00Z"
+                ))
+            })?),
+        };
+        // With `since`, read every kept record and filter; the newest
+        // `limit` of those that started at or after it.
+        let read = if since.is_some() {
+            MAX_HISTORY as usize
+        } else {
+            limit
         };
         let records = self
             .shared
             .store
-            .history(limit)
+            .history(read)
             .await
             .map_err(store_status)?;
-        Ok(Response::new(proto::HistoryReply {
-            records: records.iter().map(history_to_proto).collect(),
-        }))
+        let records = records
+            .iter()
+            .filter(|h| match since {
+                None => true,
+                Some(t) => humantime::parse_rfc3339_weak(&h.started_at).is_ok_and(|at| at >= t),
+            })
+            .take(limit)
+            .map(history_to_proto)
+            .collect();
+        Ok(Response::new(proto::HistoryReply { records }))
     }
 
     type WatchStatusStream = StatusStream;
@@ -474,7 +640,11 @@ pub(crate) async fn status_stream(
                     }
                 }
                 _ => {
-                    let _ = tx.send(Err(Status::unavailable("etcd watch ended"))).await;
+                    let _ = tx
+                        .send(Err(Reason::EtcdUnavailable.status(
+                            "the etcd watch ended; run `lockstep status --watch` again",
+                        )))
+                        .await;
                     return;
                 }
             }

@@ -7,6 +7,7 @@
 //! (switchover, failover, pause, resume; also everything a viewer may do),
 //! `viewer` (status, history, the status watch, health, reflection).
 
+use super::reason::Reason;
 use crate::tls::identity::CertInfo;
 use std::fmt;
 use std::future::Future;
@@ -143,16 +144,16 @@ impl Caller {
     }
 }
 
-/// Who asked and why, as recorded: the authenticated identity is
-/// `requested_by`; the client's free-text `--by` (not authenticated) rides
-/// along as a note in the reason.
-pub(crate) fn attribute(caller: &Caller, by: &str, reason: &str) -> (String, String) {
+/// Who asked, as recorded: the authenticated identity is `requested_by`;
+/// the client's free-text `--by` (not authenticated) is kept apart as a
+/// note (`by_note`; empty when it says nothing more than the identity).
+pub(crate) fn attribute(caller: &Caller, by: &str) -> (String, String) {
     let who = caller.name();
     let by = by.trim();
     if by.is_empty() || by == who {
-        (who, reason.to_string())
+        (who, String::new())
     } else {
-        (who, format!("{reason} [--by {by}]"))
+        (who, by.to_string())
     }
 }
 
@@ -178,7 +179,7 @@ impl Policy {
         let path = req.uri().path();
         let slot = if path.starts_with("/lockstep.v1.Admin/") {
             Some(self.admin_slots.clone().try_acquire_owned().map_err(|_| {
-                Status::resource_exhausted(format!(
+                Reason::TooBusy.status_with_code(tonic::Code::ResourceExhausted, format!(
                     "too many Admin calls in flight on this sidecar (grpc.max_admin_calls = {}); retry shortly",
                     self.max_admin_calls
                 ))
@@ -194,12 +195,17 @@ impl Policy {
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|i| i.peer_certs());
         let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
-            return Err(Status::unauthenticated(
+            return Err(Reason::NotAuthorized.status_with_code(
+                tonic::Code::Unauthenticated,
                 "no client certificate: connect with mutual TLS (--ca, --cert, --key)",
             ));
         };
-        let cert = CertInfo::parse(leaf.as_ref())
-            .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+        let cert = CertInfo::parse(leaf.as_ref()).map_err(|e| {
+            Reason::NotAuthorized.status_with_code(
+                tonic::Code::Unauthenticated,
+                format!("client certificate: {e}"),
+            )
+        })?;
         let method = path.trim_start_matches('/');
         let granted = match required(path) {
             Some(role) => roles.grants(&cert.identities, role),
@@ -224,7 +230,7 @@ impl Policy {
                             .join(", ")
                     )
                 };
-                Err(Status::permission_denied(format!(
+                Err(Reason::NotAuthorized.status(format!(
                     "{method} needs role {needed} on link {}; certificate {cert} has {has} (grpc.roles.{} on the sidecar lists who has it)",
                     self.link,
                     required(path).map_or("*".to_string(), |r| r.to_string()),

@@ -72,14 +72,9 @@ impl PeerService {
 /// `PERMISSION_DENIED` ("not confirmed by etcd at revision R"), since it
 /// claims an authority it does not have; it changed nothing.
 fn refusal_status(r: &Refusal) -> Status {
-    match r {
-        Refusal::StaleToken { .. } | Refusal::StaleStep { .. } | Refusal::Superseded { .. } => {
-            Status::aborted(r.to_string())
-        }
-        Refusal::NotConfirmed { .. } => Status::permission_denied(r.to_string()),
-        Refusal::NotServable { .. } => Status::failed_precondition(r.to_string()),
-        Refusal::Stopping | Refusal::Busy => Status::unavailable(r.to_string()),
-    }
+    // The reason's code: ABORTED for stale, PERMISSION_DENIED for not
+    // confirmed, FAILED_PRECONDITION for not servable, UNAVAILABLE else.
+    super::reason::Reason::from(r).status(r.to_string())
 }
 
 #[tonic::async_trait]

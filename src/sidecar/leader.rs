@@ -257,17 +257,24 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
                         push,
                     );
                 }
-                LeaderAction::PauseLink { reason } => {
+                LeaderAction::PauseLink {
+                    reason,
+                    epoch,
+                    setup,
+                } => {
                     warn!(%reason, "pausing the link");
                     let pause = lockstep_core::policy::Pause {
                         reason,
                         requested_by: "lockstep:auto".into(),
+                        by_note: String::new(),
                         at: now_rfc3339(),
                     };
+                    let record =
+                        pause_record(&pause, true, epoch, setup, &shared.config.member_id, token);
                     let store = shared.store.clone();
                     tokio::spawn(
                         async move {
-                            if let Err(e) = store.pause_as_leader(token, &pause).await {
+                            if let Err(e) = store.pause_as_leader(token, &pause, &record).await {
                                 warn!(error = %e, "cannot write the pause");
                             }
                         }
@@ -599,6 +606,42 @@ fn peer(shared: &Shared, addr: &str) -> Option<PeerClient<Channel>> {
             warn!(%addr, error = %e, "bad peer address");
             None
         }
+    }
+}
+
+/// The history record of a pause (`paused`) or resume of the link at
+/// `epoch`, serving `setup`, recorded by `member` (token 0: not a leader).
+pub(crate) fn pause_record(
+    pause: &lockstep_core::policy::Pause,
+    paused: bool,
+    epoch: u64,
+    setup: lockstep_core::Setup,
+    member: &str,
+    token: i64,
+) -> lockstep_core::leader::HistoryRecord {
+    use lockstep_core::leader::{HistoryKind, HistoryOutcome, HistoryRecord};
+    HistoryRecord {
+        epoch,
+        from: None,
+        to: setup,
+        kind: if paused {
+            HistoryKind::Pause
+        } else {
+            HistoryKind::Resume
+        },
+        reason: pause.reason.clone(),
+        requested_by: pause.requested_by.clone(),
+        by_note: pause.by_note.clone(),
+        leader: member.to_string(),
+        token,
+        started_at: pause.at.clone(),
+        drain_ms: 0,
+        hold_ms: 0,
+        grace_ms: 0,
+        total_ms: 0,
+        fenced_members: Vec::new(),
+        outcome: HistoryOutcome::Done,
+        request_id: Some(uuid::Uuid::new_v4().simple().to_string()[..8].to_string()),
     }
 }
 

@@ -532,6 +532,7 @@ mod tests {
             kind: HistoryKind::Switchover,
             reason: "test".into(),
             requested_by: "test".into(),
+            by_note: String::new(),
             leader: "m".into(),
             token: 1,
             started_at: String::new(),

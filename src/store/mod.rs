@@ -935,14 +935,19 @@ impl Store {
         })
     }
 
-    /// Leader write: pause the link (the failover policy's cap).
+    /// Leader write: pause the link (the failover policy's cap), with its
+    /// history record in the same txn.
     pub(crate) async fn pause_as_leader(
         &self,
         token: Token,
         pause: &Pause,
+        record: &HistoryRecord,
     ) -> Result<bool, StoreError> {
-        let op = TxnOp::put(self.key("paused"), to_json(pause), None);
-        self.guarded(token, vec![], vec![op]).await
+        let ops = vec![
+            TxnOp::put(self.key("paused"), to_json(pause), None),
+            TxnOp::put(self.history_key(record), to_json(record), None),
+        ];
+        self.guarded(token, vec![], ops).await
     }
 
     /// Leader write: the policy's note, on the leader's lease so it goes
@@ -970,22 +975,23 @@ impl Store {
         Ok(self.txn(txn).await?.succeeded())
     }
 
-    pub(crate) async fn set_paused(&self, pause: Option<&Pause>) -> Result<(), StoreError> {
+    /// Pauses (`Some`) or resumes (`None`) the link and writes `record`
+    /// (a pause or resume) to the history, in one txn: every pause and
+    /// resume has its record. Repeating it writes the same keys again.
+    pub(crate) async fn set_paused(
+        &self,
+        pause: Option<&Pause>,
+        record: &HistoryRecord,
+    ) -> Result<(), StoreError> {
         let key = self.key("paused");
-        let key = key.as_str();
-        match pause {
-            Some(p) => {
-                let value = to_json(p);
-                let value = value.as_str();
-                self.bounded_idempotent(|mut c| async move { c.put(key, value, None).await })
-                    .await
-                    .map(|_| ())
-            }
-            None => self
-                .bounded_idempotent(|mut c| async move { c.delete(key, None).await })
-                .await
-                .map(|_| ()),
-        }
+        let change = match pause {
+            Some(p) => TxnOp::put(key, to_json(p), None),
+            None => TxnOp::delete(key, None),
+        };
+        let history = TxnOp::put(self.history_key(record), to_json(record), None);
+        self.txn(Txn::new().and_then([change, history]))
+            .await
+            .map(|_| ())
     }
 
     /// The newest `limit` history records, newest first.

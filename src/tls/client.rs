@@ -14,10 +14,101 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
-/// Why a connection could not be set up, in words (host, step, cause).
+/// Why a TLS handshake failed, as far as the certificates go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsProblem {
+    /// The server's certificate is not signed by our CA.
+    UntrustedServer,
+    /// The server does not accept our certificate (another CA, none sent).
+    ClientRefused,
+    /// A certificate (ours or the server's) has expired or is not valid yet.
+    Expired,
+    /// The server's certificate does not name the host dialed.
+    WrongName,
+    /// Something else in the handshake.
+    Other,
+}
+
+impl TlsProblem {
+    fn of(e: &rustls::Error) -> TlsProblem {
+        use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        match e {
+            E::InvalidCertificate(C::UnknownIssuer) => TlsProblem::UntrustedServer,
+            E::InvalidCertificate(
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. },
+            )
+            | E::AlertReceived(A::CertificateExpired) => TlsProblem::Expired,
+            E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                TlsProblem::WrongName
+            }
+            E::AlertReceived(
+                A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::CertificateRequired,
+            ) => TlsProblem::ClientRefused,
+            _ => TlsProblem::Other,
+        }
+    }
+}
+
+/// The TLS problem somewhere in `e`'s chain of causes: our handshake's
+/// ([`ConnectError`]), or a TLS alert that came later (with TLS 1.3 the
+/// server refuses a client certificate after the client's handshake is
+/// done, so it shows on the first call).
+pub fn tls_problem_in(e: &(dyn std::error::Error + 'static)) -> Option<TlsProblem> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(c) = err.downcast_ref::<ConnectError>() {
+            if c.tls.is_some() {
+                return c.tls;
+            }
+        }
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(TlsProblem::of(r));
+        }
+        if let Some(r) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(TlsProblem::of(r));
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// Why a connection could not be set up, in words (host, step, cause),
+/// and, when the TLS handshake failed, why in terms of certificates.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConnectError(pub String);
+#[error("{message}")]
+pub struct ConnectError {
+    /// What failed, in words (host, step, cause).
+    pub message: String,
+    /// `Some`: the handshake was refused over the certificates; `None`:
+    /// nothing (or nothing in time) answered.
+    pub tls: Option<TlsProblem>,
+}
+
+impl ConnectError {
+    fn tcp(message: String) -> ConnectError {
+        ConnectError { message, tls: None }
+    }
+}
+
+/// Why [`connect`] failed: the whole cause chain in words, and the TLS
+/// problem if the handshake was refused (the CA, the certificate, the
+/// name) rather than nothing answering.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ConnectFailure {
+    /// The whole cause chain, in words.
+    pub message: String,
+    /// `Some`: the certificates do not fit the link (the CLI exits 2 with
+    /// a hint); `None`: unreachable.
+    pub tls: Option<TlsProblem>,
+}
 
 /// Dials `host:port` from the URI and runs the TLS handshake.
 #[derive(Clone)]
@@ -53,7 +144,7 @@ impl Connector {
     ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, ConnectError> {
         let host = uri
             .host()
-            .ok_or_else(|| ConnectError(format!("{uri}: no host")))?
+            .ok_or_else(|| ConnectError::tcp(format!("{uri}: no host")))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
@@ -64,29 +155,33 @@ impl Connector {
         )
         .await
         .map_err(|_| {
-            ConnectError(format!(
+            ConnectError::tcp(format!(
                 "{host}:{port}: no TCP connection within {:?}",
                 self.connect_timeout
             ))
         })?
-        .map_err(|e| ConnectError(format!("{host}:{port}: {e}")))?;
+        .map_err(|e| ConnectError::tcp(format!("{host}:{port}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(host.clone())
-            .map_err(|e| ConnectError(format!("{host}: not a host name for TLS: {e}")))?;
+            .map_err(|e| ConnectError::tcp(format!("{host}: not a host name for TLS: {e}")))?;
         let tls = tokio::time::timeout(self.connect_timeout, self.tls.connect(name, tcp))
             .await
             .map_err(|_| {
-                ConnectError(format!(
+                ConnectError::tcp(format!(
                     "{host}:{port}: TLS handshake not done within {:?}",
                     self.connect_timeout
                 ))
             })?
             .map_err(|e| {
-                let why = e
+                let rustls_error = e
                     .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                    .map_or_else(|| e.to_string(), explain);
-                ConnectError(format!("TLS handshake with {host}:{port} failed: {why}"))
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+                let why = rustls_error.map_or_else(|| e.to_string(), explain);
+                ConnectError {
+                    message: format!("TLS handshake with {host}:{port} failed: {why}"),
+                    // An I/O error without a TLS cause: the peer went away.
+                    tls: rustls_error.map(TlsProblem::of),
+                }
             })?;
         Ok(TokioIo::new(tls))
     }
@@ -167,8 +262,10 @@ pub async fn connect(
     addr: &str,
     files: Option<&TlsFiles>,
     connect_timeout: Duration,
-) -> Result<Channel, String> {
-    let endpoint = endpoint(addr)?
+) -> Result<Channel, ConnectFailure> {
+    let failure = |message: String| ConnectFailure { message, tls: None };
+    let endpoint = endpoint(addr)
+        .map_err(failure)?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         // A long call (`--wait`) notices a sidecar that died mid-call.
@@ -176,21 +273,25 @@ pub async fn connect(
         .keep_alive_timeout(Duration::from_secs(5));
     let result = match files {
         Some(files) => {
-            let material = Reloading::load(files.clone()).map_err(|e| e.to_string())?;
-            let connector =
-                Connector::from_material(&material, ServerCheck::Name, connect_timeout)?;
+            let material = Reloading::load(files.clone()).map_err(|e| failure(e.to_string()))?;
+            let connector = Connector::from_material(&material, ServerCheck::Name, connect_timeout)
+                .map_err(failure)?;
             endpoint.connect_with_connector(connector).await
         }
         None => endpoint.connect().await,
     };
     result.map_err(|e| {
         let mut out = e.to_string();
+        let mut tls = None;
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
             out.push_str(": ");
             out.push_str(&s.to_string());
+            if let Some(c) = s.downcast_ref::<ConnectError>() {
+                tls = tls.or(c.tls);
+            }
             source = s.source();
         }
-        out
+        ConnectFailure { message: out, tls }
     })
 }

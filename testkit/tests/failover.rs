@@ -204,6 +204,14 @@ fn a_flapping_kme_is_capped_then_the_link_pauses_itself() {
             .filter(|h| h.kind.starts_with("auto"))
             .count();
         assert_eq!(auto, 2, "exactly the capped number of automatic switches");
+        // The policy's pause is in the history, by the policy.
+        let pause = history
+            .records
+            .iter()
+            .find(|h| h.kind == "pause")
+            .expect("the pause is recorded");
+        assert_eq!(pause.requested_by, "lockstep:auto", "{pause:?}");
+        assert!(pause.reason.contains("cap 2"), "{pause:?}");
         traffic.stop_and_assert_no_mismatch().await;
     });
 }

@@ -42,6 +42,7 @@ fn a_leader_killed_right_after_its_drain_write_is_finished_by_the_next_leader() 
                 wait: false,
                 timeout_ms: 10_000,
                 grace_ms: 0,
+                dry_run: false,
             })
             .await
             .expect("switch accepted")
@@ -88,7 +89,10 @@ fn a_leader_killed_right_after_its_drain_write_is_finished_by_the_next_leader() 
             killed.elapsed()
         );
         let h = admin
-            .history(proto::HistoryRequest { limit: 5 })
+            .history(proto::HistoryRequest {
+                limit: 5,
+                ..Default::default()
+            })
             .await
             .expect("history from the survivor")
             .into_inner();

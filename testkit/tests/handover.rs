@@ -33,6 +33,7 @@ fn switch(to: Setup, reason: &str) -> proto::SwitchRequest {
         wait: true,
         timeout_ms: 30_000,
         grace_ms: 0,
+        dry_run: false,
     }
 }
 
@@ -264,7 +265,10 @@ fn a_leader_killed_and_a_member_frozen_during_the_grace() {
             .admin(via)
             .await
             .expect("admin")
-            .history(proto::HistoryRequest { limit: 3 })
+            .history(proto::HistoryRequest {
+                limit: 3,
+                ..Default::default()
+            })
             .await
             .expect("history")
             .into_inner();

@@ -137,6 +137,7 @@ fn metrics_carry_link_and_member_and_what_on_call_alerts_on() {
                 wait: true,
                 timeout_ms: 10_000,
                 grace_ms: 0,
+                dry_run: false,
             })
             .await
             .expect("switchover to warm");

@@ -27,6 +27,7 @@ fn switch(to: Setup, reason: &str, wait: bool) -> proto::SwitchRequest {
         wait,
         timeout_ms: 20_000,
         grace_ms: 0,
+        dry_run: false,
     }
 }
 
@@ -69,7 +70,10 @@ fn fifty_alternating_switchovers_never_mismatch() {
         assert!(status.settled);
         assert_eq!(status.route.expect("route").setup, PSetup::Hot as i32);
         let history = admin
-            .history(proto::HistoryRequest { limit: 100 })
+            .history(proto::HistoryRequest {
+                limit: 100,
+                ..Default::default()
+            })
             .await
             .expect("history")
             .into_inner();
@@ -147,7 +151,10 @@ fn a_killed_member_is_fenced_by_its_lb_and_the_switch_waits_for_its_lease() {
             "switch held up too long: {took:?}"
         );
         let history = admin
-            .history(proto::HistoryRequest { limit: 5 })
+            .history(proto::HistoryRequest {
+                limit: 5,
+                ..Default::default()
+            })
             .await
             .expect("history")
             .into_inner();
@@ -437,7 +444,7 @@ fn the_cli_drives_a_live_link() {
         let (code, out) = cli(&["history", "--limit", "5"]);
         assert_eq!(code, 0, "{out}");
         assert!(
-            out.contains("hot->warm") && out.contains("tester") && out.contains("complete"),
+            out.contains("hot -> warm") && out.contains("tester") && out.contains("complete"),
             "{out}"
         );
     });

@@ -440,6 +440,7 @@ timeout = "2s"
                 wait: true,
                 timeout_ms: 20_000,
                 grace_ms: 0,
+                dry_run: false,
             })
             .await
             .expect("switchover");
@@ -501,6 +502,7 @@ timeout = "2s"
                 at: String::new(),
                 deadline_ms: Some(now_ms.saturating_sub(1_000)),
                 grace_ms: None,
+                by_note: String::new(),
             })
             .await
             .expect("put")
@@ -590,6 +592,7 @@ fn a_leader_frozen_mid_switch_reports_it_failed_and_the_next_leader_finishes_it(
                 wait: false,
                 timeout_ms: 20_000,
                 grace_ms: 5_000,
+                dry_run: false,
             })
             .await
             .expect("switchover");

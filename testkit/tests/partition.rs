@@ -261,6 +261,7 @@ async fn switchover(
             wait,
             timeout_ms: timeout.as_millis() as u64,
             grace_ms: 0,
+            dry_run: false,
         })
         .await
         .map(|r| r.into_inner())

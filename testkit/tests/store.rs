@@ -52,6 +52,7 @@ async fn requests_go_through_while_one_etcd_node_is_dead() {
             force: false,
             reason: "test".into(),
             requested_by: "test".into(),
+            by_note: String::new(),
             at: String::new(),
             deadline_ms: None,
             grace_ms: None,

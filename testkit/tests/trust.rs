@@ -26,6 +26,7 @@ fn switch(to: Setup, reason: &str, by: &str) -> proto::SwitchRequest {
         wait: true,
         timeout_ms: 20_000,
         grace_ms: 0,
+        dry_run: false,
     }
 }
 
@@ -202,17 +203,24 @@ fn grpc_needs_a_certificate_and_the_role_of_each_call() {
             .into_inner();
         let route = status.route.expect("route");
         assert_eq!(route.requested_by, OPERATOR);
-        assert_eq!(route.reason, "patching hot [--by alice@laptop]");
+        assert_eq!(
+            route.reason, "patching hot",
+            "the note stays out of the reason"
+        );
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let h = admin
-                .history(proto::HistoryRequest { limit: 5 })
+                .history(proto::HistoryRequest {
+                    limit: 5,
+                    ..Default::default()
+                })
                 .await
                 .expect("history")
                 .into_inner();
             if let Some(r) = h.records.iter().find(|r| r.epoch == reply.epoch) {
                 assert_eq!(r.requested_by, OPERATOR, "{r:?}");
-                assert!(r.reason.contains("[--by alice@laptop]"), "{r:?}");
+                assert_eq!(r.reason, "patching hot", "{r:?}");
+                assert_eq!(r.by_note, "alice@laptop", "{r:?}");
                 break;
             }
             assert!(
@@ -622,7 +630,10 @@ fn the_leader_keeps_only_the_newest_history_records() {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let h = admin
-                .history(proto::HistoryRequest { limit: 100 })
+                .history(proto::HistoryRequest {
+                    limit: 100,
+                    ..Default::default()
+                })
                 .await
                 .expect("history")
                 .into_inner();

@@ -31,6 +31,7 @@ fn switch(to: Setup, reason: &str) -> proto::SwitchRequest {
         wait: true,
         timeout_ms: 20_000,
         grace_ms: 0,
+        dry_run: false,
     }
 }
 
@@ -451,6 +452,7 @@ fn an_orphaned_request_expires_without_moving_the_link() {
             force: false,
             reason: "stored while no sidecar ran".into(),
             requested_by: "test".into(),
+            by_note: String::new(),
             at: String::new(),
             deadline_ms: Some(now_ms + 500),
             grace_ms: None,

@@ -1787,6 +1787,7 @@ impl LinkModel {
             force: !self.handover,
             reason: "model".into(),
             requested_by: "model".into(),
+            by_note: String::new(),
             at: String::new(),
             deadline_ms: None,
             grace_ms: None,

@@ -79,6 +79,14 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// `lockstep status` latency: the whole CLI process (start, mutual-TLS
+    /// connect, the Admin call with its fan-out to both members, the
+    /// table), and the Admin call alone over one open channel.
+    StatusBench {
+        /// Runs of each.
+        #[arg(long, default_value_t = 500)]
+        runs: usize,
+    },
     /// Automatic failover, side by side with plain HAProxy backup servers:
     /// "only hot-Alice dies" and "hot-Alice and hot-Bob die".
     FailoverBench {
@@ -122,8 +130,73 @@ fn main() -> Result<()> {
             }
             Command::TakeoverBench { runs } => takeover_bench(runs).await,
             Command::FailoverBench { runs } => failover_bench(runs).await,
+            Command::StatusBench { runs } => status_bench(runs).await,
         }
     })
+}
+
+/// Median, p90, p99 and max of `d` (sorted here), as text.
+fn percentiles(d: &mut [Duration]) -> String {
+    d.sort();
+    let at = |p: f64| {
+        let i = ((d.len() as f64 * p) as usize).min(d.len().saturating_sub(1));
+        d.get(i).copied().unwrap_or_default()
+    };
+    format!(
+        "median {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.9).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        at(1.0).as_secs_f64() * 1e3
+    )
+}
+
+async fn status_bench(runs: usize) -> Result<()> {
+    let lab = Lab::start("status-bench", LabOptions::default()).await?;
+    let cli = lockstep_testkit::lab::process::find_program("lockstep")?;
+    let env = lab.cli_env(0);
+    let run = || {
+        let t = Instant::now();
+        let out = std::process::Command::new(&cli)
+            .envs(env.clone())
+            .arg("status")
+            .output()
+            .context("running lockstep status")?;
+        if !out.status.success() {
+            bail!(
+                "lockstep status failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(t.elapsed())
+    };
+    for _ in 0..10 {
+        run()?;
+    }
+    let mut process = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        process.push(run()?);
+    }
+    let mut admin = lab.admin(0).await?;
+    let mut calls = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        admin
+            .status(proto::StatusRequest {})
+            .await
+            .map_err(|s| anyhow::anyhow!("status: {}", s.message()))?;
+        calls.push(t.elapsed());
+    }
+    println!("binary: {}", cli.display());
+    println!(
+        "lockstep status (whole process), 2 members, mutual TLS, {runs} runs: {}",
+        percentiles(&mut process)
+    );
+    println!(
+        "Admin.Status alone (one open channel), {runs} calls: {}",
+        percentiles(&mut calls)
+    );
+    Ok(())
 }
 
 fn setup_i32(s: Setup) -> i32 {
@@ -191,6 +264,7 @@ async fn run(once: bool) -> Result<()> {
                 wait: true,
                 timeout_ms: 20_000,
                 grace_ms: 0,
+                dry_run: false,
             })
             .await
             .map_err(|s| anyhow::anyhow!("switchover refused: {}", s.message()))?
@@ -207,7 +281,10 @@ async fn run(once: bool) -> Result<()> {
         );
     }
     let history = admin
-        .history(proto::HistoryRequest { limit: 5 })
+        .history(proto::HistoryRequest {
+            limit: 5,
+            ..Default::default()
+        })
         .await
         .map_err(|s| anyhow::anyhow!("history: {}", s.message()))?
         .into_inner();
@@ -217,12 +294,8 @@ async fn run(once: bool) -> Result<()> {
             "  epoch {:>3}  {:<10} {:<5} -> {:<5} drain {:>3} ms, total {:>3} ms  {} (by {})",
             h.epoch,
             h.kind,
-            proto::Setup::try_from(h.from)
-                .map(|s| s.as_str_name())
-                .unwrap_or("-"),
-            proto::Setup::try_from(h.to)
-                .map(|s| s.as_str_name())
-                .unwrap_or("-"),
+            proto::names::setup::name(h.from).unwrap_or("-"),
+            proto::names::setup::name(h.to).unwrap_or("-"),
             h.drain_ms,
             h.total_ms,
             h.reason,
@@ -318,6 +391,7 @@ async fn bench(
                 wait: true,
                 timeout_ms: 20_000,
                 grace_ms: 0,
+                dry_run: false,
             })
             .await
             .map_err(|s| anyhow::anyhow!("switch {i}: {}", s.message()))?
@@ -333,6 +407,7 @@ async fn bench(
     let history = admin
         .history(proto::HistoryRequest {
             limit: switches as u32 + 10,
+            ..Default::default()
         })
         .await
         .map_err(|s| anyhow::anyhow!("history: {}", s.message()))?
@@ -427,6 +502,7 @@ async fn transit_bench(
                 wait: true,
                 timeout_ms: 20_000,
                 grace_ms: 0,
+                dry_run: false,
             })
             .await
             .map_err(|s| anyhow::anyhow!("switch {i}: {}", s.message()))?
@@ -547,6 +623,7 @@ async fn takeover_bench(runs: usize) -> Result<()> {
                 wait: true,
                 timeout_ms: 30_000,
                 grace_ms: 0,
+                dry_run: false,
             };
             let (leader, reply) = tokio::join!(
                 async {

@@ -433,7 +433,10 @@ impl Lab {
         Ok(self
             .admin(0)
             .await?
-            .history(proto::HistoryRequest { limit })
+            .history(proto::HistoryRequest {
+                limit,
+                ..Default::default()
+            })
             .await?
             .into_inner())
     }
