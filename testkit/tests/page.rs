@@ -252,14 +252,22 @@ fn the_page_shows_a_switchover_by_the_cli_on_every_lb_within_a_second() {
             assert_eq!(lbs.len(), 2, "{v}");
             assert!(lbs.iter().all(|l| l["routes"] == "warm"), "{v}");
         }
-        assert_eq!(v["history"][0]["kind"], "switchover", "{v}");
+        // Newest first: the resume and the pause, then the switchover.
+        let kinds: Vec<&str> = v["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .filter_map(|h| h["kind"].as_str())
+            .collect();
+        assert_eq!(kinds[..3], ["resume", "pause", "switchover"], "{v}");
+        let switch = &v["history"][2];
         assert!(
-            v["history"][0]["reason"]
+            switch["reason"]
                 .as_str()
                 .is_some_and(|r| r.starts_with("browser test: patching hot")),
             "{v}"
         );
-        assert_eq!(v["history"][0]["to"], "warm");
+        assert_eq!(switch["to"], "warm");
         // Read-only.
         let post = lockstep_testkit::http::http_once(
             lab.sidecars[1].spec.status,
