@@ -368,6 +368,7 @@ fn a_duplicate_member_id_never_merges_into_the_live_member() {
         let mut twin = original.clone();
         twin.grpc = free_addr();
         twin.http = free_addr();
+        twin.status = free_addr();
         // Its own (absent) HAProxy: bob's checks aim at bob's sidecar, and
         // the twin refuses an LB whose checks do not reach it.
         twin.haproxy_socket = lab.dir.join("twin-haproxy.sock");
