@@ -362,6 +362,7 @@ impl Ctx {
             timeout_ms: SWITCH_REQUEST_TIMEOUT.as_millis() as u64,
             grace_ms: 0,
             dry_run: false,
+            at: String::new(),
         };
         let (tx, rx) = oneshot::channel();
         let history = self.history.clone();

@@ -86,6 +86,9 @@ pub enum HistoryKind {
     Pause,
     /// The link was resumed; nothing moved.
     Resume,
+    /// A scheduled request was refused at its time (paused, target
+    /// unhealthy); nothing moved.
+    RequestRefused,
 }
 
 impl HistoryKind {
@@ -93,7 +96,10 @@ impl HistoryKind {
     pub fn is_switch(self) -> bool {
         !matches!(
             self,
-            HistoryKind::RequestExpired | HistoryKind::Pause | HistoryKind::Resume
+            HistoryKind::RequestExpired
+                | HistoryKind::RequestRefused
+                | HistoryKind::Pause
+                | HistoryKind::Resume
         )
     }
 
@@ -107,6 +113,7 @@ impl HistoryKind {
             HistoryKind::AutoFailover => "auto-failover",
             HistoryKind::AutoFailback => "auto-failback",
             HistoryKind::RequestExpired => "request-expired",
+            HistoryKind::RequestRefused => "request-refused",
             HistoryKind::Pause => "pause",
             HistoryKind::Resume => "resume",
         }
@@ -129,6 +136,8 @@ pub enum HistoryOutcome {
     Complete,
     /// The request expired; nothing moved.
     Expired,
+    /// The request was refused at its time; nothing moved.
+    Refused,
     /// Recorded, nothing to carry out (a pause or a resume).
     Done,
 }
@@ -139,6 +148,7 @@ impl std::fmt::Display for HistoryOutcome {
             HistoryOutcome::Serving => "serving",
             HistoryOutcome::Complete => "complete",
             HistoryOutcome::Expired => "expired",
+            HistoryOutcome::Refused => "refused",
             HistoryOutcome::Done => "done",
         })
     }
@@ -610,14 +620,31 @@ impl Leader {
             .as_ref()
             .and_then(|(r, _)| self.deadline_of(r))
             .filter(|t| *t > self.now);
-        [resend, grace, policy, expiry].into_iter().flatten().min()
+        let due = self
+            .request
+            .as_ref()
+            .and_then(|(r, _)| self.due_at(r))
+            .filter(|t| *t > self.now);
+        [resend, grace, policy, expiry, due]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// A wall-clock instant (Unix ms) on the monotonic clock.
+    fn at_wall_ms(&self, wall_ms: u64) -> Time {
+        let wall_start = self.config.wall_ms_at_start;
+        self.started_at + Duration::from_millis(wall_ms.saturating_sub(wall_start))
     }
 
     /// When `request` expires, on the monotonic clock.
     fn deadline_of(&self, request: &Request) -> Option<Time> {
-        let deadline = request.deadline_ms?;
-        let wall_start = self.config.wall_ms_at_start;
-        Some(self.started_at + Duration::from_millis(deadline.saturating_sub(wall_start)))
+        request.deadline_ms.map(|ms| self.at_wall_ms(ms))
+    }
+
+    /// When a scheduled `request` is due, on the monotonic clock.
+    fn due_at(&self, request: &Request) -> Option<Time> {
+        request.not_before_ms.map(|ms| self.at_wall_ms(ms))
     }
 
     /// What the link does, judged from every member's LB read-back.
@@ -1206,6 +1233,11 @@ impl Leader {
             self.expire(request, rev, route.epoch);
             return;
         }
+        if self.due_at(&request).is_some_and(|t| self.now < t) {
+            // Scheduled for later: the link runs as usual until then.
+            self.consult_policy(&route);
+            return;
+        }
         let health = self.setup_health(request.to);
         let link = self.link();
         let (status, message, refused) =
@@ -1228,11 +1260,18 @@ impl Leader {
                     return;
                 }
                 Ok(Verdict::AlreadyActive) => (RequestStatus::Already, link.to_string(), None),
-                Err(refused) => (
-                    RequestStatus::Rejected,
-                    refused.to_string(),
-                    Some(refused.kind()),
-                ),
+                Err(refused) => {
+                    if request.not_before_ms.is_some() {
+                        // Nobody waits for a scheduled request's answer:
+                        // the history says why nothing moved.
+                        self.record_refusal(&request, &refused.to_string(), route.epoch);
+                    }
+                    (
+                        RequestStatus::Rejected,
+                        refused.to_string(),
+                        Some(refused.kind()),
+                    )
+                }
             };
         self.resolving = Some(rev);
         self.actions.push_back(LeaderAction::ResolveRequest {
@@ -1245,6 +1284,30 @@ impl Leader {
                 refused,
             },
         });
+    }
+
+    /// The history record of a scheduled request refused at its time.
+    fn record_refusal(&mut self, request: &Request, why: &str, epoch: Epoch) {
+        self.actions
+            .push_back(LeaderAction::WriteHistory(HistoryRecord {
+                epoch,
+                from: self.route.as_ref().map(|r| r.setup),
+                to: request.to,
+                kind: HistoryKind::RequestRefused,
+                reason: format!("{}; refused at its time: {why}", request.reason),
+                requested_by: request.requested_by.clone(),
+                by_note: request.by_note.clone(),
+                leader: self.config.id.clone(),
+                token: self.config.token,
+                started_at: String::new(),
+                drain_ms: 0,
+                hold_ms: 0,
+                grace_ms: 0,
+                total_ms: 0,
+                fenced_members: Vec::new(),
+                outcome: HistoryOutcome::Refused,
+                request_id: Some(request.id.clone()),
+            }));
     }
 
     /// Resolves a request whose deadline passed: nothing moves, and the

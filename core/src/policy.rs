@@ -47,6 +47,13 @@ pub struct Request {
     /// later). `None` in requests stored before deadlines existed.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// Wall-clock time (Unix ms) before which no leader carries it out: a
+    /// scheduled switchover (`lockstep switchover --at`). Until then the
+    /// leader leaves it pending (and the failover policy runs as usual);
+    /// at its time the request is judged like any other, and a refusal is
+    /// recorded in the history (nobody waits for its answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
     /// This switch's handover grace, instead of the link's
     /// (`lockstep switchover --grace`).
     #[serde(default)]
@@ -149,6 +156,7 @@ mod tests {
             by_note: String::new(),
             at: String::new(),
             deadline_ms: None,
+            not_before_ms: None,
             grace_ms: None,
         }
     }

@@ -207,6 +207,7 @@ impl Sim {
             by_note: String::new(),
             at: String::new(),
             deadline_ms: None,
+            not_before_ms: None,
             grace_ms: None,
         };
         self.etcd.request = Some((request.clone(), self.etcd.rev));

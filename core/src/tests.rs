@@ -96,6 +96,7 @@ fn request(kind: crate::policy::RequestKind, to: Setup) -> crate::policy::Reques
         by_note: String::new(),
         at: String::new(),
         deadline_ms: None,
+        not_before_ms: None,
         grace_ms: None,
     }
 }
@@ -614,6 +615,7 @@ fn a_stale_leader_cannot_write_and_steps_down() {
                 by_note: String::new(),
                 at: String::new(),
                 deadline_ms: None,
+                not_before_ms: None,
                 grace_ms: None,
             },
             rev: 999,
@@ -1683,4 +1685,74 @@ fn pause_and_resume_records_sort_after_their_epoch_s_switch_and_by_time() {
     assert_eq!(sorted, keys, "history order is time order");
     assert_eq!(HistoryKind::Pause.as_str(), "pause");
     assert_eq!(HistoryOutcome::Done.to_string(), "done");
+}
+
+/// A scheduled request (`switchover --at`) waits for its time, with a
+/// timer for it; then it runs, or, refused (here: paused), the history says
+/// why, since nobody waits for its answer.
+#[test]
+fn a_scheduled_request_waits_for_its_time_then_runs_or_is_refused_on_the_record() {
+    for paused in [false, true] {
+        let mut l = Leader::new(
+            LeaderConfig {
+                wall_ms_at_start: 100_000,
+                ..leader_config()
+            },
+            Time(0),
+        );
+        let mut r = request(crate::policy::RequestKind::Switchover, Setup::Warm);
+        r.not_before_ms = Some(101_000);
+        r.deadline_ms = Some(131_000);
+        l.handle(
+            Time(0),
+            LeaderEvent::Start {
+                route: Some((route(1, Phase::Serve, Setup::Hot, 10), 5)),
+                members: vec![
+                    listed("a", Role::Alice, served(1, Setup::Hot), 3),
+                    listed("b", Role::Bob, served(1, Setup::Hot), 4),
+                ],
+                request: Some((r, 6)),
+                paused: paused.then(|| crate::policy::Pause {
+                    reason: "freeze".into(),
+                    requested_by: "y".into(),
+                    by_note: String::new(),
+                    at: String::new(),
+                }),
+                history_epoch: Some(1),
+            },
+        );
+        let acts = leader_actions(&mut l);
+        assert!(
+            !acts.iter().any(|a| matches!(
+                a,
+                LeaderAction::WriteRoute { .. } | LeaderAction::ResolveRequest { .. }
+            )),
+            "acted before its time: {acts:?}"
+        );
+        let due = Time::from_millis(1_000);
+        assert_eq!(l.poll_timeout(), Some(due), "a timer for its time");
+        l.handle(due, LeaderEvent::Tick);
+        let acts = leader_actions(&mut l);
+        if paused {
+            assert!(acts.iter().any(|a| matches!(
+                a,
+                LeaderAction::ResolveRequest { outcome, .. } if outcome.status == RequestStatus::Rejected
+            )), "{acts:?}");
+            assert!(
+                acts.iter().any(|a| matches!(
+                    a,
+                    LeaderAction::WriteHistory(h) if h.kind == HistoryKind::RequestRefused
+                        && h.outcome == HistoryOutcome::Refused
+                        && h.reason.contains("paused")
+                )),
+                "{acts:?}"
+            );
+        } else {
+            assert!(
+                acts.iter()
+                    .any(|a| matches!(a, LeaderAction::WriteRoute { .. })),
+                "{acts:?}"
+            );
+        }
+    }
 }

@@ -83,9 +83,30 @@ enum Command {
         watch: bool,
     },
     /// Planned move to a healthy setup (refused while paused). On a
-    /// terminal it shows the link and the plan and asks first.
+    /// terminal it shows the link and the plan and asks first. With --at,
+    /// scheduled: the leader in office at that time carries it out, or
+    /// refuses it then (unhealthy target, paused link) and says why in the
+    /// history.
     #[command(after_help = EXIT_CODES_HELP)]
-    Switchover(SwitchArgs),
+    Switchover {
+        #[command(flatten)]
+        args: SwitchArgs,
+        /// Schedule it for this time instead of now: RFC 3339
+        /// (2026-12-01T02:00:00Z), at most 30 days ahead. `status` shows
+        /// it; `lockstep cancel` withdraws it.
+        #[arg(long, conflicts_with = "wait")]
+        at: Option<String>,
+    },
+    /// Withdraw the scheduled switchover (before its time).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Cancel {
+        /// The scheduled request's id (as `status` shows it) [default:
+        /// whichever is scheduled].
+        id: Option<String>,
+        /// A note on who asked [default: $USER@host].
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// Move now, without a handover. On a terminal it shows the link and
     /// the plan and asks first.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -210,6 +231,7 @@ impl SwitchArgs {
             grace: self.grace,
             yes: self.yes,
             dry_run: self.dry_run,
+            at: None,
         }
     }
 }
@@ -249,7 +271,11 @@ fn main() -> ExitCode {
             socket_gid: a.socket_gid,
         }),
         Command::Status { watch } => verb(Verb::Status { watch }),
-        Command::Switchover(args) => verb(Verb::Switchover(args.switch())),
+        Command::Switchover { args, at } => verb(Verb::Switchover(Switch {
+            at,
+            ..args.switch()
+        })),
+        Command::Cancel { id, by } => verb(Verb::Cancel { id, by }),
         Command::Failover {
             args,
             ignore_health,

@@ -100,6 +100,8 @@ pub struct Switch {
     pub yes: bool,
     /// Say what would happen (or the refusal) and change nothing.
     pub dry_run: bool,
+    /// Scheduled for this time (RFC 3339) instead of now (switchover).
+    pub at: Option<String>,
 }
 
 /// A pause or resume.
@@ -130,6 +132,11 @@ pub enum Verb {
     History {
         limit: u32,
         since: Option<String>,
+    },
+    /// Withdraw the scheduled switchover (`id`: that one only).
+    Cancel {
+        id: Option<String>,
+        by: Option<String>,
     },
 }
 
@@ -188,6 +195,26 @@ async fn call_async(options: &Options, verb: &Verb) -> Result<String, Failure> {
                 )
             } else {
                 Ok("resumed: switches are allowed again\n".into())
+            }
+        }
+        Verb::Cancel { id, by } => {
+            let mut admin = connect(options, timeout).await?;
+            let reply = bounded(
+                endpoint,
+                Some(timeout),
+                admin.cancel(proto::CancelRequest {
+                    id: id.clone().unwrap_or_default(),
+                    requested_by: whoami(by.clone()),
+                }),
+            )
+            .await?;
+            if options.json {
+                to_json(&reply)
+            } else {
+                Ok(format!(
+                    "cancelled: the switchover scheduled for {} (request {}) will not happen\n",
+                    reply.not_before, reply.id
+                ))
             }
         }
         Verb::History { limit, since } => {
@@ -428,7 +455,12 @@ fn switch_bounds(wait: bool, timeout: Option<Duration>) -> (u64, Option<Duration
 }
 
 fn format_switch(reply: &proto::SwitchReply, to: Setup) -> String {
-    if reply.dry_run && !reply.already_active {
+    if !reply.scheduled_at.is_empty() && !reply.dry_run {
+        format!(
+            "scheduled: switchover to {to} at {} (request {}); `lockstep status` shows it, `lockstep cancel` withdraws it\n",
+            reply.scheduled_at, reply.request_id
+        )
+    } else if reply.dry_run && !reply.already_active {
         format!("dry run, nothing changed: {}\n", reply.plan)
     } else if reply.already_active {
         format!("already on {to} (epoch {}); nothing to do\n", reply.epoch)
@@ -512,6 +544,7 @@ async fn switch(
         timeout_ms,
         grace_ms: args.grace.map_or(0, |g| g.as_millis() as u64),
         dry_run: false,
+        at: args.at.clone().unwrap_or_default(),
     };
     let endpoint = &options.endpoint;
     let ask = !args.yes && !args.dry_run && std::io::stdin().is_terminal();

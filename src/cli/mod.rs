@@ -60,7 +60,8 @@ impl Exit {
             | Reason::NotServable
             | Reason::RequestExpired
             | Reason::NotAuthorized
-            | Reason::TooBusy => Exit::Refused,
+            | Reason::TooBusy
+            | Reason::NothingToCancel => Exit::Refused,
             Reason::InvalidRequest => Exit::Usage,
             Reason::EtcdUnavailable => Exit::Unreachable,
             Reason::NotComplete | Reason::OutcomeUnknown => Exit::NotComplete,

@@ -124,7 +124,21 @@ pub(crate) fn format_status(s: &proto::StatusReply) -> String {
     if !s.policy.is_empty() {
         out.push_str(&format!("policy    {}\n", s.policy));
     }
-    if let Some(p) = &s.pending {
+    if let Some(p) = s.pending.as_ref().filter(|p| !p.not_before.is_empty()) {
+        out.push_str(&format!(
+            "scheduled {} to {} at {} by {}: {} (request {}; `lockstep cancel` withdraws it)\n",
+            if p.kind.is_empty() {
+                "switch"
+            } else {
+                p.kind.as_str()
+            },
+            setup_name(p.to),
+            p.not_before,
+            who(&p.requested_by, &p.by_note),
+            p.reason,
+            p.id,
+        ));
+    } else if let Some(p) = &s.pending {
         out.push_str(&format!(
             "pending   {} to {} by {}: {} (request {}, {})\n",
             if p.kind.is_empty() {
@@ -494,6 +508,7 @@ mod tests {
             kind: "failover".into(),
             by_note: "jane".into(),
             grace_ms: 250,
+            not_before: String::new(),
         });
         if let Some(r) = s.route.as_mut() {
             r.handover_issuer = proto::Role::Alice as i32;

@@ -72,6 +72,8 @@ pub(crate) struct PendingView {
     pub(crate) reason: String,
     pub(crate) requested_by: String,
     pub(crate) at: String,
+    /// A scheduled switchover's time (RFC 3339); empty otherwise.
+    pub(crate) not_before: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -367,6 +369,7 @@ pub(crate) fn build(
             reason: p.reason.clone(),
             requested_by: p.requested_by.clone(),
             at: p.at.clone(),
+            not_before: p.not_before.clone(),
         }),
         health,
         ends,

@@ -119,6 +119,7 @@ pub(crate) async fn build_status(shared: &Shared, s: &Snapshot) -> proto::Status
             kind: r.kind.to_string(),
             by_note: r.by_note.clone(),
             grace_ms: r.grace_ms.unwrap_or(0),
+            not_before: r.not_before_ms.map_or(String::new(), rfc3339_of_ms),
         }),
         health: Setup::ALL
             .iter()
@@ -167,6 +168,7 @@ impl AdminService {
                 Duration::from_millis(req.grace_ms)
             )));
         }
+        let not_before_ms = scheduled_at(&req.at, kind)?;
         let store = &self.shared.store;
         let snap = store.snapshot().await.map_err(store_status)?;
         let request = Request {
@@ -178,14 +180,22 @@ impl AdminService {
             requested_by,
             by_note,
             at: crate::sidecar::leader::now_rfc3339(),
-            // No leader carries it out after the caller has given up on it.
-            deadline_ms: Some(crate::sidecar::leader::wall_ms() + timeout.as_millis() as u64),
+            // No leader carries it out after the caller has given up on it
+            // (a scheduled one: later than `timeout` after its time).
+            deadline_ms: Some(
+                not_before_ms.unwrap_or_else(crate::sidecar::leader::wall_ms)
+                    + timeout.as_millis() as u64,
+            ),
+            not_before_ms,
             grace_ms: (req.grace_ms > 0).then_some(req.grace_ms),
         };
         let epoch_now = snap.route.as_ref().map_or(0, |(r, _)| r.epoch);
         let link = snap.link();
         let from = link.settled().map_or(0, |s| setup_to_proto(s) as i32);
         let plan = plan_text(&self.shared, &snap, &request);
+        if let Some(at) = not_before_ms {
+            return self.schedule(request, &snap, at, req.dry_run, plan).await;
+        }
         match check_request(&request, &link, snap.paused.as_ref(), &health_of(&snap, to)) {
             Err(refused) => return Err(Reason::from(&refused).status(refused.to_string())),
             Ok(Verdict::AlreadyActive) => {
@@ -198,6 +208,7 @@ impl AdminService {
                     dry_run: req.dry_run,
                     plan: format!("every LB already serves {to}; nothing to do"),
                     from,
+                    scheduled_at: String::new(),
                 }))
             }
             Ok(Verdict::Go) => {}
@@ -222,6 +233,7 @@ impl AdminService {
                 dry_run: true,
                 plan,
                 from,
+                scheduled_at: String::new(),
             }));
         }
         // Watch from "now" before storing the request, so its outcome
@@ -266,6 +278,7 @@ impl AdminService {
                     dry_run: false,
                     plan: format!("every LB already serves {to}; nothing to do"),
                     from,
+                    scheduled_at: String::new(),
                 }))
             }
             RequestStatus::Started => {}
@@ -297,7 +310,58 @@ impl AdminService {
             dry_run: false,
             plan,
             from,
+            scheduled_at: String::new(),
         }))
+    }
+
+    /// Stores a scheduled switchover and returns at once: health and pause
+    /// are judged at its time, by the leader then in office.
+    async fn schedule(
+        &self,
+        request: Request,
+        snap: &crate::store::Snapshot,
+        at: u64,
+        dry_run: bool,
+        plan: String,
+    ) -> Result<Response<proto::SwitchReply>, Status> {
+        if let Some((pending, _)) = &snap.request {
+            return Err(pending_refusal(pending));
+        }
+        let when = rfc3339_of_ms(at);
+        let epoch = snap.route.as_ref().map_or(0, |(r, _)| r.epoch);
+        let from = snap
+            .link()
+            .settled()
+            .map_or(0, |s| setup_to_proto(s) as i32);
+        let reply = |id: String, dry_run: bool| proto::SwitchReply {
+            request_id: id,
+            epoch,
+            already_active: false,
+            completed: false,
+            elapsed_ms: 0,
+            dry_run,
+            plan: format!(
+                "at {when}, if {} is healthy and the link is not paused then: {plan}",
+                request.to
+            ),
+            from,
+            scheduled_at: when.clone(),
+        };
+        if dry_run {
+            return Ok(Response::new(reply(String::new(), true)));
+        }
+        match self
+            .shared
+            .store
+            .put_request(&request)
+            .await
+            .map_err(store_status)?
+        {
+            Ok(_) => {}
+            Err(pending) => return Err(pending_refusal(&pending)),
+        }
+        info!(id = %request.id, to = %request.to, at = %when, by = %request.requested_by, reason = %request.reason, "switchover scheduled");
+        Ok(Response::new(reply(request.id.clone(), false)))
     }
 
     /// Pauses (`Some(reason)`) or resumes the link, with its history record.
@@ -581,6 +645,48 @@ impl Admin for AdminService {
         Ok(Response::new(proto::HistoryReply { records }))
     }
 
+    async fn cancel(
+        &self,
+        r: tonic::Request<proto::CancelRequest>,
+    ) -> Result<Response<proto::CancelReply>, Status> {
+        let caller = Caller::of(&r);
+        let r = r.into_inner();
+        crate::limits::check_admin_text(&r.id, &r.requested_by)?;
+        let store = &self.shared.store;
+        let snap = store.snapshot().await.map_err(store_status)?;
+        let Some((pending, rev)) = snap.request else {
+            return Err(Reason::NothingToCancel.status("no switchover is scheduled"));
+        };
+        let Some(not_before) = pending.not_before_ms else {
+            return Err(Reason::NothingToCancel.status(format!(
+                "the pending request {} is not scheduled: it is being carried out now (`lockstep status`)",
+                pending.id
+            )));
+        };
+        if !r.id.is_empty() && r.id != pending.id {
+            return Err(Reason::NothingToCancel.status(format!(
+                "no scheduled request {}; the one scheduled is {} ({} to {} at {})",
+                r.id,
+                pending.id,
+                pending.kind,
+                pending.to,
+                rfc3339_of_ms(not_before)
+            )));
+        }
+        if !store.withdraw_request(rev).await.map_err(store_status)? {
+            return Err(Reason::NothingToCancel.status(format!(
+                "request {} was taken or changed meanwhile; see `lockstep status` and `lockstep history`",
+                pending.id
+            )));
+        }
+        let (by, note) = attribute(&caller, &r.requested_by);
+        info!(id = %pending.id, by = %by, by_note = %note, "scheduled switchover cancelled");
+        Ok(Response::new(proto::CancelReply {
+            id: pending.id,
+            not_before: rfc3339_of_ms(not_before),
+        }))
+    }
+
     type WatchStatusStream = StatusStream;
 
     async fn watch_status(
@@ -651,4 +757,44 @@ pub(crate) async fn status_stream(
         }
     });
     Ok(rx)
+}
+
+/// Unix ms as RFC 3339 (UTC, milliseconds).
+fn rfc3339_of_ms(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// How far ahead a switchover may be scheduled.
+const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `at` of a switch request as Unix ms: `None` for now; an error for a
+/// time that is not RFC 3339, past, too far ahead, or on a failover.
+fn scheduled_at(at: &str, kind: RequestKind) -> Result<Option<u64>, Status> {
+    let at = at.trim();
+    if at.is_empty() {
+        return Ok(None);
+    }
+    if kind != RequestKind::Switchover {
+        return Err(Reason::InvalidRequest
+            .status("only a switchover can be scheduled (--at); a failover acts now"));
+    }
+    let t = humantime::parse_rfc3339_weak(at).map_err(|e| {
+        Reason::InvalidRequest.status(format!(
+            "at {at:?} is not an RFC 3339 time ({e}); e.g. 2026-12-01T02:00:00Z"
+        ))
+    })?;
+    let now = std::time::SystemTime::now();
+    let ahead = t.duration_since(now).map_err(|_| {
+        Reason::InvalidRequest.status(format!("at {at} is in the past; give a future time"))
+    })?;
+    if ahead > MAX_SCHEDULE_AHEAD {
+        return Err(Reason::InvalidRequest.status(format!(
+            "at {at} is more than 30 days ahead; schedule it closer to the time"
+        )));
+    }
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(Some(ms))
 }

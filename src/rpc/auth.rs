@@ -107,7 +107,7 @@ pub(crate) fn required(path: &str) -> Option<Access> {
     match service {
         "lockstep.v1.Peer" => Some(Access::Peer),
         "lockstep.v1.Admin" => Some(match method {
-            "Switchover" | "Failover" | "Pause" | "Resume" => Access::Operator,
+            "Switchover" | "Failover" | "Pause" | "Resume" | "Cancel" => Access::Operator,
             _ => Access::Viewer,
         }),
         "grpc.health.v1.Health" => None,
@@ -319,7 +319,7 @@ mod tests {
     fn methods_need_their_roles() {
         assert_eq!(required("/lockstep.v1.Peer/Drain"), Some(Access::Peer));
         assert_eq!(required("/lockstep.v1.Peer/GetState"), Some(Access::Peer));
-        for m in ["Switchover", "Failover", "Pause", "Resume"] {
+        for m in ["Switchover", "Failover", "Pause", "Resume", "Cancel"] {
             assert_eq!(
                 required(&format!("/lockstep.v1.Admin/{m}")),
                 Some(Access::Operator)

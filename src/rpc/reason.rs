@@ -46,11 +46,13 @@ pub enum Reason {
     NotAuthorized,
     /// Too many calls in flight, or the member is stopping.
     TooBusy,
+    /// `cancel`: no scheduled switchover (or not the one named).
+    NothingToCancel,
 }
 
 impl Reason {
     /// Every reason, for parsing and tests.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Paused,
         Reason::TargetUnhealthy,
         Reason::PendingRequest,
@@ -65,6 +67,7 @@ impl Reason {
         Reason::InvalidRequest,
         Reason::NotAuthorized,
         Reason::TooBusy,
+        Reason::NothingToCancel,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +86,7 @@ impl Reason {
             Reason::InvalidRequest => "INVALID_REQUEST",
             Reason::NotAuthorized => "NOT_AUTHORIZED",
             Reason::TooBusy => "TOO_BUSY",
+            Reason::NothingToCancel => "NOTHING_TO_CANCEL",
         }
     }
 
@@ -96,7 +100,8 @@ impl Reason {
             Reason::Paused
             | Reason::TargetUnhealthy
             | Reason::PendingRequest
-            | Reason::NotServable => Code::FailedPrecondition,
+            | Reason::NotServable
+            | Reason::NothingToCancel => Code::FailedPrecondition,
             Reason::NoLeader | Reason::EtcdUnavailable | Reason::TooBusy => Code::Unavailable,
             Reason::NotConfirmed => Code::PermissionDenied,
             Reason::Stale => Code::Aborted,

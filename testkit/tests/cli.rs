@@ -626,6 +626,7 @@ fn each_exit_code_on_a_live_link() {
             at: String::new(),
             // Already past: the leader, thawed, lets it expire.
             deadline_ms: Some(1),
+            not_before_ms: None,
             grace_ms: None,
         };
         let stored = store.put_request(&stuck).await.expect("put the request");

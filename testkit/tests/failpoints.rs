@@ -43,6 +43,7 @@ fn a_leader_killed_right_after_its_drain_write_is_finished_by_the_next_leader() 
                 timeout_ms: 10_000,
                 grace_ms: 0,
                 dry_run: false,
+                at: String::new(),
             })
             .await
             .expect("switch accepted")

@@ -34,6 +34,7 @@ fn switch(to: Setup, reason: &str) -> proto::SwitchRequest {
         timeout_ms: 30_000,
         grace_ms: 0,
         dry_run: false,
+        at: String::new(),
     }
 }
 

@@ -138,6 +138,7 @@ fn metrics_carry_link_and_member_and_what_on_call_alerts_on() {
                 timeout_ms: 10_000,
                 grace_ms: 0,
                 dry_run: false,
+                at: String::new(),
             })
             .await
             .expect("switchover to warm");

@@ -449,6 +449,7 @@ timeout = "2s"
                 timeout_ms: 20_000,
                 grace_ms: 0,
                 dry_run: false,
+                at: String::new(),
             })
             .await
             .expect("switchover");
@@ -509,6 +510,7 @@ timeout = "2s"
                 requested_by: "test".into(),
                 at: String::new(),
                 deadline_ms: Some(now_ms.saturating_sub(1_000)),
+                not_before_ms: None,
                 grace_ms: None,
                 by_note: String::new(),
             })
@@ -601,6 +603,7 @@ fn a_leader_frozen_mid_switch_reports_it_failed_and_the_next_leader_finishes_it(
                 timeout_ms: 20_000,
                 grace_ms: 5_000,
                 dry_run: false,
+                at: String::new(),
             })
             .await
             .expect("switchover");

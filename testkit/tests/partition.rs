@@ -262,6 +262,7 @@ async fn switchover(
             timeout_ms: timeout.as_millis() as u64,
             grace_ms: 0,
             dry_run: false,
+            at: String::new(),
         })
         .await
         .map(|r| r.into_inner())

@@ -55,6 +55,7 @@ async fn requests_go_through_while_one_etcd_node_is_dead() {
             by_note: String::new(),
             at: String::new(),
             deadline_ms: None,
+            not_before_ms: None,
             grace_ms: None,
         };
         match store.put_request(&request).await {

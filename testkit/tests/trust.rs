@@ -27,6 +27,7 @@ fn switch(to: Setup, reason: &str, by: &str) -> proto::SwitchRequest {
         timeout_ms: 20_000,
         grace_ms: 0,
         dry_run: false,
+        at: String::new(),
     }
 }
 

@@ -32,6 +32,7 @@ fn switch(to: Setup, reason: &str) -> proto::SwitchRequest {
         timeout_ms: 20_000,
         grace_ms: 0,
         dry_run: false,
+        at: String::new(),
     }
 }
 
@@ -456,6 +457,7 @@ fn an_orphaned_request_expires_without_moving_the_link() {
             by_note: String::new(),
             at: String::new(),
             deadline_ms: Some(now_ms + 500),
+            not_before_ms: None,
             grace_ms: None,
         };
         store

@@ -1790,6 +1790,7 @@ impl LinkModel {
             by_note: String::new(),
             at: String::new(),
             deadline_ms: None,
+            not_before_ms: None,
             grace_ms: None,
         };
         s.etcd.request = Some((request.clone(), rev));

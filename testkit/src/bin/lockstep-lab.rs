@@ -265,6 +265,7 @@ async fn run(once: bool) -> Result<()> {
                 timeout_ms: 20_000,
                 grace_ms: 0,
                 dry_run: false,
+                at: String::new(),
             })
             .await
             .map_err(|s| anyhow::anyhow!("switchover refused: {}", s.message()))?
@@ -351,6 +352,31 @@ fn summary(name: &str, mut v: Vec<f64>) -> String {
     )
 }
 
+/// One switchover to `to` with `--wait`; its latency in ms.
+async fn switch_ms(
+    admin: &mut proto::admin_client::AdminClient<tonic::transport::Channel>,
+    to: Setup,
+    reason: String,
+) -> Result<f64> {
+    let t = Instant::now();
+    let reply = admin
+        .switchover(proto::SwitchRequest {
+            to: setup_i32(to),
+            reason: reason.clone(),
+            requested_by: "bench".into(),
+            wait: true,
+            timeout_ms: 20_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{reason}: {}", s.message()))?
+        .into_inner();
+    if !reply.completed {
+        bail!("{reason}: the switch did not complete");
+    }
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
 async fn bench(
     switches: usize,
     issuer: String,
@@ -381,25 +407,7 @@ async fn bench(
     for i in 0..switches {
         // Let traffic settle on the new setup so outages do not merge.
         tokio::time::sleep(Duration::from_millis(40)).await;
-        let t = Instant::now();
-        let reply = admin
-            .switchover(proto::SwitchRequest {
-                to: setup_i32(to),
-                reason: format!("bench {i}"),
-                requested_by: "bench".into(),
-                force: false,
-                wait: true,
-                timeout_ms: 20_000,
-                grace_ms: 0,
-                dry_run: false,
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("switch {i}: {}", s.message()))?
-            .into_inner();
-        if !reply.completed {
-            bail!("switch {i} did not complete");
-        }
-        latency.push(t.elapsed().as_secs_f64() * 1000.0);
+        latency.push(switch_ms(&mut admin, to, format!("bench {i}")).await?);
         to = to.other();
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -492,25 +500,7 @@ async fn transit_bench(
     for i in 0..switches {
         // Keys in transit at every switch, and outages that do not merge.
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let t = Instant::now();
-        let reply = admin
-            .switchover(proto::SwitchRequest {
-                to: setup_i32(to),
-                reason: format!("transit bench {i}"),
-                requested_by: "bench".into(),
-                force: false,
-                wait: true,
-                timeout_ms: 20_000,
-                grace_ms: 0,
-                dry_run: false,
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("switch {i}: {}", s.message()))?
-            .into_inner();
-        if !reply.completed {
-            bail!("switch {i} did not complete");
-        }
-        latency.push(t.elapsed().as_secs_f64() * 1000.0);
+        latency.push(switch_ms(&mut admin, to, format!("transit bench {i}")).await?);
         to = to.other();
     }
     // Every key issued before the last switch reaches Bob.
@@ -624,6 +614,7 @@ async fn takeover_bench(runs: usize) -> Result<()> {
                 timeout_ms: 30_000,
                 grace_ms: 0,
                 dry_run: false,
+                at: String::new(),
             };
             let (leader, reply) = tokio::join!(
                 async {

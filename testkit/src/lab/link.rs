@@ -273,6 +273,16 @@ impl Lab {
         env
     }
 
+    /// Runs the CLI (`lockstep <args>`) against member `i` as the lab's
+    /// operator, without a terminal, to its end.
+    pub fn cli(&self, i: usize, args: &[&str]) -> Result<super::process::Finished> {
+        super::process::run_to_end(
+            std::process::Command::new(super::process::workspace_program("lockstep")?)
+                .envs(self.cli_env(i))
+                .args(args),
+        )
+    }
+
     /// The index of the member whose sidecar holds the leader key, the
     /// first seen within `timeout` other than `not` (a leader just stopped).
     pub async fn leader_index(&self, not: Option<usize>, timeout: Duration) -> Result<usize> {
