@@ -1288,26 +1288,44 @@ impl Leader {
 
     /// The history record of a scheduled request refused at its time.
     fn record_refusal(&mut self, request: &Request, why: &str, epoch: Epoch) {
-        self.actions
-            .push_back(LeaderAction::WriteHistory(HistoryRecord {
-                epoch,
-                from: self.route.as_ref().map(|r| r.setup),
-                to: request.to,
-                kind: HistoryKind::RequestRefused,
-                reason: format!("{}; refused at its time: {why}", request.reason),
-                requested_by: request.requested_by.clone(),
-                by_note: request.by_note.clone(),
-                leader: self.config.id.clone(),
-                token: self.config.token,
-                started_at: String::new(),
-                drain_ms: 0,
-                hold_ms: 0,
-                grace_ms: 0,
-                total_ms: 0,
-                fenced_members: Vec::new(),
-                outcome: HistoryOutcome::Refused,
-                request_id: Some(request.id.clone()),
-            }));
+        let record = self.unmoved(
+            request,
+            epoch,
+            HistoryKind::RequestRefused,
+            format!("{}; refused at its time: {why}", request.reason),
+            HistoryOutcome::Refused,
+        );
+        self.actions.push_back(LeaderAction::WriteHistory(record));
+    }
+
+    /// A history record of `request` that moved nothing.
+    fn unmoved(
+        &self,
+        request: &Request,
+        epoch: Epoch,
+        kind: HistoryKind,
+        reason: String,
+        outcome: HistoryOutcome,
+    ) -> HistoryRecord {
+        HistoryRecord {
+            epoch,
+            from: self.route.as_ref().map(|r| r.setup),
+            to: request.to,
+            kind,
+            reason,
+            requested_by: request.requested_by.clone(),
+            by_note: request.by_note.clone(),
+            leader: self.config.id.clone(),
+            token: self.config.token,
+            started_at: String::new(),
+            drain_ms: 0,
+            hold_ms: 0,
+            grace_ms: 0,
+            total_ms: 0,
+            fenced_members: Vec::new(),
+            outcome,
+            request_id: Some(request.id.clone()),
+        }
     }
 
     /// Resolves a request whose deadline passed: nothing moves, and the
@@ -1328,26 +1346,14 @@ impl Leader {
                 refused: None,
             },
         });
-        self.actions
-            .push_back(LeaderAction::WriteHistory(HistoryRecord {
-                epoch,
-                from: self.route.as_ref().map(|r| r.setup),
-                to: request.to,
-                kind: HistoryKind::RequestExpired,
-                reason: format!("{}; {}", request.reason, message),
-                requested_by: request.requested_by,
-                by_note: request.by_note,
-                leader: self.config.id.clone(),
-                token: self.config.token,
-                started_at: String::new(),
-                drain_ms: 0,
-                hold_ms: 0,
-                grace_ms: 0,
-                total_ms: 0,
-                fenced_members: Vec::new(),
-                outcome: HistoryOutcome::Expired,
-                request_id: Some(request.id),
-            }));
+        let record = self.unmoved(
+            &request,
+            epoch,
+            HistoryKind::RequestExpired,
+            format!("{}; {}", request.reason, message),
+            HistoryOutcome::Expired,
+        );
+        self.actions.push_back(LeaderAction::WriteHistory(record));
     }
 
     /// Asks the failover policy; starts the switch or pauses as it says.

@@ -15,6 +15,28 @@ fn at(from_now: Duration) -> (String, SystemTime) {
     (humantime::format_rfc3339_millis(t).to_string(), t)
 }
 
+/// `lockstep switchover --to <to> --reason <reason> --at <when> -y` at
+/// member `via`: the exit code, and the request id it printed (empty when
+/// it failed).
+fn schedule(lab: &Lab, via: usize, to: &str, reason: &str, when: &str) -> (Option<i32>, String) {
+    let args = [
+        "switchover",
+        "--to",
+        to,
+        "--reason",
+        reason,
+        "--at",
+        when,
+        "-y",
+    ];
+    let out = lab.cli(via, &args).expect("run the CLI");
+    if out.code != Some(0) {
+        return (out.code, String::new());
+    }
+    assert!(out.stdout.starts_with("scheduled:"), "{}", out.stdout);
+    (out.code, request_id(&out.stdout))
+}
+
 /// The request id in the CLI's "scheduled: ... (request ID); ..." line.
 fn request_id(stdout: &str) -> String {
     stdout
@@ -67,24 +89,8 @@ fn a_scheduled_switchover_is_carried_out_by_the_next_leader_refused_when_paused_
 
         // Scheduled beyond the next leader's election (one TTL).
         let (when, due) = at(ttl * 2);
-        let out = lab
-            .cli(
-                via,
-                &[
-                    "switchover",
-                    "--to",
-                    "warm",
-                    "--reason",
-                    "night maintenance of hot",
-                    "--at",
-                    &when,
-                    "-y",
-                ],
-            )
-            .expect("run the CLI");
-        assert_eq!(out.code, Some(0), "{} {}", out.stdout, out.stderr);
-        assert!(out.stdout.starts_with("scheduled:"), "{}", out.stdout);
-        let id = request_id(&out.stdout);
+        let (code, id) = schedule(&lab, via, "warm", "night maintenance of hot", &when);
+        assert_eq!(code, Some(0));
         let s = status(&lab, via).await;
         let pending = s.pending.expect("the scheduled request is pending");
         assert_eq!(pending.id, id);
@@ -143,23 +149,8 @@ fn a_scheduled_switchover_is_carried_out_by_the_next_leader_refused_when_paused_
 
         // Cancelled before its time: nothing happens.
         let (when, _) = at(Duration::from_secs(60));
-        let out = lab
-            .cli(
-                via,
-                &[
-                    "switchover",
-                    "--to",
-                    "hot",
-                    "--reason",
-                    "later",
-                    "--at",
-                    &when,
-                    "-y",
-                ],
-            )
-            .expect("run the CLI");
-        assert_eq!(out.code, Some(0), "{}", out.stderr);
-        let id = request_id(&out.stdout);
+        let (code, id) = schedule(&lab, via, "hot", "later", &when);
+        assert_eq!(code, Some(0));
         let out = lab.cli(via, &["cancel", &id]).expect("cancel");
         assert_eq!(out.code, Some(0), "{} {}", out.stdout, out.stderr);
         assert!(out.stdout.starts_with("cancelled:"), "{}", out.stdout);
@@ -178,23 +169,8 @@ fn a_scheduled_switchover_is_carried_out_by_the_next_leader_refused_when_paused_
             .expect("pause");
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         let (when, due) = at(Duration::from_secs(2));
-        let out = lab
-            .cli(
-                via,
-                &[
-                    "switchover",
-                    "--to",
-                    "hot",
-                    "--reason",
-                    "back",
-                    "--at",
-                    &when,
-                    "-y",
-                ],
-            )
-            .expect("run the CLI");
-        assert_eq!(out.code, Some(0), "{}", out.stderr);
-        let id = request_id(&out.stdout);
+        let (code, id) = schedule(&lab, via, "hot", "back", &when);
+        assert_eq!(code, Some(0));
         let until = Instant::now() + Duration::from_secs(20);
         let refused = loop {
             if let Some(r) = history(&lab, via)
@@ -216,22 +192,8 @@ fn a_scheduled_switchover_is_carried_out_by_the_next_leader_refused_when_paused_
             .expect("resume");
 
         // A bad time changes nothing.
-        let bad = lab
-            .cli(
-                via,
-                &[
-                    "switchover",
-                    "--to",
-                    "hot",
-                    "--reason",
-                    "x",
-                    "--at",
-                    "yesterday",
-                    "-y",
-                ],
-            )
-            .expect("run the CLI");
-        assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+        let (code, _) = schedule(&lab, via, "hot", "x", "yesterday");
+        assert_eq!(code, Some(2), "a bad time is a usage error");
         assert!(status(&lab, via).await.pending.is_none());
 
         let report = traffic.stop_and_assert_no_mismatch().await;
