@@ -37,6 +37,14 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// three of these stale).
 const REFRESH: Duration = Duration::from_secs(5);
 
+/// How often an idle feed looks for a viewer.
+const VIEWER_POLL: Duration = Duration::from_millis(100);
+
+/// How long `/status` waits for a view when nobody was looking (the feed
+/// starts, reads etcd and asks the members; with etcd unreachable it gives
+/// up and shows the last view marked stale).
+const FIRST_VIEW: Duration = Duration::from_secs(5);
+
 /// How soon a browser reconnects a closed event stream.
 const RETRY_MS: u64 = 1000;
 
@@ -63,24 +71,43 @@ pub(crate) fn start(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
             cfg.max_connections,
             cfg.header_timeout,
             move |req| {
-                let resp = answer(&req, rx.clone(), max_age);
-                async move { resp }
+                let latest = rx.clone();
+                async move { answer(&req, latest, max_age).await }
             },
         )
         .instrument(span),
     );
 }
 
-/// Follows the link and publishes the page's view on every change; when
-/// etcd cannot be watched, keeps the last view marked stale and tries
-/// again every second.
+/// Whether anyone but the server itself (which keeps one receiver to clone
+/// from) looks at the view: an open event stream or a `/status` waiting.
+fn watched(tx: &watch::Sender<Option<Arc<str>>>) -> bool {
+    tx.receiver_count() > 1
+}
+
+/// Follows the link and publishes the page's view on every change, while
+/// anyone looks (every sidecar serves the page, and each view asks every
+/// member for its state: followed by all at once, a switch of N members
+/// would cost N² calls per change); when etcd cannot be watched, keeps the
+/// last view marked stale and tries again every second.
 async fn feed(shared: Arc<Shared>, tx: watch::Sender<Option<Arc<str>>>) {
     let me = shared.config.member_id.clone();
     let mut last: Option<view::PageStatus> = None;
     let mut history = Vec::new();
     loop {
+        if !watched(&tx) {
+            // Nobody looks: the next one waits for a fresh view rather
+            // than reading an old one.
+            tx.send_replace(None);
+            while !watched(&tx) {
+                tokio::time::sleep(VIEWER_POLL).await;
+            }
+        }
         let error = match crate::rpc::admin::status_stream(shared.clone(), Some(REFRESH)).await {
             Ok(mut rx) => loop {
+                if !watched(&tx) {
+                    break None;
+                }
                 let Ok(next) = tokio::time::timeout(3 * REFRESH, rx.recv()).await else {
                     // Neither a change nor a refresh: etcd hangs. Say so
                     // and keep waiting on the same stream.
@@ -110,11 +137,14 @@ async fn feed(shared: Arc<Shared>, tx: watch::Sender<Option<Arc<str>>>) {
                         publish(&tx, &v);
                         last = Some(v);
                     }
-                    Some(Err(status)) => break status.message().to_string(),
-                    None => break "the status stream ended".to_string(),
+                    Some(Err(status)) => break Some(status.message().to_string()),
+                    None => break Some("the status stream ended".to_string()),
                 }
             },
-            Err(status) => status.message().to_string(),
+            Err(status) => Some(status.message().to_string()),
+        };
+        let Some(error) = error else {
+            continue;
         };
         warn!(%error, "status page: cannot follow the link; retrying in 1s");
         let stale = last.clone().map(|mut v| {
@@ -177,7 +207,17 @@ fn secure(h: &mut hyper::HeaderMap) {
 }
 
 /// Answers one request; read-only (GET and HEAD).
-fn answer<B>(req: &Request<B>, latest: Latest, max_age: Duration) -> Response<Body> {
+async fn answer<B>(req: &Request<B>, latest: Latest, max_age: Duration) -> Response<Body> {
+    answer_within(req, latest, max_age, FIRST_VIEW).await
+}
+
+/// [`answer`], with `/status` waiting at most `first_view` for a view.
+async fn answer_within<B>(
+    req: &Request<B>,
+    mut latest: Latest,
+    max_age: Duration,
+    first_view: Duration,
+) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = full(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -192,7 +232,7 @@ fn answer<B>(req: &Request<B>, latest: Latest, max_age: Duration) -> Response<Bo
     }
     match req.uri().path() {
         "/" | "/index.html" => full(StatusCode::OK, PAGE, "text/html; charset=utf-8"),
-        "/status" => match latest.borrow().clone() {
+        "/status" => match fresh(&mut latest, first_view).await {
             Some(json) => full(
                 StatusCode::OK,
                 Bytes::from(json.as_bytes().to_vec()),
@@ -211,6 +251,14 @@ fn answer<B>(req: &Request<B>, latest: Latest, max_age: Duration) -> Response<Bo
             "text/plain; charset=utf-8",
         ),
     }
+}
+
+/// The current view, waiting (a while) for the feed to make one if nobody
+/// was looking.
+async fn fresh(latest: &mut Latest, within: Duration) -> Option<Arc<str>> {
+    let _ = tokio::time::timeout(within, latest.wait_for(Option::is_some)).await;
+    let view = latest.borrow().clone();
+    view
 }
 
 /// The SSE stream: the current view at once, then each new one; a comment
@@ -311,23 +359,37 @@ mod tests {
         let max = Duration::from_secs(1);
         let post = Request::post("/status").body(()).expect("request");
         assert_eq!(
-            answer(&post, rx.clone(), max).status(),
+            answer(&post, rx.clone(), max).await.status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
         assert_eq!(
-            answer(&get("/nope"), rx.clone(), max).status(),
+            answer(&get("/nope"), rx.clone(), max).await.status(),
             StatusCode::NOT_FOUND
         );
+        // No view within the wait: "not read yet".
+        let short = Duration::from_millis(50);
         assert_eq!(
-            answer(&get("/status"), rx.clone(), max).status(),
+            answer_within(&get("/status"), rx.clone(), max, short)
+                .await
+                .status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
+        // A view that comes while /status waits is the answer.
+        let later = tokio::spawn({
+            let rx = rx.clone();
+            async move { answer(&get("/status"), rx, max).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            tx.receiver_count() > 1,
+            "the waiting /status counts as a viewer"
+        );
         tx.send_replace(Some(Arc::from("{\"link\":\"x\"}")));
-        let r = answer(&get("/status"), rx.clone(), max);
+        let r = later.await.expect("answer");
         assert_eq!(r.status(), StatusCode::OK);
         let body = r.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(&body[..], b"{\"link\":\"x\"}");
-        let page = answer(&get("/"), rx, max);
+        let page = answer(&get("/"), rx, max).await;
         assert!(page
             .headers()
             .get("content-security-policy")
@@ -347,8 +409,8 @@ mod tests {
             2,
             Duration::from_millis(300),
             move |req| {
-                let resp = answer(&req, rx.clone(), Duration::from_secs(60));
-                async move { resp }
+                let latest = rx.clone();
+                async move { answer(&req, latest, Duration::from_secs(60)).await }
             },
         ));
         // Closed by the server: read returns 0 (or an error) within `within`.
@@ -390,7 +452,7 @@ mod tests {
     #[tokio::test]
     async fn events_send_the_view_then_each_change_and_end_at_max_age() {
         let (tx, rx) = watch::channel(Some(Arc::from("{\"n\":1}")));
-        let r = answer(&get("/events"), rx, Duration::from_millis(300));
+        let r = answer(&get("/events"), rx, Duration::from_millis(300)).await;
         let mut body = r.into_body();
         let mut text = String::new();
         let sender = tokio::spawn(async move {

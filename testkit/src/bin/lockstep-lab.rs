@@ -404,12 +404,19 @@ async fn bench(
     let mut admin = lab.admin(0).await?;
     let mut latency = Vec::new();
     let mut to = Setup::Warm;
+    let pids: Vec<u32> = lab.sidecars.iter().filter_map(|s| s.guard.pid()).collect();
+    let usage_before: Vec<(u64, u64)> =
+        pids.iter().map(|&p| proc_usage(p)).collect::<Result<_>>()?;
+    let switching = Instant::now();
     for i in 0..switches {
         // Let traffic settle on the new setup so outages do not merge.
         tokio::time::sleep(Duration::from_millis(40)).await;
         latency.push(switch_ms(&mut admin, to, format!("bench {i}")).await?);
         to = to.other();
     }
+    let switching = switching.elapsed();
+    let usage_after: Vec<(u64, u64)> =
+        pids.iter().map(|&p| proc_usage(p)).collect::<Result<_>>()?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let report = traffic.stop().await;
     let history = admin
@@ -447,6 +454,15 @@ async fn bench(
         summary("leader's drain window (drain -> serve write)", drain)
     );
     println!("key pairs: {report}");
+    // /proc counts CPU time in USER_HZ ticks, 100 per second on Linux.
+    let rate = switches as f64 / switching.as_secs_f64();
+    for (i, ((_, c0), (rss, c1))) in usage_before.iter().zip(&usage_after).enumerate() {
+        println!(
+            "sidecar {i} during {rate:.1} switches/s: RSS {:.1} MB, CPU {:.1} % of a core",
+            *rss as f64 / 1024.0,
+            (c1 - c0) as f64 / 100.0 / switching.as_secs_f64() * 100.0
+        );
+    }
     if report.mismatched > 0 {
         bail!("mismatched key pairs during the benchmark");
     }
