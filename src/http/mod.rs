@@ -62,7 +62,7 @@ pub(crate) fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
 #[derive(Default)]
 struct Open {
     next_id: u64,
-    conns: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
+    conns: std::collections::VecDeque<(u64, tokio::task::JoinHandle<()>)>,
 }
 
 /// Largest request head read (hyper's minimum buffer): the check, health
@@ -112,15 +112,25 @@ pub(crate) async fn serve_bounded<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        // At the cap, close the oldest and wait until it is closed (its
+        // socket released) before serving the new one: a burst of connects
+        // never holds more than `cap` sockets, however fast it comes (a
+        // sidecar out of file descriptors could not reach etcd).
+        let evicted: Vec<tokio::task::JoinHandle<()>> = {
+            let Ok(mut guard) = open.lock() else {
+                continue;
+            };
+            let over = (guard.conns.len() + 1).saturating_sub(cap);
+            guard.conns.drain(..over).map(|(_, t)| t).collect()
+        };
+        for oldest in evicted {
+            oldest.abort();
+            let _ = oldest.await;
+            debug!("HTTP connection cap reached; closed the oldest connection");
+        }
         let Ok(mut guard) = open.lock() else {
             continue;
         };
-        while guard.conns.len() >= cap {
-            if let Some((_, oldest)) = guard.conns.pop_front() {
-                oldest.abort();
-                debug!("HTTP connection cap reached; closed the oldest connection");
-            }
-        }
         let id = guard.next_id;
         guard.next_id += 1;
         let registry = open.clone();
@@ -144,6 +154,6 @@ pub(crate) async fn serve_bounded<H, F>(
                 open.conns.retain(|(i, _)| *i != id);
             }
         });
-        guard.conns.push_back((id, task.abort_handle()));
+        guard.conns.push_back((id, task));
     }
 }
