@@ -191,9 +191,8 @@ fn expect_counterexample(mutation: Mutation, property: &'static str) {
 }
 
 fn expect_counterexample_in(model: LinkModel, property: &'static str) {
-    let mutation = model.mutation.expect("a mutant");
-    let m = model.clone();
     let started = Instant::now();
+    let m = model.clone();
     // One thread: BFS then finds a shortest counterexample.
     let checker = model
         .checker()
@@ -202,6 +201,18 @@ fn expect_counterexample_in(model: LinkModel, property: &'static str) {
         ))
         .spawn_bfs()
         .join();
+    report_counterexample(&m, &checker, property, started);
+}
+
+/// Prints the counterexample to `property` the mutant `m` yielded, or
+/// panics if there is none.
+fn report_counterexample(
+    m: &LinkModel,
+    checker: &impl Checker<LinkModel>,
+    property: &'static str,
+    started: Instant,
+) {
+    let mutation = m.mutation.expect("a mutant");
     let path = checker.discovery(property).unwrap_or_else(|| {
         panic!(
             "{mutation:?}: no counterexample to \"{property}\" in {} states",
@@ -332,9 +343,8 @@ fn mutation_bootstrap_over_applied_breaks_l1() {
 /// configuration's took 24 GB). The trace is a counterexample, not the
 /// shortest one.
 fn expect_counterexample_dfs(model: LinkModel, property: &'static str) {
-    let mutation = model.mutation.expect("a mutant");
-    let m = model.clone();
     let started = Instant::now();
+    let m = model.clone();
     let checker = model
         .checker()
         .threads(threads())
@@ -343,18 +353,7 @@ fn expect_counterexample_dfs(model: LinkModel, property: &'static str) {
         ))
         .spawn_dfs()
         .join();
-    let path = checker.discovery(property).unwrap_or_else(|| {
-        panic!(
-            "{mutation:?}: no counterexample to \"{property}\" in {} states",
-            checker.unique_state_count()
-        )
-    });
-    println!(
-        "{mutation:?}: counterexample to \"{property}\" after {} states, {:.1} s:\n{}",
-        checker.unique_state_count(),
-        started.elapsed().as_secs_f64(),
-        m.trace(&path)
-    );
+    report_counterexample(&m, &checker, property, started);
 }
 
 /// Depth-first through the restore configuration: the counterexample needs

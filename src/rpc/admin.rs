@@ -775,6 +775,11 @@ fn scheduled_at(at: &str, kind: RequestKind) -> Result<Option<u64>, Status> {
     if at.is_empty() {
         return Ok(None);
     }
+    // An RFC 3339 time is about 30 bytes: nothing longer is echoed back.
+    if at.len() > 64 {
+        return Err(Reason::InvalidRequest
+            .status("at is not an RFC 3339 time (too long); e.g. 2026-12-01T02:00:00Z"));
+    }
     if kind != RequestKind::Switchover {
         return Err(Reason::InvalidRequest
             .status("only a switchover can be scheduled (--at); a failover acts now"));
