@@ -113,3 +113,6 @@ mod tests {
         }
     }
 }
+
+/// A member id from outside (a grant ask): a Kubernetes pod name's bound.
+pub const MAX_MEMBER_ID: usize = 253;

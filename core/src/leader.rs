@@ -31,6 +31,7 @@
 //! timed-out write landed is not.
 
 use crate::failover::{Decision, Policy};
+use crate::failsafe::{may_lead, FailsafeConfig};
 use crate::health::{aggregate, RoleHealth, SetupHealth};
 use crate::link::{link_state, LinkState, MemberLb};
 use crate::member::Behind;
@@ -89,6 +90,12 @@ pub enum HistoryKind {
     /// A scheduled request was refused at its time (paused, target
     /// unhealthy); nothing moved.
     RequestRefused,
+    /// A member lost etcd and served on its peers' grants (failsafe);
+    /// recorded by the member once etcd answered again.
+    FailsafeEntered,
+    /// The member's lease was fresh again (or its grants ran out): it left
+    /// failsafe after `total_ms`.
+    FailsafeLeft,
 }
 
 impl HistoryKind {
@@ -100,6 +107,8 @@ impl HistoryKind {
                 | HistoryKind::RequestRefused
                 | HistoryKind::Pause
                 | HistoryKind::Resume
+                | HistoryKind::FailsafeEntered
+                | HistoryKind::FailsafeLeft
         )
     }
 
@@ -114,6 +123,8 @@ impl HistoryKind {
             HistoryKind::AutoFailback => "auto-failback",
             HistoryKind::RequestExpired => "request-expired",
             HistoryKind::RequestRefused => "request-refused",
+            HistoryKind::FailsafeEntered => "failsafe-entered",
+            HistoryKind::FailsafeLeft => "failsafe-left",
             HistoryKind::Pause => "pause",
             HistoryKind::Resume => "resume",
         }
@@ -200,7 +211,13 @@ impl HistoryRecord {
     pub fn key(&self) -> String {
         if self.kind.is_switch() {
             format!("{:020}", self.epoch)
-        } else if matches!(self.kind, HistoryKind::Pause | HistoryKind::Resume) {
+        } else if matches!(
+            self.kind,
+            HistoryKind::Pause
+                | HistoryKind::Resume
+                | HistoryKind::FailsafeEntered
+                | HistoryKind::FailsafeLeft
+        ) {
             format!(
                 "{:020}.at-{}-{}-{}",
                 self.epoch,
@@ -287,6 +304,19 @@ pub struct LeaderConfig {
     /// `None`: both ends issue keys (or handover is off): planned switches
     /// drain everyone at once.
     pub handover: Option<HandoverConfig>,
+    /// Failsafe on: routes carry the roster, and only a roster member leads.
+    pub failsafe: Option<LeaderFailsafe>,
+}
+
+/// What a leader needs of failsafe (see `failsafe::may_lead`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LeaderFailsafe {
+    pub config: FailsafeConfig,
+    /// The leases this process has registered on.
+    pub leases: Vec<Lease>,
+    /// Since when the process has seen no roster incarnation's key live.
+    pub roster_gone_since: Option<Time>,
+    pub lb_down_bound: Duration,
 }
 
 /// A member as the driver lists or watches it, with its key's mod_revision.
@@ -295,6 +325,8 @@ pub struct Listed {
     pub id: MemberId,
     pub record: MemberRecord,
     pub rev: Rev,
+    /// The lease the member's key lives on: its incarnation.
+    pub lease: Lease,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -497,6 +529,8 @@ pub struct Leader {
     paused: Option<Pause>,
     switch: Option<Switch>,
     write_in_flight: bool,
+    /// The route of the write in flight: etcd's route once it lands.
+    written: Option<Route>,
     stepped_down: bool,
     /// Automatic failover, when configured.
     policy: Option<Policy>,
@@ -523,6 +557,7 @@ impl Leader {
             paused: None,
             switch: None,
             write_in_flight: false,
+            written: None,
             stepped_down: false,
             policy: None,
             policy_note: String::new(),
@@ -691,6 +726,24 @@ impl Leader {
                         return;
                     }
                 }
+                // The campaign judged the route as the member last knew it;
+                // the route read under the leadership is what counts.
+                if let Some(fs) = &self.config.failsafe {
+                    let may = may_lead(
+                        Some(&fs.config),
+                        self.route.as_ref(),
+                        &self.config.id,
+                        &fs.leases,
+                        fs.roster_gone_since,
+                        None,
+                        fs.lb_down_bound,
+                        self.now,
+                    );
+                    if let Err(bar) = may {
+                        self.step_down(format!("may not lead: {bar}"));
+                        return;
+                    }
+                }
             }
             LeaderEvent::RouteWritten { rev, members } => self.on_route_written(rev, members),
             LeaderEvent::WriteFailed(f) => {
@@ -851,6 +904,9 @@ impl Leader {
     fn on_route_written(&mut self, rev: Rev, listed: Vec<Listed>) {
         self.write_in_flight = false;
         self.route_rev = rev;
+        if let Some(route) = self.written.take() {
+            self.route = Some(route);
+        }
         let Some(sw) = &self.switch else {
             return;
         };
@@ -862,7 +918,6 @@ impl Leader {
                     SwitchPhase::WritingHold => (Phase::Hold, plan.handover.map(|h| h.issuer)),
                     _ => (Phase::Drain, None),
                 };
-                self.route = Some(route_of(&plan, phase, token));
                 // The listing is authoritative at `rev`; later watch events
                 // with higher revisions refine it.
                 for l in listed {
@@ -903,7 +958,6 @@ impl Leader {
             }
             SwitchPhase::WritingServe { history } => {
                 let history = history.clone();
-                self.route = Some(route_of(&plan, Phase::Serve, token));
                 let push = plan.push(Phase::Serve, token);
                 let waiting = self.not_at(push.step(), plan.setup, None);
                 self.push_to(&waiting, push);
@@ -949,6 +1003,7 @@ impl Leader {
     /// Moves a switch on once its wait is over.
     fn progress(&mut self) {
         let now = self.now;
+        let roster = self.roster();
         let Some(sw) = &mut self.switch else {
             return;
         };
@@ -987,12 +1042,13 @@ impl Leader {
                     let hold = Some(*hold_written);
                     return self.write_serve(fenced, hold, now);
                 }
-                let route = route_of(&sw.plan, Phase::Drain, self.config.token);
+                let route = route_of(&sw.plan, Phase::Drain, self.config.token, roster);
                 sw.phase = SwitchPhase::WritingDrain {
                     fenced: fenced.clone(),
                     hold_written: Some(*hold_written),
                 };
                 self.write_in_flight = true;
+                self.written = Some(route.clone());
                 self.actions.push_back(LeaderAction::WriteRoute {
                     route,
                     expect_route_rev: self.route_rev,
@@ -1027,10 +1083,11 @@ impl Leader {
     /// Writes the serve, with the switch's history record in the same txn
     /// (so every serve in etcd has its record).
     fn write_serve(&mut self, fenced: Vec<MemberId>, hold: Option<Time>, drained: Time) {
+        let roster = self.roster();
         let Some(sw) = &mut self.switch else {
             return;
         };
-        let route = route_of(&sw.plan, Phase::Serve, self.config.token);
+        let route = route_of(&sw.plan, Phase::Serve, self.config.token, roster);
         let history = HistoryRecord {
             epoch: sw.plan.epoch,
             from: sw.plan.from,
@@ -1053,6 +1110,7 @@ impl Leader {
         let partial = history.clone();
         sw.phase = SwitchPhase::WritingServe { history };
         self.write_in_flight = true;
+        self.written = Some(route.clone());
         self.actions.push_back(LeaderAction::WriteRoute {
             route,
             expect_route_rev: self.route_rev,
@@ -1222,6 +1280,9 @@ impl Leader {
             );
             return;
         }
+        if self.switch.is_none() && self.reroster(&route) {
+            return;
+        }
         let Some((request, rev)) = self.request.clone() else {
             self.consult_policy(&route);
             return;
@@ -1284,6 +1345,59 @@ impl Leader {
                 refused,
             },
         });
+    }
+
+    /// The roster a route written now carries (failsafe): every listed
+    /// member incarnation, this leader's included.
+    fn roster(&self) -> Vec<Incarnation> {
+        if self.config.failsafe.is_none() {
+            return Vec::new();
+        }
+        self.members
+            .values()
+            .map(|l| Incarnation {
+                id: l.id.clone(),
+                lease: l.lease,
+                grpc: l.record.grpc.clone(),
+            })
+            .collect()
+    }
+
+    /// Failsafe: once the link is settled, a roster that differs from the
+    /// live incarnations is written again at the next epoch, same setup (no
+    /// LB changes), so a new incarnation may lead and grant, and a gone one
+    /// is no longer needed for grants. Returns whether it wrote.
+    fn reroster(&mut self, route: &Route) -> bool {
+        if self.config.failsafe.is_none() || self.members.is_empty() {
+            return false;
+        }
+        let roster = self.roster();
+        let mut written = route.roster.clone();
+        written.sort();
+        if written == roster || self.link().settled().is_none() {
+            return false;
+        }
+        let route = Route {
+            epoch: self.epoch_floor() + 1,
+            phase: Phase::Serve,
+            setup: route.setup,
+            token: self.config.token,
+            reason: "the link's members changed: roster written again".into(),
+            requested_by: self.config.id.clone(),
+            at: String::new(),
+            handover: None,
+            roster,
+        };
+        self.write_in_flight = true;
+        self.written = Some(route.clone());
+        self.actions.push_back(LeaderAction::WriteRoute {
+            route,
+            expect_route_rev: self.route_rev,
+            consume: None,
+            history: None,
+            list_members: false,
+        });
+        true
     }
 
     /// The history record of a scheduled request refused at its time.
@@ -1504,9 +1618,10 @@ impl Leader {
                 Phase::Drain,
             ),
         };
-        let route = route_of(&plan, first, self.config.token);
+        let route = route_of(&plan, first, self.config.token, self.roster());
         self.switch = Some(Switch { plan, phase });
         self.write_in_flight = true;
+        self.written = Some(route.clone());
         self.actions.push_back(LeaderAction::WriteRoute {
             route,
             expect_route_rev: self.route_rev,
@@ -1528,7 +1643,7 @@ impl Plan {
     }
 }
 
-fn route_of(plan: &Plan, phase: Phase, token: Token) -> Route {
+fn route_of(plan: &Plan, phase: Phase, token: Token, roster: Vec<Incarnation>) -> Route {
     Route {
         epoch: plan.epoch,
         phase,
@@ -1538,5 +1653,6 @@ fn route_of(plan: &Plan, phase: Phase, token: Token) -> Route {
         requested_by: plan.requested_by.clone(),
         at: String::new(),
         handover: plan.handover.filter(|_| phase == Phase::Hold),
+        roster,
     }
 }

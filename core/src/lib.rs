@@ -10,6 +10,8 @@
 //! * [`link`]: the link judged from every LB's read-back against the
 //!   route: the one definition of "complete", "already there" and "the LBs
 //!   disagree with the route".
+//! * [`failsafe`]: serving on peers' grants while etcd is unreachable,
+//!   and who may lead then.
 //! * [`failover`]: the automatic failover policy (detection, dwell, cap,
 //!   failback).
 //! * [`health`]: aggregating members' probe results into setup health.
@@ -18,6 +20,7 @@
 //!   breaks the model checker must catch.
 
 pub mod failover;
+pub mod failsafe;
 pub mod health;
 pub mod leader;
 pub mod link;

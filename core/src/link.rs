@@ -159,6 +159,7 @@ mod tests {
             requested_by: String::new(),
             at: String::new(),
             handover: None,
+            roster: Vec::new(),
         }
     }
 

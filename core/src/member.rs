@@ -25,9 +25,10 @@
 //! * pushes with a lower token than etcd's route, or a step lower than the
 //!   one accepted, are refused at once.
 
+use crate::failsafe::{FailsafeConfig, FailsafeView, GrantAsk, GrantRefusal, Granted};
 use crate::time::{Duration, Time};
 use crate::types::*;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Fixed parameters of a member.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -43,6 +44,8 @@ pub struct MemberConfig {
     pub lb_down_bound: Duration,
     /// Pause between retries of a failed LB command.
     pub lb_retry: Duration,
+    /// Keep serving on peers' grants while etcd is unreachable.
+    pub failsafe: Option<FailsafeConfig>,
 }
 
 /// Identifies a pending gRPC request so its reply can be released later.
@@ -122,7 +125,11 @@ pub enum MemberEvent {
     /// The driver registered a (new) lease and member key, then read the
     /// link. Keep-alive freshness starts from `lease_sent_at`, the send
     /// time of the grant request.
-    Synced { read: LinkRead, lease_sent_at: Time },
+    Synced {
+        read: LinkRead,
+        lease_sent_at: Time,
+        lease: Lease,
+    },
     /// The link read again on the same lease (answer to `Resync`, or the
     /// route watch was opened again): what it says is the truth now, even
     /// if it is older than what the member knew (etcd was restored).
@@ -154,6 +161,18 @@ pub enum MemberEvent {
     LbInconsistent,
     /// Stop gracefully: block the LB, then give up the lease.
     Stop,
+    /// This process campaigns or leads (true) or neither (false): it
+    /// grants nothing while it may switch the link.
+    Leading(bool),
+    /// A peer asks for a failsafe grant (`Peer.Grant`).
+    GrantAsked { req: RequestId, ask: GrantAsk },
+    /// A peer answered a grant ask sent at `sent_at` (answer to
+    /// `AskGrants`).
+    GrantAnswered {
+        from: MemberId,
+        sent_at: Time,
+        result: Result<Granted, GrantRefusal>,
+    },
     /// A timer armed with `poll_timeout` fired.
     Tick,
 }
@@ -195,6 +214,19 @@ pub enum MemberAction {
     Register,
     /// The LB is blocked after `Stop`: revoke the lease, then exit.
     RevokeLease,
+    /// Answer a grant ask.
+    GrantReply {
+        req: RequestId,
+        result: Result<Granted, GrantRefusal>,
+    },
+    /// Failsafe: this member's lease is about to lapse; ask each of
+    /// `peers` for a grant for `epoch`/`setup` and feed `GrantAnswered`
+    /// with the send time.
+    AskGrants {
+        epoch: Epoch,
+        setup: Setup,
+        peers: Vec<Incarnation>,
+    },
 }
 
 /// etcd's route is below what this link has applied: it was lost or rolled
@@ -254,20 +286,29 @@ pub struct MemberView {
     pub route_token: Option<Token>,
     /// etcd's route is below what the link has applied.
     pub behind: Option<Behind>,
+    /// Serving on peers' grants (failsafe), and until when.
+    pub failsafe: Option<FailsafeView>,
+    /// A grant this member gave binds it until then (no campaign).
+    pub bound_until: Option<Time>,
+    /// The leases this process has registered on, newest last.
+    pub leases: Vec<Lease>,
 }
 
 impl MemberView {
     /// The LB check answer for `setup` at `now`: routable only for the setup
-    /// this member is told to serve, and only while the lease stays fresh
-    /// for longer than the LB needs to notice that the answer stopped.
+    /// this member is told to serve, and only while its lease (or, in
+    /// failsafe, every grant it needs) stays fresh for longer than the LB
+    /// needs to notice that the answer stopped.
     pub fn routable(&self, setup: Setup, now: Time, lb_down_bound: Duration) -> bool {
-        if self.fenced || self.stopping || !self.synced || self.desired != LbTarget::Serve(setup) {
+        if self.stopping || self.desired != LbTarget::Serve(setup) {
             return false;
         }
-        match self.lease_fresh_until {
-            Some(until) => now.saturating_add(lb_down_bound) < until,
-            None => false,
-        }
+        let fresh = |until: Time| now.saturating_add(lb_down_bound) < until;
+        let by_lease = !self.fenced && self.synced && self.lease_fresh_until.is_some_and(fresh);
+        let by_grants = self
+            .failsafe
+            .is_some_and(|f| f.serving.setup == setup && fresh(f.until));
+        by_lease || by_grants
     }
 }
 
@@ -353,6 +394,21 @@ pub struct Member {
     /// again before anything is served.
     resyncing: bool,
     lease_fresh_until: Option<Time>,
+    /// The last lease freshness ever known; not cleared when the lease is
+    /// lost (failsafe lasts at most `max` after it).
+    last_fresh_until: Option<Time>,
+    /// The lease of the current (or last, until the next registration)
+    /// incarnation, and every lease this process held, newest last.
+    incarnation: Option<Lease>,
+    leases: Vec<Lease>,
+    /// Failsafe grants held for `accepted`: granter id → valid until.
+    grants: BTreeMap<MemberId, Time>,
+    /// Grants given bind this member until then.
+    bound_until: Option<Time>,
+    /// The process campaigns or leads.
+    leading: bool,
+    /// When to ask for grants again.
+    next_ask: Option<Time>,
     fenced: bool,
     stopping: bool,
     revoked: bool,
@@ -385,6 +441,13 @@ impl Member {
             registering: true,
             resyncing: false,
             lease_fresh_until: None,
+            last_fresh_until: None,
+            incarnation: None,
+            leases: Vec::new(),
+            grants: BTreeMap::new(),
+            bound_until: None,
+            leading: false,
+            next_ask: None,
             fenced: false,
             stopping: false,
             revoked: false,
@@ -427,11 +490,10 @@ impl Member {
         if self.mutated(crate::mutation::Mutation::NoServeDeadline) {
             return None;
         }
-        // Without a lease the serve is already too late.
-        Some(
-            self.lease_fresh_until
-                .map_or(self.now, |until| until - self.config.lb_down_bound),
-        )
+        // Without a lease (or, in failsafe, grants) the serve is already
+        // too late.
+        let until = self.lease_fresh_until.max(self.failsafe().map(|f| f.until));
+        Some(until.map_or(self.now, |until| until - self.config.lb_down_bound))
     }
 
     pub fn view(&self) -> MemberView {
@@ -446,6 +508,9 @@ impl Member {
             lease_fresh_until: self.lease_fresh_until,
             route_token: self.route.as_ref().map(|r| r.token),
             behind: self.behind(),
+            failsafe: self.failsafe(),
+            bound_until: self.bound_until.filter(|u| *u > self.now),
+            leases: self.leases.clone(),
         }
     }
 
@@ -479,6 +544,19 @@ impl Member {
         if self.in_flight.is_none() {
             consider(self.retry_at);
         }
+        if let Some(fs) = self.config.failsafe {
+            // Serving on grants ends D before they do; asking starts when
+            // the lease is about to lapse, and repeats.
+            consider(self.failsafe().map(|f| f.until - self.config.lb_down_bound));
+            if self.wants_grants() {
+                consider(self.next_ask);
+            } else if self.serving_rostered().is_some() {
+                consider(
+                    self.lease_fresh_until
+                        .map(|u| u - fs.grant_ttl - self.config.lb_down_bound),
+                );
+            }
+        }
         t
     }
 
@@ -489,7 +567,8 @@ impl Member {
             MemberEvent::Synced {
                 read,
                 lease_sent_at,
-            } => self.on_synced(read, lease_sent_at),
+                lease,
+            } => self.on_synced(read, lease_sent_at, lease),
             MemberEvent::Resynced(read) => {
                 if self.synced {
                     self.resyncing = false;
@@ -525,6 +604,7 @@ impl Member {
                     let until = sent_at + self.config.lease_ttl - self.config.margin;
                     if self.lease_fresh_until.is_none_or(|u| until > u) {
                         self.lease_fresh_until = Some(until);
+                        self.last_fresh_until = Some(until);
                     }
                     // The lease outlived the gap, so the member key did too:
                     // the leader kept waiting for this member. It may serve
@@ -580,6 +660,17 @@ impl Member {
                 }
             }
             MemberEvent::Stop => self.stopping = true,
+            MemberEvent::Leading(leading) => self.leading = leading,
+            MemberEvent::GrantAsked { req, ask } => {
+                let result = self.grant(&ask);
+                self.actions
+                    .push_back(MemberAction::GrantReply { req, result });
+            }
+            MemberEvent::GrantAnswered {
+                from,
+                sent_at,
+                result,
+            } => self.on_grant(from, sent_at, result),
             MemberEvent::Tick => {}
         }
         self.after_event();
@@ -587,7 +678,136 @@ impl Member {
 
     fn after_event(&mut self) {
         self.check_lease();
+        self.ask_grants();
         self.settle();
+    }
+
+    /// The route this member serves, accepted from etcd in this
+    /// incarnation, if its roster lists this incarnation: what failsafe
+    /// can keep serving.
+    fn serving_rostered(&self) -> Option<(&Route, Applied)> {
+        let a = self.accepted.filter(|a| a.phase == Phase::Serve)?;
+        let route = self.route.as_ref().filter(|r| r.applied() == a)?;
+        let lease = self.incarnation?;
+        route.rostered(&self.config.id, lease).then_some((route, a))
+    }
+
+    /// Whether this member's lease is about to lapse: it will not stay
+    /// fresh for a grant's length and D (or there is none). A member whose
+    /// lease stays fresh reaches etcd, and etcd decides.
+    fn lease_doubtful(&self, fs: &FailsafeConfig) -> bool {
+        self.lease_fresh_until
+            .is_none_or(|u| self.now + fs.grant_ttl + self.config.lb_down_bound >= u)
+    }
+
+    /// Whether this member needs grants to keep serving past its lease.
+    fn wants_grants(&self) -> bool {
+        let Some(fs) = self.config.failsafe else {
+            return false;
+        };
+        !self.stopping && self.lease_doubtful(&fs) && self.serving_rostered().is_some()
+    }
+
+    /// Until when this member may serve on grants (failsafe): every other
+    /// incarnation of its route's roster granted it, and its lease has not
+    /// been stale for longer than `max`.
+    fn failsafe(&self) -> Option<FailsafeView> {
+        let fs = self.config.failsafe?;
+        if self.stopping {
+            return None;
+        }
+        let (route, serving) = self.serving_rostered()?;
+        let mut until = self.last_fresh_until? + fs.max;
+        for peer in route.roster.iter().filter(|i| i.id != self.config.id) {
+            #[cfg(feature = "mutations")]
+            if self.mutated(crate::mutation::Mutation::FailsafeWithoutEveryGrant) {
+                continue;
+            }
+            until = until.min(*self.grants.get(&peer.id)?);
+        }
+        Some(FailsafeView { until, serving })
+    }
+
+    /// Asks for grants while they are wanted, every quarter of their length.
+    fn ask_grants(&mut self) {
+        let (Some(fs), true) = (self.config.failsafe, self.wants_grants()) else {
+            self.next_ask = None;
+            return;
+        };
+        if self.next_ask.is_some_and(|t| self.now < t) {
+            return;
+        }
+        let Some((route, serving)) = self.serving_rostered() else {
+            return;
+        };
+        let peers: Vec<Incarnation> = route
+            .roster
+            .iter()
+            .filter(|i| i.id != self.config.id)
+            .cloned()
+            .collect();
+        self.next_ask = Some(self.now + fs.grant_ttl / 4);
+        if !peers.is_empty() {
+            self.actions.push_back(MemberAction::AskGrants {
+                epoch: serving.epoch,
+                setup: serving.setup,
+                peers,
+            });
+        }
+    }
+
+    /// A peer's answer: a grant for what this member serves, from the
+    /// incarnation its route's roster lists, counts from the ask's send time.
+    fn on_grant(&mut self, from: MemberId, sent_at: Time, result: Result<Granted, GrantRefusal>) {
+        let (Some(fs), Ok(g)) = (self.config.failsafe, result) else {
+            return;
+        };
+        let Some((route, serving)) = self.serving_rostered() else {
+            return;
+        };
+        if g.epoch != serving.epoch || g.setup != serving.setup || !route.rostered(&from, g.lease) {
+            return;
+        }
+        let until = sent_at + fs.grant_ttl;
+        let held = self.grants.entry(from).or_insert(until);
+        *held = (*held).max(until);
+    }
+
+    /// Rule 4 of `failsafe`: a grant only for the route this member serves
+    /// from its roster, only while its own lease is about to lapse and it
+    /// does not lead; it binds this member (no campaign) until it expires.
+    fn grant(&mut self, ask: &GrantAsk) -> Result<Granted, GrantRefusal> {
+        let Some(fs) = self.config.failsafe else {
+            return Err(GrantRefusal::Disabled);
+        };
+        if self.stopping {
+            return Err(GrantRefusal::Stopping);
+        }
+        #[cfg(feature = "mutations")]
+        let seen_etcd_ignored = self.mutated(crate::mutation::Mutation::GrantWhileSeeingEtcd);
+        #[cfg(not(feature = "mutations"))]
+        let seen_etcd_ignored = false;
+        if self.leading && !seen_etcd_ignored {
+            return Err(GrantRefusal::Leading);
+        }
+        if !self.lease_doubtful(&fs) && !seen_etcd_ignored {
+            return Err(GrantRefusal::SeesEtcd);
+        }
+        let lease = match (self.serving_rostered(), self.incarnation) {
+            (Some((_, a)), Some(lease)) if a.epoch == ask.epoch && a.setup == ask.setup => lease,
+            _ => {
+                return Err(GrantRefusal::NotServing {
+                    serving: self.accepted,
+                })
+            }
+        };
+        let until = self.now + fs.grant_ttl;
+        self.bound_until = Some(self.bound_until.map_or(until, |b| b.max(until)));
+        Ok(Granted {
+            lease,
+            epoch: ask.epoch,
+            setup: ask.setup,
+        })
     }
 
     fn serve_in_flight(&self) -> bool {
@@ -604,12 +824,16 @@ impl Member {
         }
     }
 
-    fn on_synced(&mut self, read: LinkRead, lease_sent_at: Time) {
+    fn on_synced(&mut self, read: LinkRead, lease_sent_at: Time, lease: Lease) {
         self.registering = false;
         self.synced = true;
         self.fenced = false;
         self.resyncing = false;
-        self.lease_fresh_until = Some(lease_sent_at + self.config.lease_ttl - self.config.margin);
+        let until = lease_sent_at + self.config.lease_ttl - self.config.margin;
+        self.lease_fresh_until = Some(until);
+        self.last_fresh_until = Some(until);
+        self.incarnation = Some(lease);
+        crate::failsafe::remember_lease(&mut self.leases, lease);
         self.learn_link(read);
     }
 
@@ -642,6 +866,7 @@ impl Member {
                     _ => None,
                 };
                 self.accepted = Some(r.applied());
+                self.grants.clear();
             }
         }
         self.route = route;
@@ -710,6 +935,7 @@ impl Member {
                 requested_by: String::new(),
                 at: String::new(),
                 handover: None,
+                roster: Vec::new(),
             };
             if self.synced {
                 self.learn(Some(route), self.route_rev);
@@ -833,6 +1059,14 @@ impl Member {
     /// still etcd's route (at a hold's receiving end: the old setup, if it
     /// was serving it).
     fn desired(&self) -> LbTarget {
+        // Failsafe: on every grant it needs, the member keeps serving what
+        // it served, whatever its lease (and however long a registration
+        // or a resync takes once etcd is back).
+        if let Some(f) = self.failsafe() {
+            if self.now + self.config.lb_down_bound < f.until {
+                return LbTarget::Serve(f.serving.setup);
+            }
+        }
         if self.fenced || self.stopping || !self.synced || self.resyncing {
             return LbTarget::Blocked;
         }

@@ -39,4 +39,11 @@ pub enum Mutation {
     /// blocks, and may serve the old setup while the issuing end serves
     /// the new one.
     ServeAfterHold,
+    /// Failsafe: a member whose lease lapsed keeps serving on the grants it
+    /// has, without one from every other incarnation of its roster.
+    FailsafeWithoutEveryGrant,
+    /// Failsafe: a member grants although it reaches etcd (its lease is
+    /// fresh) or leads: a leader's grant keeps a cut member serving while
+    /// the leader switches.
+    GrantWhileSeeingEtcd,
 }

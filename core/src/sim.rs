@@ -79,6 +79,7 @@ pub fn member_config(id: &str, role: Role) -> MemberConfig {
         margin: Duration::from_secs(1),
         lb_down_bound: Duration::from_millis(1300),
         lb_retry: Duration::from_millis(200),
+        failsafe: None,
     }
 }
 
@@ -124,6 +125,7 @@ impl Sim {
                 MemberEvent::Synced {
                     read,
                     lease_sent_at: sim.now,
+                    lease: 1,
                 },
             );
             sim.members.push(m);
@@ -150,6 +152,7 @@ impl Sim {
                 initial_setup: Setup::Hot,
                 resend_every: Duration::from_millis(300),
                 handover: self.handover,
+                failsafe: None,
             },
             self.now,
         );
@@ -191,6 +194,7 @@ impl Sim {
                 id: id.clone(),
                 record: record.clone(),
                 rev: *rev,
+                lease: 1,
             })
             .collect()
     }
@@ -334,6 +338,7 @@ impl Sim {
                             id,
                             record: record.clone(),
                             rev: *rev,
+                            lease: 1,
                         };
                         self.leader_watch.push_back(LeaderEvent::MemberPut(listed));
                     }
@@ -351,7 +356,11 @@ impl Sim {
                     let read = self.link_read();
                     self.members[i].handle(self.now, MemberEvent::Resynced(read));
                 }
-                MemberAction::Register | MemberAction::RevokeLease => {}
+                // No failsafe in these runs: leases stay fresh.
+                MemberAction::Register
+                | MemberAction::RevokeLease
+                | MemberAction::GrantReply { .. }
+                | MemberAction::AskGrants { .. } => {}
             }
         }
     }

@@ -16,6 +16,7 @@ fn route(epoch: Epoch, phase: Phase, setup: Setup, token: Token) -> Route {
         requested_by: String::new(),
         at: String::new(),
         handover: None,
+        roster: Vec::new(),
     }
 }
 
@@ -60,6 +61,7 @@ fn leader_config() -> LeaderConfig {
         initial_setup: Setup::Hot,
         resend_every: Duration::from_millis(300),
         handover: None,
+        failsafe: None,
     }
 }
 
@@ -82,6 +84,7 @@ fn listed(id: &str, role: Role, applied: Option<Applied>, rev: Rev) -> Listed {
         id: id.into(),
         record: record(role, applied),
         rev,
+        lease: 1,
     }
 }
 
@@ -134,6 +137,7 @@ fn synced_member(route_now: Option<Route>) -> Member {
         MemberEvent::Synced {
             read: read(route_now),
             lease_sent_at: Time(1),
+            lease: 1,
         },
     );
     confirm_all(&mut m, Time(2));
@@ -177,6 +181,7 @@ fn member_starts_blocked_and_serves_the_route_it_reads() {
         MemberEvent::Synced {
             read: read(Some(route(3, Phase::Serve, Setup::Hot, 7))),
             lease_sent_at: Time(2),
+            lease: 1,
         },
     );
     assert_eq!(actions(&mut m), vec![apply_serve(Setup::Hot, Time(2))]);
@@ -481,6 +486,7 @@ fn lease_loss_blocks_and_reregisters_and_late_serves_are_refused() {
         MemberEvent::Synced {
             read: read(Some(route(3, Phase::Drain, Setup::Warm, 6))),
             lease_sent_at: Time(20),
+            lease: 1,
         },
     );
     confirm_all(&mut m, Time(21));
@@ -803,6 +809,7 @@ fn a_fresh_member_does_not_serve_a_route_below_the_links_floor() {
                 floor: 5,
             },
             lease_sent_at: Time(1),
+            lease: 1,
         },
     );
     assert!(confirm_all(&mut m, Time(1)).is_empty());
@@ -828,6 +835,7 @@ fn restarted_and_synced_to_hot() -> Member {
         MemberEvent::Synced {
             read: read(Some(route(1, Phase::Serve, Setup::Hot, 5))),
             lease_sent_at: Time(1),
+            lease: 1,
         },
     );
     m
@@ -1328,6 +1336,7 @@ fn a_hold_blocks_the_issuing_end_and_keeps_the_receiving_end() {
         MemberEvent::Synced {
             read: read(Some(hot)),
             lease_sent_at: Time(1),
+            lease: 1,
         },
     );
     confirm_all(&mut bob, Time(2));

@@ -174,9 +174,34 @@ pub struct Route {
     /// Set on a `hold` route: who blocks first and what the others keep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handover: Option<Handover>,
+    /// The member incarnations the leader listed at the write (failsafe):
+    /// a member serving this route without etcd needs a grant from every
+    /// other one, and only a process that held one of them may lead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roster: Vec<Incarnation>,
+}
+
+/// An etcd lease id.
+pub type Lease = i64;
+
+/// One registration of a member: its id and the lease its key lives on.
+/// A member that registers again (its lease expired) is a new incarnation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Incarnation {
+    pub id: MemberId,
+    pub lease: Lease,
+    /// Where its Peer service listens: grants are asked for while etcd,
+    /// which lists the addresses, cannot be read.
+    #[serde(default)]
+    pub grpc: String,
 }
 
 impl Route {
+    /// Whether `id` on `lease` is in this route's roster.
+    pub fn rostered(&self, id: &str, lease: Lease) -> bool {
+        self.roster.iter().any(|i| i.id == id && i.lease == lease)
+    }
+
     pub fn step(&self) -> Step {
         Step::new(self.epoch, self.phase)
     }

@@ -59,6 +59,8 @@ const TIMING: Timing = Timing {
     margin: 1,
     down: 2,
     resend: 1,
+    grant: 3,
+    failsafe_max: 20,
 };
 
 fn ci_model(mutation: Option<Mutation>) -> LinkModel {
@@ -94,6 +96,8 @@ fn ci_model(mutation: Option<Mutation>) -> LinkModel {
         restarted_at_start: false,
         delayed_reads: false,
         handover: false,
+        failsafe: false,
+        cut_at_start: 0,
     }
 }
 
@@ -454,9 +458,20 @@ fn explore_from_env() {
             margin: t[1],
             down: t[2],
             resend: 1,
+            ..model.timing
         };
     }
     model.handover = std::env::var("LOCKSTEP_MODEL_HANDOVER").is_ok();
+    if let Ok(cut) = std::env::var("LOCKSTEP_MODEL_FAILSAFE") {
+        model = failsafe_model(None, model.faults, v[1]);
+        model.cut_at_start = cut.parse().unwrap_or(0);
+    }
+    model.mutation = match std::env::var("LOCKSTEP_MODEL_MUTATION").as_deref() {
+        Ok("FailsafeWithoutEveryGrant") => Some(Mutation::FailsafeWithoutEveryGrant),
+        Ok("GrantWhileSeeingEtcd") => Some(Mutation::GrantWhileSeeingEtcd),
+        Ok(other) => panic!("unknown mutation {other:?}"),
+        Err(_) => None,
+    };
     model.members = v[0] as usize;
     model.horizon = v[1];
     model.faults.total = v[2] as u8;
@@ -520,4 +535,125 @@ fn paused_sidecar_after_a_crash_at_any_point() {
         "paused sidecar, crash anywhere",
         paused_sidecar_model(None, 2),
     );
+}
+
+/// Failsafe: a lease must stay fresh past a grant (3) and D (1), so TTL −
+/// margin = 5: a member in touch with etcd is never "about to lapse" and
+/// grants nothing; one cut off asks for grants a unit after its last
+/// keep-alive and serves on them from the fifth; a grant sent at t keeps
+/// it routable through t + 1, when the next ask goes.
+const FAILSAFE_TIMING: Timing = Timing {
+    ttl: 6,
+    margin: 1,
+    down: 1,
+    resend: 1,
+    grant: 3,
+    failsafe_max: 20,
+};
+
+/// Failsafe on: each candidate runs in its member's process, members cut
+/// from etcd (`partition`, per member, healed at any time) ask each other
+/// for grants over the lossy network, and the forced failover waits for
+/// etcd. `horizon` leaves time for a lease to run out and the switch to go
+/// on without the cut member.
+fn failsafe_model(mutation: Option<Mutation>, faults: Faults, horizon: u64) -> LinkModel {
+    let mut model = ci_model(mutation);
+    model.failsafe = true;
+    model.candidates = model.members;
+    model.timing = FAILSAFE_TIMING;
+    model.horizon = horizon;
+    model.faults = faults;
+    model
+}
+
+/// Alice cut from etcd as the request arrives, and one more fault at any
+/// point: bob cut too (both serve on each other's grants until one is
+/// back), a grant or push lost or duplicated, bob's process crashed (a new
+/// process, not in the roster until the leader writes it again), a write
+/// whose outcome is unknown. Heals come at any time.
+#[test]
+fn failsafe_never_splits_with_a_member_cut_and_one_more_fault() {
+    let faults = Faults {
+        total: 1,
+        partition: 1,
+        drop: 1,
+        duplicate: 1,
+        member_crash: 1,
+        unknown_write: 1,
+        ..Faults::default()
+    };
+    let mut model = failsafe_model(None, faults, 8);
+    model.cut_at_start = 1;
+    let out = check_all("failsafe, alice cut", model);
+    assert!(out.done, "the checker stopped before exploring everything");
+    assert!(out.unique > 10_000, "the model explored almost nothing");
+}
+
+/// Both members cut from etcd as the request arrives: they serve on each
+/// other's grants; whoever comes back first leads only once its grants
+/// have run out, and the switch moves only then.
+#[test]
+fn failsafe_serves_through_a_whole_cut_and_never_splits() {
+    let faults = Faults {
+        total: 1,
+        drop: 1,
+        duplicate: 1,
+        ..Faults::default()
+    };
+    let mut model = failsafe_model(None, faults, 8);
+    model.cut_at_start = 2;
+    let out = check_all("failsafe, both cut", model);
+    assert!(out.done, "the checker stopped before exploring everything");
+}
+
+/// Alice cut from etcd as the request arrives, no other fault.
+fn failsafe_mutant(mutation: Mutation) -> LinkModel {
+    let mut model = failsafe_model(Some(mutation), Faults::default(), 8);
+    model.cut_at_start = 1;
+    model
+}
+
+#[test]
+fn mutation_failsafe_without_every_grant_breaks_s1() {
+    expect_counterexample_in(
+        failsafe_mutant(Mutation::FailsafeWithoutEveryGrant),
+        "S1 no two LBs serve different setups",
+    );
+}
+
+#[test]
+fn mutation_grant_while_seeing_etcd_breaks_s1() {
+    // Its breadth-first frontier does not fit in memory.
+    expect_counterexample_dfs(
+        failsafe_mutant(Mutation::GrantWhileSeeingEtcd),
+        "S1 no two LBs serve different setups",
+    );
+}
+
+#[test]
+#[ignore = "debug"]
+fn debug_failsafe_mutant() {
+    let mut model = failsafe_mutant(Mutation::FailsafeWithoutEveryGrant);
+    model.mutation = None;
+    model.faults = Faults::default();
+    model.horizon = 6;
+    let mut s = model.init_states().remove(0);
+    let mut seed: u64 = std::env::var("SEED")
+        .ok()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(7);
+    for k in 0..80 {
+        let mut acts = Vec::new();
+        model.actions(&s, &mut acts);
+        if acts.is_empty() {
+            break;
+        }
+        println!("{k} {} enabled: {:?}", model.summary(&s), acts);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let a = acts[(seed >> 33) as usize % acts.len()].clone();
+        println!("   -> {a:?}");
+        s = model.next_state(&s, a).unwrap();
+    }
 }

@@ -199,6 +199,9 @@ pub(crate) fn format_status(s: &proto::StatusReply) -> String {
         ],
         &members,
     ));
+    for m in s.members.iter().filter(|m| !m.failsafe.is_empty()) {
+        out.push_str(&format!("FAILSAFE  {}: {}\n", m.id, m.failsafe));
+    }
     for m in s.members.iter().filter(|m| !m.behind.is_empty()) {
         out.push_str(&format!("BEHIND    {}: {}\n", m.id, m.behind));
     }
@@ -416,6 +419,7 @@ mod tests {
                 lease_fresh: true,
                 behind: String::new(),
                 insecure: false,
+                failsafe: String::new(),
             }],
             paused: true,
             paused_reason: "maintenance".into(),

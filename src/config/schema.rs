@@ -53,6 +53,53 @@ pub struct Config {
     /// Webhooks and commands told of every transition the leader makes.
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// Serving on while etcd is unreachable.
+    #[serde(default)]
+    pub failsafe: FailsafeSection,
+}
+
+/// Failsafe (`docs/design.md`, "Failsafe"): when this member cannot renew
+/// its lease it keeps its LB serving the route it served while every other
+/// member of that route's roster grants it (they cannot reach etcd either
+/// and take no part in a switch meanwhile). Nothing switches until etcd is
+/// back. Off by default: with it, a member cut from etcd together with its
+/// peers keeps serving instead of blocking, and a roster member that died
+/// makes failsafe impossible until the leader rewrites the roster.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailsafeSection {
+    pub enabled: bool,
+    /// How long a grant lasts; asked again every quarter of it. Must
+    /// outlast the LB's down-detection bound D, and fit with D and the
+    /// keep-alive interval inside `etcd.lease_ttl - etcd.margin`.
+    #[serde(with = "humantime_serde")]
+    pub grant_ttl: Duration,
+    /// The longest a member serves on grants after its lease stopped being
+    /// fresh; also how long a full restart of every sidecar waits before a
+    /// new one may lead.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for FailsafeSection {
+    fn default() -> Self {
+        FailsafeSection {
+            enabled: false,
+            grant_ttl: Duration::from_secs(2),
+            max: Duration::from_secs(600),
+        }
+    }
+}
+
+impl FailsafeSection {
+    /// The protocol's failsafe parameters, when it is on.
+    pub(crate) fn protocol(&self) -> Option<lockstep_core::failsafe::FailsafeConfig> {
+        self.enabled
+            .then_some(lockstep_core::failsafe::FailsafeConfig {
+                grant_ttl: self.grant_ttl,
+                max: self.max,
+            })
+    }
 }
 
 /// The status page: an HTML page, `/status` (JSON) and `/events`

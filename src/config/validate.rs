@@ -283,6 +283,36 @@ impl Config {
                 ),
             );
         }
+        if self.failsafe.enabled {
+            let f = &self.failsafe;
+            let d = self.lb_down_detection();
+            // Asked every quarter of its length, a grant must still cover
+            // D when the next one arrives.
+            if f.grant_ttl * 3 / 4 <= d + Duration::from_millis(100) {
+                return bad(
+                    "failsafe.grant_ttl",
+                    format!(
+                        "{:?} is too short: three quarters of it must exceed the LB's down-detection bound ({d:?}) plus 100ms; try {:?}",
+                        f.grant_ttl,
+                        (d + Duration::from_millis(100)) * 2
+                    ),
+                );
+            }
+            // A member that reaches etcd must never be low enough on lease
+            // to grant: its lease stays fresh for more than a grant and D
+            // after every keep-alive interval.
+            let need = f.grant_ttl + d + self.etcd.keepalive_interval + self.etcd.margin;
+            if self.etcd.lease_ttl <= need {
+                return bad(
+                    "failsafe.grant_ttl",
+                    format!(
+                        "{:?} does not fit: failsafe needs etcd.lease_ttl ({:?}) above grant_ttl + D ({d:?}) + keepalive_interval + margin = {need:?}; raise etcd.lease_ttl or shorten the grant",
+                        f.grant_ttl, self.etcd.lease_ttl
+                    ),
+                );
+            }
+            positive("failsafe.max", f.max)?;
+        }
         if self.failover.max_auto == 0 {
             return bad(
                 "failover.max_auto",

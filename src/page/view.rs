@@ -418,6 +418,7 @@ mod tests {
             lease_fresh: true,
             behind: String::new(),
             insecure: false,
+            failsafe: String::new(),
         }
     }
 

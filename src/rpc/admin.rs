@@ -77,6 +77,7 @@ pub(crate) async fn build_status(shared: &Shared, s: &Snapshot) -> proto::Status
             lease_fresh: false,
             behind: m.record.behind.map_or(String::new(), |b| b.to_string()),
             insecure: false,
+            failsafe: String::new(),
         }));
     }
     let insecure = shared.config.grpc.insecure || members.iter().any(|m| m.insecure);
@@ -149,6 +150,14 @@ impl AdminService {
     ) -> Result<Response<proto::SwitchReply>, Status> {
         let started = Instant::now();
         crate::limits::check_admin_text(&req.reason, &req.requested_by)?;
+        // Nothing switches without etcd: say so plainly rather than wait
+        // for an etcd request to time out.
+        let failsafe = self.shared.member_state().failsafe;
+        if !failsafe.is_empty() {
+            return Err(Reason::EtcdUnavailable.status(format!(
+                "refused: this member is in failsafe ({failsafe}); try again once etcd answers"
+            )));
+        }
         let (requested_by, by_note) = attribute(&caller, &req.requested_by);
         let to = setup_from_proto(req.to).ok_or_else(|| {
             Reason::InvalidRequest.status("unknown target setup: use \"hot\" or \"warm\"")

@@ -106,6 +106,40 @@ impl Peer for PeerService {
             .await
     }
 
+    async fn grant(
+        &self,
+        request: Request<proto::GrantRequest>,
+    ) -> Result<Response<proto::GrantReply>, Status> {
+        let r = request.into_inner();
+        self.check_link(&r.link)?;
+        let setup = setup_from_proto(r.setup)
+            .ok_or_else(|| Status::invalid_argument("setup must be hot or warm"))?;
+        if r.member.is_empty() || r.member.len() > crate::limits::MAX_MEMBER_ID {
+            return Err(Status::invalid_argument("member must be a member id"));
+        }
+        let ask = lockstep_core::failsafe::GrantAsk {
+            from: r.member,
+            epoch: r.epoch,
+            setup,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.input
+            .send(Input::Grant(ask, tx))
+            .await
+            .map_err(|_| Status::unavailable("member is shutting down"))?;
+        match rx.await {
+            Ok(Ok(g)) => Ok(Response::new(proto::GrantReply {
+                member: self.shared.config.member_id.clone(),
+                lease: g.lease,
+                epoch: g.epoch,
+                setup: super::setup_to_proto(g.setup) as i32,
+            })),
+            // Not a fault: the asker goes on without this grant.
+            Ok(Err(refusal)) => Err(Status::failed_precondition(refusal.to_string())),
+            Err(_) => Err(Status::unavailable("member dropped the request")),
+        }
+    }
+
     async fn get_state(
         &self,
         _request: Request<proto::GetStateRequest>,

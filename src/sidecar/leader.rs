@@ -2,20 +2,23 @@
 //! leading feeds the leader state machine from one etcd watch of the link and
 //! from peer replies, and carries out its writes and pushes.
 
+use super::member::Input;
 use super::Shared;
 use crate::notify::{Event, EventKind};
 use crate::proto::peer_client::PeerClient;
 use crate::proto::{DrainRequest, ServeRequest};
 use crate::store::{Change, StoreError, Watched};
+use lockstep_core::failsafe::may_lead;
 use lockstep_core::leader::{
-    HistoryKind, HistoryOutcome, Leader, LeaderAction, LeaderConfig, LeaderEvent, SwitchInfo,
-    WriteFailure,
+    HistoryKind, HistoryOutcome, Leader, LeaderAction, LeaderConfig, LeaderEvent, LeaderFailsafe,
+    SwitchInfo, WriteFailure,
 };
+use lockstep_core::member::MemberView;
 use lockstep_core::{Applied, Phase, Push, Token};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -24,9 +27,12 @@ use tracing::{debug, info, info_span, warn, Instrument};
 pub const RESEND_EVERY: Duration = Duration::from_millis(500);
 
 /// Campaigns whenever this member has a lease and no one leads; leads until
-/// it steps down, loses its lease or the sidecar stops.
-pub(crate) async fn campaign_loop(shared: Arc<Shared>) {
+/// it steps down, loses its lease or the sidecar stops. With failsafe, the
+/// member is told first (it grants nothing from then on) and the process
+/// campaigns only as `failsafe::may_lead` allows.
+pub(crate) async fn campaign_loop(shared: Arc<Shared>, member: mpsc::Sender<Input>) {
     let mut lease_rx = shared.lease.subscribe();
+    let mut roster_gone_since: Option<lockstep_core::Time> = None;
     loop {
         if *shared.stopping.borrow() {
             return;
@@ -37,16 +43,38 @@ pub(crate) async fn campaign_loop(shared: Arc<Shared>) {
             }
             continue;
         };
-        match shared.store.campaign(&shared.config.member_id, lease).await {
+        let failsafe = match shared.config.failsafe.protocol() {
+            None => None,
+            Some(config) => {
+                match may_campaign(&shared, &member, config, &mut roster_gone_since).await {
+                    Ok(f) => Some(f),
+                    Err(why) => {
+                        set_leading(&member, false).await;
+                        debug!(%why, "not campaigning");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                            _ = lease_rx.changed() => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let campaigned = shared.store.campaign(&shared.config.member_id, lease).await;
+        if !matches!(campaigned, Ok(Some(_))) && failsafe.is_some() {
+            set_leading(&member, false).await;
+        }
+        match campaigned {
             Ok(Some(token)) => {
                 let span = info_span!("leader", link = %shared.config.link, member = %shared.config.member_id, token);
                 info!(parent: &span, "elected leader");
                 shared.leader_token.send_replace(Some(token));
                 shared.metrics.set_leader(true);
-                let reason = lead(shared.clone(), token, lease)
+                let reason = lead(shared.clone(), token, lease, failsafe)
                     .instrument(span.clone())
                     .await;
                 shared.leader_token.send_replace(None);
+                set_leading(&member, false).await;
                 shared.metrics.set_leader(false);
                 info!(parent: &span, %reason, "stepped down");
                 if let Err(e) = shared.store.resign(token).await {
@@ -69,6 +97,79 @@ pub(crate) async fn campaign_loop(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Tells the member whether its process campaigns or leads; returns its
+/// view once it knows.
+async fn set_leading(member: &mpsc::Sender<Input>, leading: bool) -> Option<MemberView> {
+    let (tx, rx) = oneshot::channel();
+    member.send(Input::Leading(leading, tx)).await.ok()?;
+    rx.await.ok()
+}
+
+/// Failsafe: whether this process may campaign now (`failsafe::may_lead`
+/// on the link as etcd holds it), with the member already told it
+/// campaigns; what the leader then needs of failsafe.
+async fn may_campaign(
+    shared: &Shared,
+    member: &mpsc::Sender<Input>,
+    config: lockstep_core::failsafe::FailsafeConfig,
+    roster_gone_since: &mut Option<lockstep_core::Time>,
+) -> Result<LeaderFailsafe, String> {
+    // A member whose lease is about to lapse cannot win (etcd does not
+    // answer it) and may have to grant: it does not campaign, so its peers
+    // keep its grants while etcd is away.
+    let lb_down_bound = shared.config.lb_down_detection();
+    let doubtful = shared
+        .view
+        .borrow()
+        .lease_fresh_until
+        .is_none_or(|u| shared.clock.now() + config.grant_ttl + lb_down_bound >= u);
+    if doubtful {
+        return Err("this member's lease is about to lapse (etcd unreachable?)".into());
+    }
+    // Read before telling the member: a read that hangs must not keep it
+    // from granting meanwhile.
+    let snap = shared
+        .store
+        .snapshot()
+        .await
+        .map_err(|e| format!("cannot read the link: {e}"))?;
+    let view = set_leading(member, true)
+        .await
+        .ok_or("the member task is gone")?;
+    let now = shared.clock.now();
+    let route = snap.route.as_ref().map(|(r, _)| r);
+    let roster_live = route.is_none_or(|r| {
+        r.roster.is_empty()
+            || r.roster.iter().any(|inc| {
+                snap.members
+                    .iter()
+                    .any(|l| l.id == inc.id && l.lease == inc.lease)
+            })
+    });
+    *roster_gone_since = if roster_live {
+        None
+    } else {
+        Some(roster_gone_since.unwrap_or(now))
+    };
+    may_lead(
+        Some(&config),
+        route,
+        &shared.config.member_id,
+        &view.leases,
+        *roster_gone_since,
+        view.bound_until,
+        lb_down_bound,
+        now,
+    )
+    .map_err(|bar| bar.to_string())?;
+    Ok(LeaderFailsafe {
+        config,
+        leases: view.leases,
+        roster_gone_since: *roster_gone_since,
+        lb_down_bound,
+    })
 }
 
 /// Returns when the leader key is deleted, our lease changes, or after a
@@ -114,7 +215,12 @@ enum Done {
 }
 
 /// Leads until the state machine steps down or the lease changes.
-async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
+async fn lead(
+    shared: Arc<Shared>,
+    token: Token,
+    lease: i64,
+    failsafe: Option<LeaderFailsafe>,
+) -> String {
     let clock = shared.clock;
     // Events that the snapshot already holds come again on the watch with
     // revisions the state machine has seen, and are ignored.
@@ -131,6 +237,7 @@ async fn lead(shared: Arc<Shared>, token: Token, lease: i64) -> String {
             resend_every: RESEND_EVERY,
             // Validated at start-up.
             handover: shared.config.handover.protocol().unwrap_or(None),
+            failsafe,
         },
         clock.now(),
     );
@@ -599,7 +706,7 @@ pub(crate) fn wall_ms() -> u64 {
 
 /// The client for the member at `addr`, over the sidecar's shared
 /// (mutual-TLS) channel to it.
-fn peer(shared: &Shared, addr: &str) -> Option<PeerClient<Channel>> {
+pub(crate) fn peer(shared: &Shared, addr: &str) -> Option<PeerClient<Channel>> {
     match shared.channels.get(addr) {
         Ok(channel) => Some(PeerClient::new(channel)),
         Err(e) => {

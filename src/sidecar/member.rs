@@ -12,9 +12,11 @@ use super::health::Task;
 use super::{Clock, Shared};
 use crate::lb::LoadBalancer;
 use crate::store::{Change, RegisterError, StoreError, Watched};
+use lockstep_core::failsafe::{GrantAsk, GrantRefusal, Granted};
 use lockstep_core::leader::MemberRecord;
 use lockstep_core::member::{
-    LbKnown, LinkRead, Member, MemberAction, MemberConfig, MemberEvent, ReadId, Refusal, RequestId,
+    LbKnown, LinkRead, Member, MemberAction, MemberConfig, MemberEvent, MemberView, ReadId,
+    Refusal, RequestId,
 };
 use lockstep_core::{Applied, Push};
 use std::collections::HashMap;
@@ -33,6 +35,11 @@ pub(crate) enum Input {
     Observed(MemberEvent, u64),
     /// A gRPC Drain or Serve and where to send the answer.
     Peer(Push, oneshot::Sender<Result<Applied, Refusal>>),
+    /// A gRPC grant ask (failsafe) and where to send the answer.
+    Grant(GrantAsk, oneshot::Sender<Result<Granted, GrantRefusal>>),
+    /// This process campaigns or leads (true) or neither; answered with
+    /// the view once the member knows (it grants nothing from then on).
+    Leading(bool, oneshot::Sender<MemberView>),
     /// A new lease and the link read after registering with it.
     Registered {
         lease: i64,
@@ -65,6 +72,7 @@ pub(crate) fn member_config(shared: &Shared) -> MemberConfig {
         margin: c.etcd.margin,
         lb_down_bound: c.lb_down_detection(),
         lb_retry: Duration::from_millis(200),
+        failsafe: c.failsafe.protocol(),
     }
 }
 
@@ -112,6 +120,9 @@ async fn run<L: LoadBalancer>(
     let mut core = core;
     let (lb_tx, mut lb_rx) = mpsc::channel::<MemberEvent>(8);
     let mut replies: HashMap<RequestId, oneshot::Sender<Result<Applied, Refusal>>> = HashMap::new();
+    let mut grants: HashMap<RequestId, oneshot::Sender<Result<Granted, GrantRefusal>>> =
+        HashMap::new();
+    let mut failsafe = FailsafeLog::default();
     let mut next_req: RequestId = 1;
     let mut stopped = Some(stopped);
     let apply_gen = shared.lb_apply_gen.clone();
@@ -169,6 +180,20 @@ async fn run<L: LoadBalancer>(
                         let _ = tx.send(result);
                     }
                 }
+                MemberAction::GrantReply { req, result } => {
+                    match &result {
+                        Ok(g) => debug!(epoch = g.epoch, setup = %g.setup, "failsafe grant given"),
+                        Err(why) => debug!(%why, "failsafe grant refused"),
+                    }
+                    if let Some(tx) = grants.remove(&req) {
+                        let _ = tx.send(result);
+                    }
+                }
+                MemberAction::AskGrants {
+                    epoch,
+                    setup,
+                    peers,
+                } => ask_grants(&shared, &input_tx, epoch, setup, peers),
                 MemberAction::Register => {
                     warn!("lease lost: LB blocked, registering again");
                     shared.lease.send_replace(None);
@@ -189,6 +214,7 @@ async fn run<L: LoadBalancer>(
             }
         }
         let view = core.view();
+        failsafe.note(&shared, &view, clock);
         shared.metrics.member_view(&view);
         publish(&shared, &view);
         shared.view.send_replace(view);
@@ -217,9 +243,19 @@ async fn run<L: LoadBalancer>(
                         replies.insert(req, reply);
                         core.handle(clock.now(), MemberEvent::Peer { req, push });
                     }
+                    Input::Grant(ask, reply) => {
+                        let req = next_req;
+                        next_req += 1;
+                        grants.insert(req, reply);
+                        core.handle(clock.now(), MemberEvent::GrantAsked { req, ask });
+                    }
+                    Input::Leading(leading, reply) => {
+                        core.handle(clock.now(), MemberEvent::Leading(leading));
+                        let _ = reply.send(core.view());
+                    }
                     Input::Registered { lease, read, lease_sent_at } => {
                         shared.lease.send_replace(Some(lease));
-                        core.handle(clock.now(), MemberEvent::Synced { read, lease_sent_at });
+                        core.handle(clock.now(), MemberEvent::Synced { read, lease_sent_at, lease });
                     }
                 }
             }
@@ -232,7 +268,176 @@ async fn run<L: LoadBalancer>(
         beat.beat();
         // Drop replies whose callers gave up, so the map stays small.
         replies.retain(|_, tx| !tx.is_closed());
+        grants.retain(|_, tx| !tx.is_closed());
     }
+}
+
+/// Asks each peer for a failsafe grant, at once and in parallel; each
+/// answer goes back into the member with the time its ask was sent (a
+/// grant counts from then).
+fn ask_grants(
+    shared: &Arc<Shared>,
+    input: &mpsc::Sender<Input>,
+    epoch: u64,
+    setup: lockstep_core::Setup,
+    peers: Vec<lockstep_core::Incarnation>,
+) {
+    let Some(fs) = shared.config.failsafe.protocol() else {
+        return;
+    };
+    for peer in peers {
+        let Some(mut client) = super::leader::peer(shared, &peer.grpc) else {
+            continue;
+        };
+        let input = input.clone();
+        let clock = shared.clock;
+        let request = crate::proto::GrantRequest {
+            link: shared.config.link.clone(),
+            member: shared.config.member_id.clone(),
+            epoch,
+            setup: crate::rpc::setup_to_proto(setup) as i32,
+        };
+        let span = info_span!("grant_ask", peer = %peer.id, epoch, %setup);
+        tokio::spawn(
+            async move {
+                let sent_at = clock.now();
+                // An answer later than a quarter grant is no use: the next
+                // ask is already out.
+                let answer = tokio::time::timeout(fs.grant_ttl / 4, client.grant(request)).await;
+                let result = match answer {
+                    Ok(Ok(reply)) => {
+                        let r = reply.into_inner();
+                        match crate::rpc::setup_from_proto(r.setup) {
+                            Some(setup) if r.member == peer.id => Ok(Granted {
+                                lease: r.lease,
+                                epoch: r.epoch,
+                                setup,
+                            }),
+                            _ => {
+                                debug!("grant reply names another member or no setup; ignored");
+                                return;
+                            }
+                        }
+                    }
+                    Ok(Err(status)) => {
+                        debug!(refused = %status.message(), "grant refused");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!("grant ask timed out");
+                        return;
+                    }
+                };
+                let _ = input
+                    .send(Input::Event(MemberEvent::GrantAnswered {
+                        from: peer.id,
+                        sent_at,
+                        result,
+                    }))
+                    .await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Tells operators when this member starts and stops serving on grants:
+/// a WARN log, the metric, and once etcd answers again, history records
+/// `failsafe-entered` / `failsafe-left` with the duration.
+#[derive(Default)]
+struct FailsafeLog {
+    /// Since when (monotonic) and wall-clock start, while in failsafe.
+    since: Option<(lockstep_core::Time, String)>,
+}
+
+impl FailsafeLog {
+    fn note(&mut self, shared: &Arc<Shared>, view: &MemberView, clock: Clock) {
+        let now = clock.now();
+        // In failsafe: serving on grants while the lease is not fresh.
+        let on_grants = view.failsafe.is_some()
+            && view.lease_fresh_until.is_none_or(|u| now >= u)
+            && matches!(view.desired, lockstep_core::LbTarget::Serve(_));
+        match (&self.since, on_grants) {
+            (None, true) => {
+                let f = view.failsafe.as_ref();
+                warn!(
+                    epoch = f.map(|f| f.serving.epoch),
+                    setup = ?f.map(|f| f.serving.setup),
+                    "FAILSAFE: etcd unreachable; serving on every roster member's grant, nothing switches until etcd is back"
+                );
+                shared.metrics.set_failsafe(true);
+                self.since = Some((now, super::leader::now_rfc3339()));
+            }
+            (Some((t, at)), false) => {
+                let ms = now.since(*t).as_millis() as u64;
+                warn!(duration_ms = ms, "failsafe left");
+                shared.metrics.set_failsafe(false);
+                let serving = view.applied.or(view.accepted);
+                record_failsafe(shared.clone(), at.clone(), ms, serving);
+                self.since = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Writes the history records of one failsafe period once etcd answers
+/// (retrying while it does not, for at most a minute).
+fn record_failsafe(
+    shared: Arc<Shared>,
+    entered_at: String,
+    duration_ms: u64,
+    serving: Option<Applied>,
+) {
+    use lockstep_core::leader::{HistoryKind, HistoryOutcome, HistoryRecord};
+    let Some(serving) = serving else { return };
+    let record = |kind: HistoryKind, at: String, total_ms: u64| HistoryRecord {
+        epoch: serving.epoch,
+        from: None,
+        to: serving.setup,
+        kind,
+        reason: match kind {
+            HistoryKind::FailsafeEntered => {
+                "etcd unreachable: serving on every roster member's grant".into()
+            }
+            _ => format!("failsafe left after {total_ms} ms"),
+        },
+        requested_by: "lockstep:failsafe".into(),
+        by_note: String::new(),
+        leader: shared.config.member_id.clone(),
+        token: 0,
+        started_at: at,
+        drain_ms: 0,
+        hold_ms: 0,
+        grace_ms: 0,
+        total_ms,
+        fenced_members: Vec::new(),
+        outcome: HistoryOutcome::Done,
+        request_id: Some(shared.config.member_id.clone()),
+    };
+    let records = [
+        record(HistoryKind::FailsafeEntered, entered_at, 0),
+        record(
+            HistoryKind::FailsafeLeft,
+            super::leader::now_rfc3339(),
+            duration_ms,
+        ),
+    ];
+    tokio::spawn(
+        async move {
+            for attempt in 0..60u32 {
+                match shared.store.put_records(&records).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        debug!(error = %e, attempt, "failsafe history not written yet");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            warn!("failsafe history records could not be written to etcd");
+        }
+        .instrument(tracing::Span::current()),
+    );
 }
 
 /// What the member publishes in its key besides what it applied: what its

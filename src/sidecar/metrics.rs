@@ -120,6 +120,7 @@ pub(crate) struct Metrics {
     setup_healthy: Family<SetupLabel, Gauge>,
     no_healthy_setup: Gauge,
     paused: Gauge,
+    failsafe: Gauge,
     lease_age: Gauge<f64, AtomicU64>,
     /// Send time (clock millis) of the newest acknowledged keep-alive.
     last_ack_ms: AtomicU64,
@@ -160,6 +161,7 @@ impl Metrics {
             setup_healthy: Family::default(),
             no_healthy_setup: Gauge::default(),
             paused: Gauge::default(),
+            failsafe: Gauge::default(),
             lease_age: Gauge::default(),
             last_ack_ms: AtomicU64::new(NO_ACK),
             probe_errors: Family::default(),
@@ -243,6 +245,11 @@ impl Metrics {
             m.paused.clone(),
         );
         r.register(
+            "failsafe",
+            "1 while this member serves on its peers' grants because etcd is unreachable (failsafe); nothing switches meanwhile",
+            m.failsafe.clone(),
+        );
+        r.register(
             "lease_age_seconds",
             "Time since the send time of this member's last acknowledged keep-alive (since start before the first); it fences at lease_ttl - margin",
             m.lease_age.clone(),
@@ -308,6 +315,10 @@ impl Metrics {
     }
 
     /// The link's pause as the leader sees it.
+    pub(crate) fn set_failsafe(&self, on: bool) {
+        self.failsafe.set(on as i64);
+    }
+
     pub(crate) fn set_paused(&self, on: bool) {
         self.paused.set(on as i64);
     }

@@ -122,6 +122,15 @@ impl Shared {
             lease_fresh: !view.fenced && view.lease_fresh_until.is_some_and(|u| now < u),
             behind: view.behind.map_or(String::new(), |b| b.to_string()),
             insecure: self.config.grpc.insecure,
+            failsafe: match view.failsafe {
+                Some(f) if !view.lease_fresh_until.is_some_and(|u| now < u) => format!(
+                    "etcd unreachable: serving {} (epoch {}) on every roster member's grant for {} ms more; nothing switches until etcd is back",
+                    f.serving.setup,
+                    f.serving.epoch,
+                    f.until.since(now).as_millis()
+                ),
+                _ => String::new(),
+            },
         }
     }
 
@@ -179,6 +188,7 @@ pub(crate) async fn run_with<L: LoadBalancer>(
             margin: config.etcd.margin,
             lb_down_bound: config.lb_down_detection(),
             lb_retry: Duration::from_millis(200),
+            failsafe: None,
         },
         clock.now(),
     )
@@ -246,7 +256,7 @@ pub(crate) async fn run_with<L: LoadBalancer>(
         crate::page::start(shared.clone(), listener);
     }
     tokio::spawn(crate::probe::run(shared.clone()));
-    let campaign = tokio::spawn(leader::campaign_loop(shared.clone()));
+    let campaign = tokio::spawn(leader::campaign_loop(shared.clone(), input.clone()));
 
     let (grpc_stop_tx, grpc_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let grpc = tokio::spawn(crate::rpc::serve::serve(

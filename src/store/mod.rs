@@ -717,6 +717,7 @@ impl Store {
                                 id: id.to_string(),
                                 record,
                                 rev: kv.mod_revision(),
+                                lease: kv.lease(),
                             }),
                             // Its lease bounds how long it can matter, like
                             // any dead member's.
@@ -803,6 +804,7 @@ impl Store {
                             id: id.to_string(),
                             record,
                             rev: kv.mod_revision(),
+                            lease: kv.lease(),
                         }),
                         // A member we cannot read cannot ack either; its
                         // lease bounds the wait like any dead member's.
@@ -994,6 +996,16 @@ impl Store {
             .map(|_| ())
     }
 
+    /// Puts history records that are no switch (a member's failsafe period),
+    /// unguarded: any member may.
+    pub(crate) async fn put_records(&self, records: &[HistoryRecord]) -> Result<(), StoreError> {
+        let ops: Vec<TxnOp> = records
+            .iter()
+            .map(|r| TxnOp::put(self.history_key(r), to_json(r), None))
+            .collect();
+        self.txn(Txn::new().and_then(ops)).await.map(|_| ())
+    }
+
     /// The newest `limit` history records, newest first.
     pub(crate) async fn history(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
         let options = GetOptions::new()
@@ -1062,6 +1074,7 @@ fn decode(base: &str, event: &etcd_client::Event) -> Result<Change, StoreError> 
                 id: id.to_string(),
                 record: from_json(&key, kv.value())?,
                 rev,
+                lease: kv.lease(),
             }),
             Some(id) => Change::MemberGone(id.to_string(), rev),
             None => Change::Other,

@@ -47,6 +47,7 @@
 //! stops answering at once) and acts, when it resumes, on events it
 //! receives then, which the other faults already reorder.
 
+use lockstep_core::failsafe::{may_lead, FailsafeConfig, GrantAsk, Granted};
 use lockstep_core::health::RoleHealth;
 use lockstep_core::leader::*;
 use lockstep_core::member::*;
@@ -71,6 +72,10 @@ pub struct Timing {
     pub down: u64,
     /// Leader resend period and member LB retry period.
     pub resend: u64,
+    /// Failsafe (`LinkModel::failsafe`): a grant's length, and the longest
+    /// a member serves on grants.
+    pub grant: u64,
+    pub failsafe_max: u64,
 }
 
 /// How many faults of each kind a run may contain, and in total.
@@ -150,6 +155,16 @@ pub struct LinkModel {
     /// The request is a planned switchover with a handover (alice issues
     /// keys; grace one unit), instead of a forced failover.
     pub handover: bool,
+    /// Failsafe on: members serve on each other's grants while cut from
+    /// etcd (grants travel as gRPC messages: lost, duplicated, delayed like
+    /// any), routes carry rosters, and each candidate runs in its member's
+    /// process (candidate `c` is member `c`: it leads only as a roster
+    /// member with no grant outstanding, it is cut from etcd with its
+    /// member, which then loses the leader key, and dies with it).
+    pub failsafe: bool,
+    /// The first `cut_at_start` members are cut from etcd as the request
+    /// arrives (without spending faults): the stage failsafe needs.
+    pub cut_at_start: usize,
 }
 
 /// The handover's grace, in model units.
@@ -225,6 +240,8 @@ pub struct MemberSlot {
     pub resync: bool,
     /// The LB command in flight.
     pub lb_cmd: Option<LbCmd>,
+    /// The member has been told its process leads (failsafe).
+    pub leading: bool,
     /// What the driver wants in the member key, and whether it is unwritten.
     pub record: MemberRecord,
     pub record_dirty: bool,
@@ -270,6 +287,23 @@ pub enum Msg {
         epoch: Epoch,
         phase: Phase,
         setup: Setup,
+    },
+    /// Failsafe: `from` asks `to` for a grant, at `sent_at`.
+    GrantAsk {
+        from: usize,
+        to: usize,
+        epoch: Epoch,
+        setup: Setup,
+        sent_at: u64,
+    },
+    /// Failsafe: `from` (on `lease`) grants `to` for its ask of `sent_at`.
+    Granted {
+        to: usize,
+        from: usize,
+        lease: i64,
+        epoch: Epoch,
+        setup: Setup,
+        sent_at: u64,
     },
 }
 
@@ -325,6 +359,9 @@ pub struct State {
     /// Time that passed while etcd was down for a restore; not counted
     /// against the horizon.
     pub skipped: u64,
+    /// Failsafe: since when no incarnation of the route's roster has had a
+    /// live key (anyone may lead `max + D` later).
+    pub roster_gone_since: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -425,6 +462,15 @@ fn req_sender(req: RequestId) -> (usize, Token) {
     (((req >> 1) & 0x7f) as usize, (req >> 8) as Token)
 }
 
+/// Grant asks are named by the asking member and the send time.
+fn grant_req(from: usize, sent_at: u64) -> RequestId {
+    (sent_at << 8) | from as u64
+}
+
+fn grant_req_sender(req: RequestId) -> (usize, u64) {
+    ((req & 0xff) as usize, req >> 8)
+}
+
 /// The candidate index forged pushes claim; replies to it go nowhere.
 const FORGER: usize = 0x7f;
 /// The token forged pushes carry: far above any real one.
@@ -455,7 +501,58 @@ impl LinkModel {
             margin: ms(self.timing.margin),
             lb_down_bound: ms(self.timing.down),
             lb_retry: ms(self.timing.resend),
+            failsafe: self.failsafe_config(),
         }
+    }
+
+    fn failsafe_config(&self) -> Option<FailsafeConfig> {
+        self.failsafe.then_some(FailsafeConfig {
+            grant_ttl: ms(self.timing.grant),
+            max: ms(self.timing.failsafe_max),
+        })
+    }
+
+    /// Whether candidate `c` (member `c`'s process, failsafe) may campaign
+    /// now: alive, in touch with etcd, registered, and allowed by
+    /// `may_lead` on etcd's route.
+    fn may_campaign(&self, s: &State, c: usize) -> bool {
+        let slot = &s.members[c];
+        let Some(m) = slot.m.as_ref().filter(|_| slot.connected && !slot.paused) else {
+            return false;
+        };
+        if self.key_ours(s, c).is_none() {
+            return false;
+        }
+        let v = m.view();
+        may_lead(
+            self.failsafe_config().as_ref(),
+            s.etcd.route.as_ref().map(|(r, _)| r),
+            &self.member_id(c),
+            &v.leases,
+            s.roster_gone_since.map(Time),
+            v.bound_until,
+            ms(self.timing.down),
+            Time(s.now),
+        )
+        .is_ok()
+    }
+
+    /// Tracks since when no roster incarnation has had a live key.
+    fn track_roster(s: &mut State) {
+        let gone = match &s.etcd.route {
+            Some((r, _)) if !r.roster.is_empty() => !r.roster.iter().any(|inc| {
+                s.etcd
+                    .members
+                    .get(&inc.id)
+                    .is_some_and(|(_, _, l)| *l as i64 == inc.lease)
+            }),
+            _ => false,
+        };
+        s.roster_gone_since = match (gone, s.roster_gone_since) {
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(s.now),
+            (false, _) => None,
+        };
     }
 
     fn new_member(&self, i: usize, now: u64) -> Member {
@@ -499,10 +596,11 @@ impl LinkModel {
         s.etcd
             .members
             .iter()
-            .map(|(id, (record, rev, _))| Listed {
+            .map(|(id, (record, rev, lease))| Listed {
                 id: id.clone(),
                 record: record.clone(),
                 rev: *rev,
+                lease: *lease as i64,
             })
             .collect()
     }
@@ -517,7 +615,12 @@ impl LinkModel {
         let rev = s.etcd.rev;
         Self::notify_leaders(
             s,
-            LeaderWatch::Event(LeaderEvent::MemberPut(Listed { id, record, rev })),
+            LeaderWatch::Event(LeaderEvent::MemberPut(Listed {
+                id,
+                record,
+                rev,
+                lease: lease as i64,
+            })),
         );
     }
 
@@ -792,6 +895,69 @@ impl LinkModel {
                     s.members[i].watch.clear();
                 }
                 MemberAction::RevokeLease => {}
+                MemberAction::AskGrants {
+                    epoch,
+                    setup,
+                    peers,
+                } => {
+                    for peer in peers {
+                        let Some(to) = self.member_index(&peer.id) else {
+                            continue;
+                        };
+                        // An ask to a sidecar that is down fails to connect.
+                        // A newer ask for the same route supersedes older
+                        // ones still in flight (its grant lasts longer).
+                        if s.members[to].m.is_some() {
+                            s.net.retain(|m| {
+                                !matches!(m, Msg::GrantAsk { from: f, to: t, epoch: e, setup: x, .. }
+                                    if *f == i && *t == to && *e == epoch && *x == setup)
+                            });
+                            s.net.insert(Msg::GrantAsk {
+                                from: i,
+                                to,
+                                epoch,
+                                setup,
+                                sent_at: now,
+                            });
+                        }
+                    }
+                }
+                MemberAction::GrantReply { req, result } => {
+                    if let Ok(g) = result {
+                        let (to, sent_at) = grant_req_sender(req);
+                        // Of grants in flight for the same route, the holder
+                        // keeps the longest.
+                        let mut newest = sent_at;
+                        s.net.retain(|m| match m {
+                            Msg::Granted {
+                                to: t,
+                                from: f,
+                                lease,
+                                epoch,
+                                setup,
+                                sent_at: at,
+                            } if *t == to
+                                && *f == i
+                                && *lease == g.lease
+                                && *epoch == g.epoch
+                                && *setup == g.setup =>
+                            {
+                                newest = newest.max(*at);
+                                false
+                            }
+                            _ => true,
+                        });
+                        let sent_at = newest;
+                        s.net.insert(Msg::Granted {
+                            to,
+                            from: i,
+                            lease: g.lease,
+                            epoch: g.epoch,
+                            setup: g.setup,
+                            sent_at,
+                        });
+                    }
+                }
             }
         }
         if let Some((_, what)) = stale {
@@ -936,8 +1102,14 @@ impl LinkModel {
                         return true;
                     }
                     // A connected member's lease deadline moves with every
-                    // keep-alive; only its other deadlines count.
-                    let fresh = m.view().lease_fresh_until;
+                    // keep-alive (and with it, in failsafe, the instant it
+                    // would start asking for grants); only its other
+                    // deadlines count.
+                    let doubt = ms(self.timing.grant + self.timing.down);
+                    let fresh =
+                        m.view()
+                            .lease_fresh_until
+                            .map(|f| if self.failsafe { f - doubt } else { f });
                     match m.poll_timeout() {
                         Some(t) => !slot.connected || fresh.is_none_or(|f| t < f),
                         None => false,
@@ -1101,7 +1273,7 @@ impl LinkModel {
                 if !slot.watch.is_empty() {
                     out.push(Action::LeaderWatch(c));
                 }
-                if self.fault_left(s, Fault::LeaderCrash) {
+                if self.fault_left(s, Fault::LeaderCrash) && !self.failsafe {
                     out.push(Action::CrashLeader(c));
                 }
                 if s.etcd.leader == Some((c, slot.token)) && self.fault_left(s, Fault::LeaderLease)
@@ -1140,7 +1312,13 @@ impl LinkModel {
         // Candidates are interchangeable (same leader id, fresh machine), so
         // only the first one not leading campaigns: symmetry reduction.
         if s.etcd.leader.is_none() {
-            if let Some(c) = s.leaders.iter().position(|slot| slot.l.is_none()) {
+            if self.failsafe {
+                for c in 0..self.candidates {
+                    if s.leaders[c].l.is_none() && self.may_campaign(s, c) {
+                        out.push(Action::Campaign(c));
+                    }
+                }
+            } else if let Some(c) = s.leaders.iter().position(|slot| slot.l.is_none()) {
                 out.push(Action::Campaign(c));
             }
         }
@@ -1164,7 +1342,8 @@ impl LinkModel {
         }
         for msg in &s.net {
             // A paused sidecar reads no requests; they wait in its socket.
-            if matches!(msg, Msg::Push { to, .. } if s.members[*to].paused) {
+            if matches!(msg, Msg::Push { to, .. } | Msg::GrantAsk { to, .. } if s.members[*to].paused)
+            {
                 continue;
             }
             out.push(Action::Deliver(msg.clone()));
@@ -1291,6 +1470,7 @@ impl LinkModel {
                     MemberEvent::Synced {
                         read,
                         lease_sent_at: Time(now),
+                        lease: lease as i64,
                     },
                 );
             }
@@ -1355,7 +1535,11 @@ impl LinkModel {
                 Self::set_leader_key(s, Some((c, token)));
                 let leader = Leader::new(
                     LeaderConfig {
-                        id: "leader".into(),
+                        id: if self.failsafe {
+                            self.member_id(c)
+                        } else {
+                            "leader".into()
+                        },
                         token,
                         wall_ms_at_start: 0,
                         initial_setup: Setup::Hot,
@@ -1363,6 +1547,15 @@ impl LinkModel {
                         handover: self.handover.then_some(HandoverConfig {
                             issuer: Role::Alice,
                             grace: ms(GRACE),
+                        }),
+                        failsafe: self.failsafe_config().map(|config| LeaderFailsafe {
+                            config,
+                            leases: s.members[c]
+                                .m
+                                .as_ref()
+                                .map_or(Vec::new(), |m| m.view().leases),
+                            roster_gone_since: s.roster_gone_since.map(Time),
+                            lb_down_bound: ms(self.timing.down),
                         }),
                     },
                     Time(s.now),
@@ -1430,6 +1623,7 @@ impl LinkModel {
                 slot.resync = false;
                 slot.record = self.fresh_record(i);
                 slot.record_dirty = false;
+                slot.leading = false;
                 // Collect the start-up action (block the LB).
                 self.feed_member(s, i, MemberEvent::Tick);
             }
@@ -1453,12 +1647,28 @@ impl LinkModel {
                 slot.reads.clear();
                 slot.resync = false;
                 slot.registering = false;
-                s.net
-                    .retain(|m| !matches!(m, Msg::Push { to, .. } if *to == i));
+                slot.leading = false;
+                s.net.retain(
+                    |m| !matches!(m, Msg::Push { to, .. } | Msg::GrantAsk { to, .. } if *to == i),
+                );
+                if self.failsafe {
+                    // The leader dies with its process; its key stays until
+                    // its lease expires (`LeaderKeyExpires`).
+                    s.leaders[i].l = None;
+                    s.leaders[i].watch.clear();
+                    s.net
+                        .retain(|m| !matches!(m, Msg::Reply { to, .. } if *to == i));
+                }
             }
             Action::Partition(i) => {
                 Self::use_fault(s, Fault::Partition);
                 s.members[i].connected = false;
+                // Failsafe: the process's leader is cut too; its key (on the
+                // same lease) is taken as gone at once, the case that lets
+                // another leader in while it still runs.
+                if self.failsafe && s.etcd.leader.is_some_and(|(c, _)| c == i) {
+                    Self::set_leader_key(s, None);
+                }
             }
             Action::CrashLeader(c) => {
                 Self::use_fault(s, Fault::LeaderCrash);
@@ -1479,6 +1689,16 @@ impl LinkModel {
                 Self::set_leader_key(s, None);
                 s.leaders[c].watch = VecDeque::from([LeaderWatch::LeaderKey]);
             }
+        }
+        if self.failsafe {
+            for c in 0..self.members {
+                let leading = s.leaders[c].l.is_some();
+                if s.members[c].m.is_some() && s.members[c].leading != leading {
+                    s.members[c].leading = leading;
+                    self.feed_member(s, c, MemberEvent::Leading(leading));
+                }
+            }
+            Self::track_roster(s);
         }
         self.refresh_lbs(s);
         self.prune_no_ops(s);
@@ -1519,6 +1739,61 @@ impl LinkModel {
                 slot.watch.pop_front();
             }
         }
+        // A grant ask the peer refuses, or a grant its holder has no use
+        // for, changes nothing (the model drops refusals).
+        let members = &s.members;
+        s.net.retain(|msg| {
+            let (to, ev) = match msg {
+                Msg::GrantAsk {
+                    from,
+                    to,
+                    epoch,
+                    setup,
+                    sent_at,
+                } => (
+                    *to,
+                    MemberEvent::GrantAsked {
+                        req: grant_req(*from, *sent_at),
+                        ask: GrantAsk {
+                            from: self.member_id(*from),
+                            epoch: *epoch,
+                            setup: *setup,
+                        },
+                    },
+                ),
+                Msg::Granted {
+                    to,
+                    from,
+                    lease,
+                    epoch,
+                    setup,
+                    sent_at,
+                } => (
+                    *to,
+                    MemberEvent::GrantAnswered {
+                        from: self.member_id(*from),
+                        sent_at: Time(*sent_at),
+                        result: Ok(Granted {
+                            lease: *lease,
+                            epoch: *epoch,
+                            setup: *setup,
+                        }),
+                    },
+                ),
+                _ => return true,
+            };
+            let Some(m) = members[to].m.as_ref() else {
+                return false;
+            };
+            if members[to].paused {
+                return true;
+            }
+            let mut probe = m.clone();
+            probe.handle(now, ev);
+            let acted = std::iter::from_fn(|| probe.poll_action())
+                .any(|a| !matches!(a, MemberAction::GrantReply { result: Err(_), .. }));
+            acted || probe != *m
+        });
         let leaders = &s.leaders;
         s.net.retain(|msg| {
             let Msg::Reply {
@@ -1680,7 +1955,7 @@ impl LinkModel {
                 phase,
                 setup,
             } => {
-                if s.leaders[to].token == token {
+                if s.leaders.get(to).is_some_and(|l| l.token == token) {
                     let member = self.member_id(from);
                     self.feed_leader(
                         s,
@@ -1695,6 +1970,40 @@ impl LinkModel {
                         },
                     );
                 }
+            }
+            Msg::GrantAsk {
+                from,
+                to,
+                epoch,
+                setup,
+                sent_at,
+            } => {
+                let ask = GrantAsk {
+                    from: self.member_id(from),
+                    epoch,
+                    setup,
+                };
+                let req = grant_req(from, sent_at);
+                self.feed_member(s, to, MemberEvent::GrantAsked { req, ask });
+            }
+            Msg::Granted {
+                to,
+                from,
+                lease,
+                epoch,
+                setup,
+                sent_at,
+            } => {
+                let ev = MemberEvent::GrantAnswered {
+                    from: self.member_id(from),
+                    sent_at: Time(sent_at),
+                    result: Ok(Granted {
+                        lease,
+                        epoch,
+                        setup,
+                    }),
+                };
+                self.feed_member(s, to, ev);
             }
         }
     }
@@ -1729,6 +2038,7 @@ impl LinkModel {
                     reads: VecDeque::new(),
                     resync: false,
                     lb_cmd: None,
+                    leading: false,
                     record: self.fresh_record(i),
                     record_dirty: false,
                     lb: Lb {
@@ -1754,6 +2064,7 @@ impl LinkModel {
             issued_until: BTreeMap::new(),
             order: None,
             skipped: 0,
+            roster_gone_since: None,
         };
         for i in 0..self.members {
             self.step(&mut s, Action::RestartMember(i));
@@ -1770,6 +2081,11 @@ impl LinkModel {
                 && s.leaders[0].l.as_ref().is_some_and(|l| !l.switching())
                 && s.leaders[0].watch.is_empty()
                 && s.net.is_empty()
+                && s.txns.is_empty()
+                // Failsafe: the leader has listed every member.
+                && s.etcd.route.as_ref().is_some_and(|(r, _)| {
+                    !self.failsafe || r.roster.len() == self.members
+                })
         };
         self.run_fair(&mut s, bootstrapped, 1000)
             .expect("the link bootstraps to hot");
@@ -1820,6 +2136,10 @@ impl LinkModel {
             self.step(&mut s, Action::RestartMember(0));
             s.used.clear();
         }
+        for i in 0..self.cut_at_start {
+            self.step(&mut s, Action::Partition(i));
+            s.used.clear();
+        }
         s
     }
 
@@ -1864,6 +2184,18 @@ impl LinkModel {
         }
         let mut t = s.clone();
         self.run_fair(&mut t, |t| self.complete(t), 2000).is_ok()
+    }
+
+    /// Some member's lease has gone stale and its LB still serves, on
+    /// grants.
+    pub fn serving_on_grants(&self, s: &State) -> bool {
+        s.members.iter().any(|slot| {
+            slot.lb.serving().is_some()
+                && slot.m.as_ref().is_some_and(|m| {
+                    let v = m.view();
+                    v.failsafe.is_some() && v.lease_fresh_until.is_none_or(|u| Time(s.now) >= u)
+                })
+        })
     }
 
     /// One line per state of a path, for counterexamples.
@@ -1960,6 +2292,10 @@ impl Model for LinkModel {
             Property::sometimes("the switch completes", |m: &LinkModel, s: &State| {
                 m.complete(s)
             }),
+            Property::sometimes(
+                "failsafe: a member cut from etcd serves on grants past its lease",
+                |m: &LinkModel, s: &State| !m.failsafe || m.serving_on_grants(s),
+            ),
         ]
     }
 }

@@ -217,7 +217,11 @@ fn diff(after: &TrafficReport, before: &TrafficReport) -> String {
 
 async fn run(once: bool) -> Result<()> {
     println!("starting the lab: etcd, 4 mock KMEs, 2 HAProxy LBs, 2 lockstep sidecars ...");
-    let lab = Lab::start("demo", LabOptions::default()).await?;
+    // The main job runs with failsafe on: freeze etcd and the link keeps
+    // serving (`docs/design.md`, "Failsafe").
+    let mut options = LabOptions::default();
+    options.timing = options.timing.with_failsafe();
+    let lab = Lab::start("demo", options).await?;
     println!(
         r#"
         hot setup                      warm setup

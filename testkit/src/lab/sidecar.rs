@@ -35,6 +35,10 @@ pub struct Timing {
     pub handover_issuer: String,
     /// `handover.grace`: short in tests (each planned switch waits it).
     pub handover_grace: Duration,
+    /// `[failsafe]`: off unless a test (or the lab's main job) turns it
+    /// on, with `with_failsafe`.
+    pub failsafe: bool,
+    pub failsafe_grant: Duration,
 }
 
 impl Default for Timing {
@@ -58,11 +62,23 @@ impl Default for Timing {
             failover_enabled: true,
             handover_issuer: "alice".into(),
             handover_grace: Duration::from_millis(100),
+            failsafe: false,
+            failsafe_grant: Duration::from_millis(2600),
         }
     }
 }
 
 impl Timing {
+    /// Failsafe on, with a lease long enough to hold a grant: a grant must
+    /// outlast D by a quarter of itself, and fit with D, the keep-alive
+    /// interval and the margin inside the lease (`config/validate.rs`).
+    pub fn with_failsafe(mut self) -> Timing {
+        self.failsafe = true;
+        self.lease_ttl = Duration::from_secs(6);
+        self.failsafe_grant = (self.down_detection() + Duration::from_millis(100)) * 2;
+        self
+    }
+
     /// D: how long HAProxy takes to mark a server down once the sidecar
     /// stops answering.
     pub fn down_detection(&self) -> Duration {
@@ -225,6 +241,10 @@ failback = {fo_failback:?}
 issuer = {ho_issuer:?}
 grace = "{ho_grace}"
 
+[failsafe]
+enabled = {fs_enabled}
+grant_ttl = "{fs_grant}"
+
 [status]
 listen = "{status}"
 
@@ -255,6 +275,8 @@ listen = "{status}"
             fo_failback = t.failback,
             ho_issuer = t.handover_issuer,
             ho_grace = ms(t.handover_grace),
+            fs_enabled = t.failsafe,
+            fs_grant = ms(t.failsafe_grant),
             status = self.status,
             extra = self.extra_toml,
         )

@@ -1,0 +1,200 @@
+//! Failsafe on the real stack: with `[failsafe] enabled`, an etcd outage no
+//! longer stops key delivery while every LB and KME is healthy; a member
+//! that dies meanwhile takes the others' grants with it; nothing switches
+//! until etcd is back. (Failsafe off is `faults.rs`: every LB blocks.)
+
+use lockstep::lb::LoadBalancer;
+use lockstep::protocol::{LbTarget, Setup};
+use lockstep_testkit::lab::{Lab, LabOptions};
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
+
+use lockstep_testkit::rt;
+
+fn failsafe_options() -> LabOptions {
+    let mut options = LabOptions::default();
+    options.timing = options.timing.with_failsafe();
+    options
+}
+
+/// `lockstep_failsafe` as member `i` reports it (1: serving on grants).
+async fn failsafe_metric(lab: &Lab, i: usize) -> Option<f64> {
+    let reply = lab.sidecars[i].http_get("/metrics").await.ok()?;
+    let text = String::from_utf8_lossy(&reply.body).to_string();
+    text.lines()
+        .find(|l| l.starts_with("lockstep_failsafe{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Waits until every member reports failsafe.
+async fn wait_failsafe(lab: &Lab, bound: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let mut all = true;
+        for i in 0..lab.sidecars.len() {
+            all &= failsafe_metric(lab, i).await == Some(1.0);
+        }
+        if all {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < bound,
+            "not every member entered failsafe within {bound:?}; logs in {}",
+            lab.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn a_frozen_etcd_does_not_stop_key_delivery_with_failsafe() {
+    rt().block_on(async {
+        let lab = Lab::start("failsafe-freeze", failsafe_options())
+            .await
+            .expect("lab");
+        let traffic = lab.start_traffic(10).await.expect("traffic");
+        let t = lab.options.timing.clone();
+
+        lab.etcd.nodes[0]
+            .guard
+            .signal(Signal::SIGSTOP)
+            .expect("SIGSTOP etcd");
+        let frozen = Instant::now();
+        // Leases stop being fresh TTL − margin after the last ack: by then
+        // every member serves on grants.
+        let entered = wait_failsafe(&lab, t.lease_ttl + Duration::from_secs(3)).await;
+        println!("etcd frozen: every member in failsafe after {entered:?}");
+        tokio::time::sleep(Duration::from_secs(1).saturating_sub(frozen.elapsed())).await;
+        let after_first_second = traffic.snapshot();
+
+        // Nothing switches without etcd: a request is refused, and says why.
+        let refused = lab
+            .cli(
+                0,
+                &[
+                    "switchover",
+                    "--to",
+                    "warm",
+                    "--reason",
+                    "test: during failsafe",
+                    "--yes",
+                ],
+            )
+            .expect("cli runs");
+        assert!(
+            !refused.success() && refused.stderr.contains("failsafe"),
+            "a switchover during failsafe must be refused naming failsafe: {refused:?}"
+        );
+
+        tokio::time::sleep(Duration::from_secs(15).saturating_sub(frozen.elapsed())).await;
+        let during = traffic.snapshot();
+        for i in 0..lab.sidecars.len() {
+            let observed = lab.lbs[i].adapter().observe().await.expect("LB readable");
+            assert_eq!(
+                observed.target,
+                LbTarget::Serve(Setup::Hot),
+                "LB {i} must keep serving hot through the outage"
+            );
+        }
+        lab.etcd.nodes[0]
+            .guard
+            .signal(Signal::SIGCONT)
+            .expect("SIGCONT etcd");
+        let matched = during.matched - after_first_second.matched;
+        let failed = during.failed - after_first_second.failed;
+        println!(
+            "15 s of frozen etcd: after the first second {matched} pairs matched, {failed} failed, {} mismatched in all",
+            during.mismatched
+        );
+        assert_eq!(failed, 0, "no pair may fail after the first second");
+        assert!(
+            matched >= 100,
+            "key delivery must go on through the outage: {matched} pairs"
+        );
+
+        // etcd is back: members register again and leave failsafe without
+        // a blocked instant; the history says how long it lasted.
+        let healed = Instant::now();
+        loop {
+            let mut out = 0;
+            for i in 0..lab.sidecars.len() {
+                out += (failsafe_metric(&lab, i).await == Some(0.0)) as usize;
+            }
+            if out == lab.sidecars.len() {
+                break;
+            }
+            assert!(
+                healed.elapsed() < Duration::from_secs(20),
+                "members did not leave failsafe after etcd came back"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("etcd back: every member left failsafe after {:?}", healed.elapsed());
+        let history = loop {
+            let h = lab.cli(0, &["history", "--json"]).expect("history");
+            if h.stdout.matches("failsafe-left").count() >= lab.sidecars.len()
+                || healed.elapsed() > Duration::from_secs(20)
+            {
+                break h;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(
+            history.stdout.matches("failsafe-entered").count() >= lab.sidecars.len()
+                && history.stdout.matches("failsafe-left").count() >= lab.sidecars.len(),
+            "each member records failsafe-entered and failsafe-left: {}",
+            history.stdout
+        );
+        traffic
+            .wait_for_more_matched(10, Duration::from_secs(10))
+            .await
+            .expect("key pairs flow after etcd is back");
+        let end = traffic.stop().await;
+        assert_eq!(
+            end.failed - during.failed,
+            0,
+            "leaving failsafe must not block: {:?}",
+            end.last_failure
+        );
+        assert_eq!(end.mismatched, 0, "{:?}", end.last_mismatch);
+    });
+}
+
+#[test]
+fn a_member_killed_during_failsafe_stops_the_others_within_a_grant() {
+    rt().block_on(async {
+        let mut lab = Lab::start("failsafe-kill", failsafe_options())
+            .await
+            .expect("lab");
+        let traffic = lab.start_traffic(10).await.expect("traffic");
+        let t = lab.options.timing.clone();
+        lab.etcd.nodes[0]
+            .guard
+            .signal(Signal::SIGSTOP)
+            .expect("SIGSTOP etcd");
+        wait_failsafe(&lab, t.lease_ttl + Duration::from_secs(3)).await;
+
+        // Bob's sidecar dies: alice's grant from it runs out, and her LB
+        // blocks within a grant's length and D.
+        lab.sidecars[1].guard.kill();
+        let killed = Instant::now();
+        let bound = t.failsafe_grant + t.down_detection() + Duration::from_millis(500);
+        let blocked = lab
+            .wait_lb(0, LbTarget::Blocked, bound)
+            .await
+            .expect("alice's LB blocks once bob's grant has run out");
+        println!(
+            "bob killed in failsafe: alice's LB routes nowhere after {blocked:?} (bound {bound:?})"
+        );
+        assert!(killed.elapsed() <= bound + Duration::from_millis(200));
+
+        lab.etcd.nodes[0]
+            .guard
+            .signal(Signal::SIGCONT)
+            .expect("SIGCONT etcd");
+        let end = traffic.stop().await;
+        assert_eq!(end.mismatched, 0, "{:?}", end.last_mismatch);
+        assert!(end.matched > 0, "traffic ran");
+    });
+}
