@@ -629,31 +629,3 @@ fn mutation_grant_while_seeing_etcd_breaks_s1() {
         "S1 no two LBs serve different setups",
     );
 }
-
-#[test]
-#[ignore = "debug"]
-fn debug_failsafe_mutant() {
-    let mut model = failsafe_mutant(Mutation::FailsafeWithoutEveryGrant);
-    model.mutation = None;
-    model.faults = Faults::default();
-    model.horizon = 6;
-    let mut s = model.init_states().remove(0);
-    let mut seed: u64 = std::env::var("SEED")
-        .ok()
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(7);
-    for k in 0..80 {
-        let mut acts = Vec::new();
-        model.actions(&s, &mut acts);
-        if acts.is_empty() {
-            break;
-        }
-        println!("{k} {} enabled: {:?}", model.summary(&s), acts);
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let a = acts[(seed >> 33) as usize % acts.len()].clone();
-        println!("   -> {a:?}");
-        s = model.next_state(&s, a).unwrap();
-    }
-}
