@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Response, Status};
-use tracing::{info, info_span, Instrument};
+use tracing::{debug_span, info, info_span, Instrument};
 
 pub(crate) struct AdminService {
     pub(crate) shared: Arc<Shared>,
@@ -170,7 +170,11 @@ impl AdminService {
         }
         let not_before_ms = scheduled_at(&req.at, kind)?;
         let store = &self.shared.store;
-        let snap = store.snapshot().await.map_err(store_status)?;
+        let snap = store
+            .snapshot()
+            .instrument(debug_span!("admin_read"))
+            .await
+            .map_err(store_status)?;
         let request = Request {
             id: uuid::Uuid::new_v4().to_string(),
             kind,
@@ -238,13 +242,21 @@ impl AdminService {
         }
         // Watch from "now" before storing the request, so its outcome
         // cannot be missed.
-        let mut outcomes = store.watch(Watched::Outcome).await.map_err(store_status)?;
-        let rev = match store.put_request(&request).await.map_err(store_status)? {
+        let stored = async {
+            let outcomes = store.watch(Watched::Outcome).await?;
+            Ok::<_, crate::store::StoreError>((outcomes, store.put_request(&request).await?))
+        }
+        .instrument(debug_span!("admin_store_request"))
+        .await;
+        let (mut outcomes, put) = stored.map_err(store_status)?;
+        let rev = match put {
             Ok(rev) => rev,
             Err(pending) => return Err(pending_refusal(&pending)),
         };
         info!(id = %request.id, %kind, %to, by = %request.requested_by, by_note = %request.by_note, reason = %request.reason, "request stored");
-        let outcome = wait_outcome(&mut outcomes, &request.id, timeout).await;
+        let outcome = wait_outcome(&mut outcomes, &request.id, timeout)
+            .instrument(debug_span!("admin_wait_outcome"))
+            .await;
         let outcome = match outcome {
             Some(o) => o,
             None => {
@@ -283,10 +295,13 @@ impl AdminService {
             }
             RequestStatus::Started => {}
         }
+        tracing::Span::current().record("epoch", outcome.epoch);
         let mut completed = false;
         if req.wait {
             let deadline = started + timeout;
-            completed = wait_settled(store, outcome.epoch, to, deadline).await;
+            completed = wait_settled(store, outcome.epoch, to, deadline)
+                .instrument(debug_span!("admin_wait_settled", epoch = outcome.epoch))
+                .await;
             if !completed {
                 return Err(Reason::NotComplete.status_about(
                     format!(
@@ -569,7 +584,8 @@ impl Admin for AdminService {
     ) -> Result<Response<proto::SwitchReply>, Status> {
         let caller = Caller::of(&r);
         let r = r.into_inner();
-        let span = info_span!("admin_switchover", link = %self.shared.config.link, member = %self.shared.config.member_id, to = r.to, caller = %caller.name());
+        // `epoch` is recorded once the leader has taken the request.
+        let span = info_span!("admin_switchover", link = %self.shared.config.link, member = %self.shared.config.member_id, to = r.to, caller = %caller.name(), epoch = tracing::field::Empty);
         self.switch(r, RequestKind::Switchover, caller)
             .instrument(span)
             .await
@@ -581,7 +597,7 @@ impl Admin for AdminService {
     ) -> Result<Response<proto::SwitchReply>, Status> {
         let caller = Caller::of(&r);
         let r = r.into_inner();
-        let span = info_span!("admin_failover", link = %self.shared.config.link, member = %self.shared.config.member_id, to = r.to, force = r.force, caller = %caller.name());
+        let span = info_span!("admin_failover", link = %self.shared.config.link, member = %self.shared.config.member_id, to = r.to, force = r.force, caller = %caller.name(), epoch = tracing::field::Empty);
         self.switch(r, RequestKind::Failover, caller)
             .instrument(span)
             .await
