@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Response, Status};
-use tracing::{debug_span, info, info_span, Instrument};
+use tracing::{debug, debug_span, info, info_span, Instrument};
 
 pub(crate) struct AdminService {
     pub(crate) shared: Arc<Shared>,
@@ -524,13 +524,24 @@ async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -
         }
         loop {
             let mut look = false;
-            for change in watch.next().await.ok()?? {
+            let changes = watch.next().await.ok()??;
+            let n = changes.len();
+            for change in changes {
                 if let Ok(Change::Member(_) | Change::Route(..) | Change::MemberGone(..)) = change {
                     look = true;
                 }
             }
-            if look && check(&store.snapshot().await.ok()?) {
-                return Some(());
+            debug!(changes = n, look, "settle: watch batch");
+            if look {
+                let snap = store
+                    .snapshot()
+                    .instrument(debug_span!("settle_read", epoch))
+                    .await
+                    .ok()?;
+                if check(&snap) {
+                    return Some(());
+                }
+                debug!(rev = snap.rev, "settle: not settled yet");
             }
         }
     };

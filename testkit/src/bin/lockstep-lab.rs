@@ -80,6 +80,10 @@ enum Command {
         /// etcd's data on disk instead of tmpfs.
         #[arg(long)]
         etcd_on_disk: bool,
+        /// Link 0's sidecars log their spans; where the time of its
+        /// switches went (as `bench --breakdown`).
+        #[arg(long)]
+        breakdown: bool,
     },
     /// Keys stranded in transit by planned switchovers, with and without a
     /// handover: SAE pairs with a gap between `enc_keys` and `dec_keys`,
@@ -172,7 +176,8 @@ fn main() -> Result<()> {
                 switches,
                 rest,
                 etcd_on_disk,
-            } => links_bench(&links, switches, rest, etcd_on_disk).await,
+                breakdown,
+            } => links_bench(&links, switches, rest, etcd_on_disk, breakdown).await,
             Command::TransitBench {
                 switches,
                 pairs,
@@ -454,10 +459,7 @@ async fn bench(
     options.timing.handover_issuer = issuer;
     options.timing.handover_grace = grace;
     if breakdown {
-        options.sidecar_env.extend([
-            ("LOCKSTEP_LOG_FORMAT".to_string(), "json".to_string()),
-            ("LOCKSTEP_LOG_SPANS".to_string(), "true".to_string()),
-        ]);
+        options.sidecar_env.extend(span_logs());
     }
     let lab = Lab::start("bench", options).await?;
     let traffic = Traffic::start(lab.traffic_config());
@@ -982,6 +984,38 @@ impl EtcdCounters {
     }
 }
 
+/// The sidecar environment for JSON logs with every closed span
+/// (`testkit::breakdown` reads them).
+fn span_logs() -> [(String, String); 2] {
+    [
+        ("LOCKSTEP_LOG_FORMAT".to_string(), "json".to_string()),
+        ("LOCKSTEP_LOG_SPANS".to_string(), "true".to_string()),
+    ]
+}
+
+/// Time on a CPU and time runnable but waiting for one (ns), summed over
+/// every thread of `pids` (`/proc/<pid>/task/<tid>/schedstat`); a thread
+/// gone meanwhile counts nothing.
+fn sched_sum(pids: &[u32]) -> (u64, u64) {
+    let mut sum = (0, 0);
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            let mut f = text
+                .split_whitespace()
+                .map(|v| v.parse::<u64>().unwrap_or(0));
+            sum.0 += f.next().unwrap_or(0);
+            sum.1 += f.next().unwrap_or(0);
+        }
+    }
+    sum
+}
+
 /// RSS (kB) and CPU time (ticks) of each of `pids`, summed.
 fn usage_sum(pids: &[u32]) -> Result<(u64, u64)> {
     pids.iter().try_fold((0, 0), |(r, c), &p| {
@@ -1018,6 +1052,7 @@ async fn links_bench(
     switches: usize,
     rest: Duration,
     etcd_on_disk: bool,
+    breakdown: bool,
 ) -> Result<()> {
     use lockstep_testkit::lab::etcd::EtcdCluster;
     // A link needs about 0.1 GB (2 sidecars, 2 HAProxies, 4 KMEs); stop
@@ -1052,6 +1087,9 @@ async fn links_bench(
             };
             // The plain switch, as `bench` measures it.
             options.timing.handover_issuer = "both".into();
+            if breakdown && i == 0 {
+                options.sidecar_env.extend(span_logs());
+            }
             let lab = Lab::start(&format!("links-{n}-{i}"), options)
                 .await
                 .with_context(|| format!("starting link {i} of {n}"))?;
@@ -1134,6 +1172,24 @@ async fn links_bench(
         let mut admin = labs[0].admin(0).await?;
         let mut latency = Vec::with_capacity(switches);
         let mut to = Setup::Warm;
+        // Time the switching link's processes and etcd spent runnable but
+        // not running: what sharing the cores costs them.
+        let waiting: Vec<(&str, Vec<u32>)> = vec![
+            (
+                "link 0's sidecars",
+                labs[0]
+                    .sidecars
+                    .iter()
+                    .filter_map(|s| s.guard.pid())
+                    .collect(),
+            ),
+            (
+                "link 0's HAProxies",
+                labs[0].lbs.iter().filter_map(|lb| lb.pid()).collect(),
+            ),
+            ("etcd", etcd.nodes[0].guard.pid().into_iter().collect()),
+        ];
+        let w0: Vec<(u64, u64)> = waiting.iter().map(|(_, p)| sched_sum(p)).collect();
         let s0 = EtcdCounters::scrape(client).await?;
         let t0 = Instant::now();
         for i in 0..switches {
@@ -1144,6 +1200,14 @@ async fn links_bench(
         }
         let s1 = EtcdCounters::scrape(client).await?;
         let took = t0.elapsed().as_secs_f64();
+        for ((what, pids), (run0, wait0)) in waiting.iter().zip(&w0) {
+            let (run1, wait1) = sched_sum(pids);
+            println!(
+                "  while switching, {what}: on a CPU {:.2} ms, runnable but waiting for one {:.2} ms, per switch",
+                run1.saturating_sub(*run0) as f64 / 1e6 / switches as f64,
+                wait1.saturating_sub(*wait0) as f64 / 1e6 / switches as f64
+            );
+        }
         let total = (s1.unary - s0.unary) + (s1.stream_msgs - s0.stream_msgs);
         let per_switch = (total - (at_rest.unary + at_rest.stream_msgs) * took) / switches as f64;
         println!(
@@ -1154,6 +1218,13 @@ async fn links_bench(
             )
         );
         println!("  etcd requests per switch beyond the rest rate: {per_switch:.0}");
+        if breakdown {
+            let cut = lockstep_testkit::breakdown::from_dir(&labs[0].dir)?;
+            println!(
+                "\nlink 0 of {n}: {}",
+                lockstep_testkit::breakdown::report(&cut)
+            );
+        }
         rows.push(LinksRow {
             links: n,
             start_s,
