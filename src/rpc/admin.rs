@@ -240,21 +240,25 @@ impl AdminService {
                 scheduled_at: String::new(),
             }));
         }
-        // Watch from "now" before storing the request, so its outcome
-        // cannot be missed.
+        // Watch the link from "now" before storing the request, so its
+        // outcome cannot be missed, and keep that one watch until the link
+        // has settled: a watch opened while the switch's writes commit can
+        // start behind etcd's revision, and etcd catches such a watch up
+        // only every 100 ms (the 50-100 ms tail of the switch latency,
+        // docs/benchmarks.md).
         let stored = async {
-            let outcomes = store.watch(Watched::Outcome).await?;
-            Ok::<_, crate::store::StoreError>((outcomes, store.put_request(&request).await?))
+            let watch = store.watch(Watched::Link).await?;
+            Ok::<_, crate::store::StoreError>((watch, store.put_request(&request).await?))
         }
         .instrument(debug_span!("admin_store_request"))
         .await;
-        let (mut outcomes, put) = stored.map_err(store_status)?;
+        let (mut watch, put) = stored.map_err(store_status)?;
         let rev = match put {
             Ok(rev) => rev,
             Err(pending) => return Err(pending_refusal(&pending)),
         };
         info!(id = %request.id, %kind, %to, by = %request.requested_by, by_note = %request.by_note, reason = %request.reason, "request stored");
-        let outcome = wait_outcome(&mut outcomes, &request.id, timeout)
+        let outcome = wait_outcome(&mut watch, &request.id, timeout)
             .instrument(debug_span!("admin_wait_outcome"))
             .await;
         let outcome = match outcome {
@@ -299,7 +303,7 @@ impl AdminService {
         let mut completed = false;
         if req.wait {
             let deadline = started + timeout;
-            completed = wait_settled(store, outcome.epoch, to, deadline)
+            completed = wait_settled(store, &mut watch, outcome.epoch, to, deadline)
                 .instrument(debug_span!("admin_wait_settled", epoch = outcome.epoch))
                 .await;
             if !completed {
@@ -491,7 +495,7 @@ fn plan_text(shared: &Shared, snap: &Snapshot, request: &Request) -> String {
     out
 }
 
-/// Waits for the leader's outcome of request `id` on `stream`.
+/// Waits for the leader's outcome of request `id` on `watch`.
 async fn wait_outcome(watch: &mut Watch, id: &str, timeout: Duration) -> Option<RequestOutcome> {
     let fut = async {
         loop {
@@ -509,8 +513,15 @@ async fn wait_outcome(watch: &mut Watch, id: &str, timeout: Duration) -> Option<
 
 /// Waits until every member's LB reads back `to` at `epoch` or later (or a
 /// later switch has moved the link on): the link state, the one
-/// definition of "complete".
-async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -> bool {
+/// definition of "complete". `watch` is a watch of the whole link opened
+/// before the switch began.
+async fn wait_settled(
+    store: &Store,
+    watch: &mut Watch,
+    epoch: u64,
+    to: Setup,
+    deadline: Instant,
+) -> bool {
     let check = |s: &Snapshot| {
         let moved_on = s.route.as_ref().is_some_and(|(r, _)| r.epoch > epoch);
         let settled =
@@ -518,7 +529,8 @@ async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -
         !s.members.is_empty() && (settled || (moved_on && s.settled()))
     };
     let fut = async {
-        let (mut watch, snap) = store.watch_then_snapshot(Watched::Link).await.ok()?;
+        // The watch is older than this read: nothing after it is missed.
+        let snap = store.snapshot().await.ok()?;
         if check(&snap) {
             return Some(());
         }

@@ -181,8 +181,6 @@ pub(crate) enum Watched {
     Route,
     /// The `leader` key.
     Leader,
-    /// The `outcome` key (what became of the last manual request).
-    Outcome,
 }
 
 impl Watched {
@@ -192,7 +190,6 @@ impl Watched {
             Watched::Link => None,
             Watched::Route => Some("route"),
             Watched::Leader => Some("leader"),
-            Watched::Outcome => Some("outcome"),
         }
     }
 }

@@ -421,34 +421,36 @@ pub fn report(switches: &[Switch]) -> String {
     let mut out = String::new();
     let n = switches.len();
     let (_, _, _, total_mean) = stats(switches.iter().map(|s| s.total_ms));
+    // The slowest 5 % (at least one): what the tail spends its time on.
+    let mut slow: Vec<&Switch> = switches.iter().collect();
+    slow.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+    let tail = &slow[..n.div_ceil(20).min(n)];
     let _ = writeln!(
         out,
-        "where the time of a switch goes: {n} switches (admin span: request received -> reply)\n"
+        "where the time of a switch goes: {n} switches (admin span: request received -> reply); \
+         the last column is the mean over the slowest {} switches\n",
+        tail.len()
     );
-    let _ = writeln!(
-        out,
-        "| part | median | p99 | max | mean | share of mean total |"
-    );
-    let _ = writeln!(out, "|---|---|---|---|---|---|");
-    let row = |out: &mut String, label: &str, v: Vec<f64>| {
-        let (m, p, x, mean) = stats(v.into_iter());
+    let header = |out: &mut String, what: &str| {
         let _ = writeln!(
             out,
-            "| {label} | {m:.2} ms | {p:.2} ms | {x:.2} ms | {mean:.2} ms | {:.0} % |",
+            "| {what} | median | p99 | max | mean | share of mean total | mean, slowest 5 % |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    };
+    let row = |out: &mut String, label: &str, f: &dyn Fn(&Switch) -> f64| {
+        let (m, p, x, mean) = stats(switches.iter().map(f));
+        let slow_mean = tail.iter().map(|s| f(s)).sum::<f64>() / tail.len().max(1) as f64;
+        let _ = writeln!(
+            out,
+            "| {label} | {m:.2} ms | {p:.2} ms | {x:.2} ms | {mean:.2} ms | {:.0} % | {slow_mean:.2} ms |",
             mean / total_mean * 100.0
         );
     };
-    row(
-        &mut out,
-        "**whole switch**",
-        switches.iter().map(|s| s.total_ms).collect(),
-    );
+    header(&mut out, "part");
+    row(&mut out, "**whole switch**", &|s| s.total_ms);
     for (key, label) in SEGMENTS {
-        row(
-            &mut out,
-            label,
-            switches.iter().map(|s| s.parts[key]).collect(),
-        );
+        row(&mut out, label, &|s| s.parts[key]);
         let subs: &[&str] = match *key {
             "drain_fanout" => &[
                 "drain_to_member",
@@ -463,25 +465,16 @@ pub fn report(switches: &[Switch]) -> String {
         };
         for sub in subs {
             if let Some((_, l)) = PARTS.iter().find(|(p, _)| p == sub) {
-                row(&mut out, l, switches.iter().map(|s| s.parts[sub]).collect());
+                row(&mut out, l, &|s| s.parts[sub]);
             }
         }
     }
     let _ = writeln!(out, "\nby kind (each switch's critical path, summed):\n");
-    let _ = writeln!(
-        out,
-        "| kind | median | p99 | max | mean | share of mean total |"
-    );
-    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    header(&mut out, "kind");
     for (key, label) in KINDS {
-        row(
-            &mut out,
-            label,
-            switches
-                .iter()
-                .map(|s| s.kinds.get(key).copied().unwrap_or(0.0))
-                .collect(),
-        );
+        row(&mut out, label, &|s| {
+            s.kinds.get(key).copied().unwrap_or(0.0)
+        });
     }
     let _ = writeln!(
         out,
@@ -489,9 +482,7 @@ pub fn report(switches: &[Switch]) -> String {
         switches.iter().filter(|s| s.drain_by_push).count(),
         switches.iter().filter(|s| s.serve_by_push).count()
     );
-    // The tail: the slowest switches, and what grew against the medians.
-    let mut slow: Vec<&Switch> = switches.iter().collect();
-    slow.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+    // The slowest switches one by one, and what grew against the medians.
     let medians: BTreeMap<&str, f64> = SEGMENTS
         .iter()
         .chain(PARTS)
