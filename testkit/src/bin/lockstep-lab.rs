@@ -528,6 +528,9 @@ async fn bench(
             (c1 - c0) as f64 / 100.0 / switching.as_secs_f64() * 100.0
         );
     }
+    if let Some(node) = lab.etcd.nodes.first() {
+        println!("{}", etcd_disk_latency(node.client).await?);
+    }
     if report.mismatched > 0 {
         bail!("mismatched key pairs during the benchmark");
     }
@@ -1014,6 +1017,41 @@ fn sched_sum(pids: &[u32]) -> (u64, u64) {
         }
     }
     sum
+}
+
+/// etcd's own histograms of its WAL fsyncs and backend commits since it
+/// started: how often its disk made a write (and the reads behind it) wait.
+async fn etcd_disk_latency(client: std::net::SocketAddr) -> Result<String> {
+    let reply = lockstep_testkit::http::http_once(
+        client,
+        hyper::Method::GET,
+        "/metrics",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .context("scraping etcd's /metrics")?;
+    let scrape = lockstep_testkit::metrics::Scrape::parse(&String::from_utf8_lossy(&reply.body))?;
+    let mut out = Vec::new();
+    for (what, name) in [
+        ("WAL fsyncs", "etcd_disk_wal_fsync_duration_seconds"),
+        (
+            "backend commits",
+            "etcd_disk_backend_commit_duration_seconds",
+        ),
+    ] {
+        let bucket = |le: &str| scrape.get(&format!("{name}_bucket"), &[("le", le)]);
+        let (Some(all), Some(ms8), Some(ms64)) = (bucket("+Inf"), bucket("0.008"), bucket("0.064"))
+        else {
+            continue;
+        };
+        out.push(format!(
+            "{all:.0} {what}, {:.0} over 8 ms, {:.0} over 64 ms",
+            all - ms8,
+            all - ms64
+        ));
+    }
+    Ok(format!("etcd's disk: {}", out.join("; ")))
 }
 
 /// RSS (kB) and CPU time (ticks) of each of `pids`, summed.
