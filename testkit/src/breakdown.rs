@@ -228,21 +228,24 @@ struct MemberPhase<'a> {
     lb: Option<&'a Rec>,
 }
 
-fn member_phase<'a>(recs: &'a [Rec], member: &str, epoch: u64, phase: &str) -> MemberPhase<'a> {
+fn member_phase<'a>(recs: &[&'a Rec], member: &str, epoch: u64, phase: &str) -> MemberPhase<'a> {
     let at = |r: &&Rec| r.u64("epoch") == Some(epoch);
     let push = recs
         .iter()
+        .copied()
         .filter(at)
         .filter(|r| r.name == "push" && r.str("phase") == phase && r.str("member") == member)
         .max_by(|a, b| a.end.total_cmp(&b.end));
     let peer = recs
         .iter()
+        .copied()
         .filter(at)
         .filter(|r| r.name == "peer_apply" && r.member == member && r.str("phase") == phase)
         .max_by(|a, b| a.end.total_cmp(&b.end));
     let blocked = phase != "serve";
     let lb = recs
         .iter()
+        .copied()
         .filter(at)
         .filter(|r| r.name == "lb_apply" && r.member == member)
         .filter(|r| (r.str("target") == "blocked") == blocked)
@@ -258,12 +261,30 @@ pub fn switches(recs: &[Rec]) -> Vec<Switch> {
         m.dedup();
         m
     };
+    // Each switch looks only at its epoch's spans and at the few spans
+    // without one (tens of members log hundreds of thousands of lines).
+    let mut by_epoch: std::collections::HashMap<u64, Vec<&Rec>> = Default::default();
+    let mut loose: Vec<&Rec> = Vec::new();
+    for r in recs {
+        match r.u64("epoch") {
+            Some(e) => by_epoch.entry(e).or_default().push(r),
+            None if matches!(
+                r.name.as_str(),
+                "admin_read" | "admin_store_request" | "request seen"
+            ) =>
+            {
+                loose.push(r)
+            }
+            None => {}
+        }
+    }
     let mut out = Vec::new();
     for admin in recs.iter().filter(|r| r.name == "admin_switchover") {
         let Some(epoch) = admin.u64("epoch") else {
             continue;
         };
-        if let Some(s) = one_switch(recs, &members, admin, epoch) {
+        let at = by_epoch.get(&epoch).map_or(&[][..], Vec::as_slice);
+        if let Some(s) = one_switch(at, &loose, &members, admin, epoch) {
             out.push(s);
         }
     }
@@ -271,24 +292,33 @@ pub fn switches(recs: &[Rec]) -> Vec<Switch> {
     out
 }
 
-fn one_switch(recs: &[Rec], members: &[String], admin: &Rec, epoch: u64) -> Option<Switch> {
+fn one_switch(
+    recs: &[&Rec],
+    loose: &[&Rec],
+    members: &[String],
+    admin: &Rec,
+    epoch: u64,
+) -> Option<Switch> {
     // A span's start is its close time less its rounded length (three
     // significant digits): up to 0.5 % off.
     let slack = 1e-4 + 0.006 * (admin.end - admin.start);
     let within = |r: &&Rec| r.start >= admin.start - slack && r.end <= admin.end + slack;
     let child = |name: &str| {
-        recs.iter()
+        loose
+            .iter()
+            .copied()
             .filter(within)
             .find(|r| r.name == name && r.member == admin.member)
     };
     let read = child("admin_read")?;
     let store = child("admin_store_request")?;
-    let seen = recs
+    let seen = loose
         .iter()
+        .copied()
         .filter(within)
         .find(|r| r.name == "request seen")?;
     let write = |phase: &str| {
-        recs.iter().find(|r| {
+        recs.iter().copied().find(|r| {
             r.name == "write_route" && r.u64("epoch") == Some(epoch) && r.str("phase") == phase
         })
     };
@@ -357,6 +387,7 @@ fn one_switch(recs: &[Rec], members: &[String], admin: &Rec, epoch: u64) -> Opti
     // admin waits to see.
     let record = recs
         .iter()
+        .copied()
         .filter(|r| {
             r.name == "write_record"
                 && r.u64("epoch") == Some(epoch)
