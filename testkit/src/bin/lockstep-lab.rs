@@ -1,7 +1,8 @@
 //! The local lab: a whole QKD link on this machine (etcd, four mock KMEs,
 //! two HAProxy LBs, two sidecars), key traffic through both LBs, and a
 //! switchover hot → warm → hot shown as the user sees it. Also the
-//! switchover benchmark.
+//! benchmarks: switchover (with `--breakdown`, where its time goes),
+//! transit, takeover, status, failover, and many links on one etcd.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
