@@ -65,8 +65,13 @@ enum Command {
         #[arg(long, env = "LOCKSTEP_CONFIG")]
         config: PathBuf,
         /// Log lines as text or JSON; filter with RUST_LOG (default: info).
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(long, value_enum, default_value = "text", env = "LOCKSTEP_LOG_FORMAT")]
         log_format: LogFormat,
+        /// Also log when each span (a route write, a push, an LB apply ...)
+        /// closes, with its fields and how long it was open: where the time
+        /// of a switch goes (`lockstep-lab bench --breakdown` reads them).
+        #[arg(long, env = "LOCKSTEP_LOG_SPANS")]
+        log_spans: bool,
     },
     /// Validate a config and print the bounds it implies.
     CheckConfig {
@@ -258,8 +263,12 @@ fn main() -> ExitCode {
     };
     let verb = |verb: Verb| admin::call(&options, &verb);
     let result: Result<String, Failure> = match cli.command {
-        Command::Run { config, log_format } => {
-            lockstep::cli::run::run_sidecar(&config, log_format).map(|()| String::new())
+        Command::Run {
+            config,
+            log_format,
+            log_spans,
+        } => {
+            lockstep::cli::run::run_sidecar(&config, log_format, log_spans).map(|()| String::new())
         }
         Command::CheckConfig { config } => bounds::check_config(&config, options.json),
         Command::HaproxyConfig(a) => lockstep::cli::haproxy::haproxy_config(&HaproxyConfig {

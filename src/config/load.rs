@@ -19,6 +19,8 @@ const CLI_ENV_KEYS: &[&str] = &[
     "cert",
     "key",
     "proptest_cases",
+    "log_format",
+    "log_spans",
 ];
 
 /// Loads `path`, applies `LOCKSTEP_<SECTION>__<KEY>` overrides, validates.

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Response, Status};
-use tracing::{info, info_span, Instrument};
+use tracing::{debug, debug_span, info, info_span, Instrument};
 
 pub(crate) struct AdminService {
     pub(crate) shared: Arc<Shared>,
@@ -179,7 +179,11 @@ impl AdminService {
         }
         let not_before_ms = scheduled_at(&req.at, kind)?;
         let store = &self.shared.store;
-        let snap = store.snapshot().await.map_err(store_status)?;
+        let snap = store
+            .snapshot()
+            .instrument(debug_span!("admin_read"))
+            .await
+            .map_err(store_status)?;
         let request = Request {
             id: uuid::Uuid::new_v4().to_string(),
             kind,
@@ -245,15 +249,27 @@ impl AdminService {
                 scheduled_at: String::new(),
             }));
         }
-        // Watch from "now" before storing the request, so its outcome
-        // cannot be missed.
-        let mut outcomes = store.watch(Watched::Outcome).await.map_err(store_status)?;
-        let rev = match store.put_request(&request).await.map_err(store_status)? {
+        // Watch the link from "now" before storing the request, so its
+        // outcome cannot be missed, and keep that one watch until the link
+        // has settled: a watch opened while the switch's writes commit can
+        // start behind etcd's revision, and etcd catches such a watch up
+        // only every 100 ms (the 50-100 ms tail of the switch latency,
+        // docs/benchmarks.md).
+        let stored = async {
+            let watch = store.watch(Watched::Link).await?;
+            Ok::<_, crate::store::StoreError>((watch, store.put_request(&request).await?))
+        }
+        .instrument(debug_span!("admin_store_request"))
+        .await;
+        let (mut watch, put) = stored.map_err(store_status)?;
+        let rev = match put {
             Ok(rev) => rev,
             Err(pending) => return Err(pending_refusal(&pending)),
         };
         info!(id = %request.id, %kind, %to, by = %request.requested_by, by_note = %request.by_note, reason = %request.reason, "request stored");
-        let outcome = wait_outcome(&mut outcomes, &request.id, timeout).await;
+        let outcome = wait_outcome(&mut watch, &request.id, timeout)
+            .instrument(debug_span!("admin_wait_outcome"))
+            .await;
         let outcome = match outcome {
             Some(o) => o,
             None => {
@@ -292,10 +308,13 @@ impl AdminService {
             }
             RequestStatus::Started => {}
         }
+        tracing::Span::current().record("epoch", outcome.epoch);
         let mut completed = false;
         if req.wait {
             let deadline = started + timeout;
-            completed = wait_settled(store, outcome.epoch, to, deadline).await;
+            completed = wait_settled(store, &mut watch, outcome.epoch, to, deadline)
+                .instrument(debug_span!("admin_wait_settled", epoch = outcome.epoch))
+                .await;
             if !completed {
                 return Err(Reason::NotComplete.status_about(
                     format!(
@@ -485,7 +504,7 @@ fn plan_text(shared: &Shared, snap: &Snapshot, request: &Request) -> String {
     out
 }
 
-/// Waits for the leader's outcome of request `id` on `stream`.
+/// Waits for the leader's outcome of request `id` on `watch`.
 async fn wait_outcome(watch: &mut Watch, id: &str, timeout: Duration) -> Option<RequestOutcome> {
     let fut = async {
         loop {
@@ -503,8 +522,15 @@ async fn wait_outcome(watch: &mut Watch, id: &str, timeout: Duration) -> Option<
 
 /// Waits until every member's LB reads back `to` at `epoch` or later (or a
 /// later switch has moved the link on): the link state, the one
-/// definition of "complete".
-async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -> bool {
+/// definition of "complete". `watch` is a watch of the whole link opened
+/// before the switch began.
+async fn wait_settled(
+    store: &Store,
+    watch: &mut Watch,
+    epoch: u64,
+    to: Setup,
+    deadline: Instant,
+) -> bool {
     let check = |s: &Snapshot| {
         let moved_on = s.route.as_ref().is_some_and(|(r, _)| r.epoch > epoch);
         let settled =
@@ -512,19 +538,31 @@ async fn wait_settled(store: &Store, epoch: u64, to: Setup, deadline: Instant) -
         !s.members.is_empty() && (settled || (moved_on && s.settled()))
     };
     let fut = async {
-        let (mut watch, snap) = store.watch_then_snapshot(Watched::Link).await.ok()?;
+        // The watch is older than this read: nothing after it is missed.
+        let snap = store.snapshot().await.ok()?;
         if check(&snap) {
             return Some(());
         }
         loop {
             let mut look = false;
-            for change in watch.next().await.ok()?? {
+            let changes = watch.next().await.ok()??;
+            let n = changes.len();
+            for change in changes {
                 if let Ok(Change::Member(_) | Change::Route(..) | Change::MemberGone(..)) = change {
                     look = true;
                 }
             }
-            if look && check(&store.snapshot().await.ok()?) {
-                return Some(());
+            debug!(changes = n, look, "settle: watch batch");
+            if look {
+                let snap = store
+                    .snapshot()
+                    .instrument(debug_span!("settle_read", epoch))
+                    .await
+                    .ok()?;
+                if check(&snap) {
+                    return Some(());
+                }
+                debug!(rev = snap.rev, "settle: not settled yet");
             }
         }
     };
@@ -578,7 +616,8 @@ impl Admin for AdminService {
     ) -> Result<Response<proto::SwitchReply>, Status> {
         let caller = Caller::of(&r);
         let r = r.into_inner();
-        let span = info_span!("admin_switchover", link = %self.shared.config.link, member = %self.shared.config.member_id, to = r.to, caller = %caller.name());
+        // `epoch` is recorded once the leader has taken the request.
+        let span = info_span!("admin_switchover", link = %self.shared.config.link, member = %self.shared.config.member_id, to = r.to, caller = %caller.name(), epoch = tracing::field::Empty);
         self.switch(r, RequestKind::Switchover, caller)
             .instrument(span)
             .await
@@ -590,7 +629,7 @@ impl Admin for AdminService {
     ) -> Result<Response<proto::SwitchReply>, Status> {
         let caller = Caller::of(&r);
         let r = r.into_inner();
-        let span = info_span!("admin_failover", link = %self.shared.config.link, member = %self.shared.config.member_id, to = r.to, force = r.force, caller = %caller.name());
+        let span = info_span!("admin_failover", link = %self.shared.config.link, member = %self.shared.config.member_id, to = r.to, force = r.force, caller = %caller.name(), epoch = tracing::field::Empty);
         self.switch(r, RequestKind::Failover, caller)
             .instrument(span)
             .await

@@ -435,7 +435,10 @@ async fn lead(
                                 info!(member = %id, "member key gone (lease expired or revoked)");
                                 LeaderEvent::MemberDeleted { id, rev }
                             }
-                            Change::Request(request, rev) => LeaderEvent::RequestPut { request, rev },
+                            Change::Request(request, rev) => {
+                                debug!(id = %request.id, rev, "request seen");
+                                LeaderEvent::RequestPut { request, rev }
+                            }
                             Change::RequestGone(rev) => LeaderEvent::RequestDeleted { rev },
                             Change::Paused(p) => {
                                 shared.metrics.set_paused(p.is_some());

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, debug_span, info, info_span, warn, Instrument};
 
 /// Inputs to the member task from the other tasks.
 pub(crate) enum Input {
@@ -139,7 +139,10 @@ async fn run<L: LoadBalancer>(
                     apply_gen.fetch_add(1, Ordering::SeqCst);
                     let lb = lb.clone();
                     let tx = lb_tx.clone();
-                    let epoch = core.view().applied.map_or(0, |a| a.epoch);
+                    // The step being applied (what etcd confirmed), so the
+                    // span matches the switch it belongs to.
+                    let view = core.view();
+                    let epoch = view.accepted.or(view.applied).map_or(0, |a| a.epoch);
                     let enable_before = enable_before.map(|t| clock.instant(t).into_std());
                     tokio::spawn(
                         async move {
@@ -600,7 +603,7 @@ async fn route_task(
                         job = jobs.recv() => {
                             let Some(job) = job else { return };
                             let ev = match job {
-                                RouteJob::Read(read) => match shared.store.read_route().await {
+                                RouteJob::Read(read) => match shared.store.read_route().instrument(debug_span!("confirm_read", read)).await {
                                     Ok((route, rev)) => MemberEvent::RouteRead { read, route, rev },
                                     Err(e) => {
                                         warn!(error = %e, "cannot read the route to confirm a push");
@@ -752,9 +755,15 @@ async fn write_records(shared: Arc<Shared>) {
         let record = record_rx.borrow_and_update().clone();
         if let Some(lease) = lease {
             if last.as_ref() != Some(&(lease, record.clone())) {
+                let (epoch, phase) = record
+                    .applied
+                    .map_or((0, String::new()), |a| (a.epoch, a.phase.to_string()));
+                let lb = record.lb.map_or(String::new(), |t| t.to_string());
+                let span = debug_span!("write_record", epoch, %phase, %lb);
                 match shared
                     .store
                     .put_member(&shared.config.member_id, &record, lease)
+                    .instrument(span)
                     .await
                 {
                     Ok(true) => last = Some((lease, record)),

@@ -181,8 +181,6 @@ pub(crate) enum Watched {
     Route,
     /// The `leader` key.
     Leader,
-    /// The `outcome` key (what became of the last manual request).
-    Outcome,
 }
 
 impl Watched {
@@ -192,7 +190,6 @@ impl Watched {
             Watched::Link => None,
             Watched::Route => Some("route"),
             Watched::Leader => Some("leader"),
-            Watched::Outcome => Some("outcome"),
         }
     }
 }
@@ -559,7 +556,10 @@ impl Store {
     /// Watches `what` from now on: every change after this call.
     pub(crate) async fn watch(&self, what: Watched) -> Result<Watch, StoreError> {
         // Start revision 0: from "now". A watch from a past revision is
-        // caught up by etcd only every 100 ms.
+        // caught up by etcd only every 100 ms, and so is one from "now"
+        // when a write commits while etcd registers it (it reads its
+        // revision first): open watches before a burst of writes, not
+        // during one.
         let mut options = WatchOptions::new().with_start_revision(0);
         let key = match what.key() {
             Some(n) => self.key(n),

@@ -10,6 +10,8 @@
 //! * [`netns`]: lab members in network namespaces, and the network faults
 //!   between them (root only).
 //! * [`pki`]: the lab's CA and certificates (mutual TLS everywhere).
+//! * [`breakdown`]: where the time of one switch goes, from the sidecars'
+//!   span logs (`lockstep-lab bench --breakdown`).
 //! * [`browser`]: headless Chromium over WebDriver (the status page's
 //!   test).
 //! * [`http`]: an HTTP/1.1 client on one connection, for the key pairs and
@@ -23,6 +25,7 @@
 //! * [`outage`]: one end's outage as its SAEs see it (ETSI 014 `status`
 //!   through its LB, about every millisecond).
 
+pub mod breakdown;
 pub mod browser;
 pub mod http;
 pub mod lab;

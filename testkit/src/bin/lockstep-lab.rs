@@ -1,7 +1,8 @@
 //! The local lab: a whole QKD link on this machine (etcd, four mock KMEs,
 //! two HAProxy LBs, two sidecars), key traffic through both LBs, and a
 //! switchover hot → warm → hot shown as the user sees it. Also the
-//! switchover benchmark.
+//! benchmarks: switchover (with `--breakdown`, where its time goes),
+//! transit, takeover, status, failover, and many links on one etcd.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -52,6 +53,38 @@ enum Command {
         /// of tmpfs.
         #[arg(long)]
         etcd_on_disk: bool,
+        /// Sidecars log every closed span as JSON; afterwards, where the
+        /// time of a switch went (etcd, gRPC, HAProxy, waiting).
+        #[arg(long)]
+        breakdown: bool,
+    },
+    /// Where the time of each switch went, from the span logs of a
+    /// `bench --breakdown` run (its lab directory).
+    Breakdown {
+        #[arg(long, default_value = "target/lab/bench")]
+        dir: std::path::PathBuf,
+    },
+    /// Many links on one etcd: for each count, one etcd and that many lab
+    /// links (2 members each, with their HAProxies and KMEs); etcd's
+    /// request rate and every process's RSS and CPU at rest, then the
+    /// switch latency of one link while the others are idle.
+    LinksBench {
+        /// Link counts to measure, one after another.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+        links: Vec<usize>,
+        /// Switchovers of link 0 per count.
+        #[arg(long, default_value_t = 200)]
+        switches: usize,
+        /// How long to measure at rest.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        rest: Duration,
+        /// etcd's data on disk instead of tmpfs.
+        #[arg(long)]
+        etcd_on_disk: bool,
+        /// Link 0's sidecars log their spans; where the time of its
+        /// switches went (as `bench --breakdown`).
+        #[arg(long)]
+        breakdown: bool,
     },
     /// Keys stranded in transit by planned switchovers, with and without a
     /// handover: SAE pairs with a gap between `enc_keys` and `dec_keys`,
@@ -116,7 +149,36 @@ fn main() -> Result<()> {
                 grace,
                 members_per_role,
                 etcd_on_disk,
-            } => bench(switches, issuer, grace, members_per_role, etcd_on_disk).await,
+                breakdown,
+            } => {
+                bench(
+                    switches,
+                    issuer,
+                    grace,
+                    members_per_role,
+                    etcd_on_disk,
+                    breakdown,
+                )
+                .await
+            }
+            Command::Breakdown { dir } => {
+                let switches = lockstep_testkit::breakdown::from_dir(&dir)?;
+                if switches.is_empty() {
+                    bail!(
+                        "no switch with span timings in {}: run `bench --breakdown`",
+                        dir.display()
+                    );
+                }
+                println!("{}", lockstep_testkit::breakdown::report(&switches));
+                Ok(())
+            }
+            Command::LinksBench {
+                links,
+                switches,
+                rest,
+                etcd_on_disk,
+                breakdown,
+            } => links_bench(&links, switches, rest, etcd_on_disk, breakdown).await,
             Command::TransitBench {
                 switches,
                 pairs,
@@ -387,6 +449,7 @@ async fn bench(
     grace: Duration,
     members_per_role: usize,
     etcd_on_disk: bool,
+    breakdown: bool,
 ) -> Result<()> {
     let members = 2 * members_per_role;
     let etcd_data = if etcd_on_disk { "on disk" } else { "on tmpfs" };
@@ -400,6 +463,9 @@ async fn bench(
     };
     options.timing.handover_issuer = issuer;
     options.timing.handover_grace = grace;
+    if breakdown {
+        options.sidecar_env.extend(span_logs());
+    }
     let lab = Lab::start("bench", options).await?;
     let traffic = Traffic::start(lab.traffic_config());
     traffic
@@ -467,8 +533,16 @@ async fn bench(
             (c1 - c0) as f64 / 100.0 / switching.as_secs_f64() * 100.0
         );
     }
+    if let Some(node) = lab.etcd.nodes.first() {
+        println!("{}", etcd_disk_latency(node.client).await?);
+    }
     if report.mismatched > 0 {
         bail!("mismatched key pairs during the benchmark");
+    }
+    if breakdown {
+        let switches = lockstep_testkit::breakdown::from_dir(&lab.dir)?;
+        println!("\n{}", lockstep_testkit::breakdown::report(&switches));
+        println!("logs: {}", lab.dir.display());
     }
     Ok(())
 }
@@ -847,6 +921,403 @@ async fn failover_bench(runs: usize) -> Result<()> {
         .sum();
     if lockstep_mismatched > 0 {
         bail!("lockstep mismatched {lockstep_mismatched} pairs");
+    }
+    Ok(())
+}
+
+/// etcd's own request counters (`/metrics`), summed.
+#[derive(Clone, Debug, Default)]
+struct EtcdCounters {
+    /// Unary RPCs completed (Range, Txn, Put, LeaseGrant ...).
+    unary: f64,
+    /// Messages received on streams (each keep-alive, each watch create
+    /// or cancel).
+    stream_msgs: f64,
+    /// Raft proposals committed (writes).
+    proposals: f64,
+    /// `service/method` -> unary RPCs or stream messages.
+    by_method: std::collections::BTreeMap<String, f64>,
+}
+
+impl EtcdCounters {
+    async fn scrape(client: std::net::SocketAddr) -> Result<EtcdCounters> {
+        let reply = lockstep_testkit::http::http_once(
+            client,
+            hyper::Method::GET,
+            "/metrics",
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .context("scraping etcd's /metrics")?;
+        let scrape =
+            lockstep_testkit::metrics::Scrape::parse(&String::from_utf8_lossy(&reply.body))?;
+        let mut c = EtcdCounters::default();
+        for s in &scrape.samples {
+            let label = |k: &str| s.labels.get(k).map(String::as_str).unwrap_or("");
+            let method = format!("{}/{}", label("grpc_service"), label("grpc_method"));
+            match s.name.as_str() {
+                "grpc_server_handled_total" if label("grpc_type") == "unary" => {
+                    c.unary += s.value;
+                    *c.by_method.entry(method).or_default() += s.value;
+                }
+                "grpc_server_msg_received_total" if label("grpc_type") != "unary" => {
+                    c.stream_msgs += s.value;
+                    *c.by_method.entry(method).or_default() += s.value;
+                }
+                "etcd_server_proposals_committed_total" => c.proposals += s.value,
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+
+    /// `self - before`, per second over `over`.
+    fn rate(&self, before: &EtcdCounters, over: Duration) -> EtcdCounters {
+        let s = over.as_secs_f64();
+        EtcdCounters {
+            unary: (self.unary - before.unary) / s,
+            stream_msgs: (self.stream_msgs - before.stream_msgs) / s,
+            proposals: (self.proposals - before.proposals) / s,
+            by_method: self
+                .by_method
+                .iter()
+                .map(|(k, v)| {
+                    let b = before.by_method.get(k).copied().unwrap_or(0.0);
+                    (k.clone(), (v - b) / s)
+                })
+                .filter(|(_, v)| *v > 0.0)
+                .collect(),
+        }
+    }
+}
+
+/// The sidecar environment for JSON logs with every closed span
+/// (`testkit::breakdown` reads them).
+fn span_logs() -> [(String, String); 2] {
+    [
+        ("LOCKSTEP_LOG_FORMAT".to_string(), "json".to_string()),
+        ("LOCKSTEP_LOG_SPANS".to_string(), "true".to_string()),
+    ]
+}
+
+/// Time on a CPU and time runnable but waiting for one (ns), summed over
+/// every thread of `pids` (`/proc/<pid>/task/<tid>/schedstat`); a thread
+/// gone meanwhile counts nothing.
+fn sched_sum(pids: &[u32]) -> (u64, u64) {
+    let mut sum = (0, 0);
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            let mut f = text
+                .split_whitespace()
+                .map(|v| v.parse::<u64>().unwrap_or(0));
+            sum.0 += f.next().unwrap_or(0);
+            sum.1 += f.next().unwrap_or(0);
+        }
+    }
+    sum
+}
+
+/// etcd's own histograms of its WAL fsyncs and backend commits since it
+/// started: how often its disk made a write (and the reads behind it) wait.
+async fn etcd_disk_latency(client: std::net::SocketAddr) -> Result<String> {
+    let reply = lockstep_testkit::http::http_once(
+        client,
+        hyper::Method::GET,
+        "/metrics",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .context("scraping etcd's /metrics")?;
+    let scrape = lockstep_testkit::metrics::Scrape::parse(&String::from_utf8_lossy(&reply.body))?;
+    let mut out = Vec::new();
+    for (what, name) in [
+        ("WAL fsyncs", "etcd_disk_wal_fsync_duration_seconds"),
+        (
+            "backend commits",
+            "etcd_disk_backend_commit_duration_seconds",
+        ),
+    ] {
+        let bucket = |le: &str| scrape.get(&format!("{name}_bucket"), &[("le", le)]);
+        let (Some(all), Some(ms8), Some(ms64)) = (bucket("+Inf"), bucket("0.008"), bucket("0.064"))
+        else {
+            continue;
+        };
+        out.push(format!(
+            "{all:.0} {what}, {:.0} over 8 ms, {:.0} over 64 ms",
+            all - ms8,
+            all - ms64
+        ));
+    }
+    Ok(format!("etcd's disk: {}", out.join("; ")))
+}
+
+/// RSS (kB) and CPU time (ticks) of each of `pids`, summed.
+fn usage_sum(pids: &[u32]) -> Result<(u64, u64)> {
+    pids.iter().try_fold((0, 0), |(r, c), &p| {
+        let (rss, ticks) = proc_usage(p)?;
+        Ok((r + rss, c + ticks))
+    })
+}
+
+/// MemAvailable of this machine, in MiB.
+fn mem_available_mib() -> Result<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb / 1024)
+        .context("no MemAvailable in /proc/meminfo")
+}
+
+/// One count of links measured.
+struct LinksRow {
+    links: usize,
+    start_s: f64,
+    rest: EtcdCounters,
+    /// (what, processes, RSS MB, CPU % of a core) at rest, summed.
+    usage: Vec<(&'static str, usize, f64, f64)>,
+    switch: Vec<f64>,
+    /// etcd requests (unary + stream messages) per switch, beyond the rest
+    /// rate.
+    per_switch: f64,
+}
+
+async fn links_bench(
+    counts: &[usize],
+    switches: usize,
+    rest: Duration,
+    etcd_on_disk: bool,
+    breakdown: bool,
+) -> Result<()> {
+    use lockstep_testkit::lab::etcd::EtcdCluster;
+    // A link needs about 0.1 GB (2 sidecars, 2 HAProxies, 4 KMEs); stop
+    // adding links well before the machine runs short.
+    const RESERVE_MIB: u64 = 3 * 1024;
+    let mut rows = Vec::new();
+    for &n in counts {
+        let dir = lockstep_testkit::lab::link::lab_dir(&format!("links-{n}"))?;
+        let etcd = EtcdCluster::start_on(
+            1,
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            &dir,
+            etcd_on_disk,
+        )?;
+        etcd.wait_healthy(Duration::from_secs(20)).await?;
+        let client = etcd.nodes[0].client;
+        println!(
+            "{n} links on one etcd ({}, data {}): starting ...",
+            client,
+            if etcd_on_disk { "on disk" } else { "on tmpfs" }
+        );
+        let started = Instant::now();
+        let mut labs = Vec::with_capacity(n);
+        for i in 0..n {
+            let free = mem_available_mib()?;
+            if free < RESERVE_MIB {
+                bail!("{i} of {n} links started and only {free} MiB left: {n} links do not fit on this machine");
+            }
+            let mut options = LabOptions {
+                attach_etcd: Some(etcd.endpoints()),
+                ..LabOptions::default()
+            };
+            // The plain switch, as `bench` measures it.
+            options.timing.handover_issuer = "both".into();
+            if breakdown && i == 0 {
+                options.sidecar_env.extend(span_logs());
+            }
+            let lab = Lab::start(&format!("links-{n}-{i}"), options)
+                .await
+                .with_context(|| format!("starting link {i} of {n}"))?;
+            labs.push(lab);
+            if (i + 1) % 10 == 0 {
+                println!(
+                    "  {} links up after {:.0} s, {} MiB available",
+                    i + 1,
+                    started.elapsed().as_secs_f64(),
+                    mem_available_mib()?
+                );
+            }
+        }
+        let start_s = started.elapsed().as_secs_f64();
+        // Elections, registrations and first probes settle.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+
+        let groups: Vec<(&'static str, Vec<u32>)> = vec![
+            (
+                "sidecars",
+                labs.iter()
+                    .flat_map(|l| l.sidecars.iter().filter_map(|s| s.guard.pid()))
+                    .collect(),
+            ),
+            (
+                "HAProxies",
+                labs.iter()
+                    .flat_map(|l| l.lbs.iter().filter_map(|lb| lb.pid()))
+                    .collect(),
+            ),
+            (
+                "mock KMEs",
+                labs.iter()
+                    .flat_map(|l| l.kmes.iter().filter_map(|k| k.guard().pid()))
+                    .collect(),
+            ),
+            ("etcd", etcd.nodes[0].guard.pid().into_iter().collect()),
+        ];
+        let before: Vec<(u64, u64)> = groups
+            .iter()
+            .map(|(_, p)| usage_sum(p))
+            .collect::<Result<_>>()?;
+        let c0 = EtcdCounters::scrape(client).await?;
+        let t0 = Instant::now();
+        tokio::time::sleep(rest).await;
+        let c1 = EtcdCounters::scrape(client).await?;
+        let over = t0.elapsed();
+        let after: Vec<(u64, u64)> = groups
+            .iter()
+            .map(|(_, p)| usage_sum(p))
+            .collect::<Result<_>>()?;
+        let at_rest = c1.rate(&c0, over);
+        let usage: Vec<(&'static str, usize, f64, f64)> = groups
+            .iter()
+            .zip(before.iter().zip(&after))
+            .map(|((what, pids), ((_, t0), (rss, t1)))| {
+                (
+                    *what,
+                    pids.len(),
+                    *rss as f64 / 1024.0,
+                    // /proc counts CPU time in USER_HZ ticks, 100 per second.
+                    (t1 - t0) as f64 / 100.0 / over.as_secs_f64() * 100.0,
+                )
+            })
+            .collect();
+        println!(
+            "  at rest over {:.0} s: etcd {:.1} unary RPCs/s, {:.1} stream messages/s, {:.1} proposals/s",
+            over.as_secs_f64(),
+            at_rest.unary,
+            at_rest.stream_msgs,
+            at_rest.proposals
+        );
+        for (k, v) in &at_rest.by_method {
+            println!("    {k}: {v:.2}/s");
+        }
+        for (what, count, rss, cpu) in &usage {
+            println!("    {count} {what}: RSS {rss:.0} MB, CPU {cpu:.1} % of a core");
+        }
+
+        let mut admin = labs[0].admin(0).await?;
+        let mut latency = Vec::with_capacity(switches);
+        let mut to = Setup::Warm;
+        // Time the switching link's processes and etcd spent runnable but
+        // not running: what sharing the cores costs them.
+        let waiting: Vec<(&str, Vec<u32>)> = vec![
+            (
+                "link 0's sidecars",
+                labs[0]
+                    .sidecars
+                    .iter()
+                    .filter_map(|s| s.guard.pid())
+                    .collect(),
+            ),
+            (
+                "link 0's HAProxies",
+                labs[0].lbs.iter().filter_map(|lb| lb.pid()).collect(),
+            ),
+            ("etcd", etcd.nodes[0].guard.pid().into_iter().collect()),
+        ];
+        let w0: Vec<(u64, u64)> = waiting.iter().map(|(_, p)| sched_sum(p)).collect();
+        let s0 = EtcdCounters::scrape(client).await?;
+        let t0 = Instant::now();
+        for i in 0..switches {
+            // As `bench`: outages do not merge, and etcd settles between.
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            latency.push(switch_ms(&mut admin, to, format!("links bench {i}")).await?);
+            to = to.other();
+        }
+        let s1 = EtcdCounters::scrape(client).await?;
+        let took = t0.elapsed().as_secs_f64();
+        for ((what, pids), (run0, wait0)) in waiting.iter().zip(&w0) {
+            let (run1, wait1) = sched_sum(pids);
+            println!(
+                "  while switching, {what}: on a CPU {:.2} ms, runnable but waiting for one {:.2} ms, per switch",
+                run1.saturating_sub(*run0) as f64 / 1e6 / switches as f64,
+                wait1.saturating_sub(*wait0) as f64 / 1e6 / switches as f64
+            );
+        }
+        let total = (s1.unary - s0.unary) + (s1.stream_msgs - s0.stream_msgs);
+        let per_switch = (total - (at_rest.unary + at_rest.stream_msgs) * took) / switches as f64;
+        println!(
+            "  {}",
+            summary(
+                &format!("link 0 switch latency, {n} links"),
+                latency.clone()
+            )
+        );
+        println!("  etcd requests per switch beyond the rest rate: {per_switch:.0}");
+        if breakdown {
+            let cut = lockstep_testkit::breakdown::from_dir(&labs[0].dir)?;
+            println!(
+                "\nlink 0 of {n}: {}",
+                lockstep_testkit::breakdown::report(&cut)
+            );
+        }
+        rows.push(LinksRow {
+            links: n,
+            start_s,
+            rest: at_rest,
+            usage,
+            switch: latency,
+            per_switch,
+        });
+        // Every link's processes first, then etcd.
+        drop(admin);
+        drop(labs);
+        drop(etcd);
+    }
+
+    println!("\n| links | sidecars | etcd unary RPCs/s at rest | etcd stream msgs/s at rest | etcd requests/s per sidecar | proposals/s | switch median / p99 / max | switches | etcd requests per switch | start-up |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let mut v = r.switch.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let sidecars = 2 * r.links;
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} ms | {} | {:.0} | {:.0} s |",
+            r.links,
+            sidecars,
+            r.rest.unary,
+            r.rest.stream_msgs,
+            (r.rest.unary + r.rest.stream_msgs) / sidecars as f64,
+            r.rest.proposals,
+            percentile(&v, 50.0),
+            percentile(&v, 99.0),
+            v.last().copied().unwrap_or(f64::NAN),
+            v.len(),
+            r.per_switch,
+            r.start_s
+        );
+    }
+    println!(
+        "\n| links | process | count | RSS total | RSS each | CPU total (% of a core) | CPU each |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        for (what, count, rss, cpu) in &r.usage {
+            let each = (*count).max(1) as f64;
+            println!(
+                "| {} | {what} | {count} | {rss:.0} MB | {:.1} MB | {cpu:.1} % | {:.2} % |",
+                r.links,
+                rss / each,
+                cpu / each
+            );
+        }
     }
     Ok(())
 }

@@ -24,11 +24,14 @@ pub struct EtcdNode {
 }
 
 /// A running etcd cluster. Dropping it kills every node and removes the
-/// data directories.
+/// data directories. An attached one ([`attach`](Self::attach)) is someone
+/// else's: no nodes here, nothing to kill.
 pub struct EtcdCluster {
     pub nodes: Vec<EtcdNode>,
+    /// Client URLs of an etcd this value does not own.
+    attached: Vec<String>,
     /// Removed on drop.
-    _data: tempfile::TempDir,
+    _data: Option<tempfile::TempDir>,
 }
 
 fn data_root() -> Option<&'static Path> {
@@ -97,7 +100,22 @@ impl EtcdCluster {
                 )
             })?;
         }
-        Ok(EtcdCluster { nodes, _data: data })
+        Ok(EtcdCluster {
+            nodes,
+            attached: Vec::new(),
+            _data: Some(data),
+        })
+    }
+
+    /// An etcd started elsewhere (e.g. one etcd shared by many lab links),
+    /// reached at `endpoints`: reads, `etcdctl` and health work; what acts
+    /// on nodes (restart, restore, leader) sees none.
+    pub fn attach(endpoints: Vec<String>) -> EtcdCluster {
+        EtcdCluster {
+            nodes: Vec::new(),
+            attached: endpoints,
+            _data: None,
+        }
     }
 
     /// Waits until the cluster answers a linearizable read (it has a leader):
@@ -128,6 +146,9 @@ impl EtcdCluster {
 
     /// Client URLs of every node, for `etcd.endpoints`.
     pub fn endpoints(&self) -> Vec<String> {
+        if !self.attached.is_empty() {
+            return self.attached.clone();
+        }
         self.nodes
             .iter()
             .map(|n| format!("http://{}", n.client))

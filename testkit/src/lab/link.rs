@@ -48,6 +48,9 @@ pub struct LabOptions {
     pub tls_reload: Duration,
     /// Appended to every sidecar's config (e.g. `[[notify.webhook]]`).
     pub sidecar_toml: String,
+    /// Use the etcd at these client URLs instead of starting one (many
+    /// links on one etcd); `etcd_nodes` and `etcd_on_disk` do not apply.
+    pub attach_etcd: Option<Vec<String>>,
 }
 
 impl Default for LabOptions {
@@ -64,6 +67,7 @@ impl Default for LabOptions {
             insecure_grpc: false,
             tls_reload: Duration::from_millis(500),
             sidecar_toml: String::new(),
+            attach_etcd: None,
         }
     }
 }
@@ -109,8 +113,15 @@ impl Lab {
         } else {
             None
         };
-        let (etcd, kmes) = match &net {
-            Some(n) => (
+        let (etcd, kmes) = match (&net, &options.attach_etcd) {
+            (Some(_), Some(_)) => {
+                bail!("a lab in network namespaces starts its own etcd (attach_etcd is for loopback labs)")
+            }
+            (None, Some(endpoints)) => (
+                EtcdCluster::attach(endpoints.clone()),
+                LinkKmes::spawn(&dir, ALICE_SAE, BOB_SAE)?,
+            ),
+            (Some(n), None) => (
                 EtcdCluster::start_on(
                     options.etcd_nodes,
                     n.etcd_ip().into(),
@@ -119,7 +130,7 @@ impl Lab {
                 )?,
                 LinkKmes::spawn_on(n.host_ip().into(), &dir, ALICE_SAE, BOB_SAE)?,
             ),
-            None => (
+            (None, None) => (
                 EtcdCluster::start_on(
                     options.etcd_nodes,
                     std::net::IpAddr::from([127, 0, 0, 1]),

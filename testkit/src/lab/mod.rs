@@ -4,7 +4,8 @@
 //! # Layout
 //! * [`link`]: [`Lab`], one whole link, and what tests ask of it (traffic
 //!   flowing, a KME fault seen, LBs reaching a target, status, history).
-//! * [`etcd`]: an etcd cluster (one node or several).
+//! * [`etcd`]: an etcd cluster (one node or several), or one started
+//!   elsewhere that many links share (`LabOptions::attach_etcd`).
 //! * [`kme`]: the four mock KMEs (hot/warm × Alice/Bob) and their faults.
 //! * [`haproxy`]: one HAProxy per member, from the product's template.
 //! * [`sidecar`]: `lockstep run` sidecars with their config and timing.
