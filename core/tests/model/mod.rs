@@ -446,6 +446,10 @@ impl Action {
 }
 
 pub const TARGET: Setup = Setup::Warm;
+
+/// The property that shows failsafe at work.
+pub const FAILSAFE_SERVES: &str =
+    "failsafe: a member cut from etcd serves on grants past its lease";
 const REQUEST_ID: &str = "req-1";
 
 fn ms(units: u64) -> Duration {
@@ -1089,6 +1093,19 @@ impl LinkModel {
             .any(|(_, _, l)| s.etcd.leases.contains_key(l) && !self.lease_kept(s, *l));
         if orphaned {
             return true;
+        }
+        // Failsafe: a member bound by a grant it gave may campaign once it
+        // expires.
+        if self.failsafe && s.etcd.leader.is_none() {
+            let bound = s.members.iter().any(|slot| {
+                slot.m
+                    .as_ref()
+                    .and_then(|m| m.view().bound_until)
+                    .is_some_and(|u| u > Time(s.now))
+            });
+            if bound {
+                return true;
+            }
         }
         s.members.iter().any(|slot| {
             if slot.lb.down_by.is_some() {
@@ -2174,6 +2191,11 @@ impl LinkModel {
     /// own, the switch is complete, or (when the horizon cut time short) a
     /// fault-free continuation completes it.
     pub fn l1(&self, s: &State) -> bool {
+        // Failsafe: with every member cut from etcd nothing can switch
+        // (by design) until one is back; heals are free, not owed.
+        if self.failsafe && s.members.iter().all(|m| m.m.is_none() || !m.connected) {
+            return true;
+        }
         let mut acts = Vec::new();
         self.enabled(s, &mut acts);
         if acts.iter().any(|a| a.is_progress()) || self.complete(s) {
@@ -2293,7 +2315,7 @@ impl Model for LinkModel {
                 m.complete(s)
             }),
             Property::sometimes(
-                "failsafe: a member cut from etcd serves on grants past its lease",
+                FAILSAFE_SERVES,
                 |m: &LinkModel, s: &State| !m.failsafe || m.serving_on_grants(s),
             ),
         ]
