@@ -5,6 +5,8 @@
 pub const MAX_REASON: usize = 1024;
 /// Longest `--by` note, in bytes.
 pub const MAX_BY: usize = 256;
+/// A member id from outside (a grant ask): a Kubernetes pod name's bound.
+pub const MAX_MEMBER_ID: usize = 253;
 /// Largest ETSI 014 status body the probe reads.
 pub const MAX_PROBE_BODY: usize = 64 * 1024;
 /// Largest gRPC message a sidecar decodes.
@@ -113,6 +115,3 @@ mod tests {
         }
     }
 }
-
-/// A member id from outside (a grant ask): a Kubernetes pod name's bound.
-pub const MAX_MEMBER_ID: usize = 253;

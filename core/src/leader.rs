@@ -391,6 +391,9 @@ pub enum LeaderEvent {
     Tick,
 }
 
+// `WriteRoute` carries a whole route and history record; one is queued at a
+// time, so boxing it would only add noise to every driver and test.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum LeaderAction {
     /// Txn: if leader.create_revision == token and route.mod_revision ==

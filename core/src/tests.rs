@@ -1765,3 +1765,309 @@ fn a_scheduled_request_waits_for_its_time_then_runs_or_is_refused_on_the_record(
         }
     }
 }
+
+// ---- failsafe ----
+
+mod failsafe {
+    use super::*;
+    use crate::failsafe::*;
+
+    const GRANT: Duration = Duration::from_millis(3000);
+
+    fn fs_config(id: &str) -> MemberConfig {
+        MemberConfig {
+            lease_ttl: Duration::from_secs(10),
+            failsafe: Some(FailsafeConfig {
+                grant_ttl: GRANT,
+                max: Duration::from_secs(60),
+            }),
+            ..member_config(id, Role::Alice)
+        }
+    }
+
+    fn inc(id: &str, lease: Lease) -> Incarnation {
+        Incarnation {
+            id: id.into(),
+            lease,
+            grpc: format!("{id}:1"),
+        }
+    }
+
+    /// Epoch 2 serving hot, listing alice-0 (lease 1), bob-0 (2), alice-1 (3).
+    fn rostered() -> Route {
+        Route {
+            roster: vec![inc("alice-0", 1), inc("alice-1", 3), inc("bob-0", 2)],
+            ..route(2, Phase::Serve, Setup::Hot, 7)
+        }
+    }
+
+    /// alice-0 on lease 1, synced to `rostered()` at t = 1 s (its lease is
+    /// fresh until 10 s), LB serving hot.
+    fn member() -> Member {
+        let mut m = Member::new(fs_config("alice-0"), Time::ZERO);
+        m.handle(
+            Time(1000),
+            MemberEvent::Synced {
+                read: read(Some(rostered())),
+                lease_sent_at: Time(1000),
+                lease: 1,
+            },
+        );
+        confirm_all(&mut m, Time(1001));
+        m
+    }
+
+    /// Ticks from `from` to `to` every 100 ms; each peer in `answer` grants
+    /// every ask at once. Returns the LB commands issued.
+    fn run(m: &mut Member, from: u64, to: u64, answer: &[(&str, Lease)]) -> Vec<LbTarget> {
+        let mut lb = Vec::new();
+        let mut t = from;
+        while t <= to {
+            m.handle(Time(t), MemberEvent::Tick);
+            for a in actions(m) {
+                match a {
+                    MemberAction::AskGrants { epoch, setup, .. } => {
+                        for (id, lease) in answer {
+                            m.handle(
+                                Time(t),
+                                MemberEvent::GrantAnswered {
+                                    from: (*id).into(),
+                                    sent_at: Time(t),
+                                    result: Ok(Granted {
+                                        lease: *lease,
+                                        epoch,
+                                        setup,
+                                    }),
+                                },
+                            );
+                        }
+                    }
+                    MemberAction::ApplyLb { target, .. } => {
+                        lb.push(target);
+                        m.handle(Time(t), MemberEvent::LbConfirmed { target });
+                    }
+                    _ => {}
+                }
+            }
+            t += 100;
+        }
+        lb
+    }
+
+    #[test]
+    fn a_cut_member_serves_on_every_grant_and_blocks_without_one() {
+        let mut m = member();
+        let d = m.config().lb_down_bound;
+        // Lease fresh, no grants asked: etcd decides.
+        m.handle(Time(5000), MemberEvent::Tick);
+        assert!(!actions(&mut m)
+            .iter()
+            .any(|a| matches!(a, MemberAction::AskGrants { .. })));
+        // From 10 s − grant − D on, it asks both other roster members.
+        m.handle(Time(5700), MemberEvent::Tick);
+        let asks: Vec<_> = actions(&mut m)
+            .into_iter()
+            .filter_map(|a| match a {
+                MemberAction::AskGrants {
+                    epoch,
+                    setup,
+                    peers,
+                } => Some((epoch, setup, peers)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            asks,
+            vec![(2, Setup::Hot, vec![inc("alice-1", 3), inc("bob-0", 2)])]
+        );
+        // Its lease lapses at 10 s; with both grants it keeps serving.
+        let lb = run(&mut m, 5700, 20_000, &[("bob-0", 2), ("alice-1", 3)]);
+        assert!(lb.is_empty(), "no LB change while on grants: {lb:?}");
+        let v = m.view();
+        assert!(v.fenced, "the lease is stale");
+        assert!(v.routable(Setup::Hot, Time(20_000), d));
+        assert_eq!(v.failsafe.map(|f| f.serving.epoch), Some(2));
+        // A grant from another incarnation of alice-1 does not count: once
+        // alice-1's own grant runs out, the member blocks.
+        let lb = run(&mut m, 20_100, 24_000, &[("bob-0", 2), ("alice-1", 9)]);
+        assert_eq!(lb, vec![LbTarget::Blocked]);
+        assert!(!m.view().routable(Setup::Hot, Time(24_000), d));
+    }
+
+    #[test]
+    fn failsafe_lasts_at_most_max_after_the_lease() {
+        let mut m = member();
+        let lb = run(&mut m, 5700, 68_000, &[("bob-0", 2), ("alice-1", 3)]);
+        // Fresh until 10 s, max 60 s: blocked D before 70 s.
+        assert!(lb.is_empty());
+        let lb = run(&mut m, 68_100, 69_000, &[("bob-0", 2), ("alice-1", 3)]);
+        assert_eq!(lb, vec![LbTarget::Blocked]);
+    }
+
+    #[test]
+    fn a_member_grants_only_while_its_lease_lapses_and_it_does_not_lead() {
+        let mut m = member();
+        let ask = |epoch| MemberEvent::GrantAsked {
+            req: 1,
+            ask: GrantAsk {
+                from: "bob-0".into(),
+                epoch,
+                setup: Setup::Hot,
+            },
+        };
+        let reply = |m: &mut Member| {
+            actions(m).into_iter().find_map(|a| match a {
+                MemberAction::GrantReply { result, .. } => Some(result),
+                _ => None,
+            })
+        };
+        m.handle(Time(2000), ask(2));
+        assert_eq!(reply(&mut m), Some(Err(GrantRefusal::SeesEtcd)));
+        assert_eq!(m.view().bound_until, None);
+        m.handle(Time(6000), ask(2));
+        assert_eq!(
+            reply(&mut m),
+            Some(Ok(Granted {
+                lease: 1,
+                epoch: 2,
+                setup: Setup::Hot
+            }))
+        );
+        assert_eq!(m.view().bound_until, Some(Time(9000)));
+        m.handle(Time(6100), ask(3));
+        assert!(matches!(
+            reply(&mut m),
+            Some(Err(GrantRefusal::NotServing { .. }))
+        ));
+        m.handle(Time(6200), MemberEvent::Leading(true));
+        m.handle(Time(6300), ask(2));
+        assert_eq!(reply(&mut m), Some(Err(GrantRefusal::Leading)));
+    }
+
+    #[test]
+    fn only_a_roster_process_without_a_running_grant_may_lead() {
+        let fs = FailsafeConfig {
+            grant_ttl: GRANT,
+            max: Duration::from_secs(60),
+        };
+        let r = rostered();
+        let d = Duration::from_millis(1300);
+        let t = Time(100_000);
+        let may = |leases: &[Lease], gone: Option<Time>, bound: Option<Time>| {
+            may_lead(Some(&fs), Some(&r), "alice-0", leases, gone, bound, d, t)
+        };
+        assert_eq!(may_lead(None, Some(&r), "x", &[], None, None, d, t), Ok(()));
+        assert_eq!(may(&[5, 1], None, None), Ok(()));
+        assert_eq!(
+            may(&[1], None, Some(Time(100_500))),
+            Err(LeadBar::Bound {
+                until: Time(100_500)
+            })
+        );
+        assert_eq!(
+            may(&[4], None, None),
+            Err(LeadBar::NotInRoster { epoch: 2 })
+        );
+        // A full restart: no roster key live for max + D.
+        assert!(may(&[4], Some(Time(100_000 - 61_000)), None).is_err());
+        assert_eq!(may(&[4], Some(Time(100_000 - 61_300)), None), Ok(()));
+        let bare = route(2, Phase::Serve, Setup::Hot, 7);
+        assert_eq!(
+            may_lead(Some(&fs), Some(&bare), "x", &[], None, None, d, t),
+            Ok(())
+        );
+    }
+
+    fn fs_leader(leases: Vec<Lease>) -> Leader {
+        Leader::new(
+            LeaderConfig {
+                id: "alice-0".into(),
+                failsafe: Some(LeaderFailsafe {
+                    config: FailsafeConfig {
+                        grant_ttl: GRANT,
+                        max: Duration::from_secs(60),
+                    },
+                    leases,
+                    roster_gone_since: None,
+                    lb_down_bound: Duration::from_millis(1300),
+                }),
+                ..leader_config()
+            },
+            Time::ZERO,
+        )
+    }
+
+    fn member_on(id: &str, role: Role, lease: Lease) -> Listed {
+        Listed {
+            lease,
+            ..listed(
+                id,
+                role,
+                Some(Applied {
+                    epoch: 2,
+                    phase: Phase::Serve,
+                    setup: Setup::Hot,
+                }),
+                5,
+            )
+        }
+    }
+
+    fn start(l: &mut Leader, members: Vec<Listed>) {
+        l.handle(
+            Time(1),
+            LeaderEvent::Start {
+                route: Some((rostered(), 20)),
+                members,
+                request: None,
+                paused: None,
+                history_epoch: Some(2),
+            },
+        );
+    }
+
+    #[test]
+    fn a_leader_writes_the_roster_again_when_the_incarnations_change() {
+        let mut l = fs_leader(vec![1]);
+        // bob-0 re-registered (lease 5), alice-1 is gone.
+        start(
+            &mut l,
+            vec![
+                member_on("alice-0", Role::Alice, 1),
+                member_on("bob-0", Role::Bob, 5),
+            ],
+        );
+        let writes: Vec<Route> = leader_actions(&mut l)
+            .into_iter()
+            .filter_map(|a| match a {
+                LeaderAction::WriteRoute { route, .. } => Some(route),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(writes.len(), 1, "one roster write");
+        let w = &writes[0];
+        assert_eq!((w.epoch, w.phase, w.setup), (3, Phase::Serve, Setup::Hot));
+        assert_eq!(
+            w.roster,
+            vec![
+                Incarnation {
+                    grpc: "addr".into(),
+                    ..inc("alice-0", 1)
+                },
+                Incarnation {
+                    grpc: "addr".into(),
+                    ..inc("bob-0", 5)
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_process_outside_the_roster_steps_down() {
+        let mut l = fs_leader(vec![42]);
+        start(&mut l, vec![member_on("alice-0", Role::Alice, 42)]);
+        assert!(leader_actions(&mut l)
+            .iter()
+            .any(|a| matches!(a, LeaderAction::StepDown { reason } if reason.contains("roster"))));
+    }
+}

@@ -344,6 +344,9 @@ mod tests {
             accepted: None,
             route_token: None,
             behind: None,
+            failsafe: None,
+            bound_until: None,
+            leases: Vec::new(),
         }
     }
 

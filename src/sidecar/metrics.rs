@@ -643,6 +643,9 @@ mod tests {
             accepted: None,
             route_token: None,
             behind: None,
+            failsafe: None,
+            bound_until: None,
+            leases: Vec::new(),
         };
         m.member_view(&v);
         std::thread::sleep(Duration::from_millis(30));

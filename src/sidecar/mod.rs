@@ -123,7 +123,7 @@ impl Shared {
             behind: view.behind.map_or(String::new(), |b| b.to_string()),
             insecure: self.config.grpc.insecure,
             failsafe: match view.failsafe {
-                Some(f) if !view.lease_fresh_until.is_some_and(|u| now < u) => format!(
+                Some(f) if view.lease_fresh_until.is_none_or(|u| now >= u) => format!(
                     "etcd unreachable: serving {} (epoch {}) on every roster member's grant for {} ms more; nothing switches until etcd is back",
                     f.serving.setup,
                     f.serving.epoch,
