@@ -677,6 +677,58 @@ fn a_member_cut_from_etcd_stops_routing_within_its_lease_budget() {
     });
 }
 
+/// The same cuts with failsafe on: a member cut from etcd alone gets no
+/// grant (its peer reaches etcd) and fences as before while the other goes
+/// on; a switch left in its drain when every member loses etcd leaves
+/// nobody serving (a drained member has nothing to serve on grants) until
+/// etcd is back, and never two setups.
+#[test]
+fn with_failsafe_a_member_cut_from_etcd_still_fences_and_a_drain_stays_drained() {
+    rt().block_on(async {
+        let timing = Timing::default().with_failsafe();
+        let bound = cut_bound(&timing);
+        let (lab, traffic, sampler) = start("part-failsafe", options(timing.clone())).await;
+        let net = net(&lab);
+
+        let lead = leader(&lab).await;
+        let victim = 1 - lead;
+        let cut_at = Instant::now();
+        let cut = net.cut_from_etcd(victim).unwrap();
+        fenced_within(&lab, &sampler, victim, cut_at, bound).await;
+        assert!(
+            sampler.always_served(lead, Setup::Hot, cut_at),
+            "the member that kept etcd stopped serving"
+        );
+        cut.heal().unwrap();
+        let back = recovers(&lab, &traffic, Setup::Hot, RECOVERY_BOUND).await;
+        println!("failsafe: member {victim} cut from etcd alone fenced; healed after {back:?}");
+
+        // The switch waits in its drain for the isolated member; then the
+        // leader loses etcd too.
+        let lead = leader(&lab).await;
+        let victim = 1 - lead;
+        let isolated = isolate(net, victim, lead);
+        let asked = Instant::now();
+        let request = switchover(&lab, lead, Setup::Warm, false, Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let route = lab.store().await.unwrap().snapshot().await.unwrap().route;
+        println!(
+            "failsafe, mid-switch (route {:?}): leader {lead} cut from etcd too; request {request:?}",
+            route.map(|(r, _)| (r.epoch, r.phase, r.setup))
+        );
+        let cut_at = Instant::now();
+        let cut = net.cut_from_etcd(lead).unwrap();
+        fenced_within(&lab, &sampler, lead, cut_at, bound).await;
+        fenced_within(&lab, &sampler, victim, asked, bound).await;
+        drop(isolated);
+        cut.heal().unwrap();
+        let setup = settled_setup(&lab, RECOVERY_BOUND).await;
+        let back = recovers(&lab, &traffic, setup, RECOVERY_BOUND).await;
+        println!("  healed: the link settled on {setup}; every LB serves it after {back:?}");
+        finish(traffic.stop().await, sampler);
+    });
+}
+
 // ---------------------------------------------------------------------------
 // (b) Sidecars cut from each other, not from etcd
 
