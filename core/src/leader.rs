@@ -1050,15 +1050,7 @@ impl Leader {
                     fenced: fenced.clone(),
                     hold_written: Some(*hold_written),
                 };
-                self.write_in_flight = true;
-                self.written = Some(route.clone());
-                self.actions.push_back(LeaderAction::WriteRoute {
-                    route,
-                    expect_route_rev: self.route_rev,
-                    consume: None,
-                    history: None,
-                    list_members: true,
-                });
+                self.write_route(route, None, None, true);
             }
             SwitchPhase::Draining {
                 waiting,
@@ -1112,14 +1104,26 @@ impl Leader {
         };
         let partial = history.clone();
         sw.phase = SwitchPhase::WritingServe { history };
+        self.write_route(route, None, Some(partial), false);
+    }
+
+    /// Sends the one route write in flight (see `LeaderAction::WriteRoute`);
+    /// `route` becomes etcd's route once it lands.
+    fn write_route(
+        &mut self,
+        route: Route,
+        consume: Option<(Rev, RequestOutcome)>,
+        history: Option<HistoryRecord>,
+        list_members: bool,
+    ) {
         self.write_in_flight = true;
         self.written = Some(route.clone());
         self.actions.push_back(LeaderAction::WriteRoute {
             route,
             expect_route_rev: self.route_rev,
-            consume: None,
-            history: Some(partial),
-            list_members: false,
+            consume,
+            history,
+            list_members,
         });
     }
 
@@ -1391,15 +1395,7 @@ impl Leader {
             handover: None,
             roster,
         };
-        self.write_in_flight = true;
-        self.written = Some(route.clone());
-        self.actions.push_back(LeaderAction::WriteRoute {
-            route,
-            expect_route_rev: self.route_rev,
-            consume: None,
-            history: None,
-            list_members: false,
-        });
+        self.write_route(route, None, None, false);
         true
     }
 
@@ -1623,15 +1619,7 @@ impl Leader {
         };
         let route = route_of(&plan, first, self.config.token, self.roster());
         self.switch = Some(Switch { plan, phase });
-        self.write_in_flight = true;
-        self.written = Some(route.clone());
-        self.actions.push_back(LeaderAction::WriteRoute {
-            route,
-            expect_route_rev: self.route_rev,
-            consume,
-            history: None,
-            list_members: true,
-        });
+        self.write_route(route, consume, None, true);
     }
 }
 

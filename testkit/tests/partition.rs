@@ -525,6 +525,44 @@ fn cut_bound(t: &Timing) -> Duration {
     t.lease_ttl - t.margin + t.down_detection()
 }
 
+/// The leader cut from etcd mid-switch: an isolated member keeps the switch
+/// in its drain phase, then the leader is cut too. Both fence (with
+/// failsafe too: a drained member has nothing to serve on grants); after
+/// the heal a leader finishes or re-decides the switch and the link settles
+/// on one setup.
+async fn drained_then_everyone_cut(
+    lab: &Lab,
+    traffic: &Traffic,
+    sampler: &Sampler,
+    bound: Duration,
+) {
+    let net = net(lab);
+    let lead = leader(lab).await;
+    let victim = 1 - lead;
+    let isolated = isolate(net, victim, lead);
+    let asked = Instant::now();
+    let request = switchover(lab, lead, Setup::Warm, false, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let route = lab.store().await.unwrap().snapshot().await.unwrap().route;
+    println!(
+        "mid-switch (route {:?}): leader {lead} cut from etcd too; request {request:?}",
+        route.map(|(r, _)| (r.epoch, r.phase, r.setup))
+    );
+    let cut_at = Instant::now();
+    let cut = net.cut_from_etcd(lead).unwrap();
+    fenced_within(lab, sampler, lead, cut_at, bound).await;
+    fenced_within(lab, sampler, victim, asked, bound).await;
+    drop(isolated);
+    cut.heal().unwrap();
+    let healed = Instant::now();
+    let setup = settled_setup(lab, RECOVERY_BOUND).await;
+    let back = recovers(lab, traffic, setup, RECOVERY_BOUND).await;
+    println!(
+        "  healed: the link settled on {setup} after {:?}; every LB serves it after {back:?}",
+        healed.elapsed()
+    );
+}
+
 /// Cuts `victim` from etcd, waits until its lease has surely expired (while
 /// asserting nothing else), heals, and returns when its LB stopped routing
 /// for good after the cut (asserted within `bound`) and what it routed to
@@ -641,30 +679,7 @@ fn a_member_cut_from_etcd_stops_routing_within_its_lease_budget() {
         // switch in its drain phase, then the leader is cut too. Both
         // fence; after the heal a leader finishes or re-decides the switch
         // and the link settles on one setup.
-        let lead = leader(&lab).await;
-        let victim = 1 - lead;
-        let isolated = isolate(net, victim, lead);
-        let asked = Instant::now();
-        let request = switchover(&lab, lead, Setup::Warm, false, Duration::from_secs(10)).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let route = lab.store().await.unwrap().snapshot().await.unwrap().route;
-        println!(
-            "mid-switch (route {:?}): leader {lead} cut from etcd too; request {request:?}",
-            route.map(|(r, _)| (r.epoch, r.phase, r.setup))
-        );
-        let cut_at = Instant::now();
-        let cut = net.cut_from_etcd(lead).unwrap();
-        fenced_within(&lab, &sampler, lead, cut_at, bound).await;
-        fenced_within(&lab, &sampler, victim, asked, bound).await;
-        drop(isolated);
-        cut.heal().unwrap();
-        let healed = Instant::now();
-        let setup = settled_setup(&lab, RECOVERY_BOUND).await;
-        let back = recovers(&lab, &traffic, setup, RECOVERY_BOUND).await;
-        println!(
-            "  healed: the link settled on {setup} after {:?}; every LB serves it after {back:?}",
-            healed.elapsed()
-        );
+        drained_then_everyone_cut(&lab, &traffic, &sampler, bound).await;
         for h in lab.history(10).await.expect("history").records {
             let to = PSetup::try_from(h.to).map_or("?", |s| s.as_str_name());
             println!(
@@ -703,28 +718,7 @@ fn with_failsafe_a_member_cut_from_etcd_still_fences_and_a_drain_stays_drained()
         let back = recovers(&lab, &traffic, Setup::Hot, RECOVERY_BOUND).await;
         println!("failsafe: member {victim} cut from etcd alone fenced; healed after {back:?}");
 
-        // The switch waits in its drain for the isolated member; then the
-        // leader loses etcd too.
-        let lead = leader(&lab).await;
-        let victim = 1 - lead;
-        let isolated = isolate(net, victim, lead);
-        let asked = Instant::now();
-        let request = switchover(&lab, lead, Setup::Warm, false, Duration::from_secs(10)).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let route = lab.store().await.unwrap().snapshot().await.unwrap().route;
-        println!(
-            "failsafe, mid-switch (route {:?}): leader {lead} cut from etcd too; request {request:?}",
-            route.map(|(r, _)| (r.epoch, r.phase, r.setup))
-        );
-        let cut_at = Instant::now();
-        let cut = net.cut_from_etcd(lead).unwrap();
-        fenced_within(&lab, &sampler, lead, cut_at, bound).await;
-        fenced_within(&lab, &sampler, victim, asked, bound).await;
-        drop(isolated);
-        cut.heal().unwrap();
-        let setup = settled_setup(&lab, RECOVERY_BOUND).await;
-        let back = recovers(&lab, &traffic, setup, RECOVERY_BOUND).await;
-        println!("  healed: the link settled on {setup}; every LB serves it after {back:?}");
+        drained_then_everyone_cut(&lab, &traffic, &sampler, bound).await;
         finish(traffic.stop().await, sampler);
     });
 }

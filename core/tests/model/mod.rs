@@ -1760,44 +1760,8 @@ impl LinkModel {
         // for, changes nothing (the model drops refusals).
         let members = &s.members;
         s.net.retain(|msg| {
-            let (to, ev) = match msg {
-                Msg::GrantAsk {
-                    from,
-                    to,
-                    epoch,
-                    setup,
-                    sent_at,
-                } => (
-                    *to,
-                    MemberEvent::GrantAsked {
-                        req: grant_req(*from, *sent_at),
-                        ask: GrantAsk {
-                            from: self.member_id(*from),
-                            epoch: *epoch,
-                            setup: *setup,
-                        },
-                    },
-                ),
-                Msg::Granted {
-                    to,
-                    from,
-                    lease,
-                    epoch,
-                    setup,
-                    sent_at,
-                } => (
-                    *to,
-                    MemberEvent::GrantAnswered {
-                        from: self.member_id(*from),
-                        sent_at: Time(*sent_at),
-                        result: Ok(Granted {
-                            lease: *lease,
-                            epoch: *epoch,
-                            setup: *setup,
-                        }),
-                    },
-                ),
-                _ => return true,
+            let Some((to, ev)) = self.grant_event(msg) else {
+                return true;
             };
             let Some(m) = members[to].m.as_ref() else {
                 return false;
@@ -1988,21 +1952,34 @@ impl LinkModel {
                     );
                 }
             }
+            grant @ (Msg::GrantAsk { .. } | Msg::Granted { .. }) => {
+                if let Some((to, ev)) = self.grant_event(&grant) {
+                    self.feed_member(s, to, ev);
+                }
+            }
+        }
+    }
+
+    /// A grant message as the event its receiver gets, and who that is.
+    fn grant_event(&self, msg: &Msg) -> Option<(usize, MemberEvent)> {
+        match msg {
             Msg::GrantAsk {
                 from,
                 to,
                 epoch,
                 setup,
                 sent_at,
-            } => {
-                let ask = GrantAsk {
-                    from: self.member_id(from),
-                    epoch,
-                    setup,
-                };
-                let req = grant_req(from, sent_at);
-                self.feed_member(s, to, MemberEvent::GrantAsked { req, ask });
-            }
+            } => Some((
+                *to,
+                MemberEvent::GrantAsked {
+                    req: grant_req(*from, *sent_at),
+                    ask: GrantAsk {
+                        from: self.member_id(*from),
+                        epoch: *epoch,
+                        setup: *setup,
+                    },
+                },
+            )),
             Msg::Granted {
                 to,
                 from,
@@ -2010,18 +1987,19 @@ impl LinkModel {
                 epoch,
                 setup,
                 sent_at,
-            } => {
-                let ev = MemberEvent::GrantAnswered {
-                    from: self.member_id(from),
-                    sent_at: Time(sent_at),
+            } => Some((
+                *to,
+                MemberEvent::GrantAnswered {
+                    from: self.member_id(*from),
+                    sent_at: Time(*sent_at),
                     result: Ok(Granted {
-                        lease,
-                        epoch,
-                        setup,
+                        lease: *lease,
+                        epoch: *epoch,
+                        setup: *setup,
                     }),
-                };
-                self.feed_member(s, to, ev);
-            }
+                },
+            )),
+            Msg::Push { .. } | Msg::Reply { .. } => None,
         }
     }
 
