@@ -547,7 +547,13 @@ impl Member {
         if let Some(fs) = self.config.failsafe {
             // Serving on grants ends D before they do; asking starts when
             // the lease is about to lapse, and repeats.
-            consider(self.failsafe().map(|f| f.until - self.config.lb_down_bound));
+            // Only while it is ahead: a deadline already passed would wake
+            // the driver again at once, for ever.
+            consider(
+                self.failsafe()
+                    .map(|f| f.until - self.config.lb_down_bound)
+                    .filter(|t| *t > self.now),
+            );
             if self.wants_grants() {
                 consider(self.next_ask);
             } else if self.serving_rostered().is_some() {

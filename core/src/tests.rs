@@ -1892,6 +1892,12 @@ mod failsafe {
         let lb = run(&mut m, 20_100, 24_000, &[("bob-0", 2), ("alice-1", 9)]);
         assert_eq!(lb, vec![LbTarget::Blocked]);
         assert!(!m.view().routable(Setup::Hot, Time(24_000), d));
+        // Its grants have run out: no deadline left behind to wake for.
+        assert!(
+            m.poll_timeout().is_none_or(|t| t > Time(24_000)),
+            "{:?}",
+            m.poll_timeout()
+        );
     }
 
     #[test]
