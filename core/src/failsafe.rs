@@ -159,6 +159,32 @@ pub struct FailsafeView {
     pub serving: Applied,
 }
 
+/// Whether a lease fresh until `lease_fresh_until` is about to lapse at
+/// `now`: it will not stay fresh for a grant's length and D (or there is
+/// none). A member whose lease stays fresh reaches etcd: it neither grants
+/// nor needs grants, and it may campaign.
+pub fn lease_about_to_lapse(
+    lease_fresh_until: Option<Time>,
+    now: Time,
+    fs: &FailsafeConfig,
+    lb_down_bound: Duration,
+) -> bool {
+    lease_fresh_until.is_none_or(|u| now + fs.grant_ttl + lb_down_bound >= u)
+}
+
+/// Whether some incarnation of `route`'s roster has a live key among
+/// `members` (id, lease); true without a route or a roster (rule 2's
+/// full-restart clock runs only while this is false).
+pub fn roster_live<'a>(
+    route: Option<&Route>,
+    mut members: impl Iterator<Item = (&'a str, Lease)>,
+) -> bool {
+    match route {
+        Some(r) if !r.roster.is_empty() => members.any(|(id, lease)| r.rostered(id, lease)),
+        _ => true,
+    }
+}
+
 /// Holds at most this many leases of a process's past incarnations (they
 /// only matter for the current route's roster).
 pub const LEASES_KEPT: usize = 8;

@@ -310,6 +310,14 @@ impl MemberView {
             .is_some_and(|f| f.serving.setup == setup && fresh(f.until));
         by_lease || by_grants
     }
+
+    /// In failsafe at `now`: told to serve on grants while the lease is not
+    /// fresh (what status, the metric and the history report).
+    pub fn on_grants(&self, now: Time) -> Option<FailsafeView> {
+        let stale = self.lease_fresh_until.is_none_or(|u| now >= u);
+        let serving = matches!(self.desired, LbTarget::Serve(_));
+        self.failsafe.filter(|_| stale && serving)
+    }
 }
 
 /// A push waiting for its answer.
@@ -698,12 +706,13 @@ impl Member {
         route.rostered(&self.config.id, lease).then_some((route, a))
     }
 
-    /// Whether this member's lease is about to lapse: it will not stay
-    /// fresh for a grant's length and D (or there is none). A member whose
-    /// lease stays fresh reaches etcd, and etcd decides.
     fn lease_doubtful(&self, fs: &FailsafeConfig) -> bool {
-        self.lease_fresh_until
-            .is_none_or(|u| self.now + fs.grant_ttl + self.config.lb_down_bound >= u)
+        crate::failsafe::lease_about_to_lapse(
+            self.lease_fresh_until,
+            self.now,
+            fs,
+            self.config.lb_down_bound,
+        )
     }
 
     /// Whether this member needs grants to keep serving past its lease.

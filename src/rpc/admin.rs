@@ -152,10 +152,11 @@ impl AdminService {
         crate::limits::check_admin_text(&req.reason, &req.requested_by)?;
         // Nothing switches without etcd: say so plainly rather than wait
         // for an etcd request to time out.
-        let failsafe = self.shared.member_state().failsafe;
-        if !failsafe.is_empty() {
+        let on_grants = self.shared.view.borrow().on_grants(self.shared.clock.now());
+        if let Some(f) = on_grants {
             return Err(Reason::EtcdUnavailable.status(format!(
-                "refused: this member is in failsafe ({failsafe}); try again once etcd answers"
+                "refused: this member is in failsafe (etcd unreachable; serving {} at epoch {} on every roster member's grant); try again once etcd answers",
+                f.serving.setup, f.serving.epoch
             )));
         }
         let (requested_by, by_note) = attribute(&caller, &req.requested_by);

@@ -319,6 +319,7 @@ mod tests {
     fn methods_need_their_roles() {
         assert_eq!(required("/lockstep.v1.Peer/Drain"), Some(Access::Peer));
         assert_eq!(required("/lockstep.v1.Peer/GetState"), Some(Access::Peer));
+        assert_eq!(required("/lockstep.v1.Peer/Grant"), Some(Access::Peer));
         for m in ["Switchover", "Failover", "Pause", "Resume", "Cancel"] {
             assert_eq!(
                 required(&format!("/lockstep.v1.Admin/{m}")),

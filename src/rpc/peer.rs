@@ -2,14 +2,14 @@
 //! member's one serialized state machine, and are answered only when it
 //! releases the reply (after the LB confirmed).
 
+use super::reason::Reason;
 use super::{applied_to_proto, setup_from_proto};
 use crate::proto::{self, peer_server::Peer};
-use crate::sidecar::member::Input;
+use crate::sidecar::member::{ask, Input};
 use crate::sidecar::Shared;
 use lockstep_core::member::Refusal;
 use lockstep_core::{Phase, Push};
 use std::sync::Arc;
-use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
 
@@ -20,18 +20,13 @@ pub(crate) struct PeerService {
 
 impl PeerService {
     async fn push(&self, push: Push) -> Result<Response<proto::ApplyReply>, Status> {
-        let (tx, rx) = oneshot::channel();
-        self.input
-            .send(Input::Peer(push, tx))
-            .await
-            .map_err(|_| Status::unavailable("member is shutting down"))?;
-        match rx.await {
-            Ok(Ok(applied)) => Ok(Response::new(proto::ApplyReply {
+        match ask(&self.input, |tx| Input::Peer(push, tx)).await {
+            Some(Ok(applied)) => Ok(Response::new(proto::ApplyReply {
                 member: self.shared.config.member_id.clone(),
                 applied: Some(applied_to_proto(&applied)),
             })),
-            Ok(Err(refusal)) => Err(refusal_status(&refusal)),
-            Err(_) => Err(Status::unavailable("member dropped the request")),
+            Some(Err(refusal)) => Err(refusal_status(&refusal)),
+            None => Err(member_gone()),
         }
     }
 
@@ -66,6 +61,11 @@ impl PeerService {
         }
         Ok(())
     }
+}
+
+/// The member task is gone: the sidecar is stopping.
+fn member_gone() -> Status {
+    Reason::TooBusy.status("member is shutting down")
 }
 
 /// A refusal as a gRPC status. A push etcd does not confirm has its own:
@@ -117,26 +117,21 @@ impl Peer for PeerService {
         if r.member.is_empty() || r.member.len() > crate::limits::MAX_MEMBER_ID {
             return Err(Status::invalid_argument("member must be a member id"));
         }
-        let ask = lockstep_core::failsafe::GrantAsk {
+        let grant = lockstep_core::failsafe::GrantAsk {
             from: r.member,
             epoch: r.epoch,
             setup,
         };
-        let (tx, rx) = oneshot::channel();
-        self.input
-            .send(Input::Grant(ask, tx))
-            .await
-            .map_err(|_| Status::unavailable("member is shutting down"))?;
-        match rx.await {
-            Ok(Ok(g)) => Ok(Response::new(proto::GrantReply {
+        match ask(&self.input, |tx| Input::Grant(grant, tx)).await {
+            Some(Ok(g)) => Ok(Response::new(proto::GrantReply {
                 member: self.shared.config.member_id.clone(),
                 lease: g.lease,
                 epoch: g.epoch,
                 setup: super::setup_to_proto(g.setup) as i32,
             })),
             // Not a fault: the asker goes on without this grant.
-            Ok(Err(refusal)) => Err(Status::failed_precondition(refusal.to_string())),
-            Err(_) => Err(Status::unavailable("member dropped the request")),
+            Some(Err(refusal)) => Err(Reason::NotServable.status(refusal.to_string())),
+            None => Err(member_gone()),
         }
     }
 

@@ -28,7 +28,8 @@ pub enum Reason {
     NotConfirmed,
     /// A push below what the member already accepted (Peer service).
     Stale,
-    /// The member cannot serve now (Peer service).
+    /// The member cannot serve now, or refuses a failsafe grant (Peer
+    /// service).
     NotServable,
     /// The request's deadline passed before any leader carried it out;
     /// nothing moved.

@@ -8,7 +8,7 @@ use crate::notify::{Event, EventKind};
 use crate::proto::peer_client::PeerClient;
 use crate::proto::{DrainRequest, ServeRequest};
 use crate::store::{Change, StoreError, Watched};
-use lockstep_core::failsafe::may_lead;
+use lockstep_core::failsafe::{lease_about_to_lapse, may_lead, roster_live};
 use lockstep_core::leader::{
     HistoryKind, HistoryOutcome, Leader, LeaderAction, LeaderConfig, LeaderEvent, LeaderFailsafe,
     SwitchInfo, WriteFailure,
@@ -18,7 +18,7 @@ use lockstep_core::{Applied, Phase, Push, Token};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -102,9 +102,7 @@ pub(crate) async fn campaign_loop(shared: Arc<Shared>, member: mpsc::Sender<Inpu
 /// Tells the member whether its process campaigns or leads; returns its
 /// view once it knows.
 async fn set_leading(member: &mpsc::Sender<Input>, leading: bool) -> Option<MemberView> {
-    let (tx, rx) = oneshot::channel();
-    member.send(Input::Leading(leading, tx)).await.ok()?;
-    rx.await.ok()
+    super::member::ask(member, |tx| Input::Leading(leading, tx)).await
 }
 
 /// Failsafe: whether this process may campaign now (`failsafe::may_lead`
@@ -120,12 +118,8 @@ async fn may_campaign(
     // answer it) and may have to grant: it does not campaign, so its peers
     // keep its grants while etcd is away.
     let lb_down_bound = shared.config.lb_down_detection();
-    let doubtful = shared
-        .view
-        .borrow()
-        .lease_fresh_until
-        .is_none_or(|u| shared.clock.now() + config.grant_ttl + lb_down_bound >= u);
-    if doubtful {
+    let fresh_until = shared.view.borrow().lease_fresh_until;
+    if lease_about_to_lapse(fresh_until, shared.clock.now(), &config, lb_down_bound) {
         return Err("this member's lease is about to lapse (etcd unreachable?)".into());
     }
     // Read before telling the member: a read that hangs must not keep it
@@ -140,15 +134,8 @@ async fn may_campaign(
         .ok_or("the member task is gone")?;
     let now = shared.clock.now();
     let route = snap.route.as_ref().map(|(r, _)| r);
-    let roster_live = route.is_none_or(|r| {
-        r.roster.is_empty()
-            || r.roster.iter().any(|inc| {
-                snap.members
-                    .iter()
-                    .any(|l| l.id == inc.id && l.lease == inc.lease)
-            })
-    });
-    *roster_gone_since = if roster_live {
+    let live = roster_live(route, snap.members.iter().map(|l| (l.id.as_str(), l.lease)));
+    *roster_gone_since = if live {
         None
     } else {
         Some(roster_gone_since.unwrap_or(now))

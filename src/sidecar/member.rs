@@ -275,6 +275,17 @@ async fn run<L: LoadBalancer>(
     }
 }
 
+/// Sends the input `make` builds around a reply channel to the member task
+/// and waits for the answer; `None` once the task is gone (stopping).
+pub(crate) async fn ask<T>(
+    input: &mpsc::Sender<Input>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Input,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    input.send(make(tx)).await.ok()?;
+    rx.await.ok()
+}
+
 /// Asks each peer for a failsafe grant, at once and in parallel; each
 /// answer goes back into the member with the time its ask was sent (a
 /// grant counts from then).
@@ -356,22 +367,17 @@ struct FailsafeLog {
 impl FailsafeLog {
     fn note(&mut self, shared: &Arc<Shared>, view: &MemberView, clock: Clock) {
         let now = clock.now();
-        // In failsafe: serving on grants while the lease is not fresh.
-        let on_grants = view.failsafe.is_some()
-            && view.lease_fresh_until.is_none_or(|u| now >= u)
-            && matches!(view.desired, lockstep_core::LbTarget::Serve(_));
-        match (&self.since, on_grants) {
-            (None, true) => {
-                let f = view.failsafe.as_ref();
+        match (&self.since, view.on_grants(now)) {
+            (None, Some(f)) => {
                 warn!(
-                    epoch = f.map(|f| f.serving.epoch),
-                    setup = ?f.map(|f| f.serving.setup),
+                    epoch = f.serving.epoch,
+                    setup = %f.serving.setup,
                     "FAILSAFE: etcd unreachable; serving on every roster member's grant, nothing switches until etcd is back"
                 );
                 shared.metrics.set_failsafe(true);
                 self.since = Some((now, super::leader::now_rfc3339()));
             }
-            (Some((t, at)), false) => {
+            (Some((t, at)), None) => {
                 let ms = now.since(*t).as_millis() as u64;
                 warn!(duration_ms = ms, "failsafe left");
                 shared.metrics.set_failsafe(false);

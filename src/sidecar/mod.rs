@@ -122,8 +122,8 @@ impl Shared {
             lease_fresh: !view.fenced && view.lease_fresh_until.is_some_and(|u| now < u),
             behind: view.behind.map_or(String::new(), |b| b.to_string()),
             insecure: self.config.grpc.insecure,
-            failsafe: match view.failsafe {
-                Some(f) if view.lease_fresh_until.is_none_or(|u| now >= u) => format!(
+            failsafe: match view.on_grants(now) {
+                Some(f) => format!(
                     "etcd unreachable: serving {} (epoch {}) on every roster member's grant for {} ms more; nothing switches until etcd is back",
                     f.serving.setup,
                     f.serving.epoch,

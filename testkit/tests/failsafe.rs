@@ -6,25 +6,30 @@
 use lockstep::lb::LoadBalancer;
 use lockstep::protocol::{LbTarget, Setup};
 use lockstep_testkit::lab::{Lab, LabOptions};
+use lockstep_testkit::traffic::Traffic;
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
 use lockstep_testkit::rt;
 
-fn failsafe_options() -> LabOptions {
+/// A lab with failsafe on and key pairs flowing, then its etcd frozen
+/// (SIGSTOP); and when it froze.
+async fn frozen_etcd(name: &str) -> (Lab, Traffic, Instant) {
     let mut options = LabOptions::default();
     options.timing = options.timing.with_failsafe();
-    options
+    let lab = Lab::start(name, options).await.expect("lab");
+    let traffic = lab.start_traffic(10).await.expect("traffic");
+    lab.etcd.nodes[0]
+        .guard
+        .signal(Signal::SIGSTOP)
+        .expect("SIGSTOP etcd");
+    (lab, traffic, Instant::now())
 }
 
 /// `lockstep_failsafe` as member `i` reports it (1: serving on grants).
 async fn failsafe_metric(lab: &Lab, i: usize) -> Option<f64> {
-    let reply = lab.sidecars[i].http_get("/metrics").await.ok()?;
-    let text = String::from_utf8_lossy(&reply.body).to_string();
-    text.lines()
-        .find(|l| l.starts_with("lockstep_failsafe{"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    let scrape = lab.sidecars[i].scrape().await.ok()?;
+    scrape.get("lockstep_failsafe", &[])
 }
 
 /// Waits until every member reports failsafe.
@@ -50,23 +55,14 @@ async fn wait_failsafe(lab: &Lab, bound: Duration) -> Duration {
 #[test]
 fn a_frozen_etcd_does_not_stop_key_delivery_with_failsafe() {
     rt().block_on(async {
-        let lab = Lab::start("failsafe-freeze", failsafe_options())
-            .await
-            .expect("lab");
-        let traffic = lab.start_traffic(10).await.expect("traffic");
+        let (lab, traffic, frozen) = frozen_etcd("failsafe-freeze").await;
         let t = lab.options.timing.clone();
-
-        lab.etcd.nodes[0]
-            .guard
-            .signal(Signal::SIGSTOP)
-            .expect("SIGSTOP etcd");
-        let frozen = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1).saturating_sub(frozen.elapsed())).await;
+        let after_first_second = traffic.snapshot();
         // Leases stop being fresh TTL − margin after the last ack: by then
         // every member serves on grants.
         let entered = wait_failsafe(&lab, t.lease_ttl + Duration::from_secs(3)).await;
         println!("etcd frozen: every member in failsafe after {entered:?}");
-        tokio::time::sleep(Duration::from_secs(1).saturating_sub(frozen.elapsed())).await;
-        let after_first_second = traffic.snapshot();
 
         // Nothing switches without etcd: a request is refused, and says why.
         let refused = lab
@@ -164,15 +160,8 @@ fn a_frozen_etcd_does_not_stop_key_delivery_with_failsafe() {
 #[test]
 fn a_member_killed_during_failsafe_stops_the_others_within_a_grant() {
     rt().block_on(async {
-        let mut lab = Lab::start("failsafe-kill", failsafe_options())
-            .await
-            .expect("lab");
-        let traffic = lab.start_traffic(10).await.expect("traffic");
+        let (mut lab, traffic, _) = frozen_etcd("failsafe-kill").await;
         let t = lab.options.timing.clone();
-        lab.etcd.nodes[0]
-            .guard
-            .signal(Signal::SIGSTOP)
-            .expect("SIGSTOP etcd");
         wait_failsafe(&lab, t.lease_ttl + Duration::from_secs(3)).await;
 
         // Bob's sidecar dies: alice's grant from it runs out, and her LB

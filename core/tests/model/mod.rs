@@ -47,7 +47,7 @@
 //! stops answering at once) and acts, when it resumes, on events it
 //! receives then, which the other faults already reorder.
 
-use lockstep_core::failsafe::{may_lead, FailsafeConfig, GrantAsk, Granted};
+use lockstep_core::failsafe::{may_lead, roster_live, FailsafeConfig, GrantAsk, Granted};
 use lockstep_core::health::RoleHealth;
 use lockstep_core::leader::*;
 use lockstep_core::member::*;
@@ -543,19 +543,17 @@ impl LinkModel {
 
     /// Tracks since when no roster incarnation has had a live key.
     fn track_roster(s: &mut State) {
-        let gone = match &s.etcd.route {
-            Some((r, _)) if !r.roster.is_empty() => !r.roster.iter().any(|inc| {
-                s.etcd
-                    .members
-                    .get(&inc.id)
-                    .is_some_and(|(_, _, l)| *l as i64 == inc.lease)
-            }),
-            _ => false,
-        };
-        s.roster_gone_since = match (gone, s.roster_gone_since) {
-            (true, Some(t)) => Some(t),
-            (true, None) => Some(s.now),
-            (false, _) => None,
+        let live = roster_live(
+            s.etcd.route.as_ref().map(|(r, _)| r),
+            s.etcd
+                .members
+                .iter()
+                .map(|(id, (_, _, lease))| (id.as_str(), *lease as i64)),
+        );
+        s.roster_gone_since = match (live, s.roster_gone_since) {
+            (false, Some(t)) => Some(t),
+            (false, None) => Some(s.now),
+            (true, _) => None,
         };
     }
 
@@ -2191,10 +2189,10 @@ impl LinkModel {
     pub fn serving_on_grants(&self, s: &State) -> bool {
         s.members.iter().any(|slot| {
             slot.lb.serving().is_some()
-                && slot.m.as_ref().is_some_and(|m| {
-                    let v = m.view();
-                    v.failsafe.is_some() && v.lease_fresh_until.is_none_or(|u| Time(s.now) >= u)
-                })
+                && slot
+                    .m
+                    .as_ref()
+                    .is_some_and(|m| m.view().on_grants(Time(s.now)).is_some())
         })
     }
 

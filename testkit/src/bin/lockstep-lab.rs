@@ -941,17 +941,7 @@ struct EtcdCounters {
 
 impl EtcdCounters {
     async fn scrape(client: std::net::SocketAddr) -> Result<EtcdCounters> {
-        let reply = lockstep_testkit::http::http_once(
-            client,
-            hyper::Method::GET,
-            "/metrics",
-            None,
-            Duration::from_secs(5),
-        )
-        .await
-        .context("scraping etcd's /metrics")?;
-        let scrape =
-            lockstep_testkit::metrics::Scrape::parse(&String::from_utf8_lossy(&reply.body))?;
+        let scrape = scrape_etcd(client).await?;
         let mut c = EtcdCounters::default();
         for s in &scrape.samples {
             let label = |k: &str| s.labels.get(k).map(String::as_str).unwrap_or("");
@@ -1024,9 +1014,8 @@ fn sched_sum(pids: &[u32]) -> (u64, u64) {
     sum
 }
 
-/// etcd's own histograms of its WAL fsyncs and backend commits since it
-/// started: how often its disk made a write (and the reads behind it) wait.
-async fn etcd_disk_latency(client: std::net::SocketAddr) -> Result<String> {
+/// etcd's `/metrics` on its client address, parsed.
+async fn scrape_etcd(client: std::net::SocketAddr) -> Result<lockstep_testkit::metrics::Scrape> {
     let reply = lockstep_testkit::http::http_once(
         client,
         hyper::Method::GET,
@@ -1036,7 +1025,13 @@ async fn etcd_disk_latency(client: std::net::SocketAddr) -> Result<String> {
     )
     .await
     .context("scraping etcd's /metrics")?;
-    let scrape = lockstep_testkit::metrics::Scrape::parse(&String::from_utf8_lossy(&reply.body))?;
+    lockstep_testkit::metrics::Scrape::parse(&String::from_utf8_lossy(&reply.body))
+}
+
+/// etcd's own histograms of its WAL fsyncs and backend commits since it
+/// started: how often its disk made a write (and the reads behind it) wait.
+async fn etcd_disk_latency(client: std::net::SocketAddr) -> Result<String> {
+    let scrape = scrape_etcd(client).await?;
     let mut out = Vec::new();
     for (what, name) in [
         ("WAL fsyncs", "etcd_disk_wal_fsync_duration_seconds"),
