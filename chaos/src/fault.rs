@@ -45,6 +45,10 @@ pub enum LabFault {
     /// SIGKILL etcd nodes; heal: restart them on their data. `leader`
     /// marks the etcd leader; a majority of the nodes is a quorum loss.
     EtcdKill { nodes: Vec<usize>, leader: bool },
+    /// SIGSTOP every etcd node: etcd unreachable for the whole link, with
+    /// its connections open and hanging (what a stalled disk or a hung
+    /// cluster looks like); heal: SIGCONT.
+    EtcdFreeze,
     /// SIGKILL one KME; heal: start it again on the same ports.
     KmeKill { setup: Setup, role: Role },
     /// SIGSTOP one KME (connections hang); heal: SIGCONT.
@@ -129,6 +133,7 @@ impl LabFault {
             }
             LabFault::EtcdKill { leader: true, .. } => "etcd-leader-kill",
             LabFault::EtcdKill { .. } => "etcd-kill",
+            LabFault::EtcdFreeze => "etcd-freeze",
             LabFault::KmeKill { .. } => "kme-kill",
             LabFault::KmeStop { .. } => "kme-stop",
             LabFault::Net(n) => n.kind(),
@@ -154,6 +159,7 @@ impl LabFault {
                 })
                 .collect::<Vec<_>>()
                 .join(","),
+            LabFault::EtcdFreeze => "every etcd node".into(),
             LabFault::KmeKill { setup, role } | LabFault::KmeStop { setup, role } => {
                 format!("kme-{setup}-{role}")
             }
@@ -200,7 +206,7 @@ impl LabFault {
     pub fn takes_etcd_quorum(&self, etcd_nodes: usize) -> bool {
         match self {
             LabFault::EtcdKill { nodes, .. } => 2 * nodes.len() > etcd_nodes,
-            LabFault::SnapshotRestore { .. } => true,
+            LabFault::SnapshotRestore { .. } | LabFault::EtcdFreeze => true,
             _ => false,
         }
     }
@@ -228,10 +234,13 @@ impl LabFault {
     pub fn overlaps(&self, other: &LabFault) -> bool {
         use LabFault::*;
         match (self, other) {
-            // A restore stops and restarts every etcd node: no other etcd
-            // fault meanwhile, and no second restore.
-            (SnapshotRestore { .. }, EtcdKill { .. } | SnapshotRestore { .. })
-            | (EtcdKill { .. }, SnapshotRestore { .. }) => true,
+            // A restore stops and restarts every etcd node, a freeze stops
+            // them all: no other etcd fault meanwhile.
+            (
+                SnapshotRestore { .. } | EtcdFreeze,
+                EtcdKill { .. } | SnapshotRestore { .. } | EtcdFreeze,
+            )
+            | (EtcdKill { .. }, SnapshotRestore { .. } | EtcdFreeze) => true,
             (
                 SidecarKill { member: a, .. } | SidecarStop { member: a },
                 SidecarKill { member: b, .. } | SidecarStop { member: b },
@@ -328,6 +337,7 @@ impl LabFault {
                 lab.kmes.get_mut(*setup, role.as_str())?.kill();
                 Ok(())
             }
+            LabFault::EtcdFreeze => lab.etcd.signal_all(Signal::SIGSTOP),
             LabFault::KmeStop { setup, role } => lab.kmes.get(*setup, role.as_str())?.freeze(),
             LabFault::Net(_)
             | LabFault::ForgedPush(_)
@@ -384,6 +394,7 @@ impl LabFault {
                 let k = lab.kmes.get_mut(*setup, role.as_str())?;
                 tokio::task::block_in_place(|| k.restart())
             }
+            LabFault::EtcdFreeze => lab.etcd.signal_all(Signal::SIGCONT),
             LabFault::KmeStop { setup, role } => lab.kmes.get(*setup, role.as_str())?.thaw(),
             LabFault::Net(n) => bail!("{} was not injected (no handle to heal)", n.kind()),
             LabFault::SnapshotRestore { .. } => {

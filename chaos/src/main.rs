@@ -62,6 +62,15 @@ enum Command {
         /// snapshot.
         #[arg(long)]
         truth: bool,
+        /// Failsafe on, and a fault that leaves etcd unreachable (frozen,
+        /// without quorum; with --net cut from one or every member) in
+        /// every run, held up to 15 s.
+        #[arg(long, conflicts_with_all = ["truth", "etcd_outages"])]
+        failsafe: bool,
+        /// The runs of --failsafe with failsafe off: what etcd outages
+        /// cost without it.
+        #[arg(long, conflicts_with = "truth")]
+        etcd_outages: bool,
     },
     /// Judge a recorded history again.
     Check { history: PathBuf },
@@ -149,15 +158,25 @@ fn run(cli: Cli) -> Result<bool> {
             seed,
             net,
             truth,
+            failsafe,
+            etcd_outages,
         } => {
+            let mode = random::Mode {
+                net,
+                truth,
+                etcd: match (failsafe, etcd_outages) {
+                    (true, _) => random::EtcdOutages::Failsafe,
+                    (false, true) => random::EtcdOutages::Fenced,
+                    (false, false) => random::EtcdOutages::Drawn,
+                },
+            };
+            let scenario = random::scenario_for(mode)?;
             let seed = seed_or_clock(seed);
             println!(
                 "random mode: {runs} runs, seeds {seed}..{}",
                 seed + runs.saturating_sub(1)
             );
-            let scenarios: Vec<Scenario> = (0..runs)
-                .map(|_| random::scenario_for(net, truth))
-                .collect();
+            let scenarios: Vec<Scenario> = (0..runs).map(|_| scenario).collect();
             rt.block_on(run_all(&scenarios, |i| seed + i as u64, &opts))
         }
     }

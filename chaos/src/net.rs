@@ -16,6 +16,10 @@ pub enum NetFault {
     /// KMEs and its peers. Its sidecar must fence itself (LB blocked within
     /// TTL − margin + D of its last keep-alive).
     CutFromEtcd { member: usize },
+    /// Every member's namespace loses etcd (the members keep each other):
+    /// etcd is unreachable for the whole link. Without failsafe every
+    /// member fences itself; with it they keep serving on grants.
+    CutAllFromEtcd,
     /// Every member loses every other member (the leader's gRPC pushes);
     /// etcd stays reachable, so a switch can only go through etcd.
     CutPeers,
@@ -38,6 +42,7 @@ impl NetFault {
     pub fn kind(&self) -> &'static str {
         match self {
             NetFault::CutFromEtcd { .. } => "net-cut-etcd",
+            NetFault::CutAllFromEtcd => "net-cut-etcd-all",
             NetFault::CutPeers => "net-cut-peers",
             NetFault::OneWay { .. } => "net-one-way",
             NetFault::Slow { .. } => "net-slow",
@@ -48,6 +53,7 @@ impl NetFault {
     pub fn target(&self, id: impl Fn(usize) -> String) -> String {
         match self {
             NetFault::CutFromEtcd { member } => format!("{} <-> etcd", id(*member)),
+            NetFault::CutAllFromEtcd => "every member <-> etcd".into(),
             NetFault::CutPeers => "every member <-> every member".into(),
             NetFault::OneWay { from, to } => format!("{} -> {}", id(*from), id(*to)),
             NetFault::Slow {
@@ -64,9 +70,17 @@ impl NetFault {
     }
 
     /// Two network faults on the same thing at once would make their heals
-    /// interfere (and say nothing new).
+    /// interfere (and say nothing new); both etcd cuts remove the same
+    /// member-etcd rules.
     pub fn overlaps(&self, other: &NetFault) -> bool {
-        std::mem::discriminant(self) == std::mem::discriminant(other)
+        use NetFault::{CutAllFromEtcd, CutFromEtcd};
+        matches!(
+            (self, other),
+            (
+                CutFromEtcd { .. } | CutAllFromEtcd,
+                CutFromEtcd { .. } | CutAllFromEtcd
+            )
+        ) || std::mem::discriminant(self) == std::mem::discriminant(other)
     }
 
     pub fn inject(&self, lab: &Lab) -> Result<netns::NetFaultGuard> {
@@ -76,6 +90,7 @@ impl NetFault {
             .context("a network fault needs a lab with network namespaces (LabOptions::netns)")?;
         match *self {
             NetFault::CutFromEtcd { member } => net.cut_from_etcd(member),
+            NetFault::CutAllFromEtcd => net.cut_all_from_etcd(),
             NetFault::CutPeers => net.cut_all_peers(),
             NetFault::OneWay { from, to } => net.drop_one_way(Node::Member(from), Node::Member(to)),
             NetFault::Slow {

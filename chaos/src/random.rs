@@ -8,6 +8,13 @@
 //! ([`TRUTH_KINDS`]: a forged push, the route key deleted, etcd restored
 //! from a snapshot saved earlier in the run), and every such run has at
 //! least one of them (its first fault).
+//!
+//! `random --failsafe` runs labs with failsafe on and draws faults that
+//! leave etcd unreachable ([`ETCD_OUTAGE_KINDS`]: every etcd node frozen,
+//! etcd's quorum lost, with `--net` etcd cut from one member or from every
+//! member), at least one per run (its first fault), held up to 15 s, past
+//! the lease TTL. `random --etcd-outages` draws the same runs with failsafe
+//! off (the same lease TTL), to measure the key delivery failsafe saves.
 
 use super::fault::LabFault;
 use super::net::NetFault;
@@ -43,76 +50,128 @@ pub const NET_KINDS: &[&str] = &["net-cut-etcd", "net-cut-peers", "net-one-way",
 /// deleted, etcd restored from a snapshot saved earlier in the run.
 pub const TRUTH_KINDS: &[&str] = &["forged-push", "route-deleted", "snapshot-restore"];
 
+/// Faults that leave etcd unreachable, drawn first in `random --failsafe`
+/// and `--etcd-outages` (`etcd-freeze` is drawn among the others too).
+pub const ETCD_OUTAGE_KINDS: &[&str] = &["etcd-freeze", "etcd-quorum-loss"];
+/// ... and with `--net`, etcd cut from one member or from every member.
+pub const NET_ETCD_OUTAGE_KINDS: &[&str] = &["net-cut-etcd", "net-cut-etcd-all"];
+
+/// What a random run draws besides the process faults, and its lab.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mode {
+    /// Members in network namespaces; network faults drawn too.
+    pub net: bool,
+    /// Faults on what a member trusts, one first ([`TRUTH_KINDS`]).
+    pub truth: bool,
+    pub etcd: EtcdOutages,
+}
+
+/// Whether a random run's first fault leaves etcd unreachable, and what
+/// the lab does about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EtcdOutages {
+    /// Drawn like any other fault.
+    Drawn,
+    /// One first, with failsafe off: every member fences itself.
+    Fenced,
+    /// One first, with failsafe on.
+    Failsafe,
+}
+
 /// The chaos window: faults start and switchovers are sent within it.
 const WINDOW_MS: u64 = 9_000;
 
 /// Random mode as a scenario (its lab and body draw from the run's seed).
 pub fn scenario() -> Scenario {
-    Scenario {
-        name: "random",
-        about: "2-3 random faults and 2-4 switchovers by two users over ~10 s, from the seed",
-        lab: random_lab,
-        body: |c| Box::pin(random_body(c, false, false)),
+    scenario_of::<false, false, DRAWN>()
+}
+
+const DRAWN: u8 = 0;
+const FENCED: u8 = 1;
+const FAILSAFE: u8 = 2;
+
+impl Mode {
+    fn of(net: bool, truth: bool, etcd: u8) -> Mode {
+        let etcd = match etcd {
+            FENCED => EtcdOutages::Fenced,
+            FAILSAFE => EtcdOutages::Failsafe,
+            _ => EtcdOutages::Drawn,
+        };
+        Mode { net, truth, etcd }
+    }
+
+    /// The scenario's name and what it does.
+    fn describe(self) -> (&'static str, &'static str) {
+        use EtcdOutages::*;
+        match (self.net, self.truth, self.etcd) {
+            (false, false, Drawn) => ("random", "2-3 random faults and 2-4 switchovers by two users over ~10 s, from the seed"),
+            (true, false, Drawn) => ("random-net", "as `random`, members in network namespaces, network faults drawn too (`random --net`)"),
+            (false, true, _) => ("random-truth", "as `random`, forged pushes, route deletions and etcd snapshot restores drawn too, at least one per run (`random --truth`)"),
+            (true, true, _) => ("random-net-truth", "as `random-net`, forged pushes, route deletions and etcd snapshot restores drawn too, at least one per run (`random --net --truth`)"),
+            (false, false, Failsafe) => ("random-failsafe", "as `random`, failsafe on, etcd frozen or without quorum for up to 15 s at least once per run (`random --failsafe`)"),
+            (true, false, Failsafe) => ("random-net-failsafe", "as `random-net`, failsafe on, etcd frozen, without quorum or cut from one or every member for up to 15 s at least once per run (`random --net --failsafe`)"),
+            (false, false, Fenced) => ("random-etcd", "as `random-failsafe` with failsafe off: what etcd outages cost without it (`random --etcd-outages`)"),
+            (true, false, Fenced) => ("random-net-etcd", "as `random-net-failsafe` with failsafe off (`random --net --etcd-outages`)"),
+        }
     }
 }
 
-/// The random mode over labs whose members sit in network namespaces,
-/// drawing network faults as well as every process fault.
-pub fn net_scenario() -> Scenario {
+/// The random scenario of one mode (fn pointers, hence the constants).
+fn scenario_of<const NET: bool, const TRUTH: bool, const ETCD: u8>() -> Scenario {
+    let (name, about) = Mode::of(NET, TRUTH, ETCD).describe();
     Scenario {
-        name: "random-net",
-        about:
-            "as `random`, members in network namespaces, network faults drawn too (`random --net`)",
-        lab: random_net_lab,
-        body: |c| Box::pin(random_body(c, true, false)),
+        name,
+        about,
+        lab: lab_of::<NET, ETCD>,
+        body: |c| Box::pin(random_body(c, Mode::of(NET, TRUTH, ETCD))),
     }
 }
 
-/// Random mode drawing the faults on what a member trusts too.
-pub fn truth_scenario() -> Scenario {
-    Scenario {
-        name: "random-truth",
-        about: "as `random`, forged pushes, route deletions and etcd snapshot restores drawn too, at least one per run (`random --truth`)",
-        lab: random_lab,
-        body: |c| Box::pin(random_body(c, false, true)),
-    }
-}
-
-/// `random --net --truth`: every kind of fault.
-pub fn net_truth_scenario() -> Scenario {
-    Scenario {
-        name: "random-net-truth",
-        about: "as `random-net`, forged pushes, route deletions and etcd snapshot restores drawn too, at least one per run (`random --net --truth`)",
-        lab: random_net_lab,
-        body: |c| Box::pin(random_body(c, true, true)),
-    }
-}
-
-/// The random scenario for `random [--net] [--truth]`.
-pub fn scenario_for(net: bool, truth: bool) -> Scenario {
-    match (net, truth) {
-        (false, false) => scenario(),
-        (true, false) => net_scenario(),
-        (false, true) => truth_scenario(),
-        (true, true) => net_truth_scenario(),
-    }
+/// The random scenario for `random [--net] [--truth | --failsafe |
+/// --etcd-outages]`; faults on what a member trusts are not drawn with
+/// etcd outages (a restore under failsafe is not a documented procedure).
+pub fn scenario_for(mode: Mode) -> Result<Scenario> {
+    use EtcdOutages::*;
+    Ok(match (mode.net, mode.truth, mode.etcd) {
+        (_, true, Fenced | Failsafe) => {
+            anyhow::bail!("--truth cannot be combined with --failsafe or --etcd-outages")
+        }
+        (false, false, Drawn) => scenario_of::<false, false, DRAWN>(),
+        (true, false, Drawn) => scenario_of::<true, false, DRAWN>(),
+        (false, true, Drawn) => scenario_of::<false, true, DRAWN>(),
+        (true, true, Drawn) => scenario_of::<true, true, DRAWN>(),
+        (false, false, Fenced) => scenario_of::<false, false, FENCED>(),
+        (true, false, Fenced) => scenario_of::<true, false, FENCED>(),
+        (false, false, Failsafe) => scenario_of::<false, false, FAILSAFE>(),
+        (true, false, Failsafe) => scenario_of::<true, false, FAILSAFE>(),
+    })
 }
 
 /// Every random scenario (for `list` and `run <name>`).
 pub fn scenarios() -> Vec<Scenario> {
     vec![
-        scenario(),
-        net_scenario(),
-        truth_scenario(),
-        net_truth_scenario(),
+        scenario_of::<false, false, DRAWN>(),
+        scenario_of::<true, false, DRAWN>(),
+        scenario_of::<false, true, DRAWN>(),
+        scenario_of::<true, true, DRAWN>(),
+        scenario_of::<false, false, FAILSAFE>(),
+        scenario_of::<true, false, FAILSAFE>(),
+        scenario_of::<false, false, FENCED>(),
+        scenario_of::<true, false, FENCED>(),
     ]
 }
 
-fn random_net_lab(rng: &mut StdRng) -> LabOptions {
-    LabOptions {
-        netns: true,
-        ..random_lab(rng)
+/// The lab of a random run: [`random_lab`], in namespaces with `NET`, and
+/// with failsafe's lease (failsafe on or off) when etcd outages are drawn
+/// first.
+fn lab_of<const NET: bool, const ETCD: u8>(rng: &mut StdRng) -> LabOptions {
+    let mut o = random_lab(rng);
+    o.netns = NET;
+    if ETCD != DRAWN {
+        o.timing = o.timing.with_failsafe();
+        o.timing.failsafe = ETCD == FAILSAFE;
     }
+    o
 }
 
 fn random_lab(rng: &mut StdRng) -> LabOptions {
@@ -197,6 +256,7 @@ async fn resolve(
         },
         // A quorum loss that leaves a quorum needs three nodes or more.
         "etcd-quorum-loss" if nodes < 3 => return Ok(None),
+        "etcd-freeze" => LabFault::EtcdFreeze,
         "etcd-leader-kill" | "etcd-quorum-loss" => {
             let Ok(leader) = ctx.lab.etcd.leader(Duration::from_secs(1)).await else {
                 return Ok(None);
@@ -213,6 +273,7 @@ async fn resolve(
         "kme-kill" => LabFault::KmeKill { setup, role },
         "kme-stop" => LabFault::KmeStop { setup, role },
         "net-cut-etcd" => LabFault::Net(NetFault::CutFromEtcd { member }),
+        "net-cut-etcd-all" => LabFault::Net(NetFault::CutAllFromEtcd),
         "net-cut-peers" => LabFault::Net(NetFault::CutPeers),
         "net-one-way" => LabFault::Net(NetFault::OneWay {
             from: member,
@@ -239,23 +300,35 @@ async fn resolve(
     Ok(Some(fault))
 }
 
-/// Whether a fault of kind `later` would be skipped because a fault on
-/// what a member trusts of kind `truth` is held (or keep it out): a
-/// restore takes every etcd node, a route deletion needs etcd's quorum.
-fn conflicts(truth: &str, later: &str) -> bool {
-    match truth {
-        "snapshot-restore" => matches!(
-            later,
-            "etcd-kill" | "etcd-leader-kill" | "etcd-quorum-loss" | "snapshot-restore"
-        ),
+/// Whether a fault of kind `later` would be skipped because the run's
+/// first fault, of kind `first`, is held (or keep it out): a restore or a
+/// freeze takes every etcd node, a quorum loss needs etcd's leader, a
+/// route deletion needs etcd's quorum, two etcd cuts share their rules.
+fn conflicts(first: &str, later: &str) -> bool {
+    const ETCD_NODES: &[&str] = &[
+        "etcd-kill",
+        "etcd-leader-kill",
+        "etcd-quorum-loss",
+        "etcd-freeze",
+        "snapshot-restore",
+    ];
+    match first {
+        "snapshot-restore" | "etcd-freeze" | "etcd-quorum-loss" => ETCD_NODES.contains(&later),
         "route-deleted" => matches!(later, "etcd-quorum-loss" | "snapshot-restore"),
+        "net-cut-etcd" | "net-cut-etcd-all" => NET_ETCD_OUTAGE_KINDS.contains(&later),
         _ => false,
     }
 }
 
 /// How long a fault of `kind` is held: [`hold_for`], and for a restore
-/// etcd's downtime on top.
-fn plan_hold(ctx: &mut Ctx, kind: &str) -> Duration {
+/// etcd's downtime on top. With etcd outages drawn first, those that
+/// leave etcd unreachable are held 1-15 s: often past the lease TTL, when
+/// only failsafe keeps the link serving.
+fn plan_hold(ctx: &mut Ctx, kind: &str, mode: Mode) -> Duration {
+    let outage = ETCD_OUTAGE_KINDS.contains(&kind) || NET_ETCD_OUTAGE_KINDS.contains(&kind);
+    if mode.etcd != EtcdOutages::Drawn && outage {
+        return Duration::from_millis(ctx.rng.random_range(1_000..15_000));
+    }
     let hold = hold_for(&mut ctx.rng, kind);
     if kind == "snapshot-restore" {
         hold + restore_down(ctx)
@@ -292,14 +365,27 @@ fn hold_for(rng: &mut StdRng, kind: &str) -> Duration {
     Duration::from_millis(rng.random_range(lo..hi))
 }
 
-async fn random_body(ctx: &mut Ctx, net: bool, truth: bool) -> Result<()> {
-    let mut kinds: Vec<&'static str> = if net {
+async fn random_body(ctx: &mut Ctx, mode: Mode) -> Result<()> {
+    let mut kinds: Vec<&'static str> = if mode.net {
         KINDS.iter().chain(NET_KINDS).copied().collect()
     } else {
         KINDS.to_vec()
     };
-    if truth {
+    if mode.truth {
         kinds.extend(TRUTH_KINDS);
+    }
+    // The kinds a run's first fault is drawn from, if it must be one.
+    let mut first_kinds: Vec<&'static str> = Vec::new();
+    if mode.truth {
+        first_kinds.extend(TRUTH_KINDS);
+    }
+    if mode.etcd != EtcdOutages::Drawn {
+        kinds.push("etcd-freeze");
+        first_kinds.extend(ETCD_OUTAGE_KINDS);
+        if mode.net {
+            kinds.push("net-cut-etcd-all");
+            first_kinds.extend(NET_ETCD_OUTAGE_KINDS);
+        }
     }
     let n_switches = ctx.rng.random_range(2..=4);
     let n_faults = ctx.rng.random_range(2..=3);
@@ -316,13 +402,14 @@ async fn random_body(ctx: &mut Ctx, net: bool, truth: bool) -> Result<()> {
         steps.push((t, Step::Switch { by }));
     }
     let mut planned = Vec::new();
-    // The first fault's kind, start and hold with --truth.
-    let mut truth_window: Option<(&'static str, Duration, Duration)> = None;
+    // The first fault's kind, start and hold, when it must be of a kind.
+    let mut first_window: Option<(&'static str, Duration, Duration)> = None;
     for i in 0..n_faults {
         // With --truth, the first fault is always one on what a member
-        // trusts.
-        let mut kind = if truth && i == 0 {
-            TRUTH_KINDS[ctx.rng.random_range(0..TRUTH_KINDS.len())]
+        // trusts; with --failsafe or --etcd-outages, one that leaves etcd
+        // unreachable.
+        let mut kind = if !first_kinds.is_empty() && i == 0 {
+            first_kinds[ctx.rng.random_range(0..first_kinds.len())]
         } else {
             kinds[ctx.rng.random_range(0..kinds.len())]
         };
@@ -333,13 +420,12 @@ async fn random_body(ctx: &mut Ctx, net: bool, truth: bool) -> Result<()> {
         } else {
             Duration::from_millis(ctx.rng.random_range(0..WINDOW_MS - 500))
         };
-        let mut hold = plan_hold(ctx, kind);
-        // The run's fault on what a member trusts must not be skipped: a
-        // later fault that would keep it from being injected (or that it
+        let mut hold = plan_hold(ctx, kind, mode);
+        // The run's first fault must not be skipped: a later fault that would keep it from being injected (or that it
         // would keep out) while both are held, give or take a second
         // (steps run late on a loaded machine), is drawn again from the
         // other kinds.
-        if let Some((first, first_start, first_hold)) = truth_window {
+        if let Some((first, first_start, first_hold)) = first_window {
             let overlap = start <= first_start + first_hold + PLAN_SLACK
                 && first_start <= start + hold + PLAN_SLACK;
             if overlap && conflicts(first, kind) {
@@ -349,7 +435,7 @@ async fn random_body(ctx: &mut Ctx, net: bool, truth: bool) -> Result<()> {
                     .filter(|k| !conflicts(first, k))
                     .collect();
                 kind = others[ctx.rng.random_range(0..others.len())];
-                hold = plan_hold(ctx, kind);
+                hold = plan_hold(ctx, kind, mode);
             }
         }
         if kind == "snapshot-restore" {
@@ -359,8 +445,8 @@ async fn random_body(ctx: &mut Ctx, net: bool, truth: bool) -> Result<()> {
             let at = Duration::from_millis(ctx.rng.random_range(0..=start.as_millis() as u64));
             steps.push((at, Step::Snapshot));
         }
-        if truth && i == 0 {
-            truth_window = Some((kind, start, hold));
+        if !first_kinds.is_empty() && i == 0 {
+            first_window = Some((kind, start, hold));
         }
         planned.push(Planned { kind, hold });
         steps.push((start, Step::Inject { fault: i }));
@@ -489,6 +575,11 @@ pub struct Summary {
     /// Runs in which a fault on what a member trusts ([`TRUTH_KINDS`])
     /// was injected.
     pub runs_with_truth: u64,
+    /// Runs in which etcd was unreachable ([`crate::verdict::ETCD_UNREACHABLE`]),
+    /// for how long in all, and the key delivery lost meanwhile.
+    pub runs_with_etcd_outage: u64,
+    pub etcd_unreachable: Duration,
+    pub lost_to_etcd: Duration,
     pub longest_heal: Option<(Duration, String, u64)>,
     pub longest_deadman: Option<(Duration, String, u64)>,
     pub heals: u64,
@@ -551,6 +642,11 @@ impl Summary {
         if TRUTH_KINDS.iter().any(|k| v.faults.contains_key(*k)) {
             self.runs_with_truth += 1;
         }
+        if !v.etcd_outages.is_empty() {
+            self.runs_with_etcd_outage += 1;
+        }
+        self.etcd_unreachable += v.etcd_unreachable();
+        self.lost_to_etcd += v.lost_to_etcd;
         for r in &v.restores {
             let all = r
                 .blocked_after
@@ -634,6 +730,18 @@ impl fmt::Display for Summary {
                 f,
                 "runs with a forged push, a route deletion or an etcd restore: {} of {}",
                 self.runs_with_truth, self.runs
+            )?;
+        }
+        if self.runs_with_etcd_outage > 0 {
+            writeln!(
+                f,
+                "runs with etcd unreachable: {} of {}; etcd unreachable {:.1} s in all; key delivery lost meanwhile and until it recovered: {:.1} s ({:.0} %)",
+                self.runs_with_etcd_outage,
+                self.runs,
+                self.etcd_unreachable.as_secs_f64(),
+                self.lost_to_etcd.as_secs_f64(),
+                100.0 * self.lost_to_etcd.as_secs_f64()
+                    / self.etcd_unreachable.as_secs_f64().max(1e-9)
             )?;
         }
         if self.restores > 0 {

@@ -39,6 +39,7 @@ pub type LabFn = fn(&mut StdRng) -> LabOptions;
 pub type BodyFn = for<'a> fn(&'a mut Ctx) -> BoxFuture<'a, Result<()>>;
 
 /// One named scenario.
+#[derive(Clone, Copy)]
 pub struct Scenario {
     pub name: &'static str,
     pub about: &'static str,

@@ -80,6 +80,16 @@ pub fn fence_bound(t: &TimingInfo) -> Duration {
 pub const SNAPSHOT_RESTORE: &str = "snapshot-restore";
 /// The kind of the fault that sends forged pushes.
 pub const FORGED_PUSH: &str = "forged-push";
+/// The kinds of fault that leave etcd unreachable for one member or for
+/// every one: what failsafe is for. The key delivery lost while one is
+/// held is reported ([`Verdict::lost_to_etcd`]).
+pub const ETCD_UNREACHABLE: &[&str] = &[
+    "etcd-freeze",
+    "etcd-quorum-loss",
+    "net-cut-etcd",
+    "net-cut-etcd-all",
+    SNAPSHOT_RESTORE,
+];
 /// Answers each forged-push fault records (a Serve and a Drain).
 const PUSHES_PER_FORGERY: usize = 2;
 
@@ -251,6 +261,19 @@ pub struct Restore {
     pub blocked_after: Vec<(String, Option<Duration>)>,
 }
 
+/// A fault that left etcd unreachable ([`ETCD_UNREACHABLE`]), held from
+/// `from_us` to `to_us` (its heal, or the end of the history).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdOutage {
+    pub fault_id: u64,
+    pub fault: String,
+    pub from_us: u64,
+    pub to_us: u64,
+    /// Key delivery lost: every outage of the key pairs that overlaps the
+    /// fault, whole (recovery after the heal included).
+    pub lost: Duration,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Verdict {
     pub scenario: String,
@@ -279,6 +302,11 @@ pub struct Verdict {
     /// Answers to forged pushes, by [`PushAnswer::label`].
     pub forged: BTreeMap<String, u64>,
     pub restores: Vec<Restore>,
+    /// Faults that left etcd unreachable, and what each cost.
+    pub etcd_outages: Vec<EtcdOutage>,
+    /// Key delivery lost to them: the outages that overlap any of them,
+    /// each counted once.
+    pub lost_to_etcd: Duration,
     pub violations: Vec<Violation>,
     pub heals: Vec<Heal>,
     pub deadman: Vec<Deadman>,
@@ -335,6 +363,15 @@ impl Verdict {
             .iter()
             .find(|r| overlaps_restore(r, from, to))
             .map(|r| r.fault_id)
+    }
+
+    /// How long etcd was unreachable in all (overlapping faults counted
+    /// each).
+    pub fn etcd_unreachable(&self) -> Duration {
+        self.etcd_outages
+            .iter()
+            .map(|o| Duration::from_micros(o.to_us.saturating_sub(o.from_us)))
+            .sum()
     }
 
     /// The longest time to heal measured in this run.
@@ -468,6 +505,17 @@ impl fmt::Display for Verdict {
                 )?,
             }
         }
+        for o in &self.etcd_outages {
+            writeln!(
+                f,
+                "  etcd unreachable: #{} {} at {} for {}; key delivery lost meanwhile and until it recovered: {}",
+                o.fault_id,
+                o.fault,
+                ms(o.from_us),
+                dur(Duration::from_micros(o.to_us.saturating_sub(o.from_us))),
+                dur(o.lost)
+            )?;
+        }
         for h in &self.heals {
             match h.recovered_after {
                 Some(d) => writeln!(
@@ -593,6 +641,7 @@ pub fn judge(events: &[Event]) -> Verdict {
     if let Some(s) = start {
         check_restores(&faults, &samples, fence_bound(&s.timing), &mut v);
     }
+    check_etcd_outages(&faults, v.duration, &mut v);
     v.longest_outage_outside_restores = v
         .outages
         .iter()
@@ -601,6 +650,42 @@ pub fn judge(events: &[Event]) -> Verdict {
         .max()
         .unwrap_or_default();
     v
+}
+
+/// The faults that left etcd unreachable, and the key delivery lost while
+/// each was held (`end`: the end of the history, for one never healed).
+fn check_etcd_outages(faults: &[&FaultRecord], end: Duration, v: &mut Verdict) {
+    let end_us = end.as_micros() as u64;
+    let overlapping = |from: u64, to: u64| {
+        v.outages
+            .iter()
+            .filter(move |(a, b)| *a < to && from < *b)
+            .map(|(a, b)| Duration::from_micros(b.saturating_sub(*a)))
+    };
+    let mut outages = Vec::new();
+    for f in faults
+        .iter()
+        .filter(|f| f.op == FaultOp::Inject && ETCD_UNREACHABLE.contains(&f.fault.as_str()))
+    {
+        let to_us = faults
+            .iter()
+            .find(|h| h.op == FaultOp::Heal && h.id == f.id)
+            .map_or(end_us, |h| h.at_us);
+        outages.push(EtcdOutage {
+            fault_id: f.id,
+            fault: f.fault.clone(),
+            from_us: f.at_us,
+            to_us,
+            lost: overlapping(f.at_us, to_us).sum(),
+        });
+    }
+    v.lost_to_etcd = v
+        .outages
+        .iter()
+        .filter(|(a, b)| outages.iter().any(|o| *a < o.to_us && o.from_us < *b))
+        .map(|(a, b)| Duration::from_micros(b.saturating_sub(*a)))
+        .sum();
+    v.etcd_outages = outages;
 }
 
 /// Does the outage `[from, to]` overlap etcd's downtime of `r` (until the

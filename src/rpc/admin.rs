@@ -268,19 +268,20 @@ impl AdminService {
             Err(pending) => return Err(pending_refusal(&pending)),
         };
         info!(id = %request.id, %kind, %to, by = %request.requested_by, by_note = %request.by_note, reason = %request.reason, "request stored");
-        let outcome = wait_outcome(&mut watch, &request.id, timeout)
+        let outcome = wait_outcome(store, &mut watch, &request.id, started + timeout)
             .instrument(debug_span!("admin_wait_outcome"))
             .await;
         let outcome = match outcome {
-            Some(o) => o,
-            None => {
+            Ok(o) => o,
+            Err(etcd_error) => {
                 // Leave nothing half-done: withdraw the request if no leader
                 // took it.
                 let withdrawn = store.withdraw_request(rev).await.unwrap_or(false);
+                let etcd = etcd_note(etcd_error);
                 return Err(if withdrawn {
-                    Reason::NoLeader.status(format!("no leader took the request within {timeout:?}, so it was withdrawn; is a leader elected? (`lockstep status`)"))
+                    Reason::NoLeader.status(format!("no leader took the request within {timeout:?}{etcd}, so it was withdrawn; is a leader elected? (`lockstep status`)"))
                 } else {
-                    Reason::OutcomeUnknown.status(format!("the request was taken but its outcome was not seen within {timeout:?}; check `lockstep status` and `lockstep history`"))
+                    Reason::OutcomeUnknown.status(format!("the request was taken but its outcome was not seen within {timeout:?}{etcd}; check `lockstep status` and `lockstep history`"))
                 });
             }
         };
@@ -313,14 +314,15 @@ impl AdminService {
         let mut completed = false;
         if req.wait {
             let deadline = started + timeout;
-            completed = wait_settled(store, &mut watch, outcome.epoch, to, deadline)
+            let settled = wait_settled(store, &mut watch, outcome.epoch, to, deadline)
                 .instrument(debug_span!("admin_wait_settled", epoch = outcome.epoch))
                 .await;
-            if !completed {
+            if let Err(etcd_error) = settled {
                 return Err(Reason::NotComplete.status_about(
                     format!(
-                        "switch to {to} at epoch {} not complete within {timeout:?}; it goes on (`lockstep status`)",
-                        outcome.epoch
+                        "switch to {to} at epoch {} not complete within {timeout:?}{}; it goes on (`lockstep status`)",
+                        outcome.epoch,
+                        etcd_note(etcd_error)
                     ),
                     &[
                         ("request_id", request.id.clone()),
@@ -329,6 +331,7 @@ impl AdminService {
                     ],
                 ));
             }
+            completed = true;
         }
         Ok(Response::new(proto::SwitchReply {
             request_id: request.id,
@@ -505,73 +508,150 @@ fn plan_text(shared: &Shared, snap: &Snapshot, request: &Request) -> String {
     out
 }
 
-/// Waits for the leader's outcome of request `id` on `watch`.
-async fn wait_outcome(watch: &mut Watch, id: &str, timeout: Duration) -> Option<RequestOutcome> {
+/// Pause before the link's watch is opened again after it broke.
+const REWATCH_PAUSE: Duration = Duration::from_millis(100);
+
+/// The link's watch broke (an etcd node lost, a connection reset): opens
+/// it again, and reads the link after it, until `deadline`. The client
+/// moves on to another endpoint, so a wait survives an etcd leader change.
+/// `etcd_error` keeps the last error, for the answer if time runs out.
+async fn rewatch(
+    store: &Store,
+    deadline: Instant,
+    etcd_error: &mut Option<String>,
+) -> Option<(Watch, Snapshot)> {
+    loop {
+        tokio::time::sleep(REWATCH_PAUSE).await;
+        match tokio::time::timeout_at(deadline.into(), store.watch_then_snapshot(Watched::Link))
+            .await
+        {
+            Err(_) => return None,
+            Ok(Ok(found)) => return Some(found),
+            Ok(Err(e)) => *etcd_error = Some(e.to_string()),
+        }
+    }
+}
+
+/// The next batch of changes on `watch`, or the error that broke it.
+async fn next_changes(watch: &mut Watch) -> Result<Vec<Change>, String> {
+    match watch.next().await {
+        Ok(Some(changes)) => Ok(changes.into_iter().filter_map(Result::ok).collect()),
+        Ok(None) => Err("the etcd watch ended".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Waits for the leader's outcome of request `id` on `watch` until
+/// `deadline`. `Err` carries the last etcd error seen, if any.
+async fn wait_outcome(
+    store: &Store,
+    watch: &mut Watch,
+    id: &str,
+    deadline: Instant,
+) -> Result<RequestOutcome, Option<String>> {
+    let mut etcd_error = None;
     let fut = async {
         loop {
-            for change in watch.next().await.ok()?? {
-                if let Ok(Change::Outcome(o)) = change {
-                    if o.id == id {
-                        return Some(o);
+            match next_changes(watch).await {
+                Ok(changes) => {
+                    for change in changes {
+                        if let Change::Outcome(o) = change {
+                            if o.id == id {
+                                return Some(o);
+                            }
+                        }
                     }
+                    continue;
                 }
+                Err(e) => etcd_error = Some(e),
+            }
+            let (w, snap) = rewatch(store, deadline, &mut etcd_error).await?;
+            *watch = w;
+            if let Some(o) = snap.outcome.filter(|o| o.id == id) {
+                return Some(o);
             }
         }
     };
-    tokio::time::timeout(timeout, fut).await.ok().flatten()
+    let outcome = tokio::time::timeout_at(deadline.into(), fut)
+        .await
+        .ok()
+        .flatten();
+    outcome.ok_or(etcd_error)
 }
 
 /// Waits until every member's LB reads back `to` at `epoch` or later (or a
 /// later switch has moved the link on): the link state, the one
 /// definition of "complete". `watch` is a watch of the whole link opened
-/// before the switch began.
+/// before the switch began; it is opened again if it breaks. `Err`
+/// carries the last etcd error seen, if any.
 async fn wait_settled(
     store: &Store,
     watch: &mut Watch,
     epoch: u64,
     to: Setup,
     deadline: Instant,
-) -> bool {
+) -> Result<(), Option<String>> {
     let check = |s: &Snapshot| {
         let moved_on = s.route.as_ref().is_some_and(|(r, _)| r.epoch > epoch);
         let settled =
             matches!(s.link(), LinkState::Settled { epoch: e, setup } if e >= epoch && setup == to);
         !s.members.is_empty() && (settled || (moved_on && s.settled()))
     };
+    let mut etcd_error = None;
     let fut = async {
         // The watch is older than this read: nothing after it is missed.
-        let snap = store.snapshot().await.ok()?;
-        if check(&snap) {
-            return Some(());
-        }
+        let mut read = true;
         loop {
-            let mut look = false;
-            let changes = watch.next().await.ok()??;
-            let n = changes.len();
-            for change in changes {
-                if let Ok(Change::Member(_) | Change::Route(..) | Change::MemberGone(..)) = change {
-                    look = true;
-                }
-            }
-            debug!(changes = n, look, "settle: watch batch");
-            if look {
-                let snap = store
+            if read {
+                match store
                     .snapshot()
                     .instrument(debug_span!("settle_read", epoch))
                     .await
-                    .ok()?;
-                if check(&snap) {
-                    return Some(());
+                {
+                    Ok(snap) if check(&snap) => return Some(()),
+                    Ok(snap) => debug!(rev = snap.rev, "settle: not settled yet"),
+                    Err(e) => {
+                        etcd_error = Some(e.to_string());
+                        let (w, snap) = rewatch(store, deadline, &mut etcd_error).await?;
+                        *watch = w;
+                        if check(&snap) {
+                            return Some(());
+                        }
+                    }
                 }
-                debug!(rev = snap.rev, "settle: not settled yet");
+            }
+            match next_changes(watch).await {
+                Ok(changes) => {
+                    read = changes.iter().any(|c| {
+                        matches!(
+                            c,
+                            Change::Member(_) | Change::Route(..) | Change::MemberGone(..)
+                        )
+                    });
+                    debug!(changes = changes.len(), look = read, "settle: watch batch");
+                }
+                Err(e) => {
+                    etcd_error = Some(e);
+                    let (w, snap) = rewatch(store, deadline, &mut etcd_error).await?;
+                    *watch = w;
+                    if check(&snap) {
+                        return Some(());
+                    }
+                    read = false;
+                }
             }
         }
     };
-    tokio::time::timeout_at(deadline.into(), fut)
+    let settled = tokio::time::timeout_at(deadline.into(), fut)
         .await
         .ok()
-        .flatten()
-        .is_some()
+        .flatten();
+    settled.ok_or(etcd_error)
+}
+
+/// " (etcd: <error>)" when a wait saw etcd fail, for its answer.
+fn etcd_note(etcd_error: Option<String>) -> String {
+    etcd_error.map_or_else(String::new, |e| format!(" (etcd: {e})"))
 }
 
 fn history_to_proto(h: &HistoryRecord) -> proto::HistoryRecord {

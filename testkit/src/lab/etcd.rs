@@ -237,6 +237,23 @@ impl EtcdCluster {
         self.restore_stopped(snapshot, stopped, down).map(|_| ())
     }
 
+    /// Sends `signal` to every node (SIGSTOP freezes the cluster with its
+    /// connections open; SIGCONT thaws it). Every node is tried; the first
+    /// failure is returned.
+    pub fn signal_all(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let mut first = Ok(());
+        for node in &self.nodes {
+            let sent = node
+                .guard
+                .signal(signal)
+                .with_context(|| format!("etcd node {}", node.name));
+            if first.is_ok() {
+                first = sent;
+            }
+        }
+        first
+    }
+
     /// Kills every node; returns when (the start of the downtime).
     pub fn stop_all(&mut self) -> std::time::Instant {
         let stopped = std::time::Instant::now();

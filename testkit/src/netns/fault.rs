@@ -70,6 +70,18 @@ impl LabNet {
         Ok(fault)
     }
 
+    /// Cuts every member from etcd (both directions): etcd is unreachable
+    /// for the whole link while the members keep each other, their KMEs
+    /// and the key-pair traffic.
+    pub fn cut_all_from_etcd(&self) -> Result<NetFaultGuard> {
+        let mut rules = Vec::new();
+        for i in 0..self.inner.members.len() {
+            rules.push(self.rule(Node::Member(i), Node::Etcd, 100.0)?);
+            rules.push(self.rule(Node::Etcd, Node::Member(i), 100.0)?);
+        }
+        self.install("every member cut from etcd".into(), &rules)
+    }
+
     /// Cuts every pair of the given members apart (both directions), so
     /// their sidecars cannot reach each other; etcd, the KMEs and the
     /// key-pair traffic stay reachable.
