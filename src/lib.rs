@@ -20,10 +20,10 @@
 //! * `rpc`: gRPC, the `Peer` service between sidecars and the `Admin`
 //!   service the CLI calls, who may call what (`rpc/auth.rs`), and the
 //!   machine-readable reason every refusal carries (`rpc/reason.rs`,
-//!   [`Reason`]).
+//!   `Reason`).
 //! * [`tls`]: mutual TLS for gRPC: certificates from PEM files, reloaded
 //!   when they change; the acceptor, the connector, peer channels.
-//! * [`limits`]: bounds on input from outside (reasons, probe bodies).
+//! * `limits`: bounds on input from outside (reasons, probe bodies).
 //! * [`lb`]: the LB adapter trait and HAProxy (config template, Runtime API
 //!   client, adapter, and the check settings HAProxy reports compared with
 //!   the config's).
@@ -47,7 +47,7 @@ pub mod cli;
 pub mod config;
 mod http;
 pub mod lb;
-pub mod limits;
+pub(crate) mod limits;
 mod notify;
 mod page;
 pub mod probe;
@@ -58,4 +58,3 @@ pub mod store;
 pub mod tls;
 
 pub use lockstep_core as protocol;
-pub use rpc::reason::{Reason, DOMAIN as REASON_DOMAIN};

@@ -2,25 +2,25 @@
 //! bodies, and the number of property-test cases.
 
 /// Longest `reason` an Admin call may carry, in bytes.
-pub const MAX_REASON: usize = 1024;
+pub(crate) const MAX_REASON: usize = 1024;
 /// Longest `--by` note, in bytes.
-pub const MAX_BY: usize = 256;
+pub(crate) const MAX_BY: usize = 256;
 /// A member id from outside (a grant ask): a Kubernetes pod name's bound.
-pub const MAX_MEMBER_ID: usize = 253;
+pub(crate) const MAX_MEMBER_ID: usize = 253;
 /// Largest ETSI 014 status body the probe reads.
-pub const MAX_PROBE_BODY: usize = 64 * 1024;
+pub(crate) const MAX_PROBE_BODY: usize = 64 * 1024;
 /// Largest gRPC message a sidecar decodes.
-pub const MAX_GRPC_MESSAGE: usize = 64 * 1024;
+pub(crate) const MAX_GRPC_MESSAGE: usize = 64 * 1024;
 /// Webhooks and commands together in `[notify]`.
-pub const MAX_NOTIFY_RECEIVERS: usize = 16;
+pub(crate) const MAX_NOTIFY_RECEIVERS: usize = 16;
 /// Largest webhook answer body read (and then dropped).
-pub const MAX_WEBHOOK_ANSWER: usize = 16 * 1024;
+pub(crate) const MAX_WEBHOOK_ANSWER: usize = 16 * 1024;
 /// History records the status page shows.
-pub const PAGE_HISTORY: usize = 20;
+pub(crate) const PAGE_HISTORY: usize = 20;
 
 /// Why free text was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TextError {
+pub(crate) enum TextError {
     #[error("{field} is {len} bytes; at most {max} are allowed")]
     TooLong {
         field: &'static str,
@@ -37,7 +37,7 @@ pub enum TextError {
 
 /// `text` is at most `max` bytes and holds no control character (terminal
 /// escape sequences start with one), so it is stored and printed safely.
-pub fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), TextError> {
+pub(crate) fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), TextError> {
     if text.len() > max {
         return Err(TextError::TooLong {
             field,
@@ -52,12 +52,12 @@ pub fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), Tex
 }
 
 /// An Admin call's `reason`: required, bounded, printable.
-pub fn check_reason(reason: &str) -> Result<(), TextError> {
+pub(crate) fn check_reason(reason: &str) -> Result<(), TextError> {
     check_text("reason", reason, MAX_REASON)
 }
 
 /// An Admin call's `requested_by` (the CLI's `--by`): bounded, printable.
-pub fn check_by(by: &str) -> Result<(), TextError> {
+pub(crate) fn check_by(by: &str) -> Result<(), TextError> {
     check_text("requested_by (--by)", by, MAX_BY)
 }
 

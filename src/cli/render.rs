@@ -414,6 +414,7 @@ mod tests {
                     setup: proto::Setup::Warm as i32,
                 }),
                 lb_routes: "warm".into(),
+                lb: proto::LbRoute::Warm as i32,
                 health: None,
                 lease_age_ms: 120,
                 lease_fresh: true,

@@ -171,13 +171,13 @@ fn role_from_proto(v: i32) -> Option<Role> {
     }
 }
 
-/// "hot", "warm", "blocked" or "unknown" from a member's `lb_routes`.
-fn routes_word(lb_routes: &str) -> &'static str {
-    match lb_routes {
-        "hot" => "hot",
-        "warm" => "warm",
-        s if s.starts_with("blocked") => "blocked",
-        _ => "unknown",
+/// "hot", "warm", "blocked" or "unknown": what a member's LB routes to.
+fn routes_word(lb: proto::LbRoute) -> &'static str {
+    match lb {
+        proto::LbRoute::Hot => "hot",
+        proto::LbRoute::Warm => "warm",
+        proto::LbRoute::Blocked => "blocked",
+        proto::LbRoute::Unknown => "unknown",
     }
 }
 
@@ -302,7 +302,7 @@ pub(crate) fn build(
         let h = m.health.clone().unwrap_or_default();
         LbView {
             id: m.id.clone(),
-            routes: routes_word(&m.lb_routes).into(),
+            routes: routes_word(m.lb()).into(),
             routes_detail: m.lb_routes.clone(),
             applied: m.applied.as_ref().and_then(applied_from_proto),
             leader: !status.leader.is_empty() && m.id == status.leader,
@@ -402,13 +402,16 @@ mod tests {
     use super::*;
     use crate::rpc::{applied_to_proto, phase_to_proto, role_to_proto, setup_to_proto};
 
-    fn member(id: &str, role: Role, applied: Applied, lb: &str) -> proto::MemberState {
+    /// `lb_routes` (the words) is left unlike the page's words on purpose:
+    /// the page reads the typed `lb`.
+    fn member(id: &str, role: Role, applied: Applied, lb: proto::LbRoute) -> proto::MemberState {
         proto::MemberState {
             id: id.into(),
             role: role_to_proto(role) as i32,
             grpc_address: "127.0.0.1:1".into(),
             applied: Some(applied_to_proto(&applied)),
-            lb_routes: lb.into(),
+            lb_routes: format!("{lb:?} (words for people)"),
+            lb: lb as i32,
             health: Some(proto::Health {
                 hot: "up".into(),
                 warm: "up".into(),
@@ -466,13 +469,13 @@ mod tests {
                     "bob-0",
                     Role::Bob,
                     applied(2, Phase::Serve, Setup::Hot),
-                    "hot",
+                    proto::LbRoute::Hot,
                 ),
                 member(
                     "alice-0",
                     Role::Alice,
                     applied(3, Phase::Drain, Setup::Warm),
-                    "blocked",
+                    proto::LbRoute::Blocked,
                 ),
             ],
             false,
@@ -500,7 +503,7 @@ mod tests {
                 "alice-0",
                 Role::Alice,
                 applied(3, Phase::Serve, Setup::Warm),
-                "warm",
+                proto::LbRoute::Warm,
             )],
             true,
         );

@@ -68,6 +68,7 @@ pub(crate) async fn build_status(shared: &Shared, s: &Snapshot) -> proto::Status
             grpc_address: m.record.grpc.clone(),
             applied: m.record.applied.as_ref().map(applied_to_proto),
             lb_routes: m.record.lb.map_or("unknown".to_string(), |t| t.to_string()),
+            lb: super::lb_route_to_proto(m.record.lb) as i32,
             health: Some(proto::Health {
                 hot: m.record.health.hot.to_string(),
                 warm: m.record.health.warm.to_string(),

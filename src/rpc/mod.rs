@@ -25,6 +25,16 @@ pub(crate) fn setup_to_proto(s: Setup) -> proto::Setup {
     }
 }
 
+/// What an LB routes to, `None` when unknown.
+pub(crate) fn lb_route_to_proto(t: Option<lockstep_core::LbTarget>) -> proto::LbRoute {
+    match t {
+        None => proto::LbRoute::Unknown,
+        Some(lockstep_core::LbTarget::Blocked) => proto::LbRoute::Blocked,
+        Some(lockstep_core::LbTarget::Serve(Setup::Hot)) => proto::LbRoute::Hot,
+        Some(lockstep_core::LbTarget::Serve(Setup::Warm)) => proto::LbRoute::Warm,
+    }
+}
+
 /// `None` for unspecified or unknown values: callers turn that into a clear
 /// InvalidArgument.
 pub(crate) fn setup_from_proto(v: i32) -> Option<Setup> {

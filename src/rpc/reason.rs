@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// The `ErrorInfo.domain` of lockstep's reasons.
-pub const DOMAIN: &str = "lockstep.v1";
+pub(crate) const DOMAIN: &str = "lockstep.v1";
 
 /// One reason per way a call ends without doing what it was asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -102,10 +102,14 @@ impl Shared {
             let acked = until - fresh_budget;
             now.since(acked).as_millis() as u64
         });
-        let lb_routes = match view.lb {
-            lockstep_core::member::LbKnown::Confirmed(t) => t.to_string(),
-            lockstep_core::member::LbKnown::AssumedBlocked => "blocked (by LB checks)".into(),
-            lockstep_core::member::LbKnown::Unknown => "unknown".into(),
+        let (lb_routes, lb) = match view.lb {
+            lockstep_core::member::LbKnown::Confirmed(t) => {
+                (t.to_string(), crate::rpc::lb_route_to_proto(Some(t)))
+            }
+            lockstep_core::member::LbKnown::AssumedBlocked => {
+                ("blocked (by LB checks)".into(), proto::LbRoute::Blocked)
+            }
+            lockstep_core::member::LbKnown::Unknown => ("unknown".into(), proto::LbRoute::Unknown),
         };
         proto::MemberState {
             id: self.config.member_id.clone(),
@@ -113,6 +117,7 @@ impl Shared {
             grpc_address: self.config.grpc_advertise(),
             applied: view.applied.as_ref().map(crate::rpc::applied_to_proto),
             lb_routes,
+            lb: lb as i32,
             health: Some(proto::Health {
                 hot: record.health.hot.to_string(),
                 warm: record.health.warm.to_string(),

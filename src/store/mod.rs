@@ -31,6 +31,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, warn};
 
+/// An error of the etcd client, kept opaque: the store's interface names
+/// no etcd-client type.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct EtcdError(etcd_client::Error);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
@@ -39,15 +45,15 @@ pub enum StoreError {
     Unreachable {
         endpoints: String,
         #[source]
-        source: etcd_client::Error,
+        source: EtcdError,
     },
     #[error("etcd request failed: {0}")]
-    Etcd(#[from] etcd_client::Error),
+    Etcd(EtcdError),
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
     /// A watch's stream failed (the connection under it broke).
     #[error("{0}")]
-    WatchBroke(#[source] etcd_client::Error),
+    WatchBroke(#[source] EtcdError),
     /// etcd canceled a watch, for the reason given.
     #[error("watch canceled: {0}")]
     WatchCanceled(String),
@@ -78,14 +84,20 @@ pub(crate) enum RegisterError {
     Store(#[from] StoreError),
 }
 
+impl From<etcd_client::Error> for StoreError {
+    fn from(e: etcd_client::Error) -> Self {
+        StoreError::Etcd(EtcdError(e))
+    }
+}
+
 impl StoreError {
     /// etcd says the lease no longer exists (it expired or was revoked).
     pub(crate) fn is_lease_gone(&self) -> bool {
         match self {
-            StoreError::Etcd(etcd_client::Error::LeaseKeepAliveError(msg)) => {
+            StoreError::Etcd(EtcdError(etcd_client::Error::LeaseKeepAliveError(msg))) => {
                 msg.contains("not found")
             }
-            StoreError::Etcd(etcd_client::Error::GRpcStatus(status)) => {
+            StoreError::Etcd(EtcdError(etcd_client::Error::GRpcStatus(status))) => {
                 status.code() == tonic::Code::NotFound && status.message().contains("lease")
             }
             _ => false,
@@ -213,7 +225,7 @@ impl Watch {
             .stream
             .message()
             .await
-            .map_err(|e| count(&self.failures, StoreError::WatchBroke(e)))?
+            .map_err(|e| count(&self.failures, StoreError::WatchBroke(EtcdError(e))))?
         else {
             return Ok(None);
         };
@@ -252,7 +264,7 @@ impl KeepAlive {
         self.keeper
             .keep_alive()
             .await
-            .map_err(|e| count(&self.failures, StoreError::Etcd(e)))?;
+            .map_err(|e| count(&self.failures, StoreError::from(e)))?;
         self.unanswered = true;
         Ok(())
     }
@@ -262,7 +274,7 @@ impl KeepAlive {
     pub(crate) async fn answer(&mut self) -> Result<Option<i64>, StoreError> {
         let answer = self.stream.message().await;
         self.unanswered = false;
-        let answer = answer.map_err(|e| count(&self.failures, StoreError::Etcd(e)))?;
+        let answer = answer.map_err(|e| count(&self.failures, StoreError::from(e)))?;
         Ok(answer.map(|resp| resp.ttl()))
     }
 }
@@ -319,7 +331,7 @@ impl Store {
                 Some(why) => StoreError::Refused(why),
                 None => StoreError::Unreachable {
                     endpoints: endpoints.join(","),
-                    source,
+                    source: EtcdError(source),
                 },
             })?;
         let store = Store {
@@ -333,7 +345,7 @@ impl Store {
             .get_raw(&store.key("route"))
             .await
             .map_err(|e| match e {
-                StoreError::Etcd(source) => match access::explain(&source, &access) {
+                StoreError::Etcd(source) => match access::explain(&source.0, &access) {
                     Some(why) => StoreError::Refused(why),
                     None => StoreError::Unreachable {
                         endpoints: endpoints.join(","),
@@ -408,7 +420,7 @@ impl Store {
         let result = tokio::time::timeout(self.timeout, attempts)
             .await
             .map_err(|_| StoreError::Timeout(self.timeout))
-            .and_then(|r| r.map_err(StoreError::Etcd));
+            .and_then(|r| r.map_err(StoreError::from));
         result.map_err(|e| count(&self.failures, e))
     }
 

@@ -45,3 +45,31 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .expect("tokio runtime")
 }
+
+/// `setup` as the gRPC API spells it.
+pub fn setup_proto(setup: lockstep_core::Setup) -> i32 {
+    match setup {
+        lockstep_core::Setup::Hot => lockstep::proto::Setup::Hot as i32,
+        lockstep_core::Setup::Warm => lockstep::proto::Setup::Warm as i32,
+    }
+}
+
+/// A switchover (or failover) request to `to`, as tests send it: waits
+/// for completion up to 20 s, by "test". Change a field with struct update
+/// syntax (`SwitchRequest { wait: false, ..switch_request(..) }`).
+pub fn switch_request(
+    to: lockstep_core::Setup,
+    reason: impl Into<String>,
+) -> lockstep::proto::SwitchRequest {
+    lockstep::proto::SwitchRequest {
+        to: setup_proto(to),
+        reason: reason.into(),
+        requested_by: "test".into(),
+        force: false,
+        wait: true,
+        timeout_ms: 20_000,
+        grace_ms: 0,
+        dry_run: false,
+        at: String::new(),
+    }
+}

@@ -8,6 +8,7 @@ use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
 use lockstep_testkit::rt;
+use lockstep_testkit::switch_request;
 
 #[test]
 fn a_leader_killed_right_after_its_drain_write_is_finished_by_the_next_leader() {
@@ -35,15 +36,9 @@ fn a_leader_killed_right_after_its_drain_write_is_finished_by_the_next_leader() 
         let mut admin = lab.admin(other).await.expect("admin");
         let reply = admin
             .switchover(proto::SwitchRequest {
-                to: proto::Setup::Warm as i32,
-                reason: "leader dies mid-switch".into(),
-                requested_by: "test".into(),
-                force: false,
                 wait: false,
                 timeout_ms: 10_000,
-                grace_ms: 0,
-                dry_run: false,
-                at: String::new(),
+                ..switch_request(Setup::Warm, "leader dies mid-switch")
             })
             .await
             .expect("switch accepted")

@@ -7,6 +7,7 @@ use lockstep::proto::{self, Setup as PSetup};
 use lockstep::protocol::{LbTarget, Setup};
 use lockstep_testkit::lab::{Lab, LabOptions};
 use lockstep_testkit::rt;
+use lockstep_testkit::switch_request;
 use lockstep_testkit::transit::{Transit, TransitConfig, TransitReport};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
@@ -17,24 +18,10 @@ fn transit_config(lab: &Lab, pairs: usize, gap: Duration) -> TransitConfig {
     TransitConfig::new(t.alice, t.bob, t.master_sae_id, t.slave_sae_id, pairs, gap)
 }
 
-fn to_proto(s: Setup) -> i32 {
-    match s {
-        Setup::Hot => PSetup::Hot as i32,
-        Setup::Warm => PSetup::Warm as i32,
-    }
-}
-
 fn switch(to: Setup, reason: &str) -> proto::SwitchRequest {
     proto::SwitchRequest {
-        to: to_proto(to),
-        reason: reason.into(),
-        requested_by: "test".into(),
-        force: false,
-        wait: true,
         timeout_ms: 30_000,
-        grace_ms: 0,
-        dry_run: false,
-        at: String::new(),
+        ..switch_request(to, reason)
     }
 }
 

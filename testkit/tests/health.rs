@@ -10,6 +10,7 @@ use lockstep_testkit::lab::sidecar::SidecarProcess;
 use lockstep_testkit::lab::{Lab, LabOptions};
 use lockstep_testkit::metrics::Scrape;
 use lockstep_testkit::rt;
+use lockstep_testkit::switch_request;
 use std::time::{Duration, Instant};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -130,15 +131,9 @@ fn metrics_carry_link_and_member_and_what_on_call_alerts_on() {
         let mut admin = lab.admin(0).await.expect("admin");
         admin
             .switchover(proto::SwitchRequest {
-                to: proto::Setup::Warm as i32,
-                reason: "metrics test".into(),
                 requested_by: "tests/health.rs".into(),
-                force: false,
-                wait: true,
                 timeout_ms: 10_000,
-                grace_ms: 0,
-                dry_run: false,
-                at: String::new(),
+                ..switch_request(Setup::Warm, "metrics test")
             })
             .await
             .expect("switchover to warm");

@@ -10,25 +10,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lockstep_testkit::rt;
-
-fn to_proto(s: Setup) -> i32 {
-    match s {
-        Setup::Hot => PSetup::Hot as i32,
-        Setup::Warm => PSetup::Warm as i32,
-    }
-}
+use lockstep_testkit::switch_request;
 
 fn switch(to: Setup, reason: &str, wait: bool) -> proto::SwitchRequest {
     proto::SwitchRequest {
-        to: to_proto(to),
-        reason: reason.into(),
-        requested_by: "test".into(),
-        force: false,
         wait,
-        timeout_ms: 20_000,
-        grace_ms: 0,
-        dry_run: false,
-        at: String::new(),
+        ..switch_request(to, reason)
     }
 }
 

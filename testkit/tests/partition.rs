@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lockstep_testkit::rt;
+use lockstep_testkit::switch_request;
 
 /// After a heal, the link serves one setup on every LB within this.
 const RECOVERY_BOUND: Duration = Duration::from_secs(10);
@@ -235,13 +236,6 @@ async fn leader(lab: &Lab) -> usize {
         .expect("a leader")
 }
 
-fn to_proto(s: Setup) -> i32 {
-    match s {
-        Setup::Hot => PSetup::Hot as i32,
-        Setup::Warm => PSetup::Warm as i32,
-    }
-}
-
 /// Asks member `via` for a switchover; with `wait`, returns once it
 /// completed (or failed).
 async fn switchover(
@@ -265,15 +259,10 @@ async fn switchover(
     };
     admin
         .switchover(proto::SwitchRequest {
-            to: to_proto(to),
-            reason: format!("partition test: to {to}"),
             requested_by: "tests/partition.rs".into(),
-            force: false,
             wait,
             timeout_ms: timeout.as_millis() as u64,
-            grace_ms: 0,
-            dry_run: false,
-            at: String::new(),
+            ..switch_request(to, format!("partition test: to {to}"))
         })
         .await
         .map(|r| r.into_inner())
