@@ -594,6 +594,38 @@ mod tests {
         );
     }
 
+    /// docs/metrics.md, which the alert rules and dashboard are checked
+    /// against (scripts/check-deploy), lists every metric the registry
+    /// exports: a metric added without its page fails here.
+    #[test]
+    fn every_exported_metric_is_documented() {
+        let doc = include_str!("../../docs/metrics.md");
+        let m = metrics();
+        // Labelled families appear once they have a series.
+        m.probe(Setup::Hot, true);
+        m.probe_result(Setup::Hot, &Err("down".into()));
+        m.lb_observed(LbTarget::Blocked);
+        let text = m.encode(0);
+        // OpenMetrics names a counter and an info metric without their
+        // sample suffix in `# TYPE`.
+        let names: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                [n, "counter"] => Some(format!("{n}_total")),
+                [n, "info"] => Some(format!("{n}_info")),
+                [n, _] => Some(n.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert!(names.len() >= 22, "{names:?}");
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|n| !doc.contains(&format!("| `{n}` |")))
+            .collect();
+        assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
+    }
+
     #[test]
     fn probe_errors_count_and_stored_keys_follow_the_status() {
         let m = metrics();
