@@ -168,14 +168,19 @@ def problems(end, docs, generated_haproxy):
     check(conf_path and cvol is not None and cvol.get("configMap", {}).get("name") == config_cm["metadata"]["name"]
           and conf_path == f"{cmp_}/lockstep.toml", "the sidecar's --config is not the lockstep ConfigMap's lockstep.toml")
 
-    # Health checks go to the sidecar's HTTP port over loopback.
+    # Health checks go to the sidecar's check listener, on the pod's
+    # loopback only (no other pod reaches it; 7401 no longer answers them).
     http_port = int(config.get("http", {}).get("listen", "127.0.0.1:7401").rsplit(":", 1)[1])
+    check_listen = config.get("http", {}).get("check_listen")
+    check(check_listen is not None and check_listen.rsplit(":", 1)[0] in ("127.0.0.1", "[::1]"),
+          f"http.check_listen is {check_listen}: the checks must have a loopback listener of their own")
+    check_port = int((check_listen or "127.0.0.1:7401").rsplit(":", 1)[1])
     grpc_port = int(config.get("grpc", {}).get("listen", "127.0.0.1:7400").rsplit(":", 1)[1])
     servers = re.findall(r"^\s*server (\S+) (\S+) check addr (\S+) port (\d+) disabled\s*$", cfg, re.M)
     check(len(servers) == 2, f"haproxy.cfg has {len(servers)} checked, disabled servers, want 2")
     for name, _, addr, port in servers:
-        check(addr in ("127.0.0.1", "[::1]") and int(port) == http_port,
-              f"server {name}'s check goes to {addr}:{port}, not the sidecar at loopback:{http_port}")
+        check(addr in ("127.0.0.1", "[::1]") and int(port) == check_port,
+              f"server {name}'s check goes to {addr}:{port}, not the sidecar's check listener at loopback:{check_port}")
     ports = {p["name"]: p["containerPort"] for p in side.get("ports", [])}
     check(ports.get("http") == http_port and ports.get("grpc") == grpc_port,
           f"sidecar ports {ports} are not http {http_port} / grpc {grpc_port}")
@@ -313,6 +318,11 @@ BREAKS = [
     ("no PodDisruptionBudget", lambda d: d.remove(one(d, "PodDisruptionBudget"))),
     ("no spread over nodes", lambda d: _pod(d).pop("topologySpreadConstraints")),
     ("socket not shared", lambda d: container(_pod(d), HAPROXY)["volumeMounts"].pop()),
+    ("checks reachable from other pods", lambda d: configmap(d, "lockstep")["data"].__setitem__(
+        "lockstep.toml", configmap(d, "lockstep")["data"]["lockstep.toml"].replace(
+            'check_listen = "127.0.0.1:7403"', 'check_listen = "0.0.0.0:7403"'))),
+    ("checks on the metrics port", lambda d: configmap(d, "lockstep")["data"].__setitem__(
+        "lockstep.toml", re.sub(r'\ncheck_listen = "[^"]*"', "", configmap(d, "lockstep")["data"]["lockstep.toml"]))),
 ]
 
 

@@ -70,7 +70,7 @@ pub fn haproxy_config(args: &HaproxyConfig) -> Result<String, Failure> {
         })?;
     // HAProxy and the sidecar share a network namespace (one pod, one
     // host): checks stay on loopback when the sidecar listens on any address.
-    let mut check_addr = c.http.listen;
+    let mut check_addr = c.http.check_target();
     if check_addr.ip().is_unspecified() {
         check_addr.set_ip(match check_addr {
             SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),

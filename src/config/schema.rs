@@ -347,8 +347,14 @@ pub struct GrpcRoles {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Where the HTTP server binds; the LB's `check` points here.
+    /// Where the HTTP server binds; the LB's `check` points here unless
+    /// `check_listen` is set.
     pub listen: SocketAddr,
+    /// A listener of its own for the LB's checks (`/check/<server>` only),
+    /// which `listen` then no longer answers: in a pod, a loopback address
+    /// no other pod can reach, while `/metrics` and the probes stay on
+    /// `listen`.
+    pub check_listen: Option<SocketAddr>,
     /// Bound on receiving a request's head; also how long a kept-alive
     /// connection may sit idle (the timer runs whenever a head is awaited).
     #[serde(with = "humantime_serde")]
@@ -551,10 +557,18 @@ impl Default for GrpcTlsConfig {
     }
 }
 
+impl HttpConfig {
+    /// Where the LB's checks must go: `check_listen`, else `listen`.
+    pub fn check_target(&self) -> SocketAddr {
+        self.check_listen.unwrap_or(self.listen)
+    }
+}
+
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            check_listen: None,
             header_timeout: Duration::from_secs(2),
             max_connections: 128,
         }

@@ -108,6 +108,14 @@ impl Config {
                 ),
             );
         }
+        if let Some(check) = self.http.check_listen {
+            if check == self.http.listen || check == self.grpc.listen {
+                return bad(
+                    "http.check_listen",
+                    format!("{check} is also http.listen or grpc.listen; give the checks a port of their own, or leave check_listen out to answer them on http.listen"),
+                );
+            }
+        }
         if self.grpc.advertise.is_empty() {
             if self.grpc.listen.ip().is_unspecified() {
                 return bad(
@@ -140,7 +148,10 @@ impl Config {
 
         let st = &self.status;
         if let Some(listen) = st.listen {
-            if listen == self.grpc.listen || listen == self.http.listen {
+            if listen == self.grpc.listen
+                || listen == self.http.listen
+                || Some(listen) == self.http.check_listen
+            {
                 return bad(
                     "status.listen",
                     format!("{listen} is also grpc.listen or http.listen; give the status page a port of its own"),
@@ -469,6 +480,22 @@ mod tests {
         let below =
             "[etcd]\nlease_ttl = \"5s\"\nkeepalive_interval = \"1s\"\nmargin = \"1399ms\"\n";
         assert!(cfg(below).is_ok());
+    }
+
+    #[test]
+    fn the_check_listener_needs_a_port_of_its_own() {
+        let c = cfg("[http]\ncheck_listen = \"127.0.0.1:7403\"\n").expect("valid");
+        assert_eq!(c.http.check_target().to_string(), "127.0.0.1:7403");
+        assert_eq!(
+            cfg("").expect("valid").http.check_target(),
+            c.http.listen,
+            "without check_listen the checks go to http.listen"
+        );
+        for clash in ["127.0.0.1:7401", "127.0.0.1:7400"] {
+            let e =
+                cfg(&format!("[http]\ncheck_listen = \"{clash}\"\n")).expect_err("a shared port");
+            assert!(e.to_string().contains("http.check_listen"), "{e}");
+        }
     }
 
     #[test]

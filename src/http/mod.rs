@@ -31,9 +31,36 @@ fn verdict(v: Result<String, String>) -> Response<Full<Bytes>> {
     }
 }
 
+/// What one listener answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Routes {
+    /// `/check/<server>`, `/healthz`, `/readyz`, `/metrics`.
+    All,
+    /// Everything but the checks (they have `http.check_listen`).
+    NoChecks,
+    /// Only `/check/<server>` (`http.check_listen`).
+    ChecksOnly,
+}
+
 /// Answers one request. Pure apart from reading the shared view.
-pub(crate) fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
-    if let Some(server) = path.strip_prefix("/check/") {
+pub(crate) fn answer(shared: &Shared, path: &str, routes: Routes) -> Response<Full<Bytes>> {
+    let check = path.strip_prefix("/check/");
+    match (routes, check) {
+        (Routes::NoChecks, Some(_)) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: the LB's checks are answered on http.check_listen\n".into(),
+            )
+        }
+        (Routes::ChecksOnly, None) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: this listener answers only /check/<server>\n".into(),
+            )
+        }
+        _ => {}
+    }
+    if let Some(server) = check {
         let (ok, why) = shared.check(server);
         let status = if ok {
             StatusCode::OK
@@ -77,11 +104,11 @@ pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// on a kept-alive connection); at most `http.max_connections` are open:
 /// at the cap the oldest is closed, so a new connection (the LB's next
 /// check) is always answered and idle connections cannot lock it out.
-pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, routes: Routes) {
     let cap = shared.config.http.max_connections;
     let header_timeout = shared.config.http.header_timeout;
     serve_bounded(listener, cap, header_timeout, move |req| {
-        let resp = answer(&shared, req.uri().path());
+        let resp = answer(&shared, req.uri().path(), routes);
         async move { resp.map(|b| b.boxed()) }
     })
     .await

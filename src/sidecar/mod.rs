@@ -208,6 +208,7 @@ pub(crate) async fn run_with<L: LoadBalancer>(
     };
     let grpc_listen = config.grpc.listen;
     let http_listen = config.http.listen;
+    let check_listen = config.http.check_listen;
     let status_listen = config.status.listen;
     let metrics = metrics::Metrics::new(&config, clock);
     let notify = crate::notify::Notifier::start(
@@ -247,6 +248,12 @@ pub(crate) async fn run_with<L: LoadBalancer>(
     let http_listener = tokio::net::TcpListener::bind(http_listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {http_listen}"))?;
+    let check_listener = match check_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen for the LB's checks on {addr} (http.check_listen)")
+        })?),
+        None => None,
+    };
     let status_listener = match status_listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen for the status page on {addr} (status.listen)")
@@ -256,7 +263,27 @@ pub(crate) async fn run_with<L: LoadBalancer>(
 
     let handles = member::spawn(shared.clone(), lb.clone());
     let input = handles.input.clone();
-    tokio::spawn(crate::http::serve(shared.clone(), http_listener));
+    match check_listener {
+        Some(checks) => {
+            tokio::spawn(crate::http::serve(
+                shared.clone(),
+                http_listener,
+                crate::http::Routes::NoChecks,
+            ));
+            tokio::spawn(crate::http::serve(
+                shared.clone(),
+                checks,
+                crate::http::Routes::ChecksOnly,
+            ));
+        }
+        None => {
+            tokio::spawn(crate::http::serve(
+                shared.clone(),
+                http_listener,
+                crate::http::Routes::All,
+            ));
+        }
+    }
     if let Some(listener) = status_listener {
         crate::page::start(shared.clone(), listener);
     }

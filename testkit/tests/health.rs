@@ -376,3 +376,68 @@ fn a_member_cut_from_etcd_is_not_ready_while_fenced_and_ready_again_after() {
             .expect("both LBs serve hot again");
     });
 }
+
+/// The LB's checks on a listener of their own (`http.check_listen`, as the
+/// Kubernetes deployment runs them): HAProxy's checks go there (the
+/// sidecar's start-up comparison of HAProxy's check target accepts it),
+/// `http.listen` no longer answers them, a switch goes through with key
+/// pairs flowing, and a killed sidecar's LB still blocks within D.
+#[test]
+fn checks_on_their_own_listener_govern_the_lb() {
+    rt().block_on(async {
+        let options = LabOptions {
+            check_listener: true,
+            ..LabOptions::default()
+        };
+        let mut lab = Lab::start("check-listener", options).await.expect("lab");
+        let traffic = lab.start_traffic(20).await.expect("traffic on hot");
+        let check = lab.sidecars[0].spec.check.expect("a check listener");
+        let get = |addr, path: &'static str| async move {
+            lockstep_testkit::http::http_once(
+                addr,
+                hyper::Method::GET,
+                path,
+                None,
+                Duration::from_secs(2),
+            )
+            .await
+            .expect("GET")
+        };
+        assert_eq!(get(check, "/check/hot").await.status, 200);
+        assert_eq!(get(check, "/check/warm").await.status, 503);
+        assert_eq!(get(check, "/metrics").await.status, 404);
+        let http = lab.sidecars[0].spec.http;
+        let moved = get(http, "/check/hot").await;
+        assert_eq!(moved.status, 404);
+        assert!(
+            String::from_utf8_lossy(&moved.body).contains("http.check_listen"),
+            "{moved:?}"
+        );
+        assert_eq!(get(http, "/metrics").await.status, 200);
+
+        let mut admin = lab.admin(0).await.expect("admin");
+        admin
+            .switchover(switch_request(Setup::Warm, "check listener test"))
+            .await
+            .expect("switchover to warm");
+        lab.wait_all_lbs(LbTarget::Serve(Setup::Warm), Duration::from_secs(5))
+            .await
+            .expect("every LB on warm");
+        assert_eq!(get(check, "/check/warm").await.status, 200);
+
+        traffic
+            .wait_for_more_matched(50, Duration::from_secs(10))
+            .await
+            .expect("pairs match on warm");
+        // The dead-man's switch runs through the check listener too.
+        let d = lab.options.timing.down_detection();
+        lab.sidecars[0].guard.kill();
+        let blocked = lab
+            .wait_lb(0, LbTarget::Blocked, d + Duration::from_secs(2))
+            .await
+            .expect("a killed sidecar's LB blocks");
+        println!("killed sidecar's LB blocked after {blocked:?} (D {d:?})");
+        let report = traffic.stop_and_assert_no_mismatch().await;
+        assert!(report.matched >= 100, "{report}");
+    });
+}

@@ -42,7 +42,8 @@ pub struct ExpectedChecks {
     /// used to state D in messages.
     pub inter: Duration,
     pub timeout: Duration,
-    /// The sidecar's HTTP listener (`http.listen`): where checks must go.
+    /// The sidecar's check listener (`http.check_listen`, else
+    /// `http.listen`): where checks must go.
     pub target: SocketAddr,
 }
 
@@ -222,11 +223,11 @@ pub(crate) fn compare(
                 if !(port_ok && addr_ok) {
                     let listen = if target.ip().is_unspecified() {
                         format!(
-                            "an address of this host, port {} (http.listen {target})",
+                            "an address of this host, port {} (the check listener {target})",
                             target.port()
                         )
                     } else {
-                        format!("{target} (http.listen)")
+                        format!("{target} (the check listener)")
                     };
                     v.differences.push(diff(
                         "check target",
@@ -234,7 +235,7 @@ pub(crate) fn compare(
                         listen,
                         true,
                         format!(
-                            "the checks do not reach this sidecar, so its answers (the dead-man's switch) do not govern this server and D is unbounded; point `check addr`/`port` at http.listen: {FIX}"
+                            "the checks do not reach this sidecar, so its answers (the dead-man's switch) do not govern this server and D is unbounded; point `check addr`/`port` at the sidecar's check listener (http.check_listen, else http.listen): {FIX}"
                         ),
                     ));
                 }
@@ -409,7 +410,7 @@ mod tests {
             "{refusal}"
         );
         assert!(
-            refusal.contains("127.0.0.1:7401 (http.listen)"),
+            refusal.contains("127.0.0.1:7401 (the check listener)"),
             "{refusal}"
         );
         // Listening on 0.0.0.0: any local address will do, others not.

@@ -136,7 +136,7 @@ impl Haproxy {
             rise: c.lb.check_rise,
             inter: c.lb.check_inter,
             timeout: c.lb.check_timeout,
-            target: c.http.listen,
+            target: c.http.check_target(),
         })
     }
 

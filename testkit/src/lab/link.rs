@@ -17,7 +17,7 @@ use lockstep::store::Store;
 use lockstep::tls::TlsFiles;
 use lockstep_core::{LbTarget, Setup};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -51,6 +51,9 @@ pub struct LabOptions {
     /// Use the etcd at these client URLs instead of starting one (many
     /// links on one etcd); `etcd_nodes` and `etcd_on_disk` do not apply.
     pub attach_etcd: Option<Vec<String>>,
+    /// The LB's checks on a listener of their own (`http.check_listen`),
+    /// as the Kubernetes deployment runs them.
+    pub check_listener: bool,
 }
 
 impl Default for LabOptions {
@@ -68,6 +71,7 @@ impl Default for LabOptions {
             tls_reload: Duration::from_millis(500),
             sidecar_toml: String::new(),
             attach_etcd: None,
+            check_listener: false,
         }
     }
 }
@@ -159,8 +163,14 @@ impl Lab {
                 spec.env.extend(extra.iter().cloned());
             }
             let (hot, warm) = (kmes.addr(Setup::Hot, role)?, kmes.addr(Setup::Warm, role)?);
-            let mut inputs =
-                HaproxyInputs::new(&id, hot, warm, spec.http).with_timing(&options.timing);
+            if options.check_listener {
+                spec.check = Some(SocketAddr::from((
+                    spec.http.ip(),
+                    super::process::free_port()?,
+                )));
+            }
+            let mut inputs = HaproxyInputs::new(&id, hot, warm, spec.check.unwrap_or(spec.http))
+                .with_timing(&options.timing);
             if let Some(n) = &net {
                 // Sidecar and HAProxy share the member's namespace: the
                 // health checks (the dead-man's switch) stay on its
@@ -169,8 +179,11 @@ impl Lab {
                 spec.grpc.set_ip(m.ip.into());
                 spec.http.set_ip(m.ip.into());
                 spec.status.set_ip(m.ip.into());
+                if let Some(c) = &mut spec.check {
+                    c.set_ip(m.ip.into());
+                }
                 spec.netns = Some(m.netns_path());
-                inputs.check_addr = spec.http;
+                inputs.check_addr = spec.check.unwrap_or(spec.http);
                 inputs.frontend_ip = m.ip.into();
                 inputs.netns = Some(m.netns_path());
             }

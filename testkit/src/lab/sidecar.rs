@@ -100,6 +100,8 @@ pub struct SidecarSpec {
     pub prefix: String,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The LB's checks on their own listener (`http.check_listen`).
+    pub check: Option<SocketAddr>,
     /// The status page (`status.listen`).
     pub status: SocketAddr,
     pub haproxy_socket: PathBuf,
@@ -149,6 +151,7 @@ impl SidecarSpec {
             prefix: "/lockstep".into(),
             grpc: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
             http: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            check: None,
             status: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
             haproxy_socket: PathBuf::new(),
             backend: "kme".into(),
@@ -216,6 +219,7 @@ listen = "{grpc}"
 {grpc_security}
 [http]
 listen = "{http}"
+{check}
 
 [lb]
 kind = "haproxy"
@@ -260,6 +264,9 @@ listen = "{status}"
             grpc = self.grpc,
             etcd_extra = self.etcd_extra,
             http = self.http,
+            check = self
+                .check
+                .map_or(String::new(), |c| format!("check_listen = \"{c}\"")),
             socket = self.haproxy_socket.to_string_lossy(),
             backend = self.backend,
             inter = ms(t.check_inter),
