@@ -36,6 +36,8 @@ pub enum Event {
     /// switch before the dead one came back"); a failed one fails the run.
     Check(CheckRecord),
     Note(Note),
+    /// The SAE pairs with a transit gap, counted at the end of the run.
+    Transit(TransitRecord),
     End(EndInfo),
 }
 
@@ -52,6 +54,7 @@ impl Event {
             Event::Forged(p) => p.answered_us,
             Event::Check(c) => c.at_us,
             Event::Note(n) => n.at_us,
+            Event::Transit(t) => t.at_us,
             Event::End(e) => e.at_us,
         }
     }
@@ -290,6 +293,21 @@ pub struct CheckRecord {
 pub struct Note {
     pub at_us: u64,
     pub text: String,
+}
+
+/// SAE pairs run as applications do (`lockstep_testkit::transit`): each
+/// key_ID travels from Alice to Bob for `gap_ms` before Bob asks for it.
+/// A key Bob does not know because a switch came between issue and fetch
+/// is stranded (the handover keeps that from planned switches; a failover,
+/// whose old setup is presumed dead, may strand keys).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitRecord {
+    pub at_us: u64,
+    pub pairs: usize,
+    pub gap_ms: u64,
+    pub matched: u64,
+    pub stranded: u64,
+    pub failed: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -580,6 +580,10 @@ pub struct Summary {
     pub runs_with_etcd_outage: u64,
     pub etcd_unreachable: Duration,
     pub lost_to_etcd: Duration,
+    /// SAE pairs with a transit gap, over every run that had them.
+    pub transit_matched: u64,
+    pub transit_stranded: u64,
+    pub transit_failed: u64,
     pub longest_heal: Option<(Duration, String, u64)>,
     pub longest_deadman: Option<(Duration, String, u64)>,
     pub heals: u64,
@@ -646,6 +650,11 @@ impl Summary {
             self.runs_with_etcd_outage += 1;
         }
         self.etcd_unreachable += v.etcd_unreachable();
+        if let Some(t) = &v.transit {
+            self.transit_matched += t.matched;
+            self.transit_stranded += t.stranded;
+            self.transit_failed += t.failed;
+        }
         self.lost_to_etcd += v.lost_to_etcd;
         for r in &v.restores {
             let all = r
@@ -725,6 +734,14 @@ impl fmt::Display for Summary {
             self.samples, self.split_samples
         )?;
         writeln!(f, "longest outage: {}", at(&self.longest_outage))?;
+        writeln!(
+            f,
+            "SAE pairs in transit: matched {}, stranded {} ({:.2} per switchover requested), failed {}",
+            self.transit_matched,
+            self.transit_stranded,
+            self.transit_stranded as f64 / self.switches.max(1) as f64,
+            self.transit_failed
+        )?;
         if self.runs_with_truth > 0 {
             writeln!(
                 f,

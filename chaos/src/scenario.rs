@@ -14,7 +14,7 @@
 use super::fault::{ForgedAnswer, ForgedPush, Held, Injected, LabFault};
 use super::history::{
     Event, FaultOp, FaultRecord, ForgedRecord, History, Recording, StartInfo, SwitchRecord,
-    SwitchResult, TimingInfo,
+    SwitchResult, TimingInfo, TransitRecord,
 };
 use super::net::NetFault;
 use super::verdict::{self, Verdict};
@@ -25,6 +25,7 @@ use lockstep::store::{Snapshot, Store};
 use lockstep_core::{Phase, Role, Route, Setup};
 use lockstep_testkit::lab::{Lab, LabOptions};
 use lockstep_testkit::traffic::Traffic;
+use lockstep_testkit::transit::Transit;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,6 +71,10 @@ impl Default for RunOptions {
         }
     }
 }
+
+/// SAE pairs with a transit gap in every run, beside the gapless key
+/// pairs.
+const TRANSIT_PAIRS: usize = 4;
 
 /// A judged run.
 pub struct RunReport {
@@ -993,6 +998,10 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
         switches: Vec::new(),
     };
 
+    // SAE pairs with a transit gap within the handover's grace: what
+    // applications see of each switch (stranded keys).
+    let transit_gap = ctx.lab.options.timing.handover_grace / 2;
+    let transit = Transit::start(ctx.lab.transit_config(TRANSIT_PAIRS, transit_gap));
     // Enough pairs on the start setup that the run means something.
     let traffic = ctx
         .traffic()?
@@ -1022,6 +1031,15 @@ pub async fn run(scenario: &Scenario, seed: u64, opts: &RunOptions) -> Result<Ru
     if let Some(traffic) = ctx.traffic.take() {
         traffic.stop().await;
     }
+    let transit = transit.stop().await;
+    history.record(&Event::Transit(TransitRecord {
+        at_us: history.now_us(),
+        pairs: TRANSIT_PAIRS,
+        gap_ms: transit_gap.as_millis() as u64,
+        matched: transit.matched,
+        stranded: transit.stranded,
+        failed: transit.failed,
+    }));
     recording.stop().await;
     history.record(&Event::End(super::history::EndInfo {
         at_us: history.now_us(),

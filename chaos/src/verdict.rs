@@ -48,7 +48,7 @@
 
 use super::history::{
     Event, FaultOp, FaultRecord, ForgedRecord, LbSample, LbState, PairOutcome, PairRecord,
-    PushAnswer, StartInfo, TimingInfo,
+    PushAnswer, StartInfo, TimingInfo, TransitRecord,
 };
 use lockstep_core::Setup;
 use std::collections::{BTreeMap, BTreeSet};
@@ -302,6 +302,8 @@ pub struct Verdict {
     /// Answers to forged pushes, by [`PushAnswer::label`].
     pub forged: BTreeMap<String, u64>,
     pub restores: Vec<Restore>,
+    /// The SAE pairs with a transit gap (`None`: a history without them).
+    pub transit: Option<TransitRecord>,
     /// Faults that left etcd unreachable, and what each cost.
     pub etcd_outages: Vec<EtcdOutage>,
     /// Key delivery lost to them: the outages that overlap any of them,
@@ -505,6 +507,13 @@ impl fmt::Display for Verdict {
                 )?,
             }
         }
+        if let Some(t) = &self.transit {
+            writeln!(
+                f,
+                "  SAE pairs in transit ({} pairs, {} ms gap): matched {}, stranded {}, failed {}",
+                t.pairs, t.gap_ms, t.matched, t.stranded, t.failed
+            )?;
+        }
         for o in &self.etcd_outages {
             writeln!(
                 f,
@@ -616,6 +625,7 @@ pub fn judge(events: &[Event]) -> Verdict {
             Event::Lb(s) => samples.entry(s.lb.as_str()).or_default().push(s),
             Event::Fault(f) => faults.push(f),
             Event::Switch(_) => v.switches.requested += 1,
+            Event::Transit(t) => v.transit = Some(t.clone()),
             Event::SwitchResult(r) => *v.switches.results.entry(r.result.clone()).or_default() += 1,
             Event::Check(c) if !c.ok => v.failed_checks.push(format!(
                 "check {:?} failed at {}: {}",

@@ -8,15 +8,9 @@ use lockstep::protocol::{LbTarget, Setup};
 use lockstep_testkit::lab::{Lab, LabOptions};
 use lockstep_testkit::rt;
 use lockstep_testkit::switch_request;
-use lockstep_testkit::transit::{Transit, TransitConfig, TransitReport};
+use lockstep_testkit::transit::{Transit, TransitReport};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
-
-/// The lab's SAE ids (as `Lab::traffic_config` uses them).
-fn transit_config(lab: &Lab, pairs: usize, gap: Duration) -> TransitConfig {
-    let t = lab.traffic_config();
-    TransitConfig::new(t.alice, t.bob, t.master_sae_id, t.slave_sae_id, pairs, gap)
-}
 
 fn switch(to: Setup, reason: &str) -> proto::SwitchRequest {
     proto::SwitchRequest {
@@ -36,7 +30,7 @@ fn options(issuer: &str, grace: Duration) -> LabOptions {
 /// gapless checker running; returns the transit report.
 async fn switch_under_sae_traffic(lab: &Lab, n: usize) -> TransitReport {
     let traffic = lab.start_traffic(20).await.expect("gapless pairs flow");
-    let transit = Transit::start(transit_config(lab, 8, Duration::from_millis(200)));
+    let transit = Transit::start(lab.transit_config(8, Duration::from_millis(200)));
     transit
         .wait_for_matched(16, Duration::from_secs(10))
         .await
@@ -118,7 +112,7 @@ fn a_frozen_issuing_haproxy_strands_no_key() {
         .await
         .expect("lab");
         let traffic = lab.start_traffic(20).await.expect("gapless pairs flow");
-        let transit = Transit::start(transit_config(&lab, 8, Duration::from_millis(200)));
+        let transit = Transit::start(lab.transit_config(8, Duration::from_millis(200)));
         transit
             .wait_for_matched(16, Duration::from_secs(10))
             .await

@@ -10,8 +10,9 @@ use lockstep::proto;
 use lockstep_core::Setup;
 use lockstep_testkit::lab::{Lab, LabOptions};
 use lockstep_testkit::outage::EndProbe;
+use lockstep_testkit::switch_request;
 use lockstep_testkit::traffic::{Traffic, TrafficReport};
-use lockstep_testkit::transit::{Transit, TransitConfig};
+use lockstep_testkit::transit::Transit;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -261,13 +262,6 @@ async fn status_bench(runs: usize) -> Result<()> {
     Ok(())
 }
 
-fn setup_i32(s: Setup) -> i32 {
-    match s {
-        Setup::Hot => proto::Setup::Hot as i32,
-        Setup::Warm => proto::Setup::Warm as i32,
-    }
-}
-
 fn diff(after: &TrafficReport, before: &TrafficReport) -> String {
     format!(
         "matched +{}, mismatched +{}, failed +{}",
@@ -315,6 +309,22 @@ async fn run(once: bool) -> Result<()> {
         .context("no key pairs flowed through the LBs")?;
     let before = traffic.snapshot();
     println!("traffic: an SAE at Alice gets keys (enc_keys) and its peer at Bob fetches them (dec_keys): {} pairs matched so far, all on hot", before.matched);
+    // SAE pairs as applications run them: the key_ID travels Alice -> Bob
+    // for a while. The handover (Alice blocks first, Bob keeps the old
+    // setup for the grace) strands none of them.
+    let t = &lab.options.timing;
+    let gap = t.handover_grace / 2;
+    let transit = Transit::start(lab.transit_config(4, gap));
+    transit
+        .wait_for_matched(8, Duration::from_secs(10))
+        .await
+        .context("no SAE pair with a transit gap got through")?;
+    println!(
+        "SAE pairs: 4 more pairs pass each key_ID from Alice to Bob over {} ms, as over a real network (handover: issuer {}, grace {} ms)",
+        gap.as_millis(),
+        t.handover_issuer,
+        t.handover_grace.as_millis()
+    );
 
     let mut admin = lab.admin(0).await?;
     for to in [Setup::Warm, Setup::Hot] {
@@ -323,15 +333,8 @@ async fn run(once: bool) -> Result<()> {
         let t = Instant::now();
         let reply = admin
             .switchover(proto::SwitchRequest {
-                to: setup_i32(to),
-                reason: "lab demo".into(),
                 requested_by: "lockstep-lab".into(),
-                force: false,
-                wait: true,
-                timeout_ms: 20_000,
-                grace_ms: 0,
-                dry_run: false,
-                at: String::new(),
+                ..switch_request(to, "lab demo")
             })
             .await
             .map_err(|s| anyhow::anyhow!("switchover refused: {}", s.message()))?
@@ -370,7 +373,12 @@ async fn run(once: bool) -> Result<()> {
         );
     }
     let report = traffic.stop().await;
+    let transit = transit.stop().await;
     println!("\nkey pairs: {report}");
+    println!(
+        "SAE pairs in transit: matched {}, stranded {} (a key issued on one setup and asked for on the other), failed {}",
+        transit.matched, transit.stranded, transit.failed
+    );
     if report.mismatched > 0 {
         bail!(
             "{} mismatched key pairs: Alice and Bob routed to different setups",
@@ -427,12 +435,8 @@ async fn switch_ms(
     let t = Instant::now();
     let reply = admin
         .switchover(proto::SwitchRequest {
-            to: setup_i32(to),
-            reason: reason.clone(),
             requested_by: "bench".into(),
-            wait: true,
-            timeout_ms: 20_000,
-            ..Default::default()
+            ..switch_request(to, reason.clone())
         })
         .await
         .map_err(|s| anyhow::anyhow!("{reason}: {}", s.message()))?
@@ -565,14 +569,7 @@ async fn transit_bench(
     options.timing.handover_grace = grace;
     let lab = Lab::start("transit-bench", options).await?;
     let t = lab.traffic_config();
-    let transit = Transit::start(TransitConfig::new(
-        t.alice,
-        t.bob,
-        t.master_sae_id.clone(),
-        t.slave_sae_id.clone(),
-        pairs,
-        gap,
-    ));
+    let transit = Transit::start(lab.transit_config(pairs, gap));
     transit
         .wait_for_matched(2 * pairs as u64, Duration::from_secs(20))
         .await?;
@@ -700,15 +697,9 @@ async fn takeover_bench(runs: usize) -> Result<()> {
                 tokio::task::block_in_place(|| s.guard.terminate(Duration::from_secs(10)));
             }
             let request = proto::SwitchRequest {
-                to: setup_i32(to),
-                reason: format!("takeover bench {run}"),
                 requested_by: "bench".into(),
-                force: false,
-                wait: true,
                 timeout_ms: 30_000,
-                grace_ms: 0,
-                dry_run: false,
-                at: String::new(),
+                ..switch_request(to, format!("takeover bench {run}"))
             };
             let (leader, reply) = tokio::join!(
                 async {

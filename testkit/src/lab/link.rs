@@ -235,6 +235,19 @@ impl Lab {
         self.lbs[1].frontend
     }
 
+    /// `pairs` SAE pairs with a transit `gap` ([`crate::transit`]) through
+    /// the first LB of each end, with the lab's SAE ids.
+    pub fn transit_config(&self, pairs: usize, gap: Duration) -> crate::transit::TransitConfig {
+        crate::transit::TransitConfig::new(
+            self.alice_lb(),
+            self.bob_lb(),
+            ALICE_SAE,
+            BOB_SAE,
+            pairs,
+            gap,
+        )
+    }
+
     pub fn traffic_config(&self) -> TrafficConfig {
         // Every LB of an end, as SAEs behind a VIP reach them.
         let mut config = TrafficConfig::new(self.alice_lb(), self.bob_lb(), ALICE_SAE, BOB_SAE);
