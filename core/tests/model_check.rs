@@ -413,6 +413,22 @@ fn a_handover_under_any_one_fault_keeps_order_and_never_splits() {
     assert!(out.done, "the checker stopped before exploring everything");
 }
 
+/// A member frozen (SIGSTOP) during the hold: the issuing end's member
+/// before or after it confirmed its block, or the receiving end's during
+/// its grace, at any point of the hold, every interleaving.
+#[test]
+fn a_member_frozen_during_a_handover_keeps_order_and_never_splits() {
+    let mut model = handover_model(None);
+    model.faults = Faults {
+        total: 1,
+        pause: 1,
+        ..Faults::default()
+    };
+    let out = check_all("handover, a member frozen in the hold", model);
+    assert!(out.done, "the checker stopped before exploring everything");
+    assert!(out.unique > 10_000, "the model explored almost nothing");
+}
+
 #[test]
 fn a_handover_keeps_order_and_never_splits() {
     let out = check_all("handover", handover_model(None));

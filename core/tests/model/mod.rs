@@ -407,7 +407,8 @@ pub enum Action {
         landed: bool,
     },
     Partition(usize),
-    /// A member's sidecar is paused with a serve in flight.
+    /// A member's sidecar is paused with a serve in flight, or during a
+    /// handover's hold.
     Pause(usize),
     CrashLeader(usize),
     LeaderLeaseLost(usize),
@@ -1227,13 +1228,22 @@ impl LinkModel {
                     }
                 }
             }
+            // A sidecar is frozen with a serve in flight, or, with a
+            // handover, during the hold (the issuing end blocking, the
+            // receiving end in its grace).
+            let in_hold = self.handover
+                && s.etcd
+                    .route
+                    .as_ref()
+                    .is_some_and(|(r, _)| r.phase == Phase::Hold);
             if slot.paused {
                 out.push(Action::Resume(i));
             } else if alive
-                && slot
-                    .lb_cmd
-                    .as_ref()
-                    .is_some_and(|c| c.pending_serve(s.now).is_some())
+                && (in_hold
+                    || slot
+                        .lb_cmd
+                        .as_ref()
+                        .is_some_and(|c| c.pending_serve(s.now).is_some()))
                 && self.fault_left(s, Fault::Pause)
             {
                 out.push(Action::Pause(i));
