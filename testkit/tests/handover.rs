@@ -82,6 +82,39 @@ fn planned_switchovers_with_a_handover_strand_no_key() {
                 "the receiving end waited the grace: {h:?}"
             );
         }
+
+        // A grace given with one switch (`switchover --grace`) is the one
+        // that switch waits, and the leader counts every grace.
+        let mut admin = lab.admin(0).await.expect("admin");
+        // Six switches from hot (to warm first) left the link on hot.
+        let to = Setup::Warm;
+        let r = admin
+            .switchover(proto::SwitchRequest {
+                grace_ms: 700,
+                ..switch(to, "planned with its own grace")
+            })
+            .await
+            .expect("switch with --grace")
+            .into_inner();
+        assert!(r.completed);
+        let history = lab.history(1).await.expect("history");
+        let h = &history.records[0];
+        assert_eq!((h.kind.as_str(), h.grace_ms), ("switchover", 700), "{h:?}");
+        assert!(h.hold_ms >= 700, "the receiving end waited 700 ms: {h:?}");
+        let leader = lab
+            .leader_index(None, Duration::from_secs(5))
+            .await
+            .expect("a leader");
+        let graces = lab.sidecars[leader]
+            .scrape()
+            .await
+            .expect("scrape the leader")
+            .get("lockstep_handover_grace_seconds_total", &[])
+            .expect("the grace metric");
+        assert!(
+            (6.0 * 0.3 + 0.7..10.0).contains(&graces),
+            "the leader counted {graces} s of grace over six 300 ms and one 700 ms"
+        );
     });
 }
 
