@@ -441,3 +441,38 @@ fn checks_on_their_own_listener_govern_the_lb() {
         assert!(report.matched >= 100, "{report}");
     });
 }
+
+/// `grpc.insecure = true` (labs only) is said where on-call looks: a WARN
+/// at start naming what it allows, and `insecure` in the status of the
+/// link and of each member (`lockstep status` prints "INSECURE").
+#[test]
+fn plaintext_grpc_is_said_in_the_log_and_the_status() {
+    rt().block_on(async {
+        let options = LabOptions {
+            insecure_grpc: true,
+            ..LabOptions::default()
+        };
+        let lab = Lab::start("insecure", options).await.expect("lab");
+        let status = lab.status().await.expect("status over plaintext gRPC");
+        assert!(status.insecure, "{status:?}");
+        assert_eq!(status.members.len(), 2);
+        assert!(status.members.iter().all(|m| m.insecure), "{status:?}");
+        for s in &lab.sidecars {
+            let log = std::fs::read_to_string(&s.log).expect("sidecar log");
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("WARN") && l.contains("PLAINTEXT without authorization")),
+                "{}: no WARN about plaintext gRPC",
+                s.spec.member_id
+            );
+        }
+        // With mutual TLS (every other lab), nothing says insecure.
+        drop(lab);
+        let lab = Lab::start("secure", LabOptions::default())
+            .await
+            .expect("lab");
+        let status = lab.status().await.expect("status over mutual TLS");
+        assert!(!status.insecure, "{status:?}");
+        assert!(status.members.iter().all(|m| !m.insecure), "{status:?}");
+    });
+}
