@@ -72,8 +72,12 @@ enum Command {
         #[arg(long, conflicts_with = "truth")]
         etcd_outages: bool,
     },
-    /// Judge a recorded history again.
-    Check { history: PathBuf },
+    /// Judge recorded histories again (with a summary over several: a
+    /// campaign judged by today's verdict).
+    Check {
+        #[arg(required = true)]
+        histories: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -132,11 +136,27 @@ fn run(cli: Cli) -> Result<bool> {
             }
             Ok(true)
         }
-        Command::Check { history: path } => {
-            let events = history::read(&path)?;
-            let v = verdict::judge(&events);
-            print!("{v}");
-            Ok(v.passed())
+        Command::Check { histories } => {
+            let mut summary = Summary::default();
+            for path in histories {
+                let events = history::read(&path)?;
+                let verdict = verdict::judge(&events);
+                print!("{verdict}");
+                let name = verdict.scenario.clone();
+                let seed = verdict.seed;
+                summary.add(
+                    &name,
+                    seed,
+                    &chaos::RunReport {
+                        verdict,
+                        history: path,
+                    },
+                );
+            }
+            if summary.runs > 1 {
+                println!("\n== summary\n{summary}");
+            }
+            Ok(summary.all_passed())
         }
         Command::Run { names, seed } => {
             let mut scenarios = Vec::new();

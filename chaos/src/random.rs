@@ -580,6 +580,11 @@ pub struct Summary {
     pub runs_with_etcd_outage: u64,
     pub etcd_unreachable: Duration,
     pub lost_to_etcd: Duration,
+    /// The same over the outages that began with the link settled and
+    /// met no other fault ([`crate::verdict::EtcdOutage::alone`]).
+    pub etcd_alone: u64,
+    pub etcd_alone_unreachable: Duration,
+    pub etcd_alone_lost: Duration,
     /// SAE pairs with a transit gap, over every run that had them.
     pub transit_matched: u64,
     pub transit_stranded: u64,
@@ -650,6 +655,11 @@ impl Summary {
             self.runs_with_etcd_outage += 1;
         }
         self.etcd_unreachable += v.etcd_unreachable();
+        for o in v.etcd_outages.iter().filter(|o| o.alone) {
+            self.etcd_alone += 1;
+            self.etcd_alone_unreachable += Duration::from_micros(o.to_us.saturating_sub(o.from_us));
+            self.etcd_alone_lost += o.lost;
+        }
         if let Some(t) = &v.transit {
             self.transit_matched += t.matched;
             self.transit_stranded += t.stranded;
@@ -734,14 +744,16 @@ impl fmt::Display for Summary {
             self.samples, self.split_samples
         )?;
         writeln!(f, "longest outage: {}", at(&self.longest_outage))?;
-        writeln!(
-            f,
-            "SAE pairs in transit: matched {}, stranded {} ({:.2} per switchover requested), failed {}",
-            self.transit_matched,
-            self.transit_stranded,
-            self.transit_stranded as f64 / self.switches.max(1) as f64,
-            self.transit_failed
-        )?;
+        if self.transit_matched + self.transit_stranded + self.transit_failed > 0 {
+            writeln!(
+                f,
+                "SAE pairs in transit: matched {}, stranded {} ({:.2} per switchover requested), failed {}",
+                self.transit_matched,
+                self.transit_stranded,
+                self.transit_stranded as f64 / self.switches.max(1) as f64,
+                self.transit_failed
+            )?;
+        }
         if self.runs_with_truth > 0 {
             writeln!(
                 f,
@@ -759,6 +771,15 @@ impl fmt::Display for Summary {
                 self.lost_to_etcd.as_secs_f64(),
                 100.0 * self.lost_to_etcd.as_secs_f64()
                     / self.etcd_unreachable.as_secs_f64().max(1e-9)
+            )?;
+            writeln!(
+                f,
+                "  of which begun with the link settled and met by no other fault: {}, etcd unreachable {:.1} s, key delivery lost {:.1} s ({:.0} %)",
+                self.etcd_alone,
+                self.etcd_alone_unreachable.as_secs_f64(),
+                self.etcd_alone_lost.as_secs_f64(),
+                100.0 * self.etcd_alone_lost.as_secs_f64()
+                    / self.etcd_alone_unreachable.as_secs_f64().max(1e-9)
             )?;
         }
         if self.restores > 0 {

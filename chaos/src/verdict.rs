@@ -272,6 +272,10 @@ pub struct EtcdOutage {
     /// Key delivery lost: every outage of the key pairs that overlaps the
     /// fault, whole (recovery after the heal included).
     pub lost: Duration,
+    /// The link was settled when it began (every LB serving one setup, no
+    /// switch in flight) and no other fault was held meanwhile: what it
+    /// lost is etcd's alone.
+    pub alone: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -517,12 +521,17 @@ impl fmt::Display for Verdict {
         for o in &self.etcd_outages {
             writeln!(
                 f,
-                "  etcd unreachable: #{} {} at {} for {}; key delivery lost meanwhile and until it recovered: {}",
+                "  etcd unreachable: #{} {} at {} for {}; key delivery lost meanwhile and until it recovered: {}{}",
                 o.fault_id,
                 o.fault,
                 ms(o.from_us),
                 dur(Duration::from_micros(o.to_us.saturating_sub(o.from_us))),
-                dur(o.lost)
+                dur(o.lost),
+                if o.alone {
+                    " (alone: the link settled, no other fault)"
+                } else {
+                    ""
+                }
             )?;
         }
         for h in &self.heals {
@@ -618,7 +627,17 @@ pub fn judge(events: &[Event]) -> Verdict {
     let mut samples: BTreeMap<&str, Vec<&LbSample>> = BTreeMap::new();
     let mut faults: Vec<&FaultRecord> = Vec::new();
     let mut forged: Vec<&ForgedRecord> = Vec::new();
+    // Switchovers asked, and when each was answered (if it was).
+    let mut asked: Vec<(u64, u64)> = Vec::new();
+    let mut answered: BTreeMap<u64, u64> = BTreeMap::new();
     for e in events {
+        match e {
+            Event::Switch(s) => asked.push((s.id, s.at_us)),
+            Event::SwitchResult(r) => {
+                answered.insert(r.id, r.at_us);
+            }
+            _ => {}
+        }
         match e {
             Event::Pair(p) => pairs.push(p),
             Event::Forged(p) => forged.push(p),
@@ -651,7 +670,12 @@ pub fn judge(events: &[Event]) -> Verdict {
     if let Some(s) = start {
         check_restores(&faults, &samples, fence_bound(&s.timing), &mut v);
     }
-    check_etcd_outages(&faults, v.duration, &mut v);
+    let end_us = v.duration.as_micros() as u64;
+    let switching: Vec<(u64, u64)> = asked
+        .iter()
+        .map(|(id, at)| (*at, answered.get(id).copied().unwrap_or(end_us)))
+        .collect();
+    check_etcd_outages(&faults, &samples, &switching, v.duration, &mut v);
     v.longest_outage_outside_restores = v
         .outages
         .iter()
@@ -664,8 +688,34 @@ pub fn judge(events: &[Event]) -> Verdict {
 
 /// The faults that left etcd unreachable, and the key delivery lost while
 /// each was held (`end`: the end of the history, for one never healed).
-fn check_etcd_outages(faults: &[&FaultRecord], end: Duration, v: &mut Verdict) {
+/// `switching`: each switchover from its request to its answer.
+fn check_etcd_outages(
+    faults: &[&FaultRecord],
+    samples: &BTreeMap<&str, Vec<&LbSample>>,
+    switching: &[(u64, u64)],
+    end: Duration,
+    v: &mut Verdict,
+) {
     let end_us = end.as_micros() as u64;
+    let healed_at = |id: u64| {
+        faults
+            .iter()
+            .find(|h| h.op == FaultOp::Heal && h.id == id)
+            .map_or(end_us, |h| h.at_us)
+    };
+    // Every LB's last sample before `at` serves, all the same setup, and
+    // no switchover asked before is still unanswered.
+    let settled_at = |at: u64| {
+        if switching.iter().any(|(from, to)| *from <= at && at < *to) {
+            return false;
+        }
+        let last: Vec<Option<LbState>> = samples
+            .values()
+            .map(|list| list.iter().rev().find(|s| s.end_us <= at).map(|s| s.state))
+            .collect();
+        matches!(last.first(), Some(Some(LbState::Hot | LbState::Warm)))
+            && last.iter().all(|s| *s == last[0])
+    };
     let overlapping = |from: u64, to: u64| {
         v.outages
             .iter()
@@ -677,16 +727,17 @@ fn check_etcd_outages(faults: &[&FaultRecord], end: Duration, v: &mut Verdict) {
         .iter()
         .filter(|f| f.op == FaultOp::Inject && ETCD_UNREACHABLE.contains(&f.fault.as_str()))
     {
-        let to_us = faults
-            .iter()
-            .find(|h| h.op == FaultOp::Heal && h.id == f.id)
-            .map_or(end_us, |h| h.at_us);
+        let to_us = healed_at(f.id);
+        let others = faults.iter().any(|o| {
+            o.op == FaultOp::Inject && o.id != f.id && o.at_us < to_us && f.at_us < healed_at(o.id)
+        });
         outages.push(EtcdOutage {
             fault_id: f.id,
             fault: f.fault.clone(),
             from_us: f.at_us,
             to_us,
             lost: overlapping(f.at_us, to_us).sum(),
+            alone: settled_at(f.at_us) && !others,
         });
     }
     v.lost_to_etcd = v
