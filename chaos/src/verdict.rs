@@ -1157,6 +1157,43 @@ mod tests {
         })
     }
 
+    /// etcd frozen from 100 ms to 200 ms with both LBs on hot; pairs fail
+    /// from 150 ms until one matches at 250 ms. `other`: a KME stopped
+    /// meanwhile too.
+    fn etcd_freeze(other: bool) -> Vec<Event> {
+        let mut e = vec![start()];
+        for t in (0..300_000).step_by(10_000) {
+            e.push(s("a", t, LbState::Hot));
+            e.push(s("b", t, LbState::Hot));
+        }
+        e.push(pair(1, 50_000, PairOutcome::Matched));
+        e.push(fault(1, FaultOp::Inject, 100_000, "etcd-freeze", None));
+        e.push(pair(2, 150_000, PairOutcome::Failed));
+        e.push(fault(1, FaultOp::Heal, 200_000, "etcd-freeze", None));
+        e.push(pair(3, 250_000, PairOutcome::Matched));
+        if other {
+            e.push(fault(2, FaultOp::Inject, 190_000, "kme-stop", None));
+            e.push(fault(2, FaultOp::Heal, 290_000, "kme-stop", None));
+        }
+        e.sort_by_key(Event::at_us);
+        e
+    }
+
+    #[test]
+    fn key_delivery_lost_while_etcd_is_unreachable_is_counted() {
+        let v = judge(&etcd_freeze(false));
+        assert_eq!(v.etcd_outages.len(), 1);
+        let o = &v.etcd_outages[0];
+        assert_eq!((o.from_us, o.to_us), (100_000, 200_000));
+        // From the failed pair's start to the end of the next matched one.
+        assert_eq!(o.lost, Duration::from_micros(250_500 - 150_000));
+        assert_eq!(v.lost_to_etcd, o.lost);
+        assert_eq!(v.etcd_unreachable(), Duration::from_millis(100));
+        assert!(o.alone, "settled, no other fault: {o:?}");
+        let v = judge(&etcd_freeze(true));
+        assert!(!v.etcd_outages[0].alone, "a KME stopped meanwhile");
+    }
+
     /// Both LBs on hot, then a clean break-before-make switch to warm.
     fn clean() -> Vec<Event> {
         use LbState::*;
