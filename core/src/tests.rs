@@ -1697,11 +1697,18 @@ fn pause_and_resume_records_sort_after_their_epoch_s_switch_and_by_time() {
 }
 
 /// A scheduled request (`switchover --at`) waits for its time, with a
-/// timer for it; then it runs, or, refused (here: paused), the history says
-/// why, since nobody waits for its answer.
+/// timer for it; then it runs, or, refused (the link paused, or the target
+/// unhealthy then), the history says why, since nobody waits for its
+/// answer.
 #[test]
 fn a_scheduled_request_waits_for_its_time_then_runs_or_is_refused_on_the_record() {
-    for paused in [false, true] {
+    use crate::policy::RefusedKind;
+    for refusal in [
+        None,
+        Some(RefusedKind::Paused),
+        Some(RefusedKind::Unhealthy),
+    ] {
+        let paused = refusal == Some(RefusedKind::Paused);
         let mut l = Leader::new(
             LeaderConfig {
                 wall_ms_at_start: 100_000,
@@ -1740,20 +1747,42 @@ fn a_scheduled_request_waits_for_its_time_then_runs_or_is_refused_on_the_record(
         );
         let due = Time::from_millis(1_000);
         assert_eq!(l.poll_timeout(), Some(due), "a timer for its time");
+        if refusal == Some(RefusedKind::Unhealthy) {
+            // Healthy when stored; warm goes down at Bob before its time.
+            let mut b = listed("b", Role::Bob, served(1, Setup::Hot), 7);
+            b.record.health.warm = Health::Down;
+            l.handle(Time(500), LeaderEvent::MemberPut(b));
+            assert!(leader_actions(&mut l).iter().all(|a| !matches!(
+                a,
+                LeaderAction::WriteRoute { .. } | LeaderAction::ResolveRequest { .. }
+            )));
+        }
         l.handle(due, LeaderEvent::Tick);
         let acts = leader_actions(&mut l);
-        if paused {
+        if let Some(kind) = refusal {
+            let words = match kind {
+                RefusedKind::Paused => "paused",
+                RefusedKind::Unhealthy => "warm is not healthy",
+            };
             assert!(acts.iter().any(|a| matches!(
                 a,
                 LeaderAction::ResolveRequest { outcome, .. } if outcome.status == RequestStatus::Rejected
+                    && outcome.refused == Some(kind)
             )), "{acts:?}");
             assert!(
                 acts.iter().any(|a| matches!(
                     a,
                     LeaderAction::WriteHistory(h) if h.kind == HistoryKind::RequestRefused
                         && h.outcome == HistoryOutcome::Refused
-                        && h.reason.contains("paused")
+                        && h.reason.contains(words)
+                        && h.request_id.as_deref() == Some("r")
                 )),
+                "{acts:?}"
+            );
+            assert!(
+                !acts
+                    .iter()
+                    .any(|a| matches!(a, LeaderAction::WriteRoute { .. })),
                 "{acts:?}"
             );
         } else {

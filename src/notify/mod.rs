@@ -1,8 +1,10 @@
 //! Notifications: the leader tells webhooks (`[[notify.webhook]]`, a JSON
 //! POST) and commands (`[[notify.command]]`, Patroni's callbacks: the JSON
 //! on standard input) of every transition it makes: a switch begun (or an
-//! automatic failover), complete or failed, a request refused, the link
-//! paused or resumed.
+//! automatic failover), complete or failed (the leader stepped down, or it
+//! overran `admin.switch_timeout`), a request refused, the link paused or
+//! resumed. Each member tells them itself when it enters and leaves
+//! failsafe: etcd is unreachable then, and nothing here needs it.
 //!
 //! Nothing here can hold a switch up: [`Notifier::send`] only puts the
 //! event on each receiver's bounded queue (dropping that queue's oldest
@@ -41,13 +43,21 @@ pub(crate) enum EventKind {
     AutoFailover,
     /// Every live member serves the target.
     SwitchComplete,
-    /// The leader lost its office or a write during a switch; the next
-    /// leader finishes it (a `redecide` in the history).
+    /// The leader lost its office or a write during a switch (the next
+    /// leader finishes it: a `redecide` in the history), or the switch
+    /// overran `admin.switch_timeout` (it may still complete). Once per
+    /// switch.
     SwitchFailed,
     /// A manual request was refused or expired; nothing moved.
     RequestRefused,
     Paused,
     Resumed,
+    /// This member serves on its peers' grants: etcd is unreachable.
+    /// Sent by the member (`member`), not the leader.
+    FailsafeEntered,
+    /// This member is back on etcd's word, after `duration_ms` in
+    /// failsafe. Sent by the member.
+    FailsafeLeft,
 }
 
 impl EventKind {
@@ -60,6 +70,8 @@ impl EventKind {
             EventKind::RequestRefused => "request-refused",
             EventKind::Paused => "paused",
             EventKind::Resumed => "resumed",
+            EventKind::FailsafeEntered => "failsafe-entered",
+            EventKind::FailsafeLeft => "failsafe-left",
         }
     }
 }
@@ -69,9 +81,13 @@ impl EventKind {
 pub(crate) struct Event {
     pub(crate) event: EventKind,
     pub(crate) link: String,
-    /// The leader's member id, and its fencing token.
+    /// The leader's member id, and its fencing token (empty and 0 in a
+    /// member's own event: failsafe).
     pub(crate) leader: String,
     pub(crate) token: i64,
+    /// The member an event is about, when a member sends it (failsafe).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) member: Option<String>,
     /// When the leader saw it, RFC 3339.
     pub(crate) at: String,
     /// The switch's epoch (the route's for pause and resume).
@@ -96,6 +112,9 @@ pub(crate) struct Event {
     pub(crate) total_ms: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) fenced_members: Vec<String>,
+    /// For `failsafe-left`: how long the member served on grants.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) duration_ms: Option<u64>,
 }
 
 impl Event {
@@ -106,6 +125,7 @@ impl Event {
             link: link.into(),
             leader: leader.into(),
             token,
+            member: None,
             at: crate::sidecar::leader::now_rfc3339(),
             epoch: None,
             kind: None,
@@ -117,7 +137,15 @@ impl Event {
             drain_ms: None,
             total_ms: None,
             fenced_members: Vec::new(),
+            duration_ms: None,
         }
+    }
+
+    /// A member's own event (failsafe): no leader, no token.
+    pub(crate) fn of_member(kind: EventKind, link: &str, member: &str) -> Event {
+        let mut e = Event::new(kind, link, "", 0);
+        e.member = Some(member.into());
+        e
     }
 }
 
@@ -418,6 +446,7 @@ async fn run_command(c: &CommandConfig, event: &Event, body: Bytes) -> Result<()
         .env("LOCKSTEP_EVENT", event.event.as_str())
         .env("LOCKSTEP_LINK", &event.link)
         .env("LOCKSTEP_LEADER", &event.leader)
+        .env("LOCKSTEP_MEMBER", event.member.as_deref().unwrap_or(""))
         .env(
             "LOCKSTEP_EPOCH",
             event.epoch.map_or(String::new(), |e| e.to_string()),
@@ -536,14 +565,16 @@ mod tests {
         assert_eq!(args.trim(), "switch-begun qkd-1");
     }
 
-    #[tokio::test]
-    async fn a_failing_webhook_is_retried_then_counted_failed_and_never_blocks_send() {
-        // Answers 500 to every POST.
+    /// A webhook on loopback that answers HTTP 500 to its first `fail`
+    /// POSTs and 200 after; the instants of the POSTs it got.
+    async fn webhook_failing_first(
+        fail: usize,
+    ) -> (std::net::SocketAddr, Arc<Mutex<Vec<std::time::Instant>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let hits: Arc<Mutex<Vec<std::time::Instant>>> = Arc::default();
         let h = hits.clone();
         tokio::spawn(async move {
             loop {
@@ -553,10 +584,16 @@ mod tests {
                 let h = h.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |_req| {
-                        h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        async {
-                            let mut r = hyper::Response::new(Full::new(Bytes::from("no")));
-                            *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                        let n = {
+                            let mut hits = h.lock().expect("lock");
+                            hits.push(std::time::Instant::now());
+                            hits.len()
+                        };
+                        async move {
+                            let mut r = hyper::Response::new(Full::new(Bytes::from("answer")));
+                            if n <= fail {
+                                *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                            }
                             Ok::<_, std::convert::Infallible>(r)
                         }
                     });
@@ -566,16 +603,65 @@ mod tests {
                 });
             }
         });
+        (addr, hits)
+    }
+
+    fn webhook_config(addr: std::net::SocketAddr) -> WebhookConfig {
+        WebhookConfig {
+            url: format!("http://{addr}/hook"),
+            timeout: Duration::from_secs(2),
+            ca: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_webhook_that_fails_twice_gets_the_event_on_the_third_attempt_after_doubling_waits() {
+        let (addr, hits) = webhook_failing_first(2).await;
+        let counters = Counters::default();
+        let backoff = Duration::from_millis(150);
+        let n = Notifier::start(
+            &NotifyConfig {
+                backoff,
+                ..config(vec![], vec![webhook_config(addr)])
+            },
+            counters.clone(),
+            "qkd-1",
+            "alice-0",
+        );
+        n.send(event(5));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while counters.delivered.get() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(counters.delivered.get(), 1, "delivered on a retry");
+        assert_eq!(
+            counters.failed.get(),
+            0,
+            "a retry that succeeds is no failure"
+        );
+        let hits = hits.lock().expect("lock").clone();
+        assert_eq!(
+            hits.len(),
+            3,
+            "two failed attempts, then the one that succeeded"
+        );
+        // The backoff, then twice it.
+        let first = hits[1].duration_since(hits[0]);
+        let second = hits[2].duration_since(hits[1]);
+        assert!(first >= backoff, "first retry after {first:?}");
+        assert!(second >= backoff * 2, "second retry after {second:?}");
+        // Nothing more is sent once it was accepted.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(counters.delivered.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failing_webhook_is_retried_then_counted_failed_and_never_blocks_send() {
+        // Answers 500 to every POST.
+        let (addr, hits) = webhook_failing_first(usize::MAX).await;
         let counters = Counters::default();
         let n = Notifier::start(
-            &config(
-                vec![],
-                vec![WebhookConfig {
-                    url: format!("http://{addr}/hook"),
-                    timeout: Duration::from_secs(2),
-                    ca: None,
-                }],
-            ),
+            &config(vec![], vec![webhook_config(addr)]),
             counters.clone(),
             "qkd-1",
             "alice-0",
@@ -593,6 +679,19 @@ mod tests {
         }
         assert!(counters.failed.get() >= 1);
         // One attempt and two retries for the first event.
-        assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+        assert!(hits.lock().expect("lock").len() >= 3);
+    }
+
+    #[test]
+    fn a_failsafe_event_names_its_member_and_no_leader() {
+        let mut e = Event::of_member(EventKind::FailsafeLeft, "qkd-1", "bob-0");
+        e.duration_ms = Some(12_345);
+        let v = serde_json::to_value(&e).expect("json");
+        assert_eq!(v["event"], "failsafe-left");
+        assert_eq!(v["member"], "bob-0");
+        assert_eq!(v["leader"], "");
+        assert_eq!(v["duration_ms"], 12_345);
+        let v = serde_json::to_value(event(1)).expect("json");
+        assert!(v.get("member").is_none() && v.get("duration_ms").is_none());
     }
 }

@@ -270,6 +270,10 @@ async fn lead(
         writing: None,
         announced: None,
         paused: snapshot.paused.clone(),
+        switch_timeout: shared.config.admin.switch_timeout,
+        timed: None,
+        overdue_at: None,
+        failed: None,
     };
 
     // `return` in this block ends the leadership with a reason; a switch
@@ -294,6 +298,7 @@ async fn lead(
                         h.started_at = start;
                     }
                     notes.writing = Some(route.clone());
+                    notes.write_started(&route, clock.now());
                     let span = info_span!("write_route", epoch = route.epoch, phase = %route.phase, setup = %route.setup, token);
                     let store = shared.store.clone();
                     let tx = done_tx.clone();
@@ -419,6 +424,13 @@ async fn lead(
                 None => std::future::pending().await,
             }
         };
+        let overdue_at = notes.overdue_at.map(|(_, t)| t);
+        let overdue = async {
+            match overdue_at {
+                Some(t) => tokio::time::sleep_until(clock.instant(t)).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changes = watch.next() => match changes {
                 Ok(Some(changes)) => {
@@ -477,6 +489,7 @@ async fn lead(
                 }
             }
             _ = sleep => core.handle(clock.now(), LeaderEvent::Tick),
+            _ = overdue => notes.overdue(core.current_switch()),
         }
     } }.await;
     if let Some(sw) = core.current_switch() {
@@ -496,6 +509,17 @@ struct Notes<'a> {
     announced: Option<u64>,
     /// The pause as last seen, so only changes are notified.
     paused: Option<lockstep_core::policy::Pause>,
+    /// `admin.switch_timeout`: a switch not complete this long after its
+    /// first drain (or serve) write has failed, as `lockstep_switch_failures_total`
+    /// counts it.
+    switch_timeout: Duration,
+    /// The newest epoch whose timeout is (or was) running.
+    timed: Option<u64>,
+    /// The running timeout: the switch's epoch, and when it overruns.
+    overdue_at: Option<(u64, lockstep_core::Time)>,
+    /// The newest epoch notified as failed: `switch-failed` once per
+    /// switch.
+    failed: Option<u64>,
 }
 
 impl Notes<'_> {
@@ -538,6 +562,44 @@ impl Notes<'_> {
         self.shared.notify.send(e);
     }
 
+    /// A route write goes out: a switch's first drain or serve write
+    /// starts its `admin.switch_timeout` (the hold is the planned grace,
+    /// as in `metrics`).
+    fn write_started(&mut self, route: &lockstep_core::Route, now: lockstep_core::Time) {
+        if route.phase == Phase::Hold || self.timed >= Some(route.epoch) {
+            return;
+        }
+        self.timed = Some(route.epoch);
+        self.overdue_at = Some((route.epoch, now + self.switch_timeout));
+    }
+
+    /// The running switch overran `admin.switch_timeout`: `switch-failed`,
+    /// once (it may still complete: a `switch-complete` follows then).
+    fn overdue(&mut self, current: Option<SwitchInfo>) {
+        let Some((epoch, _)) = self.overdue_at.take() else {
+            return;
+        };
+        let Some(sw) = current.filter(|s| s.epoch == epoch) else {
+            return;
+        };
+        if self.failed >= Some(epoch) {
+            return;
+        }
+        self.failed = Some(epoch);
+        warn!(
+            epoch,
+            timeout = ?self.switch_timeout,
+            "switch not complete within admin.switch_timeout"
+        );
+        let mut e = self.event(EventKind::SwitchFailed);
+        self.fill(&mut e, &sw);
+        e.message = format!(
+            "the {} to {} at epoch {} is not complete after admin.switch_timeout ({:?}); the leader goes on with it (switch-complete follows if it completes)",
+            sw.kind, sw.to, sw.epoch, self.switch_timeout
+        );
+        self.shared.notify.send(e);
+    }
+
     fn fill(&self, e: &mut Event, sw: &SwitchInfo) {
         e.epoch = Some(sw.epoch);
         e.kind = Some(sw.kind.to_string());
@@ -547,7 +609,10 @@ impl Notes<'_> {
         e.requested_by = sw.requested_by.clone();
     }
 
-    fn completed(&self, record: &lockstep_core::leader::HistoryRecord) {
+    fn completed(&mut self, record: &lockstep_core::leader::HistoryRecord) {
+        if self.overdue_at.is_some_and(|(e, _)| e <= record.epoch) {
+            self.overdue_at = None;
+        }
         let mut e = self.event(EventKind::SwitchComplete);
         e.epoch = Some(record.epoch);
         e.kind = Some(record.kind.to_string());
@@ -565,7 +630,11 @@ impl Notes<'_> {
         self.shared.notify.send(e);
     }
 
-    fn failed(&self, sw: &SwitchInfo, reason: &str) {
+    fn failed(&mut self, sw: &SwitchInfo, reason: &str) {
+        if self.failed >= Some(sw.epoch) {
+            return;
+        }
+        self.failed = Some(sw.epoch);
         let mut e = self.event(EventKind::SwitchFailed);
         self.fill(&mut e, sw);
         e.message = format!(

@@ -11,6 +11,7 @@
 use super::health::Task;
 use super::{Clock, Shared};
 use crate::lb::LoadBalancer;
+use crate::notify::{Event, EventKind};
 use crate::store::{Change, RegisterError, StoreError, Watched};
 use lockstep_core::failsafe::{GrantAsk, GrantRefusal, Granted};
 use lockstep_core::leader::MemberRecord;
@@ -356,8 +357,10 @@ fn ask_grants(
 }
 
 /// Tells operators when this member starts and stops serving on grants:
-/// a WARN log, the metric, and once etcd answers again, history records
-/// `failsafe-entered` / `failsafe-left` with the duration.
+/// a WARN log, the metric, the notifications `failsafe-entered` /
+/// `failsafe-left` (from this member, at once: they need no etcd), and
+/// once etcd answers again, history records of the same names with the
+/// duration.
 #[derive(Default)]
 struct FailsafeLog {
     /// Since when (monotonic) and wall-clock start, while in failsafe.
@@ -375,6 +378,14 @@ impl FailsafeLog {
                     "FAILSAFE: etcd unreachable; serving on every roster member's grant, nothing switches until etcd is back"
                 );
                 shared.metrics.set_failsafe(true);
+                let mut e = failsafe_event(shared, EventKind::FailsafeEntered);
+                e.epoch = Some(f.serving.epoch);
+                e.to = Some(f.serving.setup);
+                e.message = format!(
+                    "{} is in failsafe: etcd unreachable; serving {} at epoch {} on every roster member's grant; nothing switches until etcd is back",
+                    shared.config.member_id, f.serving.setup, f.serving.epoch
+                );
+                shared.notify.send(e);
                 self.since = Some((now, super::leader::now_rfc3339()));
             }
             (Some((t, at)), None) => {
@@ -382,12 +393,28 @@ impl FailsafeLog {
                 warn!(duration_ms = ms, "failsafe left");
                 shared.metrics.set_failsafe(false);
                 let serving = view.applied.or(view.accepted);
+                let mut e = failsafe_event(shared, EventKind::FailsafeLeft);
+                e.epoch = serving.map(|a| a.epoch);
+                e.to = serving.map(|a| a.setup);
+                e.duration_ms = Some(ms);
+                e.message = format!(
+                    "{} left failsafe after {ms} ms: etcd answers again",
+                    shared.config.member_id
+                );
+                shared.notify.send(e);
                 record_failsafe(shared.clone(), at.clone(), ms, serving);
                 self.since = None;
             }
             _ => {}
         }
     }
+}
+
+/// A failsafe notification from this member.
+fn failsafe_event(shared: &Shared, kind: EventKind) -> Event {
+    let mut e = Event::of_member(kind, &shared.config.link, &shared.config.member_id);
+    e.requested_by = "lockstep:failsafe".into();
+    e
 }
 
 /// Writes the history records of one failsafe period once etcd answers

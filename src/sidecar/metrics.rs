@@ -96,6 +96,17 @@ struct InFlight {
     failed: bool,
 }
 
+impl InFlight {
+    /// Not complete `timeout` after its first drain (or serve) write: the
+    /// hold is the planned grace and does not count. The leader's
+    /// `switch-failed` notification uses the same start.
+    fn overdue(&self, now: Instant, timeout: Duration) -> bool {
+        self.drain_at
+            .or(self.serve_at)
+            .is_some_and(|t| now.saturating_duration_since(t) > timeout)
+    }
+}
+
 /// No acknowledged keep-alive yet.
 const NO_ACK: u64 = u64::MAX;
 
@@ -405,6 +416,11 @@ impl Metrics {
             self.grace_seconds.inc_by(h.grace_ms as f64 / 1000.0);
         }
         if let Some(s) = in_flight.remove(&h.epoch) {
+            // Overran its timeout between two scrapes: a failure all the
+            // same.
+            if !s.failed && s.overdue(now, self.switch_timeout) {
+                self.switch_failures.inc();
+            }
             if let (Some(hold), Some(drain)) = (s.hold_at, s.drain_at) {
                 self.step("hold")
                     .observe(drain.saturating_duration_since(hold).as_secs_f64());
@@ -437,10 +453,7 @@ impl Metrics {
     fn count_overdue(&self, now: Instant) {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         for s in in_flight.values_mut() {
-            let start = s.drain_at.or(s.serve_at);
-            if !s.failed
-                && start.is_some_and(|t| now.saturating_duration_since(t) > self.switch_timeout)
-            {
+            if !s.failed && s.overdue(now, self.switch_timeout) {
                 s.failed = true;
                 self.switch_failures.inc();
             }
@@ -737,14 +750,21 @@ mod tests {
         m.switch_completed_at(&history(3), t0 + ms(33_010));
         assert_eq!(value(&m.encode_at(0, t0 + ms(34_000)), failures), Some(1.0));
 
+        // One that overran and completed between two scrapes counts too,
+        // once.
+        m.route_write_started_at(5, Phase::Drain, t0);
+        m.route_write_started_at(5, Phase::Serve, t0 + ms(30_500));
+        m.switch_completed_at(&history(5), t0 + ms(31_000));
+        assert_eq!(value(&m.encode_at(0, t0 + ms(32_000)), failures), Some(2.0));
+
         // Stepping down mid-switch gives it up: a failure; the leader-only
         // gauges go to 0.
         m.set_leader(true);
         m.set_paused(true);
-        m.route_write_started_at(4, Phase::Drain, t0);
+        m.route_write_started_at(6, Phase::Drain, t0);
         m.set_leader(false);
         let text = m.encode_at(0, t0 + ms(1));
-        assert_eq!(value(&text, failures), Some(2.0));
+        assert_eq!(value(&text, failures), Some(3.0));
         assert_eq!(
             value(&text, r#"lockstep_paused{link="lab",member="m-0"}"#),
             Some(0.0)

@@ -24,6 +24,7 @@
 //!   switch stranded.
 //! * [`outage`]: one end's outage as its SAEs see it (ETSI 014 `status`
 //!   through its LB, about every millisecond).
+//! * [`webhook`]: webhook receivers for the notification tests.
 
 pub mod breakdown;
 pub mod browser;
@@ -35,6 +36,7 @@ pub mod outage;
 pub mod pki;
 pub mod traffic;
 pub mod transit;
+pub mod webhook;
 
 /// The runtime the integration tests and the chaos suite's tests run a lab
 /// on: two worker threads, as on the two-core machines CI uses.

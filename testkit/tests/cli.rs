@@ -321,6 +321,24 @@ fn cli(lab: &Lab, i: usize, args: &[&str]) -> (i32, String, String) {
     (out.code.unwrap_or(-1), out.stdout, out.stderr)
 }
 
+/// Parses the CLI's `--json` output as the proto reply `$t` and checks it
+/// round-trips: serialized again, it is the same JSON, field for field.
+macro_rules! round_trip {
+    ($t:ty, $out:expr) => {{
+        let out: &str = &$out;
+        let reply: $t = serde_json::from_str(out)
+            .unwrap_or_else(|e| panic!("not a {}: {e}: {out}", stringify!($t)));
+        let as_printed: serde_json::Value = serde_json::from_str(out).expect("JSON");
+        assert_eq!(
+            serde_json::to_value(&reply).expect("serialize"),
+            as_printed,
+            "{} does not round-trip",
+            stringify!($t)
+        );
+        reply
+    }};
+}
+
 /// What tells whether anything changed: the route, the pending request,
 /// the pause and the history.
 async fn fingerprint(lab: &Lab) -> (Option<proto::Route>, bool, bool, Vec<proto::HistoryRecord>) {
@@ -780,10 +798,11 @@ fn json_round_trips_every_field_and_history_records_pauses() {
         let lab = Lab::start("cli-json", LabOptions::default())
             .await
             .expect("lab");
-        let (code, _, err) = cli(
+        let (code, out, err) = cli(
             &lab,
             0,
             &[
+                "--json",
                 "switchover",
                 "--to",
                 "warm",
@@ -795,18 +814,37 @@ fn json_round_trips_every_field_and_history_records_pauses() {
             ],
         );
         assert_eq!(code, 0, "{err}");
-        let (code, _, err) = cli(
+        let switched = round_trip!(proto::SwitchReply, out);
+        assert!(
+            switched.completed && !switched.dry_run && !switched.already_active,
+            "{out}"
+        );
+        assert!(
+            switched.epoch > 0 && !switched.request_id.is_empty(),
+            "{out}"
+        );
+        assert_eq!(switched.from, PSetup::Hot as i32, "{out}");
+        assert!(switched.scheduled_at.is_empty(), "{out}");
+        let (code, out, err) = cli(
             &lab,
             0,
-            &["pause", "--reason", "maintenance", "--by", "jane"],
+            &["--json", "pause", "--reason", "maintenance", "--by", "jane"],
         );
         assert_eq!(code, 0, "{err}");
-        let (code, _, err) = cli(&lab, 1, &["resume", "--reason", "done"]);
+        let paused = round_trip!(proto::PauseReply, out);
+        assert!(paused.paused && paused.changed, "{out}");
+        let (code, out, err) = cli(&lab, 1, &["--json", "resume", "--reason", "done"]);
         assert_eq!(code, 0, "{err}");
+        let resumed = round_trip!(proto::PauseReply, out);
+        assert!(!resumed.paused && resumed.changed, "{out}");
         // Resuming a link that is not paused writes nothing.
         let (code, out, err) = cli(&lab, 1, &["resume", "--reason", "again"]);
         assert_eq!(code, 0, "{err}");
         assert!(out.contains("not paused; nothing changed"), "{out}");
+        let (code, out, err) = cli(&lab, 1, &["--json", "resume", "--reason", "again"]);
+        assert_eq!(code, 0, "{err}");
+        let unchanged = round_trip!(proto::PauseReply, out);
+        assert!(!unchanged.paused && !unchanged.changed, "{out}");
 
         // History: the CLI's JSON is the reply itself, field for field.
         let (code, out, err) = cli(&lab, 0, &["--json", "history", "--limit", "50"]);
@@ -825,6 +863,8 @@ fn json_round_trips_every_field_and_history_records_pauses() {
         assert_eq!(pause.by_note, "jane");
         assert_eq!(pause.requested_by, lockstep_testkit::pki::OPERATOR);
         assert_eq!(from_cli.records[2].by_note, "jane");
+        assert_eq!(from_cli.records[2].request_id, switched.request_id);
+        assert_eq!(from_cli.records[2].epoch, switched.epoch);
         assert_eq!(v["records"][2]["from"], "hot");
         assert_eq!(v["records"][2]["to"], "warm");
         // Text: human names, pause and resume.
@@ -864,6 +904,81 @@ fn json_round_trips_every_field_and_history_records_pauses() {
         assert_eq!(v["route"]["phase"], "serve");
         assert_eq!(v["members"][0]["role"], "alice");
         assert!(v["members"][0]["health"]["detail"].is_string(), "{out}");
+
+        // A scheduled switchover: its reply, the pending request in
+        // `status` (CLI, gRPC and the page's `/status`), and its cancel.
+        let when = humantime::format_rfc3339_millis(
+            std::time::SystemTime::now() + Duration::from_secs(3600),
+        )
+        .to_string();
+        let (code, out, err) = cli(
+            &lab,
+            1,
+            &[
+                "--json",
+                "switchover",
+                "--to",
+                "hot",
+                "--reason",
+                "planned night work",
+                "--by",
+                "jane",
+                "--at",
+                &when,
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        let scheduled = round_trip!(proto::SwitchReply, out);
+        assert!(
+            !scheduled.request_id.is_empty() && !scheduled.completed,
+            "{out}"
+        );
+        assert!(!scheduled.scheduled_at.is_empty(), "{out}");
+        let (code, out, err) = cli(&lab, 0, &["--json", "status"]);
+        assert_eq!(code, 0, "{err}");
+        let mut from_cli = round_trip!(proto::StatusReply, out);
+        let mut from_grpc = lab.status().await.expect("status");
+        for s in [&mut from_cli, &mut from_grpc] {
+            for m in &mut s.members {
+                m.lease_age_ms = 0;
+            }
+        }
+        assert_eq!(from_cli, from_grpc);
+        let pending = from_cli.pending.clone().expect("a pending request");
+        assert_eq!(pending.id, scheduled.request_id, "{out}");
+        assert_eq!(pending.requested_by, lockstep_testkit::pki::OPERATOR);
+        assert_eq!(pending.by_note, "jane");
+        assert_eq!(pending.reason, "planned night work");
+        assert_eq!(pending.to, PSetup::Hot as i32);
+        assert_eq!(pending.kind, "switchover");
+        assert_eq!(pending.not_before, scheduled.scheduled_at);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["pending"]["to"], "hot", "{out}");
+        // The status page's JSON shows it too.
+        let page = lockstep_testkit::http::http_once(
+            lab.sidecars[1].spec.status,
+            hyper::Method::GET,
+            "/status",
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("GET /status");
+        let page: serde_json::Value = serde_json::from_slice(&page.body).expect("JSON");
+        assert_eq!(page["pending"]["id"], pending.id.as_str(), "{page}");
+        assert_eq!(page["pending"]["to"], "hot", "{page}");
+        assert_eq!(page["pending"]["reason"], "planned night work", "{page}");
+        assert_eq!(
+            page["pending"]["requested_by"],
+            pending.requested_by.as_str()
+        );
+        assert_eq!(page["pending"]["not_before"], pending.not_before.as_str());
+        let (code, out, err) = cli(&lab, 0, &["--json", "cancel", &pending.id]);
+        assert_eq!(code, 0, "{err}");
+        let cancelled = round_trip!(proto::CancelReply, out);
+        assert_eq!(cancelled.id, pending.id, "{out}");
+        assert_eq!(cancelled.not_before, pending.not_before, "{out}");
+        assert!(lab.status().await.expect("status").pending.is_none());
 
         // --watch: a line per change; a pause shows within a second or so.
         let mut watch = lockstep()

@@ -11,19 +11,23 @@ use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
 use lockstep_testkit::rt;
+use lockstep_testkit::webhook::{self, Received};
 
-/// A lab with failsafe on and key pairs flowing, then its etcd frozen
-/// (SIGSTOP); and when it froze.
-async fn frozen_etcd(name: &str) -> (Lab, Traffic, Instant) {
+/// A lab with failsafe on, its notifications sent to a webhook receiver
+/// and key pairs flowing, then its etcd frozen (SIGSTOP); and when it
+/// froze.
+async fn frozen_etcd(name: &str) -> (Lab, Traffic, Instant, Received) {
+    let (hook, got) = webhook::receiver().await.expect("webhook");
     let mut options = LabOptions::default();
     options.timing = options.timing.with_failsafe();
+    options.sidecar_toml = webhook::notify_toml(hook);
     let lab = Lab::start(name, options).await.expect("lab");
     let traffic = lab.start_traffic(10).await.expect("traffic");
     lab.etcd.nodes[0]
         .guard
         .signal(Signal::SIGSTOP)
         .expect("SIGSTOP etcd");
-    (lab, traffic, Instant::now())
+    (lab, traffic, Instant::now(), got)
 }
 
 /// `lockstep_failsafe` as member `i` reports it (1: serving on grants).
@@ -55,7 +59,7 @@ async fn wait_failsafe(lab: &Lab, bound: Duration) -> Duration {
 #[test]
 fn a_frozen_etcd_does_not_stop_key_delivery_with_failsafe() {
     rt().block_on(async {
-        let (lab, traffic, frozen) = frozen_etcd("failsafe-freeze").await;
+        let (lab, traffic, frozen, got) = frozen_etcd("failsafe-freeze").await;
         let t = lab.options.timing.clone();
         tokio::time::sleep(Duration::from_secs(1).saturating_sub(frozen.elapsed())).await;
         let after_first_second = traffic.snapshot();
@@ -63,6 +67,25 @@ fn a_frozen_etcd_does_not_stop_key_delivery_with_failsafe() {
         // every member serves on grants.
         let entered = wait_failsafe(&lab, t.lease_ttl + Duration::from_secs(3)).await;
         println!("etcd frozen: every member in failsafe after {entered:?}");
+
+        // Each member says so itself, with etcd still frozen: a
+        // notification needs no etcd.
+        for s in &lab.sidecars {
+            let id = s.spec.member_id.as_str();
+            let i = webhook::wait_event_within(
+                &got,
+                0,
+                "failsafe-entered",
+                Duration::from_secs(3),
+                |e| e["member"] == id,
+            )
+            .await
+            .expect("failsafe-entered from every member while etcd is frozen");
+            let e = &webhook::events(&got)[i];
+            assert_eq!(e["link"], lab.link.as_str(), "{e}");
+            assert_eq!(e["to"], "hot", "{e}");
+            assert!(e["epoch"].as_u64().is_some(), "{e}");
+        }
 
         // Nothing switches without etcd: a request is refused, and says why.
         let refused = lab
@@ -127,6 +150,32 @@ fn a_frozen_etcd_does_not_stop_key_delivery_with_failsafe() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         println!("etcd back: every member left failsafe after {:?}", healed.elapsed());
+        for s in &lab.sidecars {
+            let id = s.spec.member_id.as_str();
+            let i = webhook::wait_event_within(
+                &got,
+                0,
+                "failsafe-left",
+                Duration::from_secs(5),
+                |e| e["member"] == id,
+            )
+            .await
+            .expect("failsafe-left from every member");
+            let e = &webhook::events(&got)[i];
+            let ms = e["duration_ms"].as_u64().unwrap_or(0);
+            // In failsafe from (about TTL − margin after the freeze) until
+            // etcd answered again, 15 s after it.
+            assert!(
+                (3_000..30_000).contains(&ms),
+                "failsafe-left's duration_ms: {e}"
+            );
+            println!("{id}: {}", e["message"]);
+        }
+        let entered = webhook::events(&got)
+            .iter()
+            .filter(|e| e["event"] == "failsafe-entered")
+            .count();
+        assert_eq!(entered, lab.sidecars.len(), "one failsafe-entered each");
         let history = loop {
             let h = lab.cli(0, &["history", "--json"]).expect("history");
             if h.stdout.matches("failsafe-left").count() >= lab.sidecars.len()
@@ -160,7 +209,7 @@ fn a_frozen_etcd_does_not_stop_key_delivery_with_failsafe() {
 #[test]
 fn a_member_killed_during_failsafe_stops_the_others_within_a_grant() {
     rt().block_on(async {
-        let (mut lab, traffic, _) = frozen_etcd("failsafe-kill").await;
+        let (mut lab, traffic, _, _) = frozen_etcd("failsafe-kill").await;
         let t = lab.options.timing.clone();
         wait_failsafe(&lab, t.lease_ttl + Duration::from_secs(3)).await;
 

@@ -10,8 +10,8 @@ use lockstep_testkit::lab::link::{Lab, LabOptions};
 use lockstep_testkit::lab::process::workspace_program;
 use lockstep_testkit::lab::sidecar::Timing;
 use lockstep_testkit::rt;
+use lockstep_testkit::webhook::{self, wait_event};
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What the page shows: every LB card's id and where it routes, whether a
@@ -283,101 +283,11 @@ fn the_page_shows_a_switchover_by_the_cli_on_every_lb_within_a_second() {
     });
 }
 
-/// JSON bodies POSTed to it, in order.
-type Received = Arc<Mutex<Vec<Value>>>;
-
-/// A webhook receiver on loopback: answers 200 and keeps every body.
-async fn webhook() -> (std::net::SocketAddr, Received) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let got: Received = Arc::default();
-    let keep = got.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let keep = keep.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let keep = keep.clone();
-                        async move {
-                            use http_body_util::BodyExt;
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                            if let Ok(v) = body
-                                .map_err(|_| ())
-                                .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|_| ()))
-                            {
-                                keep.lock().expect("lock").push(v);
-                            }
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
-                            ))
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, got)
-}
-
-/// A webhook that accepts connections and never answers.
-async fn black_hole() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
-    addr
-}
-
-/// Waits until an event `name` (with `pred`) arrived after the first
-/// `from` events; returns its index.
-async fn wait_event(
-    got: &Received,
-    from: usize,
-    name: &str,
-    pred: impl Fn(&Value) -> bool,
-) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        {
-            let events = got.lock().expect("lock");
-            if let Some(i) = events
-                .iter()
-                .enumerate()
-                .skip(from)
-                .find(|(_, e)| e["event"] == name && pred(e))
-                .map(|(i, _)| i)
-            {
-                return i;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {name:?} event within 15 s; got: {events:#?}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[test]
 fn webhooks_and_commands_receive_every_transition_without_holding_a_switch_up() {
     rt().block_on(async {
-        let (hook, got) = webhook().await;
-        let hole = black_hole().await;
+        let (hook, got) = webhook::receiver().await.expect("webhook");
+        let hole = webhook::black_hole().await.expect("black hole");
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("events.jsonl");
         let sidecar_toml = format!(
@@ -574,7 +484,7 @@ timeout = "2s"
 #[test]
 fn a_leader_frozen_mid_switch_reports_it_failed_and_the_next_leader_finishes_it() {
     rt().block_on(async {
-        let (hook, got) = webhook().await;
+        let (hook, got) = webhook::receiver().await.expect("webhook");
         let lab = Lab::start(
             "page-notify-failed",
             LabOptions {
@@ -642,6 +552,105 @@ fn a_leader_frozen_mid_switch_reports_it_failed_and_the_next_leader_finishes_it(
             "{}",
             events[failed]
         );
+    });
+}
+
+#[test]
+fn a_switch_that_overruns_admin_switch_timeout_is_notified_failed_once() {
+    rt().block_on(async {
+        let (hook, got) = webhook::receiver().await.expect("webhook");
+        // No handover (the first write is the drain) and a 1 s timeout.
+        let timing = Timing {
+            handover_issuer: "both".into(),
+            ..Timing::default()
+        };
+        let lab = Lab::start(
+            "page-notify-overrun",
+            LabOptions {
+                timing,
+                sidecar_toml: format!(
+                    "{}\n[admin]\nswitch_timeout = \"1s\"\n",
+                    webhook::notify_toml(hook)
+                ),
+                ..LabOptions::default()
+            },
+        )
+        .await
+        .expect("lab");
+        let leader_id = lab.status().await.expect("status").leader;
+        let leader = lab
+            .sidecar_index(|id| id == leader_id)
+            .expect("the leader is a lab member");
+        let frozen = 1 - leader;
+        let mut admin = lab.admin(leader).await.expect("admin");
+        let from = webhook::count(&got);
+        // The other member frozen: it never acks its drain, so the switch
+        // waits for its lease to lapse (3 s) before it may serve.
+        lab.sidecars[frozen]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGSTOP)
+            .expect("SIGSTOP");
+        let started = Instant::now();
+        admin
+            .switchover(proto::SwitchRequest {
+                to: proto::Setup::Warm as i32,
+                reason: "overrun".into(),
+                requested_by: "test".into(),
+                // The frozen member's health is stale: no refusal for it.
+                force: true,
+                wait: false,
+                timeout_ms: 20_000,
+                grace_ms: 0,
+                dry_run: false,
+                at: String::new(),
+            })
+            .await
+            .expect("switchover");
+        let begun = wait_event(&got, from, "switch-begun", |e| {
+            e["kind"] == "switchover" && e["to"] == "warm"
+        })
+        .await;
+        let epoch = webhook::events(&got)[begun]["epoch"].clone();
+        let failed = wait_event(&got, begun, "switch-failed", |e| e["epoch"] == epoch).await;
+        let failed_after = started.elapsed();
+        let complete = wait_event(&got, failed, "switch-complete", |e| {
+            e["epoch"] == epoch && e["to"] == "warm"
+        })
+        .await;
+        lab.sidecars[frozen]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGCONT)
+            .expect("SIGCONT");
+        // Later events (the thawed member, more scrapes) bring no second
+        // switch-failed for it.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let events = webhook::events(&got);
+        eprintln!(
+            "switch-failed after {failed_after:?}: {}\nswitch-complete: {}",
+            events[failed], events[complete]
+        );
+        let e = &events[failed];
+        assert_eq!(e["leader"], leader_id.as_str(), "{e}");
+        assert_eq!(e["kind"], "switchover", "{e}");
+        assert_eq!(e["from"], "hot", "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("admin.switch_timeout")),
+            "{e}"
+        );
+        assert!(
+            failed_after >= Duration::from_secs(1),
+            "switch-failed before the 1 s timeout: {failed_after:?}"
+        );
+        let failed_count = events[from..]
+            .iter()
+            .filter(|e| e["event"] == "switch-failed" && e["epoch"] == epoch)
+            .count();
+        assert_eq!(failed_count, 1, "once per switch: {events:#?}");
+        // The metric counts the same switch.
+        let scrape = lab.sidecars[leader].scrape().await.expect("scrape");
+        assert_eq!(scrape.get("lockstep_switch_failures_total", &[]), Some(1.0));
     });
 }
 

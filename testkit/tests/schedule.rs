@@ -1,7 +1,7 @@
 //! Scheduled switchovers (issue 14): `lockstep switchover --at` stores the
 //! request with its time; the leader in office then carries it out (here
-//! one elected after the request was stored), or refuses it then and says
-//! why in the history; `lockstep cancel` withdraws it before its time.
+//! one elected after the request was stored), or refuses it then (paused,
+//! or the target unhealthy then) and says why in the history; `lockstep cancel` withdraws it before its time.
 
 use lockstep::proto;
 use lockstep::protocol::{LbTarget, Setup};
@@ -72,7 +72,8 @@ async fn history(lab: &Lab, i: usize) -> Vec<proto::HistoryRecord> {
 }
 
 #[test]
-fn a_scheduled_switchover_is_carried_out_by_the_next_leader_refused_when_paused_and_cancelled() {
+fn a_scheduled_switchover_is_carried_out_by_the_next_leader_refused_when_paused_or_unhealthy_and_cancelled(
+) {
     rt().block_on(async {
         let options = LabOptions {
             members_per_role: 2,
@@ -190,6 +191,42 @@ fn a_scheduled_switchover_is_carried_out_by_the_next_leader_refused_when_paused_
         assert_eq!(s.route.map(|r| r.setup), Some(proto::Setup::Warm as i32));
         lab.cli(via, &["resume", "--reason", "thaw"])
             .expect("resume");
+
+        // Refused at its time when the target is unhealthy then (healthy
+        // when stored): TARGET_UNHEALTHY's words in the history.
+        let (when, due) = at(Duration::from_secs(5));
+        let (code, id) = schedule(&lab, via, "hot", "back to hot", &when);
+        assert_eq!(code, Some(0), "stored while hot is healthy");
+        lab.set_kme_fault_and_wait(Setup::Hot, "bob", "down", false)
+            .await
+            .expect("hot down at bob, seen by the link");
+        assert!(
+            SystemTime::now() < due,
+            "hot was seen down only after the request's time; the test proves nothing"
+        );
+        let until = Instant::now() + Duration::from_secs(20);
+        let refused = loop {
+            if let Some(r) = history(&lab, via)
+                .await
+                .into_iter()
+                .find(|r| r.kind == "request-refused" && r.request_id == id)
+            {
+                break r;
+            }
+            assert!(Instant::now() < until, "no refusal recorded");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(SystemTime::now() >= due);
+        assert!(
+            refused.reason.contains("hot is not healthy") && refused.reason.contains("bob: down"),
+            "{refused:?}"
+        );
+        let s = status(&lab, via).await;
+        assert!(s.pending.is_none(), "{s:?}");
+        assert_eq!(s.route.map(|r| r.setup), Some(proto::Setup::Warm as i32));
+        lab.set_kme_fault_and_wait(Setup::Hot, "bob", "ok", true)
+            .await
+            .expect("hot healthy again");
 
         // A bad time changes nothing.
         let (code, _) = schedule(&lab, via, "hot", "x", "yesterday");
