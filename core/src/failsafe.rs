@@ -99,8 +99,21 @@ pub enum LeadBar {
     /// A grant this member gave is still running.
     Bound { until: Time },
     /// The route's roster lists none of this process's incarnations, and a
-    /// roster incarnation had a live key less than `max + D` ago.
-    NotInRoster { epoch: Epoch },
+    /// roster incarnation had a live key less than `max + D` ago: the
+    /// leader has yet to list this member (`gone: None`), or no roster
+    /// incarnation is live (a full restart) and one cut from etcd might
+    /// still serve on grants for `wait` more.
+    NotInRoster {
+        epoch: Epoch,
+        gone: Option<RosterGone>,
+    },
+}
+
+/// No incarnation of the route's roster has a live key: for how much
+/// longer nobody may lead (failsafe's cost of a full restart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RosterGone {
+    pub wait: Duration,
 }
 
 impl std::fmt::Display for LeadBar {
@@ -109,9 +122,17 @@ impl std::fmt::Display for LeadBar {
             LeadBar::Bound { .. } => {
                 f.write_str("a failsafe grant this member gave has not expired")
             }
-            LeadBar::NotInRoster { epoch } => write!(
+            LeadBar::NotInRoster { epoch, gone: None } => write!(
                 f,
                 "not in the roster of the route at epoch {epoch}: waiting for the leader to list this member"
+            ),
+            LeadBar::NotInRoster {
+                epoch,
+                gone: Some(g),
+            } => write!(
+                f,
+                "no member incarnation in the roster of the route at epoch {epoch} is live (every sidecar restarted?): one cut off from etcd could still serve on its peers' grants, so nobody may lead for {} s more (failsafe.max + D after the roster was last seen live); the link cannot switch or finish a switch until then",
+                g.wait.as_millis().div_ceil(1000)
             ),
         }
     }
@@ -145,7 +166,12 @@ pub fn may_lead(
     }
     match roster_gone_since {
         Some(since) if now >= since + fs.max + lb_down_bound => Ok(()),
-        _ => Err(LeadBar::NotInRoster { epoch: route.epoch }),
+        gone => Err(LeadBar::NotInRoster {
+            epoch: route.epoch,
+            gone: gone.map(|since| RosterGone {
+                wait: (since + fs.max + lb_down_bound).since(now),
+            }),
+        }),
     }
 }
 

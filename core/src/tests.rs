@@ -2001,10 +2001,21 @@ mod failsafe {
         );
         assert_eq!(
             may(&[4], None, None),
-            Err(LeadBar::NotInRoster { epoch: 2 })
+            Err(LeadBar::NotInRoster {
+                epoch: 2,
+                gone: None
+            })
         );
         // A full restart: no roster key live for max + D.
-        assert!(may(&[4], Some(Time(100_000 - 61_000)), None).is_err());
+        assert_eq!(
+            may(&[4], Some(Time(100_000 - 61_000)), None),
+            Err(LeadBar::NotInRoster {
+                epoch: 2,
+                gone: Some(RosterGone {
+                    wait: Duration::from_millis(300)
+                })
+            })
+        );
         assert_eq!(may(&[4], Some(Time(100_000 - 61_300)), None), Ok(()));
         let bare = route(2, Phase::Serve, Setup::Hot, 7);
         assert_eq!(

@@ -33,6 +33,7 @@ pub const RESEND_EVERY: Duration = Duration::from_millis(500);
 pub(crate) async fn campaign_loop(shared: Arc<Shared>, member: mpsc::Sender<Input>) {
     let mut lease_rx = shared.lease.subscribe();
     let mut roster_gone_since: Option<lockstep_core::Time> = None;
+    let mut warned: Option<std::time::Instant> = None;
     loop {
         if *shared.stopping.borrow() {
             return;
@@ -50,7 +51,16 @@ pub(crate) async fn campaign_loop(shared: Arc<Shared>, member: mpsc::Sender<Inpu
                     Ok(f) => Some(f),
                     Err(why) => {
                         set_leading(&member, false).await;
-                        debug!(%why, "not campaigning");
+                        // A full restart under failsafe keeps the link from
+                        // switching for minutes: on-call must see why.
+                        if why.full_restart()
+                            && warned.is_none_or(|t| t.elapsed() >= FULL_RESTART_WARN_EVERY)
+                        {
+                            warn!(%why, "not campaigning");
+                            warned = Some(std::time::Instant::now());
+                        } else {
+                            debug!(%why, "not campaigning");
+                        }
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                             _ = lease_rx.changed() => {}
@@ -105,6 +115,45 @@ async fn set_leading(member: &mpsc::Sender<Input>, leading: bool) -> Option<Memb
     super::member::ask(member, |tx| Input::Leading(leading, tx)).await
 }
 
+/// How often the WARN about a full restart under failsafe repeats.
+const FULL_RESTART_WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// Why a process does not campaign now (failsafe).
+enum NotCampaigning {
+    /// Its lease is about to lapse: etcd does not answer it.
+    LeaseLapsing,
+    Unreadable(crate::store::StoreError),
+    MemberGone,
+    Barred(lockstep_core::failsafe::LeadBar),
+}
+
+impl NotCampaigning {
+    /// No incarnation of the route's roster is live: nobody may lead for
+    /// `failsafe.max + D`.
+    fn full_restart(&self) -> bool {
+        matches!(
+            self,
+            NotCampaigning::Barred(lockstep_core::failsafe::LeadBar::NotInRoster {
+                gone: Some(_),
+                ..
+            })
+        )
+    }
+}
+
+impl std::fmt::Display for NotCampaigning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotCampaigning::LeaseLapsing => {
+                f.write_str("this member's lease is about to lapse (etcd unreachable?)")
+            }
+            NotCampaigning::Unreadable(e) => write!(f, "cannot read the link: {e}"),
+            NotCampaigning::MemberGone => f.write_str("the member task is gone"),
+            NotCampaigning::Barred(bar) => bar.fmt(f),
+        }
+    }
+}
+
 /// Failsafe: whether this process may campaign now (`failsafe::may_lead`
 /// on the link as etcd holds it), with the member already told it
 /// campaigns; what the leader then needs of failsafe.
@@ -113,14 +162,14 @@ async fn may_campaign(
     member: &mpsc::Sender<Input>,
     config: lockstep_core::failsafe::FailsafeConfig,
     roster_gone_since: &mut Option<lockstep_core::Time>,
-) -> Result<LeaderFailsafe, String> {
+) -> Result<LeaderFailsafe, NotCampaigning> {
     // A member whose lease is about to lapse cannot win (etcd does not
     // answer it) and may have to grant: it does not campaign, so its peers
     // keep its grants while etcd is away.
     let lb_down_bound = shared.config.lb_down_detection();
     let fresh_until = shared.view.borrow().lease_fresh_until;
     if lease_about_to_lapse(fresh_until, shared.clock.now(), &config, lb_down_bound) {
-        return Err("this member's lease is about to lapse (etcd unreachable?)".into());
+        return Err(NotCampaigning::LeaseLapsing);
     }
     // Read before telling the member: a read that hangs must not keep it
     // from granting meanwhile.
@@ -128,10 +177,10 @@ async fn may_campaign(
         .store
         .snapshot()
         .await
-        .map_err(|e| format!("cannot read the link: {e}"))?;
+        .map_err(NotCampaigning::Unreadable)?;
     let view = set_leading(member, true)
         .await
-        .ok_or("the member task is gone")?;
+        .ok_or(NotCampaigning::MemberGone)?;
     let now = shared.clock.now();
     let route = snap.route.as_ref().map(|(r, _)| r);
     let live = roster_live(route, snap.members.iter().map(|l| (l.id.as_str(), l.lease)));
@@ -150,7 +199,7 @@ async fn may_campaign(
         lb_down_bound,
         now,
     )
-    .map_err(|bar| bar.to_string())?;
+    .map_err(NotCampaigning::Barred)?;
     Ok(LeaderFailsafe {
         config,
         leases: view.leases,
