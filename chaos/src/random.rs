@@ -774,7 +774,7 @@ impl fmt::Display for Summary {
             )?;
             writeln!(
                 f,
-                "  of which begun with the link settled and met by no other fault: {}, etcd unreachable {:.1} s, key delivery lost {:.1} s ({:.0} %)",
+                "  of which begun with the link settled, met by no other fault and no switchover: {}, etcd unreachable {:.1} s, key delivery lost {:.1} s ({:.0} %)",
                 self.etcd_alone,
                 self.etcd_alone_unreachable.as_secs_f64(),
                 self.etcd_alone_lost.as_secs_f64(),

@@ -272,9 +272,9 @@ pub struct EtcdOutage {
     /// Key delivery lost: every outage of the key pairs that overlaps the
     /// fault, whole (recovery after the heal included).
     pub lost: Duration,
-    /// The link was settled when it began (every LB serving one setup, no
-    /// switch in flight) and no other fault was held meanwhile: what it
-    /// lost is etcd's alone.
+    /// The link was settled when it began (every LB serving one setup),
+    /// no switchover was in flight or asked while it was held, and no
+    /// other fault was held meanwhile: what it lost is etcd's alone.
     pub alone: bool,
 }
 
@@ -528,7 +528,7 @@ impl fmt::Display for Verdict {
                 dur(Duration::from_micros(o.to_us.saturating_sub(o.from_us))),
                 dur(o.lost),
                 if o.alone {
-                    " (alone: the link settled, no other fault)"
+                    " (alone: the link settled, no other fault, no switchover)"
                 } else {
                     ""
                 }
@@ -703,12 +703,8 @@ fn check_etcd_outages(
             .find(|h| h.op == FaultOp::Heal && h.id == id)
             .map_or(end_us, |h| h.at_us)
     };
-    // Every LB's last sample before `at` serves, all the same setup, and
-    // no switchover asked before is still unanswered.
+    // Every LB's last sample before `at` serves, all the same setup.
     let settled_at = |at: u64| {
-        if switching.iter().any(|(from, to)| *from <= at && at < *to) {
-            return false;
-        }
         let last: Vec<Option<LbState>> = samples
             .values()
             .map(|list| list.iter().rev().find(|s| s.end_us <= at).map(|s| s.state))
@@ -731,13 +727,18 @@ fn check_etcd_outages(
         let others = faults.iter().any(|o| {
             o.op == FaultOp::Inject && o.id != f.id && o.at_us < to_us && f.at_us < healed_at(o.id)
         });
+        // A switchover in flight or asked meanwhile (one that waits for a
+        // member cut from etcd to fence blocks the link by design).
+        let switched = switching
+            .iter()
+            .any(|(asked, answered)| *asked < to_us && f.at_us < *answered);
         outages.push(EtcdOutage {
             fault_id: f.id,
             fault: f.fault.clone(),
             from_us: f.at_us,
             to_us,
             lost: overlapping(f.at_us, to_us).sum(),
-            alone: settled_at(f.at_us) && !others,
+            alone: settled_at(f.at_us) && !others && !switched,
         });
     }
     v.lost_to_etcd = v
@@ -1192,6 +1193,17 @@ mod tests {
         assert!(o.alone, "settled, no other fault: {o:?}");
         let v = judge(&etcd_freeze(true));
         assert!(!v.etcd_outages[0].alone, "a KME stopped meanwhile");
+        let mut e = etcd_freeze(false);
+        e.push(Event::Switch(crate::history::SwitchRecord {
+            id: 1,
+            by: "oncall".into(),
+            via: "a".into(),
+            to: Setup::Warm,
+            at_us: 120_000,
+        }));
+        e.sort_by_key(Event::at_us);
+        let v = judge(&e);
+        assert!(!v.etcd_outages[0].alone, "a switchover asked meanwhile");
     }
 
     /// Both LBs on hot, then a clean break-before-make switch to warm.
