@@ -455,6 +455,16 @@ fn switch_bounds(wait: bool, timeout: Option<Duration>) -> (u64, Option<Duration
 }
 
 fn format_switch(reply: &proto::SwitchReply, to: Setup) -> String {
+    let answer = format_switch_outcome(reply, to);
+    // A dry run's plan already says it first.
+    if reply.disagreement.is_empty() || reply.dry_run {
+        answer
+    } else {
+        format!("before the switch: {}\n{answer}", reply.disagreement)
+    }
+}
+
+fn format_switch_outcome(reply: &proto::SwitchReply, to: Setup) -> String {
     if !reply.scheduled_at.is_empty() && !reply.dry_run {
         format!(
             "scheduled: switchover to {to} at {} (request {}); `lockstep status` shows it, `lockstep cancel` withdraws it\n",
@@ -726,5 +736,30 @@ mod tests {
             format_switch(&dry, Setup::Warm),
             "dry run, nothing changed: switchover from hot to warm: ...\n"
         );
+    }
+
+    #[test]
+    fn a_switch_answer_says_when_the_lbs_disagreed_with_the_route() {
+        let words = "etcd holds no route, but LBs have applied one: bob-0 applied 7/serve warm, LB warm; the leader re-establishes the link";
+        let r = proto::SwitchReply {
+            request_id: "r-1".into(),
+            epoch: 9,
+            completed: true,
+            elapsed_ms: 40,
+            disagreement: words.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            format_switch(&r, Setup::Hot),
+            format!("before the switch: {words}\nevery LB serves hot at epoch 9 — done in 40 ms\n")
+        );
+        // A dry run's plan says it already: not twice.
+        let dry = proto::SwitchReply {
+            dry_run: true,
+            plan: format!("{words}; then switchover to hot: ..."),
+            disagreement: words.into(),
+            ..Default::default()
+        };
+        assert_eq!(format_switch(&dry, Setup::Hot).matches(words).count(), 1);
     }
 }

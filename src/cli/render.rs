@@ -316,6 +316,11 @@ pub(crate) fn format_topology(s: &proto::StatusReply) -> String {
         })
         .collect();
     out.push_str(&align(&rows));
+    // Not settled: what the link does, in words (switching, or which LB
+    // disagrees with the route and what it reads back).
+    if !s.settled && !s.state.is_empty() {
+        out.push_str(&format!("  state: {}\n", s.state));
+    }
     for h in &s.health {
         out.push_str(&format!(
             "  {}: alice {}, bob {} ({})\n",
@@ -625,6 +630,19 @@ mod tests {
         );
         assert!(t.contains("hot: alice down, bob up (NOT HEALTHY)"), "{t}");
         assert!(t.contains("PAUSED: maintenance"), "{t}");
+        assert!(!t.contains("state:"), "settled: nothing to add\n{t}");
+    }
+
+    #[test]
+    fn topology_says_which_lb_disagrees_with_the_route() {
+        let mut s = status();
+        s.settled = false;
+        s.state = "LBs disagree with etcd's route (1/serve): bob-0 applied 7/serve warm, LB warm; the leader re-establishes the link".into();
+        let t = format_topology(&s);
+        assert!(
+            t.contains("  state: LBs disagree with etcd's route (1/serve): bob-0 applied 7/serve warm, LB warm;"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -184,3 +184,99 @@ pub(crate) async fn serve_bounded<H, F>(
         guard.conns.push_back((id, task));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The check server's bounds on a real loopback listener, with a
+    /// handler that answers every request 200.
+    async fn server(cap: usize, header_timeout: Duration) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve_bounded(listener, cap, header_timeout, |_req| async {
+            text(StatusCode::OK, "routable\n".into()).map(|b| b.boxed())
+        }));
+        addr
+    }
+
+    /// Everything the server sends until it closes, or `None` if it is
+    /// still open after `within`.
+    async fn until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&got).into()),
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_its_headers_slowly_is_cut_after_the_header_timeout() {
+        let timeout = Duration::from_millis(400);
+        let addr = server(8, timeout).await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let started = tokio::time::Instant::now();
+        // A request head that would take 5 s: one byte every 50 ms, each
+        // arriving well within the timeout of the one before.
+        let head = b"GET /check/hot HTTP/1.1\r\nhost: x\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        let mut cut = None;
+        for byte in head.iter().take(100) {
+            if slow.write_all(&[*byte]).await.is_err() {
+                cut = Some(started.elapsed());
+                break;
+            }
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(50), slow.read(&mut [0u8; 64])).await
+            {
+                cut = Some(started.elapsed());
+                break;
+            }
+        }
+        let cut = cut.expect("the slow client was never cut");
+        assert!(
+            cut >= timeout && cut < timeout * 3,
+            "cut after {cut:?}, header timeout {timeout:?}"
+        );
+
+        // A prompt client is answered meanwhile and after.
+        let mut prompt = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        prompt
+            .write_all(b"GET /check/hot HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = until_closed(&mut prompt, Duration::from_secs(2))
+            .await
+            .expect("answered and closed");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_is_closed_once_idle_for_the_header_timeout() {
+        let timeout = Duration::from_millis(300);
+        let addr = server(8, timeout).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /check/hot HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .expect("answered")
+            .expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        // Kept alive, then idle: closed after about the header timeout.
+        let idle = tokio::time::Instant::now();
+        assert!(until_closed(&mut s, Duration::from_secs(2)).await.is_some());
+        let after = idle.elapsed();
+        assert!(after < timeout * 4, "closed after {after:?}");
+    }
+}

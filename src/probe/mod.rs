@@ -467,6 +467,63 @@ mod tests {
         );
     }
 
+    /// A KME that answers its status with a body that never ends (16 KiB
+    /// chunks until the client goes away): the probe stops at 64 KiB and
+    /// reports it, instead of reading on until its timeout.
+    #[tokio::test]
+    async fn a_status_body_over_64_kib_is_an_error_and_is_not_read_to_its_end() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let kme = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.expect("read the request");
+                assert!(n > 0, "the probe closed before asking");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let mut written = 0usize;
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+            if s.write_all(answer).await.is_err() {
+                return written;
+            }
+            let mut chunk = format!("{:x}\r\n", 16 * 1024).into_bytes();
+            chunk.extend(std::iter::repeat_n(b' ', 16 * 1024));
+            chunk.extend_from_slice(b"\r\n");
+            while written < 1 << 30 {
+                if s.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                written += 16 * 1024;
+            }
+            written
+        });
+        let client = Client::from_config(&ProbeConfig::default()).expect("client");
+        let timeout = Duration::from_secs(10);
+        let started = tokio::time::Instant::now();
+        let e = check_once(&client, &format!("http://{addr}"), "SAE_B", timeout, false)
+            .await
+            .expect_err("an endless body is no status");
+        assert!(e.contains("exceeds 65536 bytes"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the probe read on for {:?}",
+            started.elapsed()
+        );
+        drop(client);
+        // The client went away: the KME's writes fail soon after (what it
+        // wrote beyond 64 KiB sat in socket buffers, never read).
+        let written = tokio::time::timeout(Duration::from_secs(5), kme)
+            .await
+            .expect("the probe closed the connection")
+            .expect("kme task");
+        assert!(written < 64 << 20, "the KME wrote {written} bytes");
+    }
+
     fn probe_cfg(dir: &Path) -> ProbeConfig {
         ProbeConfig {
             ca: Some(dir.join("ca.pem")),

@@ -207,7 +207,9 @@ impl AdminService {
         let epoch_now = snap.route.as_ref().map_or(0, |(r, _)| r.epoch);
         let link = snap.link();
         let from = link.settled().map_or(0, |s| setup_to_proto(s) as i32);
-        let plan = plan_text(&self.shared, &snap, &request);
+        let handover = self.shared.config.handover.protocol().ok().flatten();
+        let plan = plan_text(handover, &snap, &request);
+        let disagreement = disagreement(&link);
         if let Some(at) = not_before_ms {
             return self.schedule(request, &snap, at, req.dry_run, plan).await;
         }
@@ -224,6 +226,7 @@ impl AdminService {
                     plan: format!("every LB already serves {to}; nothing to do"),
                     from,
                     scheduled_at: String::new(),
+                    disagreement: disagreement.clone(),
                 }))
             }
             Ok(Verdict::Go) => {}
@@ -249,6 +252,7 @@ impl AdminService {
                 plan,
                 from,
                 scheduled_at: String::new(),
+                disagreement,
             }));
         }
         // Watch the link from "now" before storing the request, so its
@@ -307,6 +311,7 @@ impl AdminService {
                     plan: format!("every LB already serves {to}; nothing to do"),
                     from,
                     scheduled_at: String::new(),
+                    disagreement: disagreement.clone(),
                 }))
             }
             RequestStatus::Started => {}
@@ -344,6 +349,7 @@ impl AdminService {
             plan,
             from,
             scheduled_at: String::new(),
+            disagreement,
         }))
     }
 
@@ -379,6 +385,7 @@ impl AdminService {
             ),
             from,
             scheduled_at: when.clone(),
+            disagreement: disagreement(&snap.link()),
         };
         if dry_run {
             return Ok(Response::new(reply(String::new(), true)));
@@ -466,9 +473,24 @@ fn pending_refusal(pending: &Request) -> Status {
     )
 }
 
+/// The LBs' disagreement with etcd's route, in words (which member applied
+/// and reads back what); empty when they agree.
+fn disagreement(link: &LinkState) -> String {
+    match link {
+        LinkState::Disagrees { .. } => link.to_string(),
+        _ => String::new(),
+    }
+}
+
 /// What a switch for `request` does, in words, from the link as `snap`
 /// shows it (the leader decides the same way: `Leader::handover_for`).
-fn plan_text(shared: &Shared, snap: &Snapshot, request: &Request) -> String {
+/// `handover`: the link's configured handover, if any. When the LBs
+/// disagree with the route, the plan says so first.
+fn plan_text(
+    handover: Option<lockstep_core::leader::HandoverConfig>,
+    snap: &Snapshot,
+    request: &Request,
+) -> String {
     let to = request.to;
     let lbs = snap
         .members
@@ -476,17 +498,14 @@ fn plan_text(shared: &Shared, snap: &Snapshot, request: &Request) -> String {
         .map(|m| m.id.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    let from = snap.link().settled();
-    let mut out = match from {
-        Some(from) => format!("{} from {from} to {to}: ", request.kind),
-        None => format!("{} to {to}: ", request.kind),
+    let link = snap.link();
+    let from = link.settled();
+    let mut out = match (&link, from) {
+        (LinkState::Disagrees { .. }, _) => format!("{link}; then {} to {to}: ", request.kind),
+        (_, Some(from)) => format!("{} from {from} to {to}: ", request.kind),
+        (_, None) => format!("{} to {to}: ", request.kind),
     };
-    let handover = shared
-        .config
-        .handover
-        .protocol()
-        .ok()
-        .flatten()
+    let handover = handover
         .filter(|_| request.kind == RequestKind::Switchover && from.is_some_and(|f| f != to));
     if let (Some(h), Some(from)) = (handover, from) {
         let receiving = match h.issuer {
@@ -501,7 +520,12 @@ fn plan_text(shared: &Shared, snap: &Snapshot, request: &Request) -> String {
     }
     out.push_str(&format!(
         "every LB ({lbs}) blocks at a new epoch above {}, and once every block is confirmed (or a member's lease expired) every LB serves {to}",
-        snap.route.as_ref().map_or(0, |(r, _)| r.epoch)
+        // Above the route and every epoch a member applied (a lost or
+        // rolled-back route is below them).
+        snap.route
+            .as_ref()
+            .map_or(0, |(r, _)| r.epoch)
+            .max(snap.link_read().floor)
     ));
     if request.force {
         out.push_str("; health and pause are ignored (--ignore-health)");
@@ -932,4 +956,134 @@ fn scheduled_at(at: &str, kind: RequestKind) -> Result<Option<u64>, Status> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     Ok(Some(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockstep_core::leader::{Listed, MemberRecord};
+    use lockstep_core::{Applied, LbTarget, Phase, Role, Route};
+
+    fn listed(id: &str, role: Role, applied: Option<(u64, Setup)>, lb: LbTarget) -> Listed {
+        Listed {
+            id: id.into(),
+            record: MemberRecord {
+                role,
+                grpc: "127.0.0.1:7400".into(),
+                applied: applied.map(|(epoch, setup)| Applied {
+                    epoch,
+                    phase: Phase::Serve,
+                    setup,
+                }),
+                lb: Some(lb),
+                health: Default::default(),
+                behind: None,
+            },
+            rev: 1,
+            lease: 1,
+        }
+    }
+
+    fn route(epoch: u64, setup: Setup) -> (Route, i64) {
+        let route = Route {
+            epoch,
+            phase: Phase::Serve,
+            setup,
+            token: 1,
+            reason: String::new(),
+            requested_by: String::new(),
+            at: String::new(),
+            handover: None,
+            roster: Vec::new(),
+        };
+        (route, 1)
+    }
+
+    fn switchover(to: Setup) -> Request {
+        Request {
+            id: "r".into(),
+            kind: RequestKind::Switchover,
+            to,
+            force: false,
+            reason: "test".into(),
+            requested_by: "me".into(),
+            by_note: String::new(),
+            at: String::new(),
+            deadline_ms: None,
+            not_before_ms: None,
+            grace_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_plan_says_which_member_disagrees_with_the_route() {
+        let warm = LbTarget::Serve(Setup::Warm);
+        // The route was rolled back to hot at epoch 1; both LBs read back
+        // warm at epoch 7.
+        let snap = Snapshot {
+            route: Some(route(1, Setup::Hot)),
+            members: vec![
+                listed("alice-0", Role::Alice, Some((7, Setup::Warm)), warm),
+                listed("bob-0", Role::Bob, Some((7, Setup::Warm)), warm),
+            ],
+            ..Snapshot::default()
+        };
+        let plan = plan_text(None, &snap, &switchover(Setup::Hot));
+        assert!(
+            plan.starts_with("LBs disagree with etcd's route (1/serve):"),
+            "{plan}"
+        );
+        for member in ["alice-0", "bob-0"] {
+            assert!(
+                plan.contains(&format!("{member} applied 7/serve warm, LB warm;")),
+                "{plan}"
+            );
+        }
+        assert!(
+            plan.contains(
+                "; then switchover to hot: every LB (alice-0, bob-0) blocks at a new epoch above 7,"
+            ),
+            "{plan}"
+        );
+        assert_eq!(
+            disagreement(&snap.link()),
+            plan.split("; then").next().unwrap_or_default()
+        );
+
+        // The route lost: one member applied warm, the other nothing yet.
+        let lost = Snapshot {
+            members: vec![
+                listed("alice-0", Role::Alice, Some((7, Setup::Warm)), warm),
+                listed("bob-0", Role::Bob, None, LbTarget::Blocked),
+            ],
+            ..Snapshot::default()
+        };
+        let plan = plan_text(None, &lost, &switchover(Setup::Hot));
+        assert!(
+            plan.starts_with(
+                "etcd holds no route, but LBs have applied one: alice-0 applied 7/serve warm, LB warm;"
+            ),
+            "{plan}"
+        );
+        assert!(!plan.contains("bob-0 applied"), "{plan}");
+    }
+
+    #[test]
+    fn a_plan_with_agreeing_lbs_says_nothing_of_a_disagreement() {
+        let hot = LbTarget::Serve(Setup::Hot);
+        let snap = Snapshot {
+            route: Some(route(3, Setup::Hot)),
+            members: vec![
+                listed("alice-0", Role::Alice, Some((3, Setup::Hot)), hot),
+                listed("bob-0", Role::Bob, Some((3, Setup::Hot)), hot),
+            ],
+            ..Snapshot::default()
+        };
+        let plan = plan_text(None, &snap, &switchover(Setup::Warm));
+        assert!(
+            plan.starts_with("switchover from hot to warm: every LB (alice-0, bob-0) blocks"),
+            "{plan}"
+        );
+        assert!(disagreement(&snap.link()).is_empty());
+    }
 }

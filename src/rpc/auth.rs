@@ -362,4 +362,47 @@ mod tests {
         assert!(!matches("oncall.example.org", "oncall.example.org.evil"));
         assert!(matches("a*", "a"));
     }
+
+    /// `grpc.max_admin_calls`: past the bound an Admin call is refused
+    /// `RESOURCE_EXHAUSTED` (reason TOO_BUSY) before any service sees it;
+    /// the leader's pushes are never counted; a slot frees when its call
+    /// ends.
+    #[test]
+    fn admin_calls_in_flight_are_bounded_and_peers_are_not_counted() {
+        let policy = Policy {
+            roles: None,
+            link: "qkd-1".into(),
+            admin_slots: Arc::new(Semaphore::new(2)),
+            max_admin_calls: 2,
+        };
+        let call = |path: &str| {
+            hyper::Request::builder()
+                .uri(format!("http://sidecar{path}"))
+                .body(())
+                .expect("request")
+        };
+        let status = "/lockstep.v1.Admin/Status";
+        let (_, first) = policy.check(&call(status)).expect("first call");
+        let (_, second) = policy
+            .check(&call("/lockstep.v1.Admin/Switchover"))
+            .expect("second call");
+        assert!(
+            first.is_some() && second.is_some(),
+            "Admin calls hold a slot"
+        );
+        let refused = policy.check(&call(status)).expect_err("a third in flight");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("grpc.max_admin_calls = 2"),
+            "{}",
+            refused.message()
+        );
+        assert_eq!(Reason::of(&refused), Some(Reason::TooBusy));
+        let (_, peer) = policy
+            .check(&call("/lockstep.v1.Peer/Serve"))
+            .expect("a push is not counted");
+        assert!(peer.is_none());
+        drop(first);
+        assert!(policy.check(&call(status)).is_ok(), "a slot freed");
+    }
 }

@@ -208,29 +208,25 @@ fn grpc_needs_a_certificate_and_the_role_of_each_call() {
             route.reason, "patching hot",
             "the note stays out of the reason"
         );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let h = admin
-                .history(proto::HistoryRequest {
-                    limit: 5,
-                    ..Default::default()
-                })
-                .await
-                .expect("history")
-                .into_inner();
-            if let Some(r) = h.records.iter().find(|r| r.epoch == reply.epoch) {
-                assert_eq!(r.requested_by, OPERATOR, "{r:?}");
-                assert_eq!(r.reason, "patching hot", "{r:?}");
-                assert_eq!(r.by_note, "alice@laptop", "{r:?}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no history record for epoch {}",
-                reply.epoch
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let r = history_record(&mut admin, reply.epoch).await;
+        assert_eq!(r.kind, "switchover", "{r:?}");
+        assert_eq!(r.requested_by, OPERATOR, "{r:?}");
+        assert_eq!(r.reason, "patching hot", "{r:?}");
+        assert_eq!(r.by_note, "alice@laptop", "{r:?}");
+
+        // A failover records the identity the same way.
+        let reply = admin
+            .failover(switch(Setup::Hot, "warm KME flapping", "bob@laptop"))
+            .await
+            .expect("an operator fails over")
+            .into_inner();
+        assert!(reply.completed);
+        let r = history_record(&mut admin, reply.epoch).await;
+        assert_eq!(r.kind, "failover", "{r:?}");
+        assert_eq!(r.requested_by, OPERATOR, "{r:?}");
+        assert_eq!(r.reason, "warm KME flapping", "{r:?}");
+        assert_eq!(r.by_note, "bob@laptop", "{r:?}");
+
         // Pause records the identity too.
         admin
             .pause(proto::PauseRequest {
@@ -249,7 +245,56 @@ fn grpc_needs_a_certificate_and_the_role_of_each_call() {
             "{}",
             status.paused_reason
         );
+
+        // While paused only a forced failover (--ignore-health) moves the
+        // link, and its record names the identity too.
+        let e = admin
+            .failover(switch(Setup::Warm, "not forced", "carol@phone"))
+            .await
+            .expect_err("paused");
+        assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+        let reply = admin
+            .failover(proto::SwitchRequest {
+                force: true,
+                ..switch(Setup::Warm, "hot KME down, paused", "carol@phone")
+            })
+            .await
+            .expect("a forced failover while paused")
+            .into_inner();
+        assert!(reply.completed);
+        let r = history_record(&mut admin, reply.epoch).await;
+        assert_eq!(r.kind, "failover", "{r:?}");
+        assert_eq!(r.requested_by, OPERATOR, "{r:?}");
+        assert_eq!(r.reason, "hot KME down, paused", "{r:?}");
+        assert_eq!(r.by_note, "carol@phone", "{r:?}");
     });
+}
+
+/// The history record of the switch at `epoch`, once the leader wrote it
+/// (within 5 s).
+async fn history_record(
+    admin: &mut proto::admin_client::AdminClient<tonic::transport::Channel>,
+    epoch: u64,
+) -> proto::HistoryRecord {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let h = admin
+            .history(proto::HistoryRequest {
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+            .expect("history")
+            .into_inner();
+        if let Some(r) = h.records.into_iter().find(|r| r.epoch == epoch) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no history record for epoch {epoch}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The leaf certificate a sidecar presents to a new connection now.

@@ -229,8 +229,52 @@ fn a_lost_route_is_re_established_and_nothing_mismatches() {
             .expect("switchover")
             .into_inner();
         assert!(on_warm.completed);
+        // The leader frozen while the route is deleted, so the LBs' disagreement
+        // with etcd lasts long enough to be asked about: a dry run through
+        // another member says it in words, member by member.
+        let leader = lab
+            .leader_index(None, Duration::from_secs(5))
+            .await
+            .expect("leader");
+        let other = (leader + 1) % lab.sidecars.len();
+        let mut other_admin = lab.admin(other).await.expect("admin");
+        lab.sidecars[leader]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGSTOP)
+            .expect("SIGSTOP the leader");
         let key = format!("/lockstep/{}/route", lab.link);
         lab.etcd.etcdctl(&["del", &key]).expect("delete the route");
+        let dry = other_admin
+            .switchover(proto::SwitchRequest {
+                dry_run: true,
+                ..switch(Setup::Hot, "while the route is lost")
+            })
+            .await;
+        lab.sidecars[leader]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGCONT)
+            .expect("SIGCONT the leader");
+        let dry = dry.expect("dry run").into_inner();
+        println!("dry run while the route is lost: {}", dry.plan);
+        assert!(
+            dry.plan
+                .starts_with("etcd holds no route, but LBs have applied one:"),
+            "{}",
+            dry.plan
+        );
+        for s in &lab.sidecars {
+            let words = format!(
+                "{} applied {}/serve warm, LB ",
+                s.spec.member_id, on_warm.epoch
+            );
+            assert!(dry.plan.contains(&words), "{words:?} in {}", dry.plan);
+            assert!(dry.disagreement.contains(&words), "{}", dry.disagreement);
+        }
+        assert!(
+            dry.plan.contains("; then switchover to hot: every LB"),
+            "{}",
+            dry.plan
+        );
         let epoch =
             wait_settled_above(&lab, Setup::Warm, on_warm.epoch, Duration::from_secs(10)).await;
         let history = lab.history(5).await.expect("history");
@@ -257,6 +301,11 @@ fn a_lost_route_is_re_established_and_nothing_mismatches() {
         assert!(
             !to_hot.already_active,
             "the LBs serve warm: not already on hot"
+        );
+        assert!(
+            to_hot.disagreement.is_empty(),
+            "re-established: the LBs agree with the route again: {}",
+            to_hot.disagreement
         );
         assert!(to_hot.completed);
         assert!(to_hot.epoch > epoch);
@@ -431,13 +480,16 @@ fn free_addr() -> std::net::SocketAddr {
 }
 
 /// A request stored while no leader exists, a leader elected after its
-/// deadline: nothing moves, and the history says why.
+/// deadline: nothing moves, and the history says why. Key pairs flow
+/// throughout (failing while every sidecar is down, never mismatched).
 #[test]
 fn an_orphaned_request_expires_without_moving_the_link() {
     rt().block_on(async {
         let mut lab = Lab::start("orphaned", LabOptions::default())
             .await
             .expect("lab");
+        let traffic = lab.start_traffic(20).await.expect("traffic on hot");
+        let sampler = SplitSampler::start(&lab);
         let before = route(&lab).await;
         for s in &mut lab.sidecars {
             s.guard.kill();
@@ -495,6 +547,13 @@ fn an_orphaned_request_expires_without_moving_the_link() {
         lab.wait_all_lbs(LbTarget::Serve(before.setup), Duration::from_secs(10))
             .await
             .expect("the LBs serve what they served");
+        traffic
+            .wait_for_more_matched(200, Duration::from_secs(20))
+            .await
+            .expect("key pairs match again once the sidecars are back");
+        sampler.stop_and_assert_never_split().await;
+        let report = traffic.stop_and_assert_no_mismatch().await;
+        assert!(report.matched >= 220, "too little traffic: {report}");
     });
 }
 
