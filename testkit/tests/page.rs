@@ -10,6 +10,7 @@ use lockstep_testkit::lab::link::{Lab, LabOptions};
 use lockstep_testkit::lab::process::workspace_program;
 use lockstep_testkit::lab::sidecar::Timing;
 use lockstep_testkit::rt;
+use lockstep_testkit::switch_request;
 use lockstep_testkit::webhook::{self, wait_event};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -350,17 +351,7 @@ timeout = "2s"
         // leader only queues.
         let started = Instant::now();
         admin
-            .switchover(proto::SwitchRequest {
-                to: proto::Setup::Warm as i32,
-                reason: "notify test".into(),
-                requested_by: "test".into(),
-                force: false,
-                wait: true,
-                timeout_ms: 20_000,
-                grace_ms: 0,
-                dry_run: false,
-                at: String::new(),
-            })
+            .switchover(switch_request(Setup::Warm, "notify test"))
             .await
             .expect("switchover");
         let took = started.elapsed();
@@ -505,15 +496,9 @@ fn a_leader_frozen_mid_switch_reports_it_failed_and_the_next_leader_finishes_it(
         // A planned switch with a long hold: the leader is frozen in it.
         admin
             .switchover(proto::SwitchRequest {
-                to: proto::Setup::Warm as i32,
-                reason: "frozen mid-switch".into(),
-                requested_by: "test".into(),
-                force: false,
                 wait: false,
-                timeout_ms: 20_000,
                 grace_ms: 5_000,
-                dry_run: false,
-                at: String::new(),
+                ..switch_request(Setup::Warm, "frozen mid-switch")
             })
             .await
             .expect("switchover");
@@ -593,16 +578,10 @@ fn a_switch_that_overruns_admin_switch_timeout_is_notified_failed_once() {
         let started = Instant::now();
         admin
             .switchover(proto::SwitchRequest {
-                to: proto::Setup::Warm as i32,
-                reason: "overrun".into(),
-                requested_by: "test".into(),
                 // The frozen member's health is stale: no refusal for it.
                 force: true,
                 wait: false,
-                timeout_ms: 20_000,
-                grace_ms: 0,
-                dry_run: false,
-                at: String::new(),
+                ..switch_request(Setup::Warm, "overrun")
             })
             .await
             .expect("switchover");

@@ -10,24 +10,15 @@ use lockstep::tls::TlsFiles;
 use lockstep_testkit::lab::{Lab, LabOptions};
 use lockstep_testkit::pki::{member_uri, OPERATOR, VIEWER};
 use lockstep_testkit::rt;
+use lockstep_testkit::switch_request;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
 fn switch(to: Setup, reason: &str, by: &str) -> proto::SwitchRequest {
     proto::SwitchRequest {
-        to: match to {
-            Setup::Hot => PSetup::Hot as i32,
-            Setup::Warm => PSetup::Warm as i32,
-        },
-        reason: reason.into(),
         requested_by: by.into(),
-        force: false,
-        wait: true,
-        timeout_ms: 20_000,
-        grace_ms: 0,
-        dry_run: false,
-        at: String::new(),
+        ..switch_request(to, reason)
     }
 }
 

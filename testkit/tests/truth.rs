@@ -11,29 +11,13 @@ use lockstep::protocol::{LbTarget, Setup};
 use lockstep_testkit::lab::process::{run_to_end, workspace_program};
 use lockstep_testkit::lab::{Lab, LabOptions};
 use lockstep_testkit::rt;
+use lockstep_testkit::{setup_proto, switch_request};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn to_proto(s: Setup) -> i32 {
-    match s {
-        Setup::Hot => PSetup::Hot as i32,
-        Setup::Warm => PSetup::Warm as i32,
-    }
-}
-
 fn switch(to: Setup, reason: &str) -> proto::SwitchRequest {
-    proto::SwitchRequest {
-        to: to_proto(to),
-        reason: reason.into(),
-        requested_by: "test".into(),
-        force: false,
-        wait: true,
-        timeout_ms: 20_000,
-        grace_ms: 0,
-        dry_run: false,
-        at: String::new(),
-    }
+    switch_request(to, reason)
 }
 
 /// Reads every LB back every 5 ms; counts the samples in which two LBs
@@ -112,7 +96,7 @@ async fn wait_settled_above(lab: &Lab, setup: Setup, above: u64, timeout: Durati
     loop {
         if let Ok(s) = lab.status().await {
             if let Some(r) = &s.route {
-                if s.settled && r.setup == to_proto(setup) && r.epoch > above {
+                if s.settled && r.setup == setup_proto(setup) && r.epoch > above {
                     return r.epoch;
                 }
             }
