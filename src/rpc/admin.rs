@@ -46,7 +46,7 @@ pub(crate) async fn build_status(shared: &Shared, s: &Snapshot) -> proto::Status
         async move {
             // The member's cached channel: no new connection (or TLS
             // handshake) per status.
-            let channel = shared.channels.get(&addr).ok()?;
+            let channel = shared.channels.get(&addr, &m.id).ok()?;
             let fut = async {
                 PeerClient::new(channel)
                     .get_state(proto::GetStateRequest {})

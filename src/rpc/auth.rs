@@ -95,6 +95,36 @@ impl Roles {
             ))
         }
     }
+
+    /// Accepts the server certificate of member `id` dialed at its
+    /// address: one of its identities must be a `peer` pattern ending in
+    /// `*` with `id` in place of the `*`
+    /// (`spiffe://lockstep/<link>/member/<id>`), so another holder of a
+    /// peer certificate who took the address cannot answer for the member
+    /// (a drain ack, a grant). With no such pattern (only exact peer
+    /// identities, which name no member), the peer role is all it checks.
+    pub(crate) fn accept_member(&self, cert: &CertInfo, id: &str) -> Result<(), String> {
+        let wildcards: Vec<&str> = self
+            .peer
+            .iter()
+            .filter_map(|p| p.strip_suffix('*'))
+            .collect();
+        if wildcards.is_empty() {
+            return self.accept_peer(cert);
+        }
+        let names_member = cert.identities.iter().any(|identity| {
+            wildcards
+                .iter()
+                .any(|prefix| identity.strip_prefix(prefix) == Some(id))
+        });
+        if names_member {
+            Ok(())
+        } else {
+            Err(format!(
+                "the certificate {cert} answering for member {id} does not name it (a grpc.roles.peer pattern with {id} in place of its *)"
+            ))
+        }
+    }
 }
 
 /// The role a gRPC method needs, by its path; `None`: any authenticated
@@ -361,6 +391,32 @@ mod tests {
         // A prefix pattern matches only its prefix.
         assert!(!matches("oncall.example.org", "oncall.example.org.evil"));
         assert!(matches("a*", "a"));
+    }
+
+    /// Dialing member bob-0, only a certificate naming bob-0 where the peer
+    /// pattern has its `*` answers: another peer's is refused.
+    #[test]
+    fn a_member_dialed_must_present_its_own_identity() {
+        let r = roles();
+        let cert = |ids: &[&str]| CertInfo {
+            identities: ids.iter().map(|s| s.to_string()).collect(),
+            not_before: 0,
+            not_after: i64::MAX,
+        };
+        let bob = cert(&["spiffe://lockstep/qkd-1/member/bob-0"]);
+        let alice = cert(&["bob-0", "spiffe://lockstep/qkd-1/member/alice-0"]);
+        assert_eq!(r.accept_member(&bob, "bob-0"), Ok(()));
+        let e = r.accept_member(&alice, "bob-0").expect_err("alice for bob");
+        assert!(e.contains("member bob-0"), "{e}");
+        assert!(r.accept_member(&bob, "bob-01").is_err());
+        assert!(r.accept_peer(&alice).is_ok(), "alice is still a peer");
+        // Exact peer identities name no member: the role is all it checks.
+        let exact = Roles {
+            peer: vec!["spiffe://lockstep/qkd-1/member/alice-0".into()],
+            ..roles()
+        };
+        assert_eq!(exact.accept_member(&alice, "bob-0"), Ok(()));
+        assert!(exact.accept_member(&bob, "bob-0").is_err());
     }
 
     /// `grpc.max_admin_calls`: past the bound an Admin call is refused

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::proto;
 use crate::sidecar::member::Input;
 use crate::sidecar::Shared;
-use crate::tls::client::{Channels, Connector};
+use crate::tls::client::{Channels, PeerTls};
 use crate::tls::{Reloading, ServerCheck};
 use anyhow::Context;
 use std::future::Future;
@@ -31,7 +31,8 @@ pub(crate) struct Tls {
 struct Secure {
     material: Arc<Reloading>,
     server: Arc<rustls::ServerConfig>,
-    connector: Connector,
+    /// Peer channels: each checks the member it dials is who answers.
+    peers: PeerTls,
     /// Polls the files; aborted when the sidecar's `Tls` is dropped.
     watch: tokio::task::JoinHandle<()>,
 }
@@ -56,19 +57,20 @@ impl Tls {
             .map_err(anyhow::Error::msg)
             .context("gRPC TLS")?;
         let roles = config.grpc.roles.clone();
-        let connector = Connector::from_material(
-            &material,
-            ServerCheck::Identity(Arc::new(move |cert| roles.accept_peer(cert))),
-            Duration::from_secs(1),
-        )
-        .map_err(anyhow::Error::msg)
-        .context("gRPC TLS")?;
+        let peers = PeerTls {
+            material: material.clone(),
+            accept: Arc::new(move |cert, id| roles.accept_member(cert, id)),
+        };
+        // The client side's TLS set-up fails now, not at the first push.
+        crate::tls::client_config(&material, ServerCheck::Name)
+            .map_err(anyhow::Error::msg)
+            .context("gRPC TLS")?;
         let watch = material.spawn_watch(config.grpc.tls.reload_interval);
         Ok(Tls {
             secure: Some(Secure {
                 material,
                 server: Arc::new(server),
-                connector,
+                peers,
                 watch,
             }),
         })
@@ -76,7 +78,7 @@ impl Tls {
 
     /// The cache of channels to peers, over this TLS.
     pub(crate) fn channels(&self) -> Channels {
-        Channels::new(self.secure.as_ref().map(|s| s.connector.clone()))
+        Channels::new(self.secure.as_ref().map(|s| s.peers.clone()))
     }
 }
 

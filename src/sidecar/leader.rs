@@ -409,7 +409,7 @@ async fn lead(
                     );
                 }
                 LeaderAction::Send { member, addr, push } => {
-                    let client = peer(&shared, &addr);
+                    let client = peer(&shared, &addr, &member);
                     send(
                         client,
                         done_tx.clone(),
@@ -825,13 +825,13 @@ pub(crate) fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The client for the member at `addr`, over the sidecar's shared
-/// (mutual-TLS) channel to it.
-pub(crate) fn peer(shared: &Shared, addr: &str) -> Option<PeerClient<Channel>> {
-    match shared.channels.get(addr) {
+/// The client for member `id` at `addr`, over the sidecar's shared
+/// (mutual-TLS) channel to it, which only that member may answer.
+pub(crate) fn peer(shared: &Shared, addr: &str, id: &str) -> Option<PeerClient<Channel>> {
+    match shared.channels.get(addr, id) {
         Ok(channel) => Some(PeerClient::new(channel)),
         Err(e) => {
-            warn!(%addr, error = %e, "bad peer address");
+            warn!(%addr, member = %id, error = %e, "bad peer address");
             None
         }
     }

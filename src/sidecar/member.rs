@@ -301,7 +301,7 @@ fn ask_grants(
         return;
     };
     for peer in peers {
-        let Some(mut client) = super::leader::peer(shared, &peer.grpc) else {
+        let Some(mut client) = super::leader::peer(shared, &peer.grpc, &peer.id) else {
             continue;
         };
         let input = input.clone();

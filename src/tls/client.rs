@@ -3,6 +3,7 @@
 //! channels to peers that the leader's pushes and the status fan-out share
 //! (one HTTP/2 connection per peer, reused, not a handshake per call).
 
+use super::identity::CertInfo;
 use super::{client_config, explain, Reloading, ServerCheck, TlsFiles};
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
@@ -211,32 +212,44 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
         .map_err(|e| format!("bad address {addr:?}: {e}"))
 }
 
-/// Channels to peers, one per address, reused by every caller. Bounded:
-/// past `MAX_CACHED` addresses (members come and go) it starts afresh.
+/// Checks the certificate of the member (its id) a channel dials.
+pub(crate) type AcceptMember = Arc<dyn Fn(&CertInfo, &str) -> Result<(), String> + Send + Sync>;
+
+/// What peer channels present and require over mutual TLS.
+#[derive(Clone)]
+pub(crate) struct PeerTls {
+    pub(crate) material: Arc<Reloading>,
+    pub(crate) accept: AcceptMember,
+}
+
+/// Channels to peers, one per member at its address, reused by every
+/// caller; each checks that the server answering is that member. Bounded:
+/// past `MAX_CACHED` (members come and go) it starts afresh.
 pub(crate) struct Channels {
     /// `None`: plaintext (`grpc.insecure = true`).
-    tls: Option<Connector>,
-    cache: Mutex<HashMap<String, Channel>>,
+    tls: Option<PeerTls>,
+    cache: Mutex<HashMap<(String, String), Channel>>,
 }
 
 const MAX_CACHED: usize = 256;
 
 impl Channels {
-    pub(crate) fn new(tls: Option<Connector>) -> Channels {
+    pub(crate) fn new(tls: Option<PeerTls>) -> Channels {
         Channels {
             tls,
             cache: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The channel to `addr` (`host:port`), connecting lazily on first use
-    /// and again after the connection broke.
-    pub(crate) fn get(&self, addr: &str) -> Result<Channel, String> {
+    /// The channel to member `id` at `addr` (`host:port`), connecting
+    /// lazily on first use and again after the connection broke.
+    pub(crate) fn get(&self, addr: &str, id: &str) -> Result<Channel, String> {
+        let key = (addr.to_string(), id.to_string());
         let mut cache = match self.cache.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(c) = cache.get(addr) {
+        if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
         let endpoint = endpoint(addr)?
@@ -244,13 +257,20 @@ impl Channels {
             .timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         let channel = match &self.tls {
-            Some(connector) => endpoint.connect_with_connector_lazy(connector.clone()),
+            Some(tls) => {
+                let accept = tls.accept.clone();
+                let member = id.to_string();
+                let check = ServerCheck::Identity(Arc::new(move |cert| accept(cert, &member)));
+                let connector =
+                    Connector::from_material(&tls.material, check, Duration::from_secs(1))?;
+                endpoint.connect_with_connector_lazy(connector)
+            }
             None => endpoint.connect_lazy(),
         };
         if cache.len() >= MAX_CACHED {
             cache.clear();
         }
-        cache.insert(addr.to_string(), channel.clone());
+        cache.insert(key, channel.clone());
         Ok(channel)
     }
 }

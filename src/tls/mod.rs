@@ -401,7 +401,12 @@ impl ServerCertVerifier for ServerVerifier {
             ServerCheck::Identity(accept) => {
                 let info = CertInfo::parse(end_entity.as_ref())
                     .map_err(|e| rustls::Error::General(e.to_string()))?;
-                accept(&info).map_err(rustls::Error::General)?;
+                // Someone answering at a peer's address who is not that
+                // peer: worth a WARN (once per handshake tried).
+                accept(&info).map_err(|why| {
+                    tracing::warn!(server = ?server_name, %why, "refused a server's certificate");
+                    rustls::Error::General(why)
+                })?;
             }
         }
         Ok(ServerCertVerified::assertion())

@@ -376,6 +376,95 @@ fn a_rotated_certificate_is_picked_up_and_the_link_keeps_serving() {
     });
 }
 
+/// A sidecar dialing member bob-0 accepts only a certificate that names
+/// bob-0: another holder of a peer certificate answering at bob-0's address
+/// (here bob-0 restarted with files naming alice-0) cannot answer for it.
+/// alice-0's status then has bob-0 only from its etcd record; once bob-0
+/// runs with its own certificate again, alice-0 reaches it live. Switches
+/// go on meanwhile (bob-0's acks also come through its etcd record).
+#[test]
+fn a_member_is_answered_only_by_its_own_certificate() {
+    rt().block_on(async {
+        let mut lab = Lab::start("trust-member-identity", LabOptions::default())
+            .await
+            .expect("lab");
+        let traffic = lab.start_traffic(20).await.expect("traffic");
+        let live = |s: &proto::StatusReply| {
+            let bob = s.members.iter().find(|m| m.id == "bob-0").expect("bob-0");
+            bob.health
+                .as_ref()
+                .is_none_or(|h| !h.detail.contains("did not answer"))
+        };
+        let status = lab.status().await.expect("status");
+        assert!(live(&status), "bob-0 answers alice-0: {status:?}");
+
+        let files: TlsFiles = lab.sidecars[1]
+            .spec
+            .tls
+            .as_ref()
+            .expect("tls")
+            .files
+            .clone();
+        let (own_cert, own_key) = (
+            std::fs::read(&files.cert).expect("cert"),
+            std::fs::read(&files.key).expect("key"),
+        );
+        let (cert, key) = lab
+            .pki
+            .issue_pem(
+                "alice-0",
+                &member_uri(&lab.link, "alice-0"),
+                &[std::net::IpAddr::from([127, 0, 0, 1])],
+                (-1, 30),
+            )
+            .expect("issue");
+        std::fs::write(&files.key, key).expect("key");
+        std::fs::write(&files.cert, &cert).expect("cert");
+        // The impostor takes bob-0's address: a new process, so alice-0's
+        // channel to it handshakes again.
+        let wrong = pem_der(&files.cert);
+        tokio::task::block_in_place(|| lab.sidecars[1].restart()).expect("restart bob-0");
+        assert_eq!(served_certificate(&lab, 1).await, wrong);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = lab.status().await.expect("status");
+            if !live(&status) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "alice-0 takes answers for bob-0 from a certificate naming alice-0"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let log = std::fs::read_to_string(&lab.sidecars[0].log).expect("log");
+        assert!(
+            log.contains("answering for member bob-0 does not name it"),
+            "alice-0 does not say why it refused bob-0's certificate"
+        );
+
+        // Switches still complete, and nothing mismatches.
+        let mut admin = lab.admin(0).await.expect("admin");
+        let reply = admin
+            .switchover(switch(Setup::Warm, "impostor at bob-0", ""))
+            .await
+            .expect("switch")
+            .into_inner();
+        assert!(reply.completed);
+
+        std::fs::write(&files.key, own_key).expect("key");
+        std::fs::write(&files.cert, own_cert).expect("cert");
+        tokio::task::block_in_place(|| lab.sidecars[1].restart()).expect("restart bob-0");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !live(&lab.status().await.expect("status")) {
+            assert!(Instant::now() < deadline, "bob-0 not reached live again");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let report = traffic.stop_and_assert_no_mismatch().await;
+        assert!(report.matched > 20, "{report}");
+    });
+}
+
 #[test]
 fn idle_http_connections_do_not_take_the_serving_server_down() {
     rt().block_on(async {
