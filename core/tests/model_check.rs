@@ -600,7 +600,7 @@ fn failsafe_model(mutation: Option<Mutation>, faults: Faults, horizon: u64) -> L
 /// each time unit, in any order against everything else): CI explores the
 /// first few million states of each depth-first; `scripts/model-check-large`
 /// explores them whole.
-const FAILSAFE_CI_STATES: usize = 3_000_000;
+const FAILSAFE_CI_STATES: usize = 2_000_000;
 
 /// Alice cut from etcd as the request arrives, and one more fault at any
 /// point: bob cut too (both serve on each other's grants until one is
