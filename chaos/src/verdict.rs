@@ -233,6 +233,10 @@ pub struct Heal {
     pub recovered_after: Option<Duration>,
     /// The setup every LB served.
     pub setup: Option<Setup>,
+    /// Another fault was injected before the link served again (an etcd
+    /// quorum loss right after a restart): this heal is not judged; the
+    /// heal after that one is.
+    pub interrupted_by: Option<u64>,
 }
 
 /// How long a killed or frozen sidecar's LB kept routing.
@@ -380,9 +384,14 @@ impl Verdict {
             .sum()
     }
 
-    /// The longest time to heal measured in this run.
+    /// The longest time to heal measured in this run (heals interrupted
+    /// by another fault left out).
     pub fn longest_heal(&self) -> Option<Duration> {
-        self.heals.iter().filter_map(|h| h.recovered_after).max()
+        self.heals
+            .iter()
+            .filter(|h| h.interrupted_by.is_none())
+            .filter_map(|h| h.recovered_after)
+            .max()
     }
 
     pub fn longest_deadman(&self) -> Option<Duration> {
@@ -535,6 +544,17 @@ impl fmt::Display for Verdict {
             )?;
         }
         for h in &self.heals {
+            if let Some(by) = h.interrupted_by {
+                writeln!(
+                    f,
+                    "  heal of #{} {} {} at {}: fault #{by} came before the link served again; judged from the heal after it",
+                    h.fault_id,
+                    h.fault,
+                    h.target,
+                    ms(h.at_us)
+                )?;
+                continue;
+            }
             match h.recovered_after {
                 Some(d) => writeln!(
                     f,
@@ -992,7 +1012,24 @@ fn check_faults(
             ));
         }
     }
-    for h in &v.heals {
+    // A heal whose recovery another fault's inject came before is judged
+    // by the heal that follows that fault instead (a fault never healed
+    // leaves it judged: nothing comes after).
+    for h in &mut v.heals {
+        let recovered = h
+            .recovered_after
+            .map_or(u64::MAX, |d| h.at_us.saturating_add(d.as_micros() as u64));
+        h.interrupted_by = ordered
+            .iter()
+            .find(|f| {
+                f.op == FaultOp::Inject
+                    && f.at_us > h.at_us
+                    && f.at_us < recovered
+                    && healed_at.contains_key(&f.id)
+            })
+            .map(|f| f.id);
+    }
+    for h in v.heals.iter().filter(|h| h.interrupted_by.is_none()) {
         match h.recovered_after {
             None => v.failures.push(format!(
                 "liveness: after the heal of #{} {} {} at {}, the link never served one setup with a matching pair again",
@@ -1094,6 +1131,7 @@ fn heal_report(
         at_us: h,
         recovered_after,
         setup,
+        interrupted_by: None,
     }
 }
 
@@ -1324,6 +1362,43 @@ mod tests {
         assert_eq!(v.deadman.len(), 1);
         assert_eq!(v.deadman[0].blocked_after, Some(Duration::from_millis(16)));
         assert_eq!(v.faults["sidecar-kill"], 1);
+    }
+
+    /// A fault injected after a heal but before the link served again (a
+    /// sidecar restarted, then etcd lost its quorum): that heal is not
+    /// judged on its own; the heal after the second fault is.
+    #[test]
+    fn a_heal_interrupted_by_another_fault_is_judged_from_the_next_heal() {
+        use LbState::*;
+        let mut e = vec![start(), pair(1, 0, PairOutcome::Matched)];
+        e.push(s("a", 1_000, Hot));
+        e.push(s("b", 1_000, Hot));
+        e.push(fault(1, FaultOp::Inject, 5_000, "sidecar-kill", Some("b")));
+        e.push(s("b", 10_000, Blocked));
+        e.push(fault(1, FaultOp::Heal, 20_000, "sidecar-kill", Some("b")));
+        // etcd loses its quorum before b serves again, for 30 s.
+        e.push(fault(2, FaultOp::Inject, 25_000, "etcd-quorum-loss", None));
+        e.push(fault(
+            2,
+            FaultOp::Heal,
+            30_025_000,
+            "etcd-quorum-loss",
+            None,
+        ));
+        e.push(s("b", 30_030_000, Hot));
+        e.push(s("a", 30_030_000, Hot));
+        e.push(pair(2, 30_031_000, PairOutcome::Matched));
+        e.sort_by_key(Event::at_us);
+        let v = judge(&e);
+        assert!(v.passed(), "{v}");
+        assert_eq!(v.heals.len(), 2);
+        assert_eq!(v.heals[0].interrupted_by, Some(2));
+        assert_eq!(v.heals[1].interrupted_by, None);
+        assert_eq!(v.longest_heal(), Some(Duration::from_micros(6_500)));
+        // The same without the second fault's recovery: still a failure.
+        e.retain(|x| !matches!(x, Event::Pair(p) if p.seq == 2));
+        e.retain(|x| !matches!(x, Event::Lb(l) if l.start_us == 30_030_000));
+        assert!(!judge(&e).passed());
     }
 
     #[test]
