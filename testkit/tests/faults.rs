@@ -99,3 +99,50 @@ fn a_frozen_etcd_fences_every_member_then_the_link_recovers() {
         traffic.stop_and_assert_no_mismatch().await;
     });
 }
+
+/// `switchover --wait` across an etcd restart: the Admin's watch of the
+/// link breaks mid-switch (the etcd process under it is gone), and the
+/// wait opens it again and still answers "complete" once the switch is,
+/// instead of "not complete" the moment the watch broke.
+#[test]
+fn a_switchover_wait_survives_an_etcd_restart_mid_switch() {
+    rt().block_on(async {
+        let mut lab = Lab::start("wait-etcd-restart", LabOptions::default())
+            .await
+            .expect("lab");
+        let traffic = lab.start_traffic(10).await.expect("traffic");
+        let mut admin = lab.admin(0).await.expect("admin");
+        // A 2 s grace keeps the switch in flight across the restart.
+        let asked = Instant::now();
+        let wait = tokio::spawn(async move {
+            admin
+                .switchover(lockstep::proto::SwitchRequest {
+                    grace_ms: 2_000,
+                    ..lockstep_testkit::switch_request(Setup::Warm, "etcd restarted mid-switch")
+                })
+                .await
+                .map(|r| r.into_inner())
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::task::block_in_place(|| lab.etcd.restart(0)).expect("etcd restarted");
+        let restarted = asked.elapsed();
+        let reply = wait
+            .await
+            .expect("the call's task")
+            .unwrap_or_else(|s| panic!("switchover --wait across the restart: {}", s.message()));
+        assert!(reply.completed, "{reply:?}");
+        assert!(
+            asked.elapsed() > restarted,
+            "answered before etcd was back: {reply:?}"
+        );
+        lab.wait_all_lbs(LbTarget::Serve(Setup::Warm), Duration::from_secs(5))
+            .await
+            .expect("every LB on warm");
+        traffic
+            .wait_for_more_matched(50, Duration::from_secs(10))
+            .await
+            .expect("pairs match on warm");
+        let report = traffic.stop_and_assert_no_mismatch().await;
+        assert!(report.matched > 50, "{report}");
+    });
+}
