@@ -414,6 +414,10 @@ fn checks_on_their_own_listener_govern_the_lb() {
             "{moved:?}"
         );
         assert_eq!(get(http, "/metrics").await.status, 200);
+        traffic
+            .wait_for_more_matched(50, Duration::from_secs(10))
+            .await
+            .expect("pairs match on hot");
 
         let mut admin = lab.admin(0).await.expect("admin");
         admin
