@@ -181,11 +181,21 @@ impl AdminService {
         }
         let not_before_ms = scheduled_at(&req.at, kind)?;
         let store = &self.shared.store;
-        let snap = store
-            .snapshot()
-            .instrument(debug_span!("admin_read"))
-            .await
-            .map_err(store_status)?;
+        // A request to store is watched for from "now", before it is
+        // stored, so its outcome cannot be missed: that watch is opened
+        // alongside the read, one etcd round trip instead of two.
+        let stores = !req.dry_run && not_before_ms.is_none();
+        let (snap, watch) = async {
+            if stores {
+                let (snap, watch) = tokio::join!(store.snapshot(), store.watch(Watched::Link));
+                Ok::<_, crate::store::StoreError>((snap?, Some(watch?)))
+            } else {
+                Ok((store.snapshot().await?, None))
+            }
+        }
+        .instrument(debug_span!("admin_read"))
+        .await
+        .map_err(store_status)?;
         let request = Request {
             id: uuid::Uuid::new_v4().to_string(),
             kind,
@@ -255,19 +265,20 @@ impl AdminService {
                 disagreement,
             }));
         }
-        // Watch the link from "now" before storing the request, so its
-        // outcome cannot be missed, and keep that one watch until the link
-        // has settled: a watch opened while the switch's writes commit can
+        // The watch opened with the read is kept until the link has
+        // settled: a watch opened while the switch's writes commit can
         // start behind etcd's revision, and etcd catches such a watch up
         // only every 100 ms (the 50-100 ms tail of the switch latency,
         // docs/benchmarks.md).
-        let stored = async {
-            let watch = store.watch(Watched::Link).await?;
-            Ok::<_, crate::store::StoreError>((watch, store.put_request(&request).await?))
-        }
-        .instrument(debug_span!("admin_store_request"))
-        .await;
-        let (mut watch, put) = stored.map_err(store_status)?;
+        let mut watch = match watch {
+            Some(watch) => watch,
+            None => store.watch(Watched::Link).await.map_err(store_status)?,
+        };
+        let put = store
+            .put_request(&request)
+            .instrument(debug_span!("admin_store_request"))
+            .await
+            .map_err(store_status)?;
         let rev = match put {
             Ok(rev) => rev,
             Err(pending) => return Err(pending_refusal(&pending)),
@@ -607,8 +618,11 @@ async fn wait_outcome(
 /// Waits until every member's LB reads back `to` at `epoch` or later (or a
 /// later switch has moved the link on): the link state, the one
 /// definition of "complete". `watch` is a watch of the whole link opened
-/// before the switch began; it is opened again if it breaks. `Err`
-/// carries the last etcd error seen, if any.
+/// before the switch began; it is opened again if it breaks. One read,
+/// then the watch's changes newer than it: the link at each revision
+/// without a round trip per change (the read is again taken only when a
+/// change cannot be decoded). `Err` carries the last etcd error seen, if
+/// any.
 async fn wait_settled(
     store: &Store,
     watch: &mut Watch,
@@ -624,46 +638,61 @@ async fn wait_settled(
     };
     let mut etcd_error = None;
     let fut = async {
-        // The watch is older than this read: nothing after it is missed.
-        let mut read = true;
+        // `None`: read the link (the watch is older than the read, so
+        // nothing after it is missed).
+        let mut link: Option<Snapshot> = None;
         loop {
-            if read {
-                match store
+            if link.is_none() {
+                let read = store
                     .snapshot()
                     .instrument(debug_span!("settle_read", epoch))
-                    .await
-                {
-                    Ok(snap) if check(&snap) => return Some(()),
-                    Ok(snap) => debug!(rev = snap.rev, "settle: not settled yet"),
+                    .await;
+                let snap = match read {
+                    Ok(snap) => snap,
                     Err(e) => {
                         etcd_error = Some(e.to_string());
                         let (w, snap) = rewatch(store, deadline, &mut etcd_error).await?;
                         *watch = w;
-                        if check(&snap) {
-                            return Some(());
-                        }
+                        snap
                     }
+                };
+                if check(&snap) {
+                    return Some(());
                 }
+                debug!(rev = snap.rev, "settle: not settled yet");
+                link = Some(snap);
             }
-            match next_changes(watch).await {
-                Ok(changes) => {
-                    read = changes.iter().any(|c| {
-                        matches!(
-                            c,
-                            Change::Member(_) | Change::Route(..) | Change::MemberGone(..)
-                        )
+            let batch = match watch.next().await {
+                Ok(Some(batch)) => batch,
+                broken => {
+                    etcd_error = Some(match broken {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "the etcd watch ended".into(),
                     });
-                    debug!(changes = changes.len(), look = read, "settle: watch batch");
-                }
-                Err(e) => {
-                    etcd_error = Some(e);
                     let (w, snap) = rewatch(store, deadline, &mut etcd_error).await?;
                     *watch = w;
                     if check(&snap) {
                         return Some(());
                     }
-                    read = false;
+                    link = Some(snap);
+                    continue;
                 }
+            };
+            let Some(snap) = link.as_mut() else { continue };
+            let (mut moved, mut undecodable) = (false, false);
+            for change in batch {
+                match change {
+                    Ok(change) => moved |= snap.apply_link_change(&change),
+                    Err(e) => {
+                        debug!(error = %e, "settle: a change could not be decoded; reading the link");
+                        undecodable = true;
+                    }
+                }
+            }
+            if undecodable {
+                link = None;
+            } else if moved && check(snap) {
+                return Some(());
             }
         }
     };
@@ -1085,5 +1114,70 @@ mod tests {
             "{plan}"
         );
         assert!(disagreement(&snap.link()).is_empty());
+    }
+
+    /// The settle wait's view: one read, then the watch's newer changes.
+    /// Changes the read already holds (a watch opened before the read sees
+    /// them too) are skipped; newer ones, several in one txn included,
+    /// move the link exactly as a read at their revision would.
+    #[test]
+    fn a_read_plus_newer_changes_is_the_link_at_the_last_change() {
+        let hot = LbTarget::Serve(Setup::Hot);
+        let warm = LbTarget::Serve(Setup::Warm);
+        let at = |mut l: Listed, rev: i64| {
+            l.rev = rev;
+            l
+        };
+        let mut snap = Snapshot {
+            rev: 10,
+            route: Some((route(3, Setup::Hot).0, 5)),
+            members: vec![
+                at(
+                    listed("alice-0", Role::Alice, Some((3, Setup::Hot)), hot),
+                    6,
+                ),
+                at(listed("bob-0", Role::Bob, Some((3, Setup::Hot)), hot), 7),
+            ],
+            ..Snapshot::default()
+        };
+        let settled_on = |s: &Snapshot| s.link().settled();
+        assert_eq!(settled_on(&snap), Some(Setup::Hot));
+
+        // Seen by the watch and already in the read: skipped.
+        let stale = at(
+            listed("alice-0", Role::Alice, Some((2, Setup::Warm)), warm),
+            4,
+        );
+        assert!(!snap.apply_link_change(&Change::Member(stale)));
+        assert!(!snap.apply_link_change(&Change::RouteGone(9)));
+        assert_eq!(settled_on(&snap), Some(Setup::Hot));
+
+        // Newer: the route to warm, then each member's read-back.
+        assert!(snap.apply_link_change(&Change::Route(route(4, Setup::Warm).0, 11)));
+        assert_eq!(settled_on(&snap), None);
+        let alice = at(
+            listed("alice-0", Role::Alice, Some((4, Setup::Warm)), warm),
+            12,
+        );
+        assert!(snap.apply_link_change(&Change::Member(alice)));
+        assert_eq!(settled_on(&snap), None);
+        // Two changes of one txn share a revision: both count.
+        let bob = at(listed("bob-0", Role::Bob, Some((4, Setup::Warm)), warm), 13);
+        let carol = at(listed("carol-0", Role::Bob, None, LbTarget::Blocked), 13);
+        assert!(snap.apply_link_change(&Change::Member(bob)));
+        assert!(snap.apply_link_change(&Change::Member(carol)));
+        assert_eq!(settled_on(&snap), None, "carol-0 does not serve yet");
+        assert!(snap.apply_link_change(&Change::MemberGone("carol-0".into(), 14)));
+        assert_eq!(settled_on(&snap), Some(Setup::Warm));
+        assert!(matches!(
+            snap.link(),
+            LinkState::Settled {
+                epoch: 4,
+                setup: Setup::Warm
+            }
+        ));
+        // Keys the link state does not judge are left as read.
+        assert!(!snap.apply_link_change(&Change::Paused(None)));
+        assert_eq!(snap.rev, 10);
     }
 }

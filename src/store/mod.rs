@@ -169,6 +169,31 @@ impl Snapshot {
         !self.members.is_empty() && self.link().settled().is_some()
     }
 
+    /// Brings the route and the member records (what [`Snapshot::link`]
+    /// judges) forward by one change of a watch opened before this
+    /// snapshot was read. A change at or below `rev` is already in the
+    /// snapshot and is skipped; the newer ones, applied in the watch's
+    /// order, give the link at the revision of the last one with no read
+    /// again. `rev` stays the read's revision (one txn's changes share a
+    /// revision), and other keys are left as read. Returns whether it
+    /// changed anything.
+    pub(crate) fn apply_link_change(&mut self, change: &Change) -> bool {
+        let newer = |rev: Rev| rev > self.rev;
+        match change {
+            Change::Route(route, rev) if newer(*rev) => self.route = Some((route.clone(), *rev)),
+            Change::RouteGone(rev) if newer(*rev) => self.route = None,
+            Change::Member(listed) if newer(listed.rev) => {
+                match self.members.iter_mut().find(|m| m.id == listed.id) {
+                    Some(m) => *m = listed.clone(),
+                    None => self.members.push(listed.clone()),
+                }
+            }
+            Change::MemberGone(id, rev) if newer(*rev) => self.members.retain(|m| &m.id != id),
+            _ => return false,
+        }
+        true
+    }
+
     /// The link as a member's registration reads it: the route, and the
     /// highest epoch any member record or the history shows applied.
     pub(crate) fn link_read(&self) -> LinkRead {

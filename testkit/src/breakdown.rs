@@ -126,11 +126,11 @@ pub fn read_log(member: &str, path: &Path, events: &[&str]) -> Result<Vec<Rec>> 
 /// The consecutive segments of one switch, in order; they add up to the
 /// `admin_switchover` span.
 pub const SEGMENTS: &[(&str, &str)] = &[
-    ("admin_read", "admin: read the link (etcd range)"),
     (
-        "admin_store",
-        "admin: watch outcomes, store the request (etcd watch + txn)",
+        "admin_read",
+        "admin: read the link, open the watch (etcd range + watch, together)",
     ),
+    ("admin_store", "admin: store the request (etcd txn)"),
     (
         "request_to_leader",
         "request reaches the leader (etcd watch)",
@@ -181,7 +181,7 @@ pub const PARTS: &[(&str, &str)] = &[
     ("record_txn", "  completion: member record write (etcd txn)"),
     (
         "record_seen",
-        "  completion: record written -> admin sees it (watch + range)",
+        "  completion: record written -> admin sees it (etcd watch)",
     ),
 ];
 

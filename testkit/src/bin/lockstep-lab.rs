@@ -25,6 +25,15 @@ struct Cli {
     command: Command,
 }
 
+/// Where a benchmark's etcd keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum EtcdData {
+    /// On disk, fsynced: what a deployment runs.
+    Disk,
+    /// On tmpfs: etcd without its fsync.
+    Tmpfs,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Start the lab, show a switchover hot → warm → hot, then keep running
@@ -50,10 +59,10 @@ enum Command {
         /// 4 is 8, 16 is 32.
         #[arg(long, default_value_t = 1)]
         members_per_role: usize,
-        /// etcd's data on disk (the system's temporary directory) instead
-        /// of tmpfs.
-        #[arg(long)]
-        etcd_on_disk: bool,
+        /// Where etcd keeps its data: on disk (the system's temporary
+        /// directory, fsynced as in production) or on tmpfs.
+        #[arg(long, value_enum, default_value_t = EtcdData::Disk)]
+        etcd_data: EtcdData,
         /// Sidecars log every closed span as JSON; afterwards, where the
         /// time of a switch went (etcd, gRPC, HAProxy, waiting).
         #[arg(long)]
@@ -79,9 +88,10 @@ enum Command {
         /// How long to measure at rest.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
         rest: Duration,
-        /// etcd's data on disk instead of tmpfs.
-        #[arg(long)]
-        etcd_on_disk: bool,
+        /// Where etcd keeps its data: on disk (the system's temporary
+        /// directory, fsynced as in production) or on tmpfs.
+        #[arg(long, value_enum, default_value_t = EtcdData::Disk)]
+        etcd_data: EtcdData,
         /// Link 0's sidecars log their spans; where the time of its
         /// switches went (as `bench --breakdown`).
         #[arg(long)]
@@ -149,7 +159,7 @@ fn main() -> Result<()> {
                 issuer,
                 grace,
                 members_per_role,
-                etcd_on_disk,
+                etcd_data,
                 breakdown,
             } => {
                 bench(
@@ -157,7 +167,7 @@ fn main() -> Result<()> {
                     issuer,
                     grace,
                     members_per_role,
-                    etcd_on_disk,
+                    etcd_data == EtcdData::Disk,
                     breakdown,
                 )
                 .await
@@ -177,9 +187,18 @@ fn main() -> Result<()> {
                 links,
                 switches,
                 rest,
-                etcd_on_disk,
+                etcd_data,
                 breakdown,
-            } => links_bench(&links, switches, rest, etcd_on_disk, breakdown).await,
+            } => {
+                links_bench(
+                    &links,
+                    switches,
+                    rest,
+                    etcd_data == EtcdData::Disk,
+                    breakdown,
+                )
+                .await
+            }
             Command::TransitBench {
                 switches,
                 pairs,
@@ -471,10 +490,25 @@ async fn bench(
         options.sidecar_env.extend(span_logs());
     }
     let lab = Lab::start("bench", options).await?;
-    let traffic = Traffic::start(lab.traffic_config());
+    let t = lab.traffic_config();
+    let traffic = Traffic::start(t.clone());
     traffic
         .wait_for_matched(50, Duration::from_secs(10))
         .await?;
+    // Each end's blocked time at ~1 ms resolution, unlike the key pairs'
+    // outage (which includes a pair's round trip and their 5 ms pause
+    // after a failure).
+    let probe = |lb, sae: &str| {
+        EndProbe::start(
+            lb,
+            format!("/api/v1/keys/{sae}/status"),
+            Duration::from_millis(1),
+        )
+    };
+    let (alice, bob) = (
+        probe(t.alice, &t.slave_sae_id),
+        probe(t.bob, &t.master_sae_id),
+    );
     let mut admin = lab.admin(0).await?;
     let mut latency = Vec::new();
     let mut to = Setup::Warm;
@@ -493,6 +527,11 @@ async fn bench(
         pids.iter().map(|&p| proc_usage(p)).collect::<Result<_>>()?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let report = traffic.stop().await;
+    let (alice_out, _) = alice.stop().await;
+    let (bob_out, _) = bob.stop().await;
+    let probed = |o: &[lockstep_testkit::outage::Outage]| -> Vec<f64> {
+        o.iter().map(|o| o.length.as_secs_f64() * 1000.0).collect()
+    };
     let history = admin
         .history(proto::HistoryRequest {
             limit: switches as u32 + 10,
@@ -522,6 +561,20 @@ async fn bench(
     println!(
         "{}",
         summary("outage seen by key pairs (per outage)", outages)
+    );
+    println!(
+        "{}",
+        summary(
+            "alice's LB blocked (status probe, per outage)",
+            probed(&alice_out)
+        )
+    );
+    println!(
+        "{}",
+        summary(
+            "bob's LB blocked (status probe, per outage)",
+            probed(&bob_out)
+        )
     );
     println!(
         "{}",
