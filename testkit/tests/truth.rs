@@ -543,7 +543,9 @@ fn an_old_snapshot_restored_under_running_sidecars_never_mismatches() {
 /// A second sidecar configured with bob's member id never merges into bob:
 /// it stays blocked, and once bob's lease has been renewed for twice the
 /// TTL it exits with an error naming bob's address. A crash-restart of bob
-/// itself waits at most one TTL for its old key, then serves again.
+/// itself waits at most one TTL for its old key, then serves again: within
+/// TTL + 1 s of the crash (its key re-created on a new lease, its LB
+/// serving).
 #[test]
 fn a_duplicate_member_id_never_merges_into_the_live_member() {
     rt().block_on(async {
@@ -595,16 +597,46 @@ fn a_duplicate_member_id_never_merges_into_the_live_member() {
         assert!(status.settled);
 
         // Bob crashes and restarts at once: it waits for its old key.
+        let mut etcd = etcd_client::Client::connect(lab.etcd.endpoints(), None)
+            .await
+            .expect("etcd");
+        let key = format!("/lockstep/{}/members/{}", lab.link, original.member_id);
+        let lease_of = |kv: Option<&etcd_client::KeyValue>| kv.map(|kv| kv.lease());
+        let old_lease = lease_of(etcd.get(key.as_str(), None).await.expect("get").kvs().first())
+            .expect("bob's key");
         lab.sidecars[b]
             .guard
             .signal(nix::sys::signal::Signal::SIGKILL)
             .expect("kill");
         let killed = Instant::now();
         lab.sidecars[b].restart().expect("restart");
-        lab.wait_lb(b, LbTarget::Serve(Setup::Hot), ttl * 3)
+        // The old key goes with its lease; the new process registers anew.
+        let mut gone = None;
+        let registered = loop {
+            let lease = lease_of(etcd.get(key.as_str(), None).await.expect("get").kvs().first());
+            if lease.is_none() && gone.is_none() {
+                gone = Some(killed.elapsed());
+            }
+            if lease.is_some_and(|l| l != old_lease) {
+                break killed.elapsed();
+            }
+            assert!(killed.elapsed() < ttl * 3, "bob not registered again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let serving = lab
+            .wait_lb(b, LbTarget::Serve(Setup::Hot), ttl * 3)
             .await
+            .map(|_| killed.elapsed())
             .expect("bob serves again");
-        println!("bob serves again {:?} after the crash", killed.elapsed());
+        println!(
+            "after the crash (TTL {ttl:?}): old key gone {gone:?}, registered again {registered:?}, LB serves {serving:?}"
+        );
+        // At most one TTL from the last keep-alive (sent every 500 ms), plus
+        // etcd's expiry sweep (every 500 ms), the 200 ms registration poll and
+        // HAProxy's next check: measured 3.1 s with a 3 s TTL.
+        let bound = ttl + Duration::from_secs(1);
+        assert!(registered <= bound, "registered again after {registered:?}");
+        assert!(serving <= bound, "serves again after {serving:?}");
         sampler.stop_and_assert_never_split().await;
         let report = traffic.stop_and_assert_no_mismatch().await;
         assert!(report.matched > 100, "too little traffic: {report}");
