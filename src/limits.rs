@@ -110,7 +110,17 @@ mod tests {
         fn check_text_never_panics_and_accepts_only_bounded_printable(s in ".{0,1100}") {
             match check_reason(&s) {
                 Ok(()) => prop_assert!(s.len() <= MAX_REASON && !s.chars().any(char::is_control)),
-                Err(_) => prop_assert!(s.len() > MAX_REASON || s.chars().any(char::is_control)),
+                Err(TextError::TooLong { field, len, max }) => {
+                    prop_assert_eq!((field, len, max), ("reason", s.len(), MAX_REASON));
+                    prop_assert!(len > max);
+                }
+                Err(TextError::Control { field, found, at }) => {
+                    prop_assert!(s.len() <= MAX_REASON, "length is checked first");
+                    prop_assert_eq!(field, "reason");
+                    prop_assert!(found.is_control());
+                    prop_assert_eq!(s[at..].chars().next(), Some(found));
+                    prop_assert!(!s[..at].chars().any(char::is_control), "the first one");
+                }
             }
         }
     }

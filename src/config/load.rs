@@ -256,36 +256,102 @@ mod tests {
     }
 
     use proptest::strategy::Strategy as _;
+    use proptest::{prop_assert, prop_assert_eq};
+
+    /// What every answer of `parse` for `t.toml` must satisfy: a config
+    /// that holds `link`, or a typed error that names where it came from
+    /// and says what is wrong.
+    fn check_parse(
+        text: &str,
+    ) -> Result<Result<Config, ConfigError>, proptest::test_runner::TestCaseError> {
+        let result = parse(Path::new("t.toml"), text, None);
+        match &result {
+            Ok(c) => prop_assert!(!c.link.is_empty() && text.contains(&c.link)),
+            Err(ConfigError::NotToml { path, message }) => {
+                prop_assert_eq!(path, Path::new("t.toml"));
+                prop_assert!(!message.is_empty());
+            }
+            Err(ConfigError::MissingKey { origin, key }) => {
+                prop_assert_eq!(origin, "config t.toml");
+                prop_assert!(
+                    ["link", "member_id", "role"].contains(&key.as_str()),
+                    "{}",
+                    key
+                );
+                prop_assert!(!text.contains(key.as_str()), "{} is there", key);
+            }
+            Err(ConfigError::UnknownKey {
+                origin,
+                key,
+                expected,
+            }) => {
+                prop_assert_eq!(origin, "config t.toml");
+                prop_assert!(!key.is_empty() && !expected.is_empty());
+            }
+            Err(ConfigError::Invalid {
+                origin,
+                key,
+                message,
+            }) => {
+                prop_assert_eq!(origin, "config t.toml");
+                prop_assert!(!message.is_empty(), "{}", key);
+            }
+            Err(ConfigError::Timing {
+                origin,
+                lease_ttl,
+                sum,
+                ..
+            }) => {
+                prop_assert_eq!(origin, "config t.toml");
+                prop_assert!(lease_ttl <= sum, "{:?} > {:?}", lease_ttl, sum);
+            }
+            Err(e @ ConfigError::Unreadable { .. }) => prop_assert!(false, "{}", e),
+        }
+        Ok(result)
+    }
 
     proptest::proptest! {
         #![proptest_config(crate::limits::proptest_config())]
 
         /// Config text is input: any bytes give a config or a typed error.
         #[test]
-        fn arbitrary_config_text_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
-            let _ = parse(Path::new("t.toml"), &String::from_utf8_lossy(&bytes), None);
+        fn arbitrary_config_text_never_panics_and_gets_a_typed_error(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
+            let _ = check_parse(&String::from_utf8_lossy(&bytes))?;
         }
 
-        /// Valid TOML with real keys and arbitrary values.
+        /// The example config (valid) with one key of a real section set to
+        /// an arbitrary value: a config, or a typed error; an unknown key is
+        /// `UnknownKey` naming it.
         #[test]
-        fn arbitrary_values_of_real_keys_never_panic(
+        fn arbitrary_values_of_real_keys_never_panic_and_get_a_config_or_a_typed_error(
             section in proptest::prop_oneof![
                 proptest::strategy::Just("etcd"), proptest::strategy::Just("grpc"),
                 proptest::strategy::Just("http"), proptest::strategy::Just("lb"),
                 proptest::strategy::Just("probe"), proptest::strategy::Just("failover"),
                 proptest::strategy::Just("admin"), proptest::strategy::Just("grpc.roles"),
             ],
-            key in "[a-z_]{1,20}",
+            key in proptest::prop_oneof![
+                "[a-z_]{1,20}",
+                proptest::strategy::Just("lease_ttl".to_string()), proptest::strategy::Just("call_timeout".to_string()),
+                proptest::strategy::Just("check_fall".to_string()), proptest::strategy::Just("operator".to_string()),
+                proptest::strategy::Just("switch_timeout".to_string()), proptest::strategy::Just("max_admin_calls".to_string()),
+            ],
             value in proptest::prop_oneof![
                 "\"[ -~]{0,30}\"",
                 proptest::prelude::any::<i64>().prop_map(|n| n.to_string()),
+                (0u64..100_000).prop_map(|n| format!("\"{n}ms\"")),
                 proptest::strategy::Just("true".to_string()),
                 proptest::strategy::Just("[\"*\", \"a*b\"]".to_string()),
                 proptest::strategy::Just("\"18446744073709551615s\"".to_string()),
             ],
         ) {
-            let text = format!("link = \"x\"\nmember_id = \"a\"\nrole = \"alice\"\n[{section}]\n{key} = {value}\n");
-            let _ = parse(Path::new("t.toml"), &text, None);
+            let (base, _pki) = example_with_certs();
+            let header = format!("\n[{section}]\n");
+            prop_assert!(base.contains(&header));
+            let text = base.replacen(&header, &format!("{header}{key} = {value}\n"), 1);
+            if let Err(ConfigError::UnknownKey { key: named, .. }) = check_parse(&text)? {
+                prop_assert_eq!(named, format!("{section}.{key}"));
+            }
         }
     }
 }

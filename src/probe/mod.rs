@@ -65,28 +65,54 @@ impl Debounce {
     }
 }
 
+/// Why a KME's status answer is not a healthy ETSI 014 status: what the
+/// probe reports (its text goes into the log and the member's record).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum StatusError {
+    /// The body is not JSON.
+    #[error("status is not JSON: {0}")]
+    NotJson(String),
+    /// JSON, but `master_SAE_ID` or `slave_SAE_ID` is missing or no string.
+    #[error("status lacks master_SAE_ID/slave_SAE_ID")]
+    NoSaeIds,
+    /// Both SAE ids are there, and neither is this member's.
+    #[error("status names SAEs {master:?}/{slave:?}, not {wanted:?}")]
+    OtherSaes {
+        master: String,
+        slave: String,
+        wanted: String,
+    },
+    /// `stored_key_count` is 0 and `probe.empty_store_unhealthy` is set.
+    #[error(
+        "KME reports an empty key store (stored_key_count 0; probe.empty_store_unhealthy is true)"
+    )]
+    EmptyStore,
+}
+
 /// Checks an ETSI 014 status answer: it must parse and carry the SAE ids
 /// (the first half of [`check_status`]; only its tests call it alone).
 #[cfg(test)]
-fn status_ok(body: &[u8], sae_id: &str) -> Result<(), String> {
+fn status_ok(body: &[u8], sae_id: &str) -> Result<(), StatusError> {
     let v = parse_status(body)?;
     names_sae(&v, sae_id)
 }
 
-fn parse_status(body: &[u8]) -> Result<serde_json::Value, String> {
-    serde_json::from_slice(body).map_err(|e| format!("status is not JSON: {e}"))
+fn parse_status(body: &[u8]) -> Result<serde_json::Value, StatusError> {
+    serde_json::from_slice(body).map_err(|e| StatusError::NotJson(e.to_string()))
 }
 
-fn names_sae(v: &serde_json::Value, sae_id: &str) -> Result<(), String> {
+fn names_sae(v: &serde_json::Value, sae_id: &str) -> Result<(), StatusError> {
     let master = v.get("master_SAE_ID").and_then(|x| x.as_str());
     let slave = v.get("slave_SAE_ID").and_then(|x| x.as_str());
-    if master.is_none() || slave.is_none() {
-        return Err("status lacks master_SAE_ID/slave_SAE_ID".into());
-    }
-    if master != Some(sae_id) && slave != Some(sae_id) {
-        return Err(format!(
-            "status names SAEs {master:?}/{slave:?}, not {sae_id:?}"
-        ));
+    let (Some(master), Some(slave)) = (master, slave) else {
+        return Err(StatusError::NoSaeIds);
+    };
+    if master != sae_id && slave != sae_id {
+        return Err(StatusError::OtherSaes {
+            master: master.to_string(),
+            slave: slave.to_string(),
+            wanted: sae_id.to_string(),
+        });
     }
     Ok(())
 }
@@ -114,17 +140,14 @@ pub(crate) fn check_status(
     body: &[u8],
     sae_id: &str,
     empty_store_unhealthy: bool,
-) -> Result<StatusInfo, String> {
+) -> Result<StatusInfo, StatusError> {
     let v = parse_status(body)?;
     names_sae(&v, sae_id)?;
     let info = StatusInfo {
         stored_key_count: v.get("stored_key_count").and_then(|x| x.as_u64()),
     };
     if empty_store_unhealthy && info.empty_store() {
-        return Err(
-            "KME reports an empty key store (stored_key_count 0; probe.empty_store_unhealthy is true)"
-                .into(),
-        );
+        return Err(StatusError::EmptyStore);
     }
     Ok(info)
 }
@@ -308,7 +331,7 @@ pub async fn check_once(
         if status != hyper::StatusCode::OK {
             return Err(format!("GET {url}: HTTP {status}"));
         }
-        check_status(&body, sae_id, empty_store_unhealthy)
+        check_status(&body, sae_id, empty_store_unhealthy).map_err(|e| e.to_string())
     })
     .await
     .unwrap_or_else(|_| Err(format!("GET {url}: no answer within {timeout:?}")))
@@ -426,7 +449,8 @@ mod tests {
         let info = check_status(empty, "B", false).expect("empty store is healthy by default");
         assert!(info.empty_store());
         let e = check_status(empty, "B", true).expect_err("configured unhealthy");
-        assert!(e.contains("empty key store"), "{e}");
+        assert_eq!(e, StatusError::EmptyStore);
+        assert!(e.to_string().contains("empty key store"), "{e}");
         assert_eq!(
             check_status(full, "B", true),
             Ok(StatusInfo {
@@ -440,22 +464,93 @@ mod tests {
         assert!(check_status(b"{", "B", false).is_err());
     }
 
+    /// What `check_status` must answer for `body`, judged independently
+    /// of it: `Err` with the variant a reader of the body would name.
+    fn expected_status(
+        body: &[u8],
+        sae: &str,
+        empty_unhealthy: bool,
+    ) -> Result<StatusInfo, &'static str> {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return Err("NotJson");
+        };
+        let id = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+        let (Some(master), Some(slave)) = (id("master_SAE_ID"), id("slave_SAE_ID")) else {
+            return Err("NoSaeIds");
+        };
+        if master != sae && slave != sae {
+            return Err("OtherSaes");
+        }
+        let count = v.get("stored_key_count").and_then(|x| x.as_u64());
+        if empty_unhealthy && count == Some(0) {
+            return Err("EmptyStore");
+        }
+        Ok(StatusInfo {
+            stored_key_count: count,
+        })
+    }
+
+    /// `check_status`'s answer against [`expected_status`]: the same
+    /// verdict, the same variant, a message that says something.
+    fn assert_status_verdict(
+        body: &[u8],
+        sae: &str,
+        empty: bool,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let got = check_status(body, sae, empty);
+        match (&got, expected_status(body, sae, empty)) {
+            (Ok(info), Ok(want)) => proptest::prop_assert_eq!(*info, want),
+            (Err(e), Err(variant)) => {
+                let named = match e {
+                    StatusError::NotJson(why) => {
+                        proptest::prop_assert!(!why.is_empty());
+                        "NotJson"
+                    }
+                    StatusError::NoSaeIds => "NoSaeIds",
+                    StatusError::OtherSaes {
+                        master,
+                        slave,
+                        wanted,
+                    } => {
+                        proptest::prop_assert!(master != sae && slave != sae && wanted == sae);
+                        "OtherSaes"
+                    }
+                    StatusError::EmptyStore => "EmptyStore",
+                };
+                proptest::prop_assert_eq!(named, variant, "{:?}", e);
+                proptest::prop_assert!(e.to_string().len() > 20, "{}", e);
+            }
+            (got, want) => proptest::prop_assert!(false, "{:?}, expected {:?}", got, want),
+        }
+        Ok(())
+    }
+
     proptest::proptest! {
         #![proptest_config(crate::limits::proptest_config())]
+        /// Arbitrary bytes: the verdict and the variant a reader of the
+        /// body would give (almost always `NotJson`), never a panic.
         #[test]
-        fn status_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), empty in proptest::prelude::any::<bool>()) {
-            let _ = check_status(&body, "SAE_B", empty);
+        fn status_bodies_never_panic_and_get_the_typed_verdict(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), empty in proptest::prelude::any::<bool>()) {
+            assert_status_verdict(&body, "SAE_B", empty)?;
         }
 
+        /// JSON-shaped bodies, valid or with junk after the last field:
+        /// healthy exactly when they parse and name the SAE (and hold
+        /// keys, if asked), with the count they carry.
         #[test]
-        fn json_like_status_bodies_never_panic(
-            master in "[ -~]{0,12}",
-            slave in "[ -~]{0,12}",
-            count in proptest::prelude::any::<i64>(),
-            junk in "[ -~]{0,20}",
+        fn json_like_status_bodies_never_panic_and_get_the_typed_verdict(
+            master in proptest::prop_oneof![proptest::strategy::Just("SAE_B".to_string()), "[ -~]{0,12}"],
+            slave in proptest::prop_oneof![proptest::strategy::Just("SAE_B".to_string()), "[ -~]{0,12}"],
+            count in proptest::prop_oneof![proptest::strategy::Just(0i64), proptest::prelude::any::<i64>()],
+            junk in proptest::prop_oneof![proptest::strategy::Just(String::new()), "[ -~]{0,20}"],
+            empty in proptest::prelude::any::<bool>(),
         ) {
             let body = format!(r#"{{"master_SAE_ID":{master:?},"slave_SAE_ID":{slave:?},"stored_key_count":{count}{junk}}}"#);
-            let _ = check_status(body.as_bytes(), "SAE_B", true);
+            assert_status_verdict(body.as_bytes(), "SAE_B", empty)?;
+            if junk.is_empty() && (master == "SAE_B" || slave == "SAE_B") && !(empty && count == 0) {
+                let info = check_status(body.as_bytes(), "SAE_B", empty);
+                proptest::prop_assert_eq!(info, Ok(StatusInfo { stored_key_count: u64::try_from(count).ok() }));
+            }
         }
     }
 

@@ -93,21 +93,60 @@ mod tests {
     proptest! {
         #![proptest_config(crate::limits::proptest_config())]
 
-        /// Request fields are input: enums out of range, any text.
+        /// Request fields are input: enums out of range, any text. Each
+        /// conversion gives the value the number or text stands for, or its
+        /// typed refusal (`None`; `INVALID_ARGUMENT` with INVALID_REQUEST
+        /// naming the field), never a panic.
         #[test]
-        fn request_validation_never_panics(
-            setup in any::<i32>(),
-            phase in any::<i32>(),
+        fn request_validation_never_panics_and_gives_values_or_typed_refusals(
+            setup in prop_oneof![any::<i32>(), 0..4i32],
+            phase in prop_oneof![any::<i32>(), 0..5i32],
             epoch in any::<u64>(),
-            reason in ".{0,1500}",
-            by in ".{0,300}",
-            path in "[ -~]{0,60}",
+            reason in prop_oneof![".{0,1500}", "[ -~]{0,40}"],
+            by in prop_oneof![".{0,300}", "[ -~]{0,20}"],
+            path in prop_oneof!["[ -~]{0,60}", "/(lockstep\\.v1\\.(Peer|Admin)|grpc\\.health\\.v1\\.Health)/[A-Za-z]{0,12}"],
         ) {
-            let _ = setup_from_proto(setup);
-            let _ = phase_from_proto(phase);
-            let _ = applied_from_proto(&proto::Applied { epoch, phase, setup });
-            let _ = crate::limits::check_admin_text(&reason, &by);
-            let _ = auth::required(&path);
+            let s = setup_from_proto(setup);
+            prop_assert_eq!(s.is_some(), setup == proto::Setup::Hot as i32 || setup == proto::Setup::Warm as i32);
+            if let Some(s) = s {
+                prop_assert_eq!(setup_to_proto(s) as i32, setup);
+            }
+            let p = phase_from_proto(phase);
+            prop_assert_eq!(
+                p.is_some(),
+                [proto::Phase::Hold, proto::Phase::Drain, proto::Phase::Serve].iter().any(|v| *v as i32 == phase)
+            );
+            if let Some(p) = p {
+                prop_assert_eq!(phase_to_proto(p) as i32, phase);
+            }
+            let applied = applied_from_proto(&proto::Applied { epoch, phase, setup });
+            prop_assert_eq!(applied.is_some(), s.is_some() && p.is_some());
+            if let Some(a) = applied {
+                prop_assert_eq!(applied_to_proto(&a), proto::Applied { epoch, phase, setup });
+            }
+
+            let printable = |t: &str, max: usize| t.len() <= max && !t.chars().any(char::is_control);
+            let reason_ok = printable(&reason, crate::limits::MAX_REASON);
+            match crate::limits::check_admin_text(&reason, &by) {
+                Ok(()) => prop_assert!(reason_ok && printable(&by, crate::limits::MAX_BY)),
+                Err(status) => {
+                    prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                    prop_assert_eq!(reason::Reason::of(&status), Some(reason::Reason::InvalidRequest));
+                    let field = if reason_ok { "requested_by" } else { "reason" };
+                    prop_assert!(status.message().starts_with(field), "{}", status.message());
+                }
+            }
+
+            // A path without a method names no known service: viewer.
+            let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("?", ""));
+            let want = match service {
+                "grpc.health.v1.Health" => None,
+                "lockstep.v1.Peer" => Some(auth::Access::Peer),
+                "lockstep.v1.Admin" if ["Switchover", "Failover", "Pause", "Resume", "Cancel"].contains(&method) => Some(auth::Access::Operator),
+                _ => Some(auth::Access::Viewer),
+            };
+            prop_assert_eq!(auth::required(&path), want, "{}", path);
+
             let caller = auth::Caller::Identity(by.clone());
             let (who, note) = auth::attribute(&caller, &by);
             prop_assert_eq!(&who, &by);

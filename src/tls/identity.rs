@@ -107,10 +107,69 @@ mod tests {
 
     proptest! {
         #![proptest_config(crate::limits::proptest_config())]
+        /// Arbitrary bytes: `BadCertificate` saying why, or (were they
+        /// ever a certificate) identities within the bounds.
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            let _ = CertInfo::parse(&bytes);
+        fn arbitrary_bytes_never_panic_and_are_a_bad_certificate_or_bounded(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = check_parsed(&bytes)?;
         }
+
+        /// A real certificate cut short or with one byte changed: never a
+        /// panic; cut short it is always `BadCertificate`.
+        #[test]
+        fn damaged_certificates_never_panic_and_are_bad_or_bounded(cut in any::<prop::sample::Index>(), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let der = real_der();
+            let short = &der[..cut.index(der.len())];
+            prop_assert!(matches!(check_parsed(short)?, Err(BadCertificate(_))));
+            let mut changed = der.clone();
+            changed[at.index(der.len())] = byte;
+            let _ = check_parsed(&changed)?;
+        }
+    }
+
+    /// `CertInfo::parse`, with what every answer must satisfy checked.
+    fn check_parsed(der: &[u8]) -> Result<Result<CertInfo, BadCertificate>, TestCaseError> {
+        let parsed = CertInfo::parse(der);
+        match &parsed {
+            Ok(info) => {
+                prop_assert!(info.identities.len() <= MAX_IDENTITIES);
+                for id in &info.identities {
+                    prop_assert!(
+                        !id.is_empty()
+                            && id.len() <= MAX_IDENTITY_LEN
+                            && !id.chars().any(char::is_control),
+                        "{:?}",
+                        id
+                    );
+                }
+            }
+            Err(BadCertificate(why)) => prop_assert!(!why.is_empty()),
+        }
+        Ok(parsed)
+    }
+
+    /// The DER of a leaf certificate from the test CA.
+    fn real_der() -> Vec<u8> {
+        use rustls::pki_types::pem::PemObject;
+        static DER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        DER.get_or_init(|| {
+            let pki = crate::tls::test_pki::TestPki::new();
+            let (cert, _) = pki.leaf("alice-0", "spiffe://lockstep/qkd-1/member/alice-0");
+            rustls::pki_types::CertificateDer::from_pem_file(&cert)
+                .expect("test certificate")
+                .to_vec()
+        })
+        .clone()
+    }
+
+    #[test]
+    fn a_real_certificate_names_its_identities() {
+        let info = CertInfo::parse(&real_der()).expect("a real certificate");
+        assert!(
+            info.identities
+                .contains(&"spiffe://lockstep/qkd-1/member/alice-0".to_string()),
+            "{info:?}"
+        );
     }
 
     #[test]

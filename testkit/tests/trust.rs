@@ -775,3 +775,92 @@ fn the_leader_keeps_only_the_newest_history_records() {
         }
     });
 }
+
+/// `grpc.call_timeout` on a real listener: a switchover that waits longer
+/// than the bound (a 6 s handover grace, the caller willing to wait 20 s)
+/// is cut by the sidecar at the bound with tonic's `CANCELLED` "Timeout
+/// expired", well before the switch could complete; its Admin slot is given
+/// back (`grpc.max_admin_calls = 1`: the next call would be `TOO_BUSY`
+/// otherwise); a call within the bound answers. Cutting the call does not
+/// cut the switch: the leader took the request and carries it out.
+#[test]
+fn a_call_longer_than_the_call_timeout_is_cut_and_frees_its_slot() {
+    rt().block_on(async {
+        let call_timeout = Duration::from_secs(2);
+        let options = LabOptions {
+            sidecar_env: vec![
+                ("LOCKSTEP_GRPC__CALL_TIMEOUT".into(), "2s".into()),
+                // grpc.call_timeout must exceed it.
+                ("LOCKSTEP_ADMIN__SWITCH_TIMEOUT".into(), "1500ms".into()),
+                ("LOCKSTEP_GRPC__MAX_ADMIN_CALLS".into(), "1".into()),
+            ],
+            ..LabOptions::default()
+        };
+        let lab = Lab::start("trust-call-timeout", options)
+            .await
+            .expect("lab");
+        let mut admin = lab.admin(0).await.expect("admin");
+
+        // Within the bound: a switch with the lab's 100 ms grace answers.
+        let t = Instant::now();
+        let fast = admin
+            .switchover(switch(Setup::Warm, "fast", ""))
+            .await
+            .expect("a switch within grpc.call_timeout answers")
+            .into_inner();
+        let fast_took = t.elapsed();
+        println!("fast switchover answered in {fast_took:?}");
+        assert!(fast.completed, "{fast:?}");
+        assert!(fast_took < call_timeout, "took {fast_took:?}");
+        lab.wait_all_lbs(LbTarget::Serve(Setup::Warm), Duration::from_secs(5))
+            .await
+            .expect("every LB on warm");
+
+        // Past the bound: the handover grace alone is 6 s.
+        let grace = Duration::from_secs(6);
+        let t = Instant::now();
+        let e = admin
+            .switchover(proto::SwitchRequest {
+                grace_ms: grace.as_millis() as u64,
+                ..switch(Setup::Hot, "slow", "")
+            })
+            .await
+            .expect_err("a call past grpc.call_timeout is cut");
+        let cut_after = t.elapsed();
+        println!(
+            "slow switchover cut after {cut_after:?}: {:?} {}",
+            e.code(),
+            e.message()
+        );
+        assert_eq!(e.code(), Code::Cancelled, "{}", e.message());
+        assert_eq!(e.message(), "Timeout expired");
+        assert!(
+            cut_after >= call_timeout && cut_after < call_timeout + Duration::from_secs(1),
+            "cut after {cut_after:?}, grpc.call_timeout is {call_timeout:?}"
+        );
+
+        // The slot of the cut call is free again at once (one slot in all).
+        let t = Instant::now();
+        let status = admin
+            .status(proto::StatusRequest {})
+            .await
+            .expect("the cut call's Admin slot was given back")
+            .into_inner();
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        // The switch goes on without its caller: it was not complete when
+        // the call was cut (the grace had not passed), it is afterwards.
+        let route = status.route.expect("route");
+        assert!(route.epoch > fast.epoch, "the leader took the request");
+        assert!(
+            !(route.setup == PSetup::Hot as i32 && status.settled),
+            "complete before the grace passed? {route:?}"
+        );
+        lab.wait_all_lbs(LbTarget::Serve(Setup::Hot), grace + Duration::from_secs(5))
+            .await
+            .expect("the switch completes after its caller was cut");
+    });
+}

@@ -307,6 +307,161 @@ fn a_lost_route_is_re_established_and_nothing_mismatches() {
     });
 }
 
+/// `text` without ANSI colour sequences (the sidecars' logs have them).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... final byte in @..~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The lines of member `i`'s log at `level` that contain `needle`.
+fn log_lines(lab: &Lab, i: usize, level: &str, needle: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(&lab.sidecars[i].log).expect("sidecar log");
+    plain(&text)
+        .lines()
+        .filter(|l| l.contains(&format!(" {level} ")) && l.contains(needle))
+        .map(String::from)
+        .collect()
+}
+
+/// `lockstep_route_behind` on member `i`'s `/metrics`.
+async fn route_behind(lab: &Lab, i: usize) -> Option<f64> {
+    lab.sidecars[i]
+        .scrape()
+        .await
+        .ok()?
+        .get("lockstep_route_behind", &[])
+}
+
+/// A member that sees etcd's route roll back below the epoch it applied
+/// (the route of before the last switch written back, as an old backup
+/// would) says so three ways while the leader is frozen and cannot
+/// re-establish the link: `lockstep_route_behind 1` on its `/metrics`, a
+/// WARN naming both epochs in its log, and `behind` in its record as
+/// `status` shows it; its LB is blocked meanwhile. Once the leader runs
+/// again it re-establishes the link above the applied epoch and each of
+/// the three clears.
+#[test]
+fn a_route_rolled_back_below_the_applied_epoch_is_reported() {
+    rt().block_on(async {
+        let lab = Lab::start("route-behind", LabOptions::default())
+            .await
+            .expect("lab");
+        let traffic = lab.start_traffic(20).await.expect("traffic on hot");
+        traffic
+            .wait_for_matched(60, Duration::from_secs(10))
+            .await
+            .expect("pairs match on hot");
+        let sampler = SplitSampler::start(&lab);
+        let old = route(&lab).await;
+        let mut admin = lab.admin(0).await.expect("admin");
+        let on_warm = admin
+            .switchover(switch(Setup::Warm, "before the rollback"))
+            .await
+            .expect("switchover")
+            .into_inner();
+        assert!(on_warm.completed && on_warm.epoch > old.epoch);
+        let leader = lab
+            .leader_index(None, Duration::from_secs(5))
+            .await
+            .expect("leader");
+        let other = (leader + 1) % lab.sidecars.len();
+        let id = lab.sidecars[other].spec.member_id.clone();
+        assert_eq!(route_behind(&lab, other).await, Some(0.0), "not behind yet");
+        let warned_before = log_lines(&lab, other, "WARN", "route below what this link applied").len();
+
+        lab.sidecars[leader]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGSTOP)
+            .expect("SIGSTOP the leader");
+        let frozen = Instant::now();
+        let key = format!("/lockstep/{}/route", lab.link);
+        let json = serde_json::to_string(&old).expect("json");
+        lab.etcd.etcdctl(&["put", &key, &json]).expect("roll the route back");
+        let want = format!(
+            "etcd's route is at {}/serve, below epoch {} applied on this link: blocked until the leader re-establishes it",
+            old.epoch, on_warm.epoch
+        );
+        // Asked while the leader is frozen (well within its lease TTL).
+        let mut seen = None;
+        while frozen.elapsed() < Duration::from_secs(2) {
+            if route_behind(&lab, other).await == Some(1.0) {
+                seen = Some(frozen.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let metric_after = seen.expect("lockstep_route_behind 1 within 2 s");
+        let status = lab
+            .admin(other)
+            .await
+            .expect("admin")
+            .status(proto::StatusRequest {})
+            .await;
+        let blocked = lab.wait_lb(other, LbTarget::Blocked, Duration::from_secs(1)).await;
+        let still_frozen = frozen.elapsed();
+        lab.sidecars[leader]
+            .guard
+            .signal(nix::sys::signal::Signal::SIGCONT)
+            .expect("SIGCONT the leader");
+        println!("behind on /metrics {metric_after:?} after the rollback; leader frozen {still_frozen:?}");
+        let status = status.expect("status").into_inner();
+        let member = status
+            .members
+            .iter()
+            .find(|m| m.id == id)
+            .expect("the member listed");
+        assert_eq!(member.behind, want, "{status:?}");
+        blocked.expect("the member that is behind blocks its LB");
+        let warned = log_lines(&lab, other, "WARN", "route below what this link applied");
+        assert_eq!(warned.len(), warned_before + 1, "{warned:?}");
+        let line = warned.last().expect("a WARN");
+        assert!(line.contains(&format!("behind={want}")), "{line}");
+        assert!(line.contains(&format!("member={id}")), "{line}");
+
+        // The leader re-establishes the link above the applied epoch.
+        let epoch =
+            wait_settled_above(&lab, Setup::Warm, on_warm.epoch, Duration::from_secs(10)).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while route_behind(&lab, other).await != Some(0.0) {
+            assert!(Instant::now() < deadline, "lockstep_route_behind still not 0");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let status = lab.status().await.expect("status");
+        assert!(
+            status.members.iter().all(|m| m.behind.is_empty()),
+            "{status:?}"
+        );
+        assert!(
+            !log_lines(&lab, other, "INFO", "route caught up with what this link applied").is_empty(),
+            "no INFO when it caught up"
+        );
+        println!("re-established at epoch {epoch} (rolled back to {}, applied {})", old.epoch, on_warm.epoch);
+        lab.wait_all_lbs(LbTarget::Serve(Setup::Warm), Duration::from_secs(5))
+            .await
+            .expect("every LB on warm again");
+        traffic
+            .wait_for_more_matched(50, Duration::from_secs(10))
+            .await
+            .expect("pairs match on warm again");
+        sampler.stop_and_assert_never_split().await;
+        let report = traffic.stop_and_assert_no_mismatch().await;
+        assert!(report.matched > 100, "too little traffic: {report}");
+    });
+}
+
 /// An old etcd snapshot restored under running sidecars (etcd kept down for
 /// longer than the lease TTL, as the restore procedure says), then every
 /// member restarted one at a time: 0 mismatched pairs, and epochs continue
@@ -388,7 +543,9 @@ fn an_old_snapshot_restored_under_running_sidecars_never_mismatches() {
 /// A second sidecar configured with bob's member id never merges into bob:
 /// it stays blocked, and once bob's lease has been renewed for twice the
 /// TTL it exits with an error naming bob's address. A crash-restart of bob
-/// itself waits at most one TTL for its old key, then serves again.
+/// itself waits at most one TTL for its old key, then serves again: within
+/// TTL + 1 s of the crash (its key re-created on a new lease, its LB
+/// serving).
 #[test]
 fn a_duplicate_member_id_never_merges_into_the_live_member() {
     rt().block_on(async {
@@ -440,16 +597,46 @@ fn a_duplicate_member_id_never_merges_into_the_live_member() {
         assert!(status.settled);
 
         // Bob crashes and restarts at once: it waits for its old key.
+        let mut etcd = etcd_client::Client::connect(lab.etcd.endpoints(), None)
+            .await
+            .expect("etcd");
+        let key = format!("/lockstep/{}/members/{}", lab.link, original.member_id);
+        let lease_of = |kv: Option<&etcd_client::KeyValue>| kv.map(|kv| kv.lease());
+        let old_lease = lease_of(etcd.get(key.as_str(), None).await.expect("get").kvs().first())
+            .expect("bob's key");
         lab.sidecars[b]
             .guard
             .signal(nix::sys::signal::Signal::SIGKILL)
             .expect("kill");
         let killed = Instant::now();
         lab.sidecars[b].restart().expect("restart");
-        lab.wait_lb(b, LbTarget::Serve(Setup::Hot), ttl * 3)
+        // The old key goes with its lease; the new process registers anew.
+        let mut gone = None;
+        let registered = loop {
+            let lease = lease_of(etcd.get(key.as_str(), None).await.expect("get").kvs().first());
+            if lease.is_none() && gone.is_none() {
+                gone = Some(killed.elapsed());
+            }
+            if lease.is_some_and(|l| l != old_lease) {
+                break killed.elapsed();
+            }
+            assert!(killed.elapsed() < ttl * 3, "bob not registered again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let serving = lab
+            .wait_lb(b, LbTarget::Serve(Setup::Hot), ttl * 3)
             .await
+            .map(|_| killed.elapsed())
             .expect("bob serves again");
-        println!("bob serves again {:?} after the crash", killed.elapsed());
+        println!(
+            "after the crash (TTL {ttl:?}): old key gone {gone:?}, registered again {registered:?}, LB serves {serving:?}"
+        );
+        // At most one TTL from the last keep-alive (sent every 500 ms), plus
+        // etcd's expiry sweep (every 500 ms), the 200 ms registration poll and
+        // HAProxy's next check: measured 3.1 s with a 3 s TTL.
+        let bound = ttl + Duration::from_secs(1);
+        assert!(registered <= bound, "registered again after {registered:?}");
+        assert!(serving <= bound, "serves again after {serving:?}");
         sampler.stop_and_assert_never_split().await;
         let report = traffic.stop_and_assert_no_mismatch().await;
         assert!(report.matched > 100, "too little traffic: {report}");

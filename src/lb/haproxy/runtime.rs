@@ -483,22 +483,148 @@ pub(super) mod tests {
         ));
     }
 
+    use proptest::prelude::{any, prop_assert, prop_assert_eq};
+    use proptest::test_runner::TestCaseError;
+
+    const STATE_CMD: &str = "show servers state kme";
+
+    /// How many answers `raw` holds, counted apart from `split_answers`:
+    /// one per empty line, plus a last one cut short.
+    fn answers_in(raw: &str) -> usize {
+        let (mut n, mut open) = (0, false);
+        for line in raw.lines() {
+            open = !line.is_empty();
+            if !open {
+                n += 1;
+            }
+        }
+        n + usize::from(open)
+    }
+
+    /// `split_answers`: `n` answers when `raw` holds `n`, none of them with
+    /// an empty line in it; `Parse` saying how many otherwise.
+    fn check_split(raw: &str, n: usize) -> Result<(), TestCaseError> {
+        match split_answers(raw, n) {
+            Ok(answers) => {
+                prop_assert_eq!(answers_in(raw), n);
+                prop_assert_eq!(answers.len(), n);
+                for a in &answers {
+                    prop_assert!(a.is_empty() || a.lines().all(|l| !l.is_empty()), "{:?}", a);
+                }
+            }
+            Err(LbError::Parse(m)) => {
+                prop_assert!(answers_in(raw) != n);
+                prop_assert!(
+                    m.starts_with(&format!("expected {n} answers from HAProxy, got ")),
+                    "{}",
+                    m
+                );
+            }
+            Err(e) => return Err(TestCaseError::fail(format!("not Parse: {e:?}"))),
+        }
+        Ok(())
+    }
+
+    /// `parse_servers_state`: an answer not opening with the format
+    /// version "1" is `Rejected` with the command and the answer; one that
+    /// does gives one state per server line or `Parse` naming the line.
+    fn check_servers_state(text: &str) -> Result<Option<Vec<ServerState>>, TestCaseError> {
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        let versioned = lines.next().map(str::trim) == Some("1");
+        let servers: Vec<&str> = lines.filter(|l| !l.starts_with('#')).collect();
+        match parse_servers_state(STATE_CMD, text) {
+            Ok(states) => {
+                prop_assert!(versioned);
+                prop_assert_eq!(states.len(), servers.len());
+                for (s, line) in states.iter().zip(&servers) {
+                    prop_assert!(
+                        line.split_whitespace().any(|f| f == s.name),
+                        "{:?} in {:?}",
+                        s.name,
+                        line
+                    );
+                }
+                Ok(Some(states))
+            }
+            Err(LbError::Rejected { command, answer }) => {
+                prop_assert!(!versioned);
+                prop_assert_eq!(command, STATE_CMD);
+                prop_assert_eq!(answer, text.trim());
+                Ok(None)
+            }
+            Err(LbError::Parse(m)) => {
+                prop_assert!(versioned);
+                prop_assert!(
+                    servers.iter().any(|l| m.contains(&format!("{l:?}"))),
+                    "{} names no server line of {:?}",
+                    m,
+                    servers
+                );
+                Ok(None)
+            }
+            Err(e) => Err(TestCaseError::fail(format!("not Rejected or Parse: {e:?}"))),
+        }
+    }
+
+    /// `parse_show_info`: no `Pid:` line is `Rejected`; a `Pid` that is no
+    /// number is `Parse` naming it; otherwise the pid it says.
+    fn check_show_info(text: &str) -> Result<(), TestCaseError> {
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        match (parse_show_info("show info", text), value("Pid")) {
+            (Err(LbError::Rejected { command, answer }), None) => {
+                prop_assert_eq!(command, "show info");
+                prop_assert_eq!(answer, text.trim());
+            }
+            (Ok(id), Some(pid)) => {
+                prop_assert_eq!(Ok(id.pid), pid.parse::<u32>());
+                prop_assert_eq!(
+                    id.start_time_sec,
+                    value("Start_time_sec").and_then(|s| s.parse().ok())
+                );
+            }
+            (Err(LbError::Parse(m)), Some(pid)) => {
+                let named = if pid.parse::<u32>().is_err() {
+                    "Pid"
+                } else {
+                    "Start_time_sec"
+                };
+                prop_assert!(
+                    m.starts_with(named) && m.contains("is not a number"),
+                    "{}",
+                    m
+                );
+            }
+            (got, pid) => return Err(TestCaseError::fail(format!("{got:?} for Pid {pid:?}"))),
+        }
+        Ok(())
+    }
+
     proptest::proptest! {
         #![proptest_config(crate::limits::proptest_config())]
 
         /// HAProxy's answers come from a socket: whatever the bytes, the
-        /// parsers answer with a value or a typed error, never a panic.
+        /// parsers answer with the value the text holds or the typed error
+        /// that says why not, never a panic.
         #[test]
-        fn runtime_answers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048), n in 0usize..5) {
+        fn runtime_answers_never_panic_and_get_a_value_or_a_typed_error(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+            n in 0usize..5,
+            version in proptest::prop_oneof![proptest::strategy::Just(""), proptest::strategy::Just("1\n")],
+            pid in proptest::prop_oneof![proptest::strategy::Just(""), proptest::strategy::Just("Pid: 42\n"), proptest::strategy::Just("Pid: x\n")],
+        ) {
             let text = String::from_utf8_lossy(&bytes);
-            let _ = split_answers(&text, n);
-            let _ = parse_servers_state("show servers state kme", &text);
-            let _ = parse_show_info("show info", &text);
+            check_split(&text, n)?;
+            check_servers_state(&format!("{version}{text}"))?;
+            check_show_info(&format!("{pid}{text}"))?;
         }
 
         /// Lines shaped like `show servers state` with arbitrary fields.
         #[test]
-        fn servers_state_like_lines_never_panic(
+        fn servers_state_like_lines_never_panic_and_get_states_or_parse_errors(
             fields in proptest::collection::vec("[-0-9a-z.:]{0,8}", 0..30),
             rows in 0usize..4,
         ) {
@@ -509,7 +635,55 @@ pub(super) mod tests {
                 text.push('\n');
                 text.push_str(&row);
             }
-            let _ = parse_servers_state("show servers state kme", &text);
+            check_servers_state(&text)?;
+        }
+
+        /// Lines as HAProxy writes them, from typed values: parsed back to
+        /// exactly those values.
+        #[test]
+        fn servers_state_lines_never_panic_and_round_trip(
+            servers in proptest::collection::vec((
+                "[a-z][a-z0-9_-]{0,10}",
+                0u32..4,
+                any::<u32>(),
+                any::<u32>(),
+                any::<u16>(),
+                any::<u32>(),
+                any::<u16>(),
+            ), 0..4),
+        ) {
+            let mut text = format!("1\n{HEADER}\n");
+            let mut want = Vec::new();
+            for (i, (name, op, admin, health, port, check_state, check_port)) in servers.into_iter().enumerate() {
+                text.push_str(&format!(
+                    "3 kme {i} {name} 10.0.0.{i} {op} {admin} 1 1 0 1 0 {health} {check_state} 0 0 0 - {port} - 0 {check_port} 10.1.0.{i} - 0\n"
+                ));
+                want.push(ServerState {
+                    backend: "kme".into(),
+                    name,
+                    op_state: OpState::from_code(op).ok_or_else(|| TestCaseError::fail("op"))?,
+                    admin_state: admin,
+                    check_health: Some(health),
+                    addr: Some(format!("10.0.0.{i}")),
+                    port: Some(port),
+                    check_state: Some(check_state),
+                    check_addr: Some(format!("10.1.0.{i}")),
+                    check_port: Some(check_port),
+                });
+            }
+            prop_assert_eq!(check_servers_state(&text)?, Some(want));
+        }
+
+        /// `show info` as HAProxy writes it: the pid and start time back.
+        #[test]
+        fn show_info_never_panics_and_round_trips(pid in any::<u32>(), start in proptest::option::of(any::<u64>())) {
+            let start_line = start.map_or(String::new(), |s| format!("Start_time_sec: {s}\n"));
+            let text = format!("Name: HAProxy\nVersion: 2.6.12\nPid: {pid}\n{start_line}Uptime: 0d 0h00m05s\n");
+            prop_assert_eq!(
+                parse_show_info("show info", &text).ok(),
+                Some(ProcessIdentity { pid, start_time_sec: start })
+            );
+            check_show_info(&text)?;
         }
     }
 }
