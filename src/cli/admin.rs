@@ -359,6 +359,15 @@ fn rpc_failure(s: &tonic::Status, endpoint: &str, switching: bool) -> Failure {
         return tls_failure(endpoint, &describe(s), problem);
     }
     match s.code() {
+        // The sidecar cut the call (its `grpc.call_timeout`) or it was
+        // dropped mid-call: the request may be stored and carried out.
+        tonic::Code::Cancelled if switching => Failure::exit(
+            Exit::NotComplete,
+            format!(
+                "the call to {endpoint} was cut before its answer ({}): the switch may go on; check `lockstep status`",
+                s.message()
+            ),
+        ),
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
             unreachable(endpoint, s.message())
         }
@@ -685,6 +694,13 @@ mod tests {
         let late = tonic::Status::deadline_exceeded("timeout");
         assert_eq!(rpc_failure(&late, "x", true).code, 4, "a switch may go on");
         assert_eq!(rpc_failure(&late, "x", false).code, 3);
+        // The sidecar's grpc.call_timeout cut the call: the request may be
+        // stored and carried out.
+        let cut = tonic::Status::cancelled("Timeout expired");
+        let f = rpc_failure(&cut, "x", true);
+        assert_eq!(f.code, 4, "a switch may go on");
+        assert!(f.message.contains("Timeout expired"), "{}", f.message);
+        assert_eq!(rpc_failure(&cut, "x", false).code, 3);
     }
 
     #[test]

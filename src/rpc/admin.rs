@@ -173,6 +173,14 @@ impl AdminService {
         } else {
             self.shared.config.admin.switch_timeout
         };
+        // The sidecar cuts every call at `grpc.call_timeout`; a wait past
+        // it would be cut before it could withdraw an untaken request.
+        let call_timeout = self.shared.config.grpc.call_timeout;
+        if timeout >= call_timeout {
+            return Err(Reason::InvalidRequest.status(format!(
+                "a timeout of {timeout:?} is not shorter than this sidecar's grpc.call_timeout ({call_timeout:?}), which would cut the call first; give a --timeout below {call_timeout:?}"
+            )));
+        }
         if Duration::from_millis(req.grace_ms) > timeout {
             return Err(Reason::InvalidRequest.status(format!(
                 "a grace of {:?} is longer than the switch may take ({timeout:?}); give a shorter --grace or a longer --timeout",
