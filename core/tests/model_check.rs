@@ -25,10 +25,22 @@ use std::time::Instant;
 
 /// Prints the search's progress every 30 s (long runs show they are alive
 /// and how far they got); discoveries are reported by `check_all`.
-struct Progress;
+/// stateright's report thread sleeps `delay` between looks and the search
+/// waits for it, so `delay` is short (a search ends at most that much
+/// after it is done) and the printing is spaced out here.
+#[derive(Default)]
+struct Progress {
+    printed: Option<Instant>,
+}
+
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Reporter<LinkModel> for Progress {
     fn report_checking(&mut self, d: ReportData) {
+        if self.printed.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        self.printed = Some(Instant::now());
         println!(
             "  {} states ({} unique), depth {}, {:.0} s{}",
             d.total_states,
@@ -47,7 +59,7 @@ impl Reporter<LinkModel> for Progress {
     }
 
     fn delay(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(30)
+        std::time::Duration::from_millis(100)
     }
 }
 
@@ -150,7 +162,7 @@ fn check_up_to(name: &str, model: LinkModel, limit: usize) -> Outcome {
         .threads(threads())
         .target_state_count(limit)
         .spawn_dfs()
-        .join_and_report(&mut Progress);
+        .join_and_report(&mut Progress::default());
     let out = Outcome {
         states: checker.state_count(),
         unique: checker.unique_state_count(),
