@@ -632,11 +632,14 @@ fn a_duplicate_member_id_never_merges_into_the_live_member() {
             "after the crash (TTL {ttl:?}): old key gone {gone:?}, registered again {registered:?}, LB serves {serving:?}"
         );
         // At most one TTL from the last keep-alive (sent every 500 ms), plus
-        // etcd's expiry sweep (every 500 ms), the 200 ms registration poll and
-        // HAProxy's next check: measured 3.1 s with a 3 s TTL.
+        // etcd's expiry sweep (every 500 ms) and the 200 ms registration
+        // poll: measured 3.1-3.3 s with a 3 s TTL. Serving again adds the
+        // resync and HAProxy's next check (measured within 10 ms of the
+        // registration); a second of slack for a loaded CI machine.
         let bound = ttl + Duration::from_secs(1);
         assert!(registered <= bound, "registered again after {registered:?}");
-        assert!(serving <= bound, "serves again after {serving:?}");
+        let serve_bound = bound + Duration::from_secs(1);
+        assert!(serving <= serve_bound, "serves again after {serving:?}");
         sampler.stop_and_assert_never_split().await;
         let report = traffic.stop_and_assert_no_mismatch().await;
         assert!(report.matched > 100, "too little traffic: {report}");
