@@ -434,6 +434,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// The lengths in ms of the probe's outages that began at `since` or
+/// later (not the start-up's).
+fn outage_ms(outages: &[lockstep_testkit::outage::Outage], since: Instant) -> Vec<f64> {
+    outages
+        .iter()
+        .filter(|o| o.start >= since)
+        .map(|o| o.length.as_secs_f64() * 1000.0)
+        .collect()
+}
+
 fn summary(name: &str, mut v: Vec<f64>) -> String {
     v.sort_by(|a, b| a.total_cmp(b));
     format!(
@@ -515,23 +525,20 @@ async fn bench(
     let pids: Vec<u32> = lab.sidecars.iter().filter_map(|s| s.guard.pid()).collect();
     let usage_before: Vec<(u64, u64)> =
         pids.iter().map(|&p| proc_usage(p)).collect::<Result<_>>()?;
-    let switching = Instant::now();
+    let started = Instant::now();
     for i in 0..switches {
         // Let traffic settle on the new setup so outages do not merge.
         tokio::time::sleep(Duration::from_millis(40)).await;
         latency.push(switch_ms(&mut admin, to, format!("bench {i}")).await?);
         to = to.other();
     }
-    let switching = switching.elapsed();
+    let switching = started.elapsed();
     let usage_after: Vec<(u64, u64)> =
         pids.iter().map(|&p| proc_usage(p)).collect::<Result<_>>()?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let report = traffic.stop().await;
     let (alice_out, _) = alice.stop().await;
     let (bob_out, _) = bob.stop().await;
-    let probed = |o: &[lockstep_testkit::outage::Outage]| -> Vec<f64> {
-        o.iter().map(|o| o.length.as_secs_f64() * 1000.0).collect()
-    };
     let history = admin
         .history(proto::HistoryRequest {
             limit: switches as u32 + 10,
@@ -566,14 +573,14 @@ async fn bench(
         "{}",
         summary(
             "alice's LB blocked (status probe, per outage)",
-            probed(&alice_out)
+            outage_ms(&alice_out, started)
         )
     );
     println!(
         "{}",
         summary(
             "bob's LB blocked (status probe, per outage)",
-            probed(&bob_out)
+            outage_ms(&bob_out, started)
         )
     );
     println!(
@@ -652,12 +659,6 @@ async fn transit_bench(
     let report = transit.stop().await;
     let (alice_out, alice_calls) = alice.stop().await;
     let (bob_out, bob_calls) = bob.stop().await;
-    let ms = |o: &[lockstep_testkit::outage::Outage]| -> Vec<f64> {
-        o.iter()
-            .filter(|o| o.start >= started)
-            .map(|o| o.length.as_secs_f64() * 1000.0)
-            .collect()
-    };
     println!("\n{variant}: {switches} switchovers, {pairs} SAE pairs, gap {gap:?}");
     println!(
         "{}",
@@ -665,11 +666,17 @@ async fn transit_bench(
     );
     println!(
         "{}",
-        summary("issuing end (alice) outage, per outage", ms(&alice_out))
+        summary(
+            "issuing end (alice) outage, per outage",
+            outage_ms(&alice_out, started)
+        )
     );
     println!(
         "{}",
-        summary("receiving end (bob) outage, per outage", ms(&bob_out))
+        summary(
+            "receiving end (bob) outage, per outage",
+            outage_ms(&bob_out, started)
+        )
     );
     println!("status calls: alice {alice_calls}, bob {bob_calls}");
     println!(
