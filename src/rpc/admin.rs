@@ -173,14 +173,6 @@ impl AdminService {
         } else {
             self.shared.config.admin.switch_timeout
         };
-        // The sidecar cuts every call at `grpc.call_timeout`; a wait past
-        // it would be cut before it could withdraw an untaken request.
-        let call_timeout = self.shared.config.grpc.call_timeout;
-        if timeout >= call_timeout {
-            return Err(Reason::InvalidRequest.status(format!(
-                "a timeout of {timeout:?} is not shorter than this sidecar's grpc.call_timeout ({call_timeout:?}), which would cut the call first; give a --timeout below {call_timeout:?}"
-            )));
-        }
         if Duration::from_millis(req.grace_ms) > timeout {
             return Err(Reason::InvalidRequest.status(format!(
                 "a grace of {:?} is longer than the switch may take ({timeout:?}); give a shorter --grace or a longer --timeout",
@@ -188,13 +180,24 @@ impl AdminService {
             )));
         }
         let not_before_ms = scheduled_at(&req.at, kind)?;
+        // An immediate request's call waits up to `timeout` (a scheduled
+        // one returns at once; its timeout runs from its time). The sidecar
+        // cuts every call at `grpc.call_timeout`: a wait past it would be
+        // cut before it could withdraw an untaken request. A dry run
+        // answers as the real call would.
+        let call_timeout = self.shared.config.grpc.call_timeout;
+        if not_before_ms.is_none() && timeout >= call_timeout {
+            return Err(Reason::InvalidRequest.status(format!(
+                "a timeout of {timeout:?} is not shorter than this sidecar's grpc.call_timeout ({call_timeout:?}), which would cut the call first; give a --timeout below {call_timeout:?}"
+            )));
+        }
         let store = &self.shared.store;
-        // A request to store is watched for from "now", before it is
-        // stored, so its outcome cannot be missed: that watch is opened
-        // alongside the read, one etcd round trip instead of two.
-        let stores = !req.dry_run && not_before_ms.is_none();
+        // A request this call waits for is watched for from "now", before
+        // it is stored, so its outcome cannot be missed: that watch is
+        // opened alongside the read, one etcd round trip instead of two.
+        let waits = !req.dry_run && not_before_ms.is_none();
         let (snap, watch) = async {
-            if stores {
+            if waits {
                 let (snap, watch) = tokio::join!(store.snapshot(), store.watch(Watched::Link));
                 Ok::<_, crate::store::StoreError>((snap?, Some(watch?)))
             } else {
@@ -646,61 +649,57 @@ async fn wait_settled(
     };
     let mut etcd_error = None;
     let fut = async {
-        // `None`: read the link (the watch is older than the read, so
-        // nothing after it is missed).
-        let mut link: Option<Snapshot> = None;
         loop {
-            if link.is_none() {
-                let read = store
-                    .snapshot()
-                    .instrument(debug_span!("settle_read", epoch))
-                    .await;
-                let snap = match read {
-                    Ok(snap) => snap,
-                    Err(e) => {
-                        etcd_error = Some(e.to_string());
-                        let (w, snap) = rewatch(store, deadline, &mut etcd_error).await?;
-                        *watch = w;
-                        snap
-                    }
-                };
-                if check(&snap) {
-                    return Some(());
-                }
-                debug!(rev = snap.rev, "settle: not settled yet");
-                link = Some(snap);
-            }
-            let batch = match watch.next().await {
-                Ok(Some(batch)) => batch,
-                broken => {
-                    etcd_error = Some(match broken {
-                        Err(e) => e.to_string(),
-                        Ok(_) => "the etcd watch ended".into(),
-                    });
+            // One read (the watch is older than it, so nothing after it is
+            // missed) ...
+            let read = store
+                .snapshot()
+                .instrument(debug_span!("settle_read", epoch))
+                .await;
+            let mut link = match read {
+                Ok(snap) => snap,
+                Err(e) => {
+                    etcd_error = Some(e.to_string());
                     let (w, snap) = rewatch(store, deadline, &mut etcd_error).await?;
                     *watch = w;
-                    if check(&snap) {
-                        return Some(());
-                    }
-                    link = Some(snap);
-                    continue;
+                    snap
                 }
             };
-            let Some(snap) = link.as_mut() else { continue };
-            let (mut moved, mut undecodable) = (false, false);
-            for change in batch {
-                match change {
-                    Ok(change) => moved |= snap.apply_link_change(&change),
-                    Err(e) => {
-                        debug!(error = %e, "settle: a change could not be decoded; reading the link");
-                        undecodable = true;
+            // ... then the watch's newer changes, until one cannot be
+            // decoded: read again.
+            let mut moved = true;
+            loop {
+                if moved && check(&link) {
+                    return Some(());
+                }
+                let batch = match watch.next().await {
+                    Ok(Some(batch)) => batch,
+                    broken => {
+                        etcd_error = Some(match broken {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "the etcd watch ended".into(),
+                        });
+                        let (w, snap) = rewatch(store, deadline, &mut etcd_error).await?;
+                        *watch = w;
+                        (link, moved) = (snap, true);
+                        continue;
+                    }
+                };
+                moved = false;
+                let mut undecodable = false;
+                for change in batch {
+                    match change {
+                        Ok(change) => moved |= link.apply_link_change(&change),
+                        Err(e) => {
+                            debug!(error = %e, "settle: a change could not be decoded; reading the link");
+                            undecodable = true;
+                        }
                     }
                 }
-            }
-            if undecodable {
-                link = None;
-            } else if moved && check(snap) {
-                return Some(());
+                if undecodable {
+                    break;
+                }
+                debug!(moved, "settle: watch batch");
             }
         }
     };

@@ -840,6 +840,27 @@ fn a_call_longer_than_the_call_timeout_is_cut_and_frees_its_slot() {
             (fast.epoch, PSetup::Warm as i32),
             "nothing moved"
         );
+        // A scheduled one returns at once: its 20 s runs from its time.
+        let at = humantime::format_rfc3339_millis(
+            std::time::SystemTime::now() + Duration::from_secs(3600),
+        )
+        .to_string();
+        let scheduled = admin
+            .switchover(proto::SwitchRequest {
+                at,
+                ..switch(Setup::Hot, "scheduled", "")
+            })
+            .await
+            .expect("a scheduled switch is not bound by grpc.call_timeout")
+            .into_inner();
+        assert!(!scheduled.scheduled_at.is_empty(), "{scheduled:?}");
+        admin
+            .cancel(proto::CancelRequest {
+                id: scheduled.request_id,
+                ..Default::default()
+            })
+            .await
+            .expect("cancel the scheduled switch");
 
         // The bound on a call whose dependency hangs.
         let etcd = &lab.etcd.nodes[0].guard;
