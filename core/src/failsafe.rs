@@ -17,7 +17,11 @@
 //!    (`Member`).
 //! 4. A member grants only for the `(e, X)` it serves, confirmed by etcd in
 //!    its current incarnation, listed in route `e`'s roster, only while its
-//!    own lease is about to lapse, and never while it leads or campaigns.
+//!    own lease is about to lapse, never while it leads or campaigns, and
+//!    never for an `e` below an epoch its process sent a route write for
+//!    (that write may land after the leadership ended). A leader whose
+//!    lease is about to lapse steps down ([`lease_about_to_lapse`]), so its
+//!    peers can have its grant before their own leases lapse.
 //! 5. A grant binds its granter until it expires: it does not campaign.
 //!
 //! Together: a leader is a roster member that has no grant outstanding and
@@ -69,6 +73,9 @@ pub enum GrantRefusal {
     /// This member does not serve the asked epoch and setup, confirmed by
     /// etcd in this incarnation and listed in that route's roster.
     NotServing { serving: Option<Applied> },
+    /// This member's process wrote (or sent a write for) the route at
+    /// `epoch`, above the asked one: that write may still land.
+    Wrote { epoch: Epoch },
     /// The member is stopping.
     Stopping,
 }
@@ -88,6 +95,10 @@ impl std::fmt::Display for GrantRefusal {
             GrantRefusal::NotServing { serving: None } => {
                 f.write_str("this member serves no route of its roster")
             }
+            GrantRefusal::Wrote { epoch } => write!(
+                f,
+                "this member's process wrote the route at epoch {epoch}, above the asked one; that write may still land"
+            ),
             GrantRefusal::Stopping => f.write_str("member is stopping"),
         }
     }
@@ -195,7 +206,18 @@ pub fn lease_about_to_lapse(
     fs: &FailsafeConfig,
     lb_down_bound: Duration,
 ) -> bool {
-    lease_fresh_until.is_none_or(|u| now + fs.grant_ttl + lb_down_bound >= u)
+    lapse_doubt_from(lease_fresh_until, fs, lb_down_bound).is_none_or(|t| now >= t)
+}
+
+/// From when a lease fresh until `lease_fresh_until` is about to lapse
+/// (`None`: there is no fresh lease, so it is already). A leader steps down
+/// then: it may have to grant, and its peers' leases lapse about as soon.
+pub fn lapse_doubt_from(
+    lease_fresh_until: Option<Time>,
+    fs: &FailsafeConfig,
+    lb_down_bound: Duration,
+) -> Option<Time> {
+    lease_fresh_until.map(|u| u - (fs.grant_ttl + lb_down_bound))
 }
 
 /// Whether some incarnation of `route`'s roster has a live key among

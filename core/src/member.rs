@@ -120,6 +120,16 @@ pub struct LinkRead {
     pub floor: Epoch,
 }
 
+/// Whether this member's process may switch the link (`MemberEvent::Leading`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Leadership {
+    /// It campaigns or leads.
+    Campaigning,
+    /// Neither; `wrote` is the highest epoch its leadership sent a route
+    /// write for (`None`: it wrote nothing).
+    Ended { wrote: Option<Epoch> },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum MemberEvent {
     /// The driver registered a (new) lease and member key, then read the
@@ -161,9 +171,9 @@ pub enum MemberEvent {
     LbInconsistent,
     /// Stop gracefully: block the LB, then give up the lease.
     Stop,
-    /// This process campaigns or leads (true) or neither (false): it
-    /// grants nothing while it may switch the link.
-    Leading(bool),
+    /// Whether this process campaigns or leads: it grants nothing while it
+    /// may switch the link, nor afterwards below an epoch it wrote.
+    Leading(Leadership),
     /// A peer asks for a failsafe grant (`Peer.Grant`).
     GrantAsked { req: RequestId, ask: GrantAsk },
     /// A peer answered a grant ask sent at `sent_at` (answer to
@@ -415,6 +425,10 @@ pub struct Member {
     bound_until: Option<Time>,
     /// The process campaigns or leads.
     leading: bool,
+    /// The highest epoch this process's leadership sent a route write for:
+    /// such a write may still land after the leadership ended, so no grant
+    /// goes below it (rule 4 of `failsafe`).
+    wrote: Option<Epoch>,
     /// When to ask for grants again.
     next_ask: Option<Time>,
     fenced: bool,
@@ -455,6 +469,7 @@ impl Member {
             grants: BTreeMap::new(),
             bound_until: None,
             leading: false,
+            wrote: None,
             next_ask: None,
             fenced: false,
             stopping: false,
@@ -565,10 +580,11 @@ impl Member {
             if self.wants_grants() {
                 consider(self.next_ask);
             } else if self.serving_rostered().is_some() {
-                consider(
-                    self.lease_fresh_until
-                        .map(|u| u - fs.grant_ttl - self.config.lb_down_bound),
-                );
+                consider(crate::failsafe::lapse_doubt_from(
+                    self.lease_fresh_until,
+                    &fs,
+                    self.config.lb_down_bound,
+                ));
             }
         }
         t
@@ -674,7 +690,11 @@ impl Member {
                 }
             }
             MemberEvent::Stop => self.stopping = true,
-            MemberEvent::Leading(leading) => self.leading = leading,
+            MemberEvent::Leading(Leadership::Campaigning) => self.leading = true,
+            MemberEvent::Leading(Leadership::Ended { wrote }) => {
+                self.leading = false;
+                self.wrote = self.wrote.max(wrote);
+            }
             MemberEvent::GrantAsked { req, ask } => {
                 let result = self.grant(&ask);
                 self.actions
@@ -701,6 +721,11 @@ impl Member {
     /// can keep serving.
     fn serving_rostered(&self) -> Option<(&Route, Applied)> {
         let a = self.accepted.filter(|a| a.phase == Phase::Serve)?;
+        // Below an epoch this process sent a write for, that write may
+        // still land: nothing to keep serving on grants (rule 4).
+        if self.wrote.is_some_and(|w| a.epoch < w) {
+            return None;
+        }
         let route = self.route.as_ref().filter(|r| r.applied() == a)?;
         let lease = self.incarnation?;
         route.rostered(&self.config.id, lease).then_some((route, a))
@@ -790,7 +815,8 @@ impl Member {
 
     /// Rule 4 of `failsafe`: a grant only for the route this member serves
     /// from its roster, only while its own lease is about to lapse and it
-    /// does not lead; it binds this member (no campaign) until it expires.
+    /// does not lead, never below an epoch its process wrote; it binds this
+    /// member (no campaign) until it expires.
     fn grant(&mut self, ask: &GrantAsk) -> Result<Granted, GrantRefusal> {
         let Some(fs) = self.config.failsafe else {
             return Err(GrantRefusal::Disabled);
@@ -807,6 +833,9 @@ impl Member {
         }
         if !self.lease_doubtful(&fs) && !seen_etcd_ignored {
             return Err(GrantRefusal::SeesEtcd);
+        }
+        if let Some(wrote) = self.wrote.filter(|w| ask.epoch < *w) {
+            return Err(GrantRefusal::Wrote { epoch: wrote });
         }
         let lease = match (self.serving_rostered(), self.incarnation) {
             (Some((_, a)), Some(lease)) if a.epoch == ask.epoch && a.setup == ask.setup => lease,

@@ -46,4 +46,10 @@ pub enum Mutation {
     /// fresh) or leads: a leader's grant keeps a cut member serving while
     /// the leader switches.
     GrantWhileSeeingEtcd,
+    /// Failsafe (the drivers, as the model runs them): a leader whose lease
+    /// is about to lapse leads on until it learns the lease is lost, so its
+    /// member grants nothing meanwhile and its peers fence (a liveness
+    /// break: the model must no longer reach "every member serves on
+    /// grants").
+    LeadOnLapsingLease,
 }

@@ -1974,9 +1974,50 @@ mod failsafe {
             reply(&mut m),
             Some(Err(GrantRefusal::NotServing { .. }))
         ));
-        m.handle(Time(6200), MemberEvent::Leading(true));
+        m.handle(Time(6200), MemberEvent::Leading(Leadership::Campaigning));
         m.handle(Time(6300), ask(2));
         assert_eq!(reply(&mut m), Some(Err(GrantRefusal::Leading)));
+        // The leadership ends having written epoch 2 (landed): grants again.
+        let ended = |wrote| MemberEvent::Leading(Leadership::Ended { wrote });
+        m.handle(Time(6400), ended(Some(2)));
+        m.handle(Time(6500), ask(2));
+        assert!(matches!(reply(&mut m), Some(Ok(_))));
+        // A write of epoch 3 was sent and may still land: no grant for 2,
+        // however often the process campaigns and steps down without writing.
+        m.handle(Time(6600), MemberEvent::Leading(Leadership::Campaigning));
+        m.handle(Time(6700), ended(Some(3)));
+        m.handle(Time(6800), MemberEvent::Leading(Leadership::Campaigning));
+        m.handle(Time(6900), ended(None));
+        m.handle(Time(7000), ask(2));
+        assert_eq!(reply(&mut m), Some(Err(GrantRefusal::Wrote { epoch: 3 })));
+        // Nor does it keep serving epoch 2 on its peers' grants: it stops
+        // asking for them.
+        let asks = |m: &mut Member| {
+            actions(m)
+                .iter()
+                .filter(|a| matches!(a, MemberAction::AskGrants { .. }))
+                .count()
+        };
+        m.handle(Time(9000), MemberEvent::Tick);
+        assert_eq!(asks(&mut m), 0);
+    }
+
+    #[test]
+    fn a_member_asks_for_grants_only_above_what_its_process_wrote() {
+        let mut m = member();
+        let asks = |m: &mut Member, t| {
+            m.handle(Time(t), MemberEvent::Tick);
+            actions(m)
+                .iter()
+                .filter(|a| matches!(a, MemberAction::AskGrants { .. }))
+                .count()
+        };
+        assert!(asks(&mut m, 6000) > 0);
+        let ended = |wrote| MemberEvent::Leading(Leadership::Ended { wrote });
+        m.handle(Time(6100), ended(Some(2)));
+        assert!(asks(&mut m, 7000) > 0);
+        m.handle(Time(7100), ended(Some(3)));
+        assert_eq!(asks(&mut m, 8000), 0);
     }
 
     #[test]

@@ -19,14 +19,21 @@
 //!   dropping both "a member that sees etcd grants nothing" and "a grant
 //!   binds its granter" yields a counterexample too (either alone is
 //!   covered by the other).
+//! * `granting_or_serving_below_a_write_in_flight_splits_the_link`: route
+//!   writes land some time after they are sent, also after their writer
+//!   lost etcd (etcd takes queued requests before it revokes a lease).
+//!   Without the write floor (a process never grants, nor serves on
+//!   grants, below an epoch it sent a write for), a leader cut with its
+//!   roster write in flight steps down, grants the old epoch, and a member
+//!   its landed write listed leads and fails over.
 //!
 //! Abstractions: an LB blocks the instant its member's deadline passes (D
 //! is folded into the deadlines); keep-alives renew every unit while a
 //! member reaches etcd; a cut from etcd is permanent within the horizon (a
 //! healed member re-registers as a new incarnation, outside the roster
-//! until a leader adds it); pushes are replaced by members applying what
-//! etcd says when they reach it, and the leader's own member applying its
-//! writes at once.
+//! until a leader adds it); a cut leader steps down at once; pushes are
+//! replaced by members applying what etcd says when they reach it, and the
+//! leader's own member applying its writes when they land while it leads.
 
 use stateright::{Checker, Model, Property};
 use std::time::Instant;
@@ -46,6 +53,10 @@ enum Rule {
     /// The roster rule without "sees etcd, grants nothing" and without
     /// "a grant binds its granter".
     RosterUnbound,
+    /// The roster rule without its write floor: a process whose write is
+    /// in flight when it loses etcd grants, and serves on grants, for the
+    /// epoch below that write.
+    RosterUnfloored,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,6 +99,8 @@ struct MemberState {
     held: Vec<Option<(u8, u8)>>,
     /// Until when a grant it gave binds it.
     bound_until: u8,
+    /// The highest epoch its process sent a route write for.
+    wrote: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -101,6 +114,11 @@ struct State {
     /// Whether a failover to warm is wanted (the request).
     wanted: bool,
     cuts: u8,
+    /// A route write sent and not yet landed, and its writer: etcd may
+    /// apply it after the writer lost etcd (a frozen etcd takes queued
+    /// requests before it revokes the writer's lease), never after another
+    /// leader was elected.
+    pending: Option<(usize, Route)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -114,6 +132,8 @@ enum Action {
     WriteServe,
     /// The leader adds every registered member to the roster (same setup).
     AddToRoster,
+    /// etcd applies the pending write.
+    Land,
     Grant {
         from: usize,
         to: usize,
@@ -146,7 +166,7 @@ impl Design {
             Rule::Membership => m.known,
             // The roster of the route it serves (the last it applied; a
             // member serves only what it applied).
-            Rule::Roster | Rule::RosterUnbound => {
+            Rule::Roster | Rule::RosterUnbound | Rule::RosterUnfloored => {
                 debug_assert_eq!(m.applied, e);
                 m.roster
             }
@@ -166,7 +186,9 @@ impl Design {
         let m = &s.members[i];
         match m.serving {
             None => false,
-            Some((e, _)) => s.now < m.lease_until || self.grants_cover(s, i, e),
+            Some((e, _)) => {
+                s.now < m.lease_until || (self.above_floor(s, i, e) && self.grants_cover(s, i, e))
+            }
         }
     }
 
@@ -182,6 +204,12 @@ impl Design {
                 s.leader = None;
             }
         }
+    }
+
+    /// Whether `i` may grant or serve on grants for epoch `e`: not below
+    /// an epoch its process wrote (that write may still land).
+    fn above_floor(&self, s: &State, i: usize, e: u8) -> bool {
+        self.rule == Rule::RosterUnfloored || s.members[i].wrote <= e
     }
 
     fn bound(&self, s: &State, i: usize) -> bool {
@@ -204,6 +232,7 @@ impl Model for Design {
             known: 0b11,
             held: vec![None; self.members],
             bound_until: 0,
+            wrote: 0,
         };
         vec![State {
             now: 0,
@@ -218,6 +247,7 @@ impl Model for Design {
             listed: 0,
             wanted: true,
             cuts: 0,
+            pending: None,
         }]
     }
 
@@ -238,7 +268,9 @@ impl Model for Design {
             }
             let may_lead = match self.rule {
                 Rule::Membership => true,
-                Rule::Roster | Rule::RosterUnbound => s.route.roster & bit(i) != 0,
+                Rule::Roster | Rule::RosterUnbound | Rule::RosterUnfloored => {
+                    s.route.roster & bit(i) != 0
+                }
             };
             if s.leader.is_none() && self.live(s, i) && m.reach && may_lead && !self.bound(s, i) {
                 out.push(Action::Campaign(i));
@@ -252,6 +284,7 @@ impl Model for Design {
                 };
                 if to != i
                     && may_grant
+                    && self.above_floor(s, i, e)
                     && m.applied == e
                     && s.members[to].serving == Some((e, x))
                     && s.members[to].held[i] != Some((e, s.now + GRANT))
@@ -260,7 +293,10 @@ impl Model for Design {
                 }
             }
         }
-        if let Some(l) = s.leader {
+        if s.pending.is_some() {
+            out.push(Action::Land);
+        }
+        if let Some(l) = s.leader.filter(|_| s.pending.is_none()) {
             if !self.bound(s, l) {
                 if s.route.phase == Phase::Serve && s.wanted && s.route.setup == Setup::Hot {
                     out.push(Action::WriteDrain);
@@ -323,50 +359,69 @@ impl Model for Design {
                 m.roster = r.roster;
                 m.serving = (r.phase == Phase::Serve).then_some((r.epoch, r.setup));
             }
-            Action::Campaign(i) => n.leader = Some(i),
+            Action::Campaign(i) => {
+                // A write of an earlier leadership fails from now on.
+                n.leader = Some(i);
+                n.pending = None;
+            }
+            Action::Land => {
+                let (writer, r) = n.pending.take()?;
+                n.route = r;
+                // The drain's txn lists the members registered when it lands.
+                if r.phase == Phase::Drain {
+                    n.listed = (0..self.members)
+                        .filter(|&j| self.live(&n, j))
+                        .fold(0, |acc, j| acc | bit(j));
+                }
+                if r.phase == Phase::Serve && r.setup == Setup::Warm {
+                    n.wanted = false;
+                }
+                // The writer's own member applies it at once only if it
+                // still leads (it learns it from etcd's answer).
+                if n.leader == Some(writer) {
+                    let m = &mut n.members[writer];
+                    m.applied = r.epoch;
+                    m.roster = r.roster;
+                    m.serving = (r.phase == Phase::Serve).then_some((r.epoch, r.setup));
+                }
+            }
             Action::WriteDrain => {
                 let l = n.leader.expect("a leader");
-                n.listed = (0..self.members)
-                    .filter(|&j| self.live(&n, j))
-                    .fold(0, |acc, j| acc | bit(j));
-                n.route = Route {
+                let r = Route {
                     epoch: n.route.epoch + 1,
                     phase: Phase::Drain,
                     setup: Setup::Warm,
                     roster: n.route.roster,
                 };
-                n.members[l].applied = n.route.epoch;
-                n.members[l].roster = n.route.roster;
-                n.members[l].serving = None;
+                n.members[l].wrote = r.epoch;
+                n.pending = Some((l, r));
             }
             Action::WriteServe => {
                 let l = n.leader.expect("a leader");
                 let roster = (0..self.members)
                     .filter(|&j| self.live(&n, j))
                     .fold(bit(l), |acc, j| acc | bit(j));
-                n.route = Route {
+                let r = Route {
                     epoch: n.route.epoch,
                     phase: Phase::Serve,
                     setup: n.route.setup,
                     roster,
                 };
-                n.wanted = false;
-                n.members[l].roster = roster;
-                n.members[l].serving = Some((n.route.epoch, n.route.setup));
+                n.members[l].wrote = r.epoch;
+                n.pending = Some((l, r));
             }
             Action::AddToRoster => {
                 let l = n.leader.expect("a leader");
                 let roster = (0..self.members)
                     .filter(|&j| self.live(&n, j))
                     .fold(n.route.roster | bit(l), |acc, j| acc | bit(j));
-                n.route = Route {
+                let r = Route {
                     epoch: n.route.epoch + 1,
                     roster,
                     ..n.route
                 };
-                n.members[l].applied = n.route.epoch;
-                n.members[l].roster = roster;
-                n.members[l].serving = Some((n.route.epoch, n.route.setup));
+                n.members[l].wrote = r.epoch;
+                n.pending = Some((l, r));
             }
             Action::Grant { from, to } => {
                 let e = n.members[from].serving.map(|(e, _)| e)?;
@@ -446,6 +501,15 @@ fn the_roster_rule_never_splits_the_link() {
 fn the_plain_membership_rule_splits_the_link() {
     let (s1, _) = explore(Rule::Membership);
     assert!(s1.is_some(), "the first proposal should split the link");
+}
+
+#[test]
+fn granting_or_serving_below_a_write_in_flight_splits_the_link() {
+    let (s1, _) = explore(Rule::RosterUnfloored);
+    assert!(
+        s1.is_some(),
+        "without the write floor a writer cut with its write in flight keeps the old epoch served"
+    );
 }
 
 #[test]

@@ -674,6 +674,86 @@ fn failsafe_serves_through_a_whole_cut_and_never_splits() {
     );
 }
 
+/// Both members cut from etcd as the request arrives (alice leads), no
+/// other fault.
+fn failsafe_both_cut_quietly(mutation: Option<Mutation>) -> LinkModel {
+    let mut model = failsafe_model(mutation, Faults::default(), 8);
+    model.cut_at_start = 2;
+    model
+}
+
+/// Breadth-first until "every member serves on grants" is reached or
+/// `limit` states are explored: whether it was reached, after how many
+/// states; panics on any safety violation found on the way.
+fn reach_all_serving(name: &str, model: LinkModel, limit: usize) -> (bool, usize) {
+    let started = Instant::now();
+    let checker = model
+        .checker()
+        .target_state_count(limit)
+        .finish_when(stateright::HasDiscoveries::AnyOf(
+            [model::FAILSAFE_ALL_SERVE].into_iter().collect(),
+        ))
+        .spawn_bfs()
+        .join();
+    for property in [
+        "S1 no two LBs serve different setups",
+        "S2 no write or push under a stale token or step",
+    ] {
+        if let Some(path) = checker.discovery(property) {
+            panic!("{name}: {property} violated: {:#?}", path.into_actions());
+        }
+    }
+    let reached = checker.discovery(model::FAILSAFE_ALL_SERVE);
+    println!(
+        "{name}: {} states ({} unique), depth {}, {:.1} s; every member serving on grants: {}",
+        checker.state_count(),
+        checker.unique_state_count(),
+        checker.max_depth(),
+        started.elapsed().as_secs_f64(),
+        reached.as_ref().map_or("not reached".into(), |p| format!(
+            "{:?}",
+            p.clone().into_actions()
+        ))
+    );
+    (reached.is_some(), checker.state_count())
+}
+
+/// The mutant gets about nine times the budget the fix needs (breadth-first:
+/// every path up to a greater depth than the fix's shortest).
+const QUIET_STATES: usize = 1_000_000;
+
+#[test]
+fn a_cut_leader_steps_down_and_grants_so_the_whole_link_serves() {
+    let (reached, states) = reach_all_serving(
+        "failsafe, both cut, quietly",
+        failsafe_both_cut_quietly(None),
+        QUIET_STATES,
+    );
+    assert!(
+        reached,
+        "the link never served on grants with its leader cut from etcd too"
+    );
+    assert!(
+        states * 5 < QUIET_STATES,
+        "reached only after {states} states"
+    );
+}
+
+#[test]
+fn mutation_a_cut_leader_that_leads_on_starves_failsafe() {
+    // A liveness break: S1 holds, but the leader's member never grants, so
+    // the other member fences (the failure of the frozen-etcd test).
+    let (reached, _) = reach_all_serving(
+        "failsafe, both cut, quietly, leader leads on",
+        failsafe_both_cut_quietly(Some(Mutation::LeadOnLapsingLease)),
+        QUIET_STATES,
+    );
+    assert!(
+        !reached,
+        "with its leader leading on, the whole link should never serve on grants"
+    );
+}
+
 #[test]
 #[ignore = "tens of minutes; run by hand (scripts/model-check-large)"]
 fn failsafe_whole_spaces() {

@@ -8,12 +8,12 @@ use crate::notify::{Event, EventKind};
 use crate::proto::peer_client::PeerClient;
 use crate::proto::{DrainRequest, ServeRequest};
 use crate::store::{Change, StoreError, Watched};
-use lockstep_core::failsafe::{lease_about_to_lapse, may_lead, roster_live};
+use lockstep_core::failsafe::{lapse_doubt_from, lease_about_to_lapse, may_lead, roster_live};
 use lockstep_core::leader::{
     HistoryKind, HistoryOutcome, Leader, LeaderAction, LeaderConfig, LeaderEvent, LeaderFailsafe,
     SwitchInfo, WriteFailure,
 };
-use lockstep_core::member::MemberView;
+use lockstep_core::member::{Leadership, MemberView};
 use lockstep_core::{Applied, Phase, Push, Token};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,7 +50,7 @@ pub(crate) async fn campaign_loop(shared: Arc<Shared>, member: mpsc::Sender<Inpu
                 match may_campaign(&shared, &member, config, &mut roster_gone_since).await {
                     Ok(f) => Some(f),
                     Err(why) => {
-                        set_leading(&member, false).await;
+                        set_leading(&member, NOT_LEADING).await;
                         // A full restart under failsafe keeps the link from
                         // switching for minutes: on-call must see why.
                         if why.full_restart()
@@ -72,7 +72,7 @@ pub(crate) async fn campaign_loop(shared: Arc<Shared>, member: mpsc::Sender<Inpu
         };
         let campaigned = shared.store.campaign(&shared.config.member_id, lease).await;
         if !matches!(campaigned, Ok(Some(_))) && failsafe.is_some() {
-            set_leading(&member, false).await;
+            set_leading(&member, NOT_LEADING).await;
         }
         match campaigned {
             Ok(Some(token)) => {
@@ -80,11 +80,11 @@ pub(crate) async fn campaign_loop(shared: Arc<Shared>, member: mpsc::Sender<Inpu
                 info!(parent: &span, "elected leader");
                 shared.leader_token.send_replace(Some(token));
                 shared.metrics.set_leader(true);
-                let reason = lead(shared.clone(), token, lease, failsafe)
+                let (reason, wrote) = lead(shared.clone(), token, lease, failsafe)
                     .instrument(span.clone())
                     .await;
                 shared.leader_token.send_replace(None);
-                set_leading(&member, false).await;
+                set_leading(&member, Leadership::Ended { wrote }).await;
                 shared.metrics.set_leader(false);
                 info!(parent: &span, %reason, "stepped down");
                 if let Err(e) = shared.store.resign(token).await {
@@ -109,9 +109,12 @@ pub(crate) async fn campaign_loop(shared: Arc<Shared>, member: mpsc::Sender<Inpu
     }
 }
 
+/// Neither campaigning nor leading, without having written.
+const NOT_LEADING: Leadership = Leadership::Ended { wrote: None };
+
 /// Tells the member whether its process campaigns or leads; returns its
 /// view once it knows.
-async fn set_leading(member: &mpsc::Sender<Input>, leading: bool) -> Option<MemberView> {
+async fn set_leading(member: &mpsc::Sender<Input>, leading: Leadership) -> Option<MemberView> {
     super::member::ask(member, |tx| Input::Leading(leading, tx)).await
 }
 
@@ -178,7 +181,7 @@ async fn may_campaign(
         .snapshot()
         .await
         .map_err(NotCampaigning::Unreadable)?;
-    let view = set_leading(member, true)
+    let view = set_leading(member, Leadership::Campaigning)
         .await
         .ok_or(NotCampaigning::MemberGone)?;
     let now = shared.clock.now();
@@ -263,19 +266,27 @@ enum Done {
     Replied(String, Applied),
 }
 
-/// Leads until the state machine steps down or the lease changes.
+/// Leads until the state machine steps down, the lease changes or (with
+/// failsafe) is about to lapse. Returns why, and the highest epoch it sent
+/// a route write for (the write may still land: the member grants nothing
+/// below it).
 async fn lead(
     shared: Arc<Shared>,
     token: Token,
     lease: i64,
     failsafe: Option<LeaderFailsafe>,
-) -> String {
+) -> (String, Option<lockstep_core::Epoch>) {
     let clock = shared.clock;
+    // Failsafe: a leader whose lease is about to lapse steps down, so it
+    // may grant before its peers' leases lapse (they lapse about as soon).
+    let doubt = failsafe.as_ref().map(|f| (f.config, f.lb_down_bound));
+    let mut view_rx = shared.view.subscribe();
+    let mut wrote: Option<lockstep_core::Epoch> = None;
     // Events that the snapshot already holds come again on the watch with
     // revisions the state machine has seen, and are ignored.
     let (mut watch, snapshot) = match shared.store.watch_then_snapshot(Watched::Link).await {
         Ok(w) => w,
-        Err(e) => return format!("cannot watch and read the link: {e}"),
+        Err(e) => return (format!("cannot watch and read the link: {e}"), wrote),
     };
     let core = Leader::new(
         LeaderConfig {
@@ -338,6 +349,7 @@ async fn lead(
                     list_members,
                 } => {
                     route.at = now_rfc3339();
+                    wrote = wrote.max(Some(route.epoch));
                     shared.metrics.route_write_started(route.epoch, route.phase);
                     let start = started_at
                         .entry(route.epoch)
@@ -473,6 +485,16 @@ async fn lead(
                 None => std::future::pending().await,
             }
         };
+        let doubt_from = doubt.map(|(config, d)| {
+            let fresh = view_rx.borrow_and_update().lease_fresh_until;
+            lapse_doubt_from(fresh, &config, d).unwrap_or(clock.now())
+        });
+        let lapsing = async {
+            match doubt_from {
+                Some(t) => tokio::time::sleep_until(clock.instant(t)).await,
+                None => std::future::pending().await,
+            }
+        };
         let overdue_at = notes.overdue_at.map(|(_, t)| t);
         let overdue = async {
             match overdue_at {
@@ -537,6 +559,12 @@ async fn lead(
                     return "lease lost".into();
                 }
             }
+            _ = lapsing => return "this member's lease is about to lapse (etcd unreachable?): stepping down so that it may grant (failsafe)".into(),
+            r = view_rx.changed(), if doubt.is_some() => {
+                if r.is_err() {
+                    return "the member task is gone".into();
+                }
+            }
             _ = sleep => core.handle(clock.now(), LeaderEvent::Tick),
             _ = overdue => notes.overdue(core.current_switch()),
         }
@@ -544,7 +572,7 @@ async fn lead(
     if let Some(sw) = core.current_switch() {
         notes.failed(&sw, &reason);
     }
-    reason
+    (reason, wrote)
 }
 
 /// What the leader tells `[notify]` receivers, from what it does: kept

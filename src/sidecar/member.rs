@@ -16,8 +16,8 @@ use crate::store::{Change, RegisterError, StoreError, Watched};
 use lockstep_core::failsafe::{GrantAsk, GrantRefusal, Granted};
 use lockstep_core::leader::MemberRecord;
 use lockstep_core::member::{
-    LbKnown, LinkRead, Member, MemberAction, MemberConfig, MemberEvent, MemberView, ReadId,
-    Refusal, RequestId,
+    LbKnown, Leadership, LinkRead, Member, MemberAction, MemberConfig, MemberEvent, MemberView,
+    ReadId, Refusal, RequestId,
 };
 use lockstep_core::{Applied, Push};
 use std::collections::HashMap;
@@ -40,7 +40,7 @@ pub(crate) enum Input {
     Grant(GrantAsk, oneshot::Sender<Result<Granted, GrantRefusal>>),
     /// This process campaigns or leads (true) or neither; answered with
     /// the view once the member knows (it grants nothing from then on).
-    Leading(bool, oneshot::Sender<MemberView>),
+    Leading(Leadership, oneshot::Sender<MemberView>),
     /// A new lease and the link read after registering with it.
     Registered {
         lease: i64,

@@ -47,7 +47,9 @@
 //! stops answering at once) and acts, when it resumes, on events it
 //! receives then, which the other faults already reorder.
 
-use lockstep_core::failsafe::{may_lead, roster_live, FailsafeConfig, GrantAsk, Granted};
+use lockstep_core::failsafe::{
+    lease_about_to_lapse, may_lead, roster_live, FailsafeConfig, GrantAsk, Granted,
+};
 use lockstep_core::health::RoleHealth;
 use lockstep_core::leader::*;
 use lockstep_core::member::*;
@@ -263,6 +265,9 @@ pub struct LeaderSlot {
     pub l: Option<Leader>,
     pub token: Token,
     pub watch: VecDeque<LeaderWatch>,
+    /// The highest epoch this leadership sent a route write for (told to
+    /// its member when it ends, failsafe).
+    pub wrote: Option<Epoch>,
 }
 
 /// A route txn sent to etcd and not yet executed.
@@ -451,6 +456,9 @@ pub const TARGET: Setup = Setup::Warm;
 /// The property that shows failsafe at work.
 pub const FAILSAFE_SERVES: &str =
     "failsafe: a member cut from etcd serves on grants past its lease";
+/// ... for every member at once, the one that led included.
+pub const FAILSAFE_ALL_SERVE: &str =
+    "failsafe: every member, the leader included, serves on grants past its lease";
 const REQUEST_ID: &str = "req-1";
 
 fn ms(units: u64) -> Duration {
@@ -540,6 +548,35 @@ impl LinkModel {
             Time(s.now),
         )
         .is_ok()
+    }
+
+    /// Failsafe: a leader whose member's lease is about to lapse steps down
+    /// (`sidecar::leader::lead`), so that its member may grant; it resigns
+    /// if the key is still its own.
+    fn step_down_on_lapsing_leases(&self, s: &mut State) {
+        let Some(fs) = self.failsafe_config() else {
+            return;
+        };
+        if self.mutation == Some(Mutation::LeadOnLapsingLease) {
+            return;
+        }
+        for c in 0..self.members {
+            let lapsing = s.members[c].m.as_ref().is_some_and(|m| {
+                lease_about_to_lapse(
+                    m.view().lease_fresh_until,
+                    Time(s.now),
+                    &fs,
+                    ms(self.timing.down),
+                )
+            });
+            if lapsing && s.leaders[c].l.is_some() {
+                s.leaders[c].l = None;
+                s.leaders[c].watch.clear();
+                if s.etcd.leader == Some((c, s.leaders[c].token)) {
+                    Self::set_leader_key(s, None);
+                }
+            }
+        }
     }
 
     /// Tracks since when no roster incarnation has had a live key.
@@ -1000,11 +1037,16 @@ impl LinkModel {
         }
         for action in actions {
             match action {
-                a @ LeaderAction::WriteRoute { .. } => s.txns.push(Txn {
-                    cand: c,
-                    token,
-                    action: a,
-                }),
+                a @ LeaderAction::WriteRoute { .. } => {
+                    if let LeaderAction::WriteRoute { route, .. } = &a {
+                        s.leaders[c].wrote = s.leaders[c].wrote.max(Some(route.epoch));
+                    }
+                    s.txns.push(Txn {
+                        cand: c,
+                        token,
+                        action: a,
+                    })
+                }
                 LeaderAction::ResolveRequest { rev, .. } => {
                     let ours = s.etcd.leader.map(|(_, t)| t) == Some(token);
                     if ours && s.etcd.request.as_ref().map(|(_, r)| *r) == Some(rev) {
@@ -1590,6 +1632,7 @@ impl LinkModel {
                     l: Some(leader),
                     token,
                     watch: VecDeque::new(),
+                    wrote: None,
                 };
                 let start = LeaderEvent::Start {
                     route: s.etcd.route.clone(),
@@ -1716,11 +1759,19 @@ impl LinkModel {
             }
         }
         if self.failsafe {
+            self.step_down_on_lapsing_leases(s);
             for c in 0..self.members {
                 let leading = s.leaders[c].l.is_some();
                 if s.members[c].m.is_some() && s.members[c].leading != leading {
                     s.members[c].leading = leading;
-                    self.feed_member(s, c, MemberEvent::Leading(leading));
+                    let event = if leading {
+                        Leadership::Campaigning
+                    } else {
+                        Leadership::Ended {
+                            wrote: s.leaders[c].wrote,
+                        }
+                    };
+                    self.feed_member(s, c, MemberEvent::Leading(event));
                 }
             }
             Self::track_roster(s);
@@ -2056,6 +2107,7 @@ impl LinkModel {
                     l: None,
                     token: 0,
                     watch: VecDeque::new(),
+                    wrote: None,
                 })
                 .collect(),
             txns: Vec::new(),
@@ -2197,13 +2249,20 @@ impl LinkModel {
     /// Some member's lease has gone stale and its LB still serves, on
     /// grants.
     pub fn serving_on_grants(&self, s: &State) -> bool {
-        s.members.iter().any(|slot| {
-            slot.lb.serving().is_some()
-                && slot
-                    .m
-                    .as_ref()
-                    .is_some_and(|m| m.view().on_grants(Time(s.now)).is_some())
-        })
+        s.members.iter().any(|slot| Self::on_grants(s, slot))
+    }
+
+    /// Every member's LB serves on grants past its lease.
+    pub fn all_serving_on_grants(&self, s: &State) -> bool {
+        s.members.iter().all(|slot| Self::on_grants(s, slot))
+    }
+
+    fn on_grants(s: &State, slot: &MemberSlot) -> bool {
+        slot.lb.serving().is_some()
+            && slot
+                .m
+                .as_ref()
+                .is_some_and(|m| m.view().on_grants(Time(s.now)).is_some())
     }
 
     /// One line per state of a path, for counterexamples.
@@ -2303,6 +2362,10 @@ impl Model for LinkModel {
             Property::sometimes(
                 FAILSAFE_SERVES,
                 |m: &LinkModel, s: &State| !m.failsafe || m.serving_on_grants(s),
+            ),
+            Property::sometimes(
+                FAILSAFE_ALL_SERVE,
+                |m: &LinkModel, s: &State| !m.failsafe || m.all_serving_on_grants(s),
             ),
         ]
     }
