@@ -87,6 +87,16 @@ fn a_frozen_etcd_does_not_stop_key_delivery_with_failsafe() {
             assert!(e["epoch"].as_u64().is_some(), "{e}");
         }
 
+        // The leader, cut off like everyone, stepped down once its lease was
+        // about to lapse, so that it could grant: leading on until its
+        // keep-alive failed (4.5 s in) once made its peer fence.
+        assert!(
+            lab.sidecars
+                .iter()
+                .any(|s| s.log_text().contains("stepping down so that it may grant")),
+            "no sidecar logged the leader's step-down on a lapsing lease"
+        );
+
         // Nothing switches without etcd: a request is refused, and says why.
         let refused = lab
             .cli(
