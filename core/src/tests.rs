@@ -1978,7 +1978,6 @@ mod failsafe {
         m.handle(Time(6300), ask(2));
         assert_eq!(reply(&mut m), Some(Err(GrantRefusal::Leading)));
         // The leadership ends having written epoch 2 (landed): grants again.
-        let ended = |wrote| MemberEvent::Leading(Leadership::Ended { wrote });
         m.handle(Time(6400), ended(Some(2)));
         m.handle(Time(6500), ask(2));
         assert!(matches!(reply(&mut m), Some(Ok(_))));
@@ -1992,28 +1991,27 @@ mod failsafe {
         assert_eq!(reply(&mut m), Some(Err(GrantRefusal::Wrote { epoch: 3 })));
         // Nor does it keep serving epoch 2 on its peers' grants: it stops
         // asking for them.
-        let asks = |m: &mut Member| {
-            actions(m)
-                .iter()
-                .filter(|a| matches!(a, MemberAction::AskGrants { .. }))
-                .count()
-        };
-        m.handle(Time(9000), MemberEvent::Tick);
-        assert_eq!(asks(&mut m), 0);
+        assert_eq!(asks(&mut m, 9000), 0);
+    }
+
+    /// The process's leadership ended, having sent writes up to `wrote`.
+    fn ended(wrote: Option<Epoch>) -> MemberEvent {
+        MemberEvent::Leading(Leadership::Ended { wrote })
+    }
+
+    /// The grant asks a tick at `t` makes the member send.
+    fn asks(m: &mut Member, t: u64) -> usize {
+        m.handle(Time(t), MemberEvent::Tick);
+        actions(m)
+            .iter()
+            .filter(|a| matches!(a, MemberAction::AskGrants { .. }))
+            .count()
     }
 
     #[test]
     fn a_member_asks_for_grants_only_above_what_its_process_wrote() {
         let mut m = member();
-        let asks = |m: &mut Member, t| {
-            m.handle(Time(t), MemberEvent::Tick);
-            actions(m)
-                .iter()
-                .filter(|a| matches!(a, MemberAction::AskGrants { .. }))
-                .count()
-        };
         assert!(asks(&mut m, 6000) > 0);
-        let ended = |wrote| MemberEvent::Leading(Leadership::Ended { wrote });
         m.handle(Time(6100), ended(Some(2)));
         assert!(asks(&mut m, 7000) > 0);
         m.handle(Time(7100), ended(Some(3)));
